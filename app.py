@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""CDK entry point: one ``Platform-<env>`` stack per environment of the ``platform`` configuration.
+
+The configuration is the ``platform`` context key. The ``cdk`` CLI passes ``cdk.json``'s
+context itself; ``python app.py`` reads the same file, so both synthesize the same
+templates. ``cdk synth -c platform='{...}'`` or ``CDK_CONTEXT_JSON`` override it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+from cdk_nag import AwsSolutionsChecks
+
+from constructs.config import ConfigError, PlatformConfig
+from constructs.platform import PlatformStack
+
+CDK_JSON = Path(__file__).resolve().parent / "cdk.json"
+
+
+def cdk_json_context() -> dict[str, Any]:
+    """The ``context`` of ``cdk.json``: defaults that the CLI's own context overrides."""
+    context: dict[str, Any] = json.loads(CDK_JSON.read_text())["context"]
+    return context
+
+
+def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> cdk.App:
+    """Build the CDK app; raise :class:`ConfigError` when the configuration is invalid."""
+    app = cdk.App(context=cdk_json_context() if context is None else context, outdir=outdir)
+    config = PlatformConfig.from_context(_platform_context(app))
+    for environment in config.environments:
+        PlatformStack(app, environment.stack_name, config=config, environment=environment)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
+    return app
+
+
+def _platform_context(app: cdk.App) -> object:
+    raw = app.node.try_get_context("platform")
+    if isinstance(raw, str):  # `cdk synth -c platform='{...}'` passes JSON text
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise ConfigError("platform", f"is not valid JSON ({error})", "pass a JSON object") from None
+    return raw
+
+
+def main() -> int:
+    # The cdk CLI chooses the output folder (CDK_OUTDIR); run directly, use the CLI's default.
+    outdir = None if "CDK_OUTDIR" in os.environ else "cdk.out"
+    try:
+        app = build_app(outdir=outdir)
+    except ConfigError as error:
+        print(f"error: invalid platform configuration: {error}", file=sys.stderr)
+        return 2
+    try:
+        assembly = app.synth()
+    except RuntimeError as error:
+        if "ValidationFailed" not in str(error):
+            raise
+        print(
+            "error: cdk-nag found unacknowledged findings (listed above); fix them or acknowledge each "
+            "with a reason next to the construct",
+            file=sys.stderr,
+        )
+        return 1
+    if outdir is not None:  # the cdk CLI reports where it wrote the templates itself
+        for stack in assembly.stacks:
+            print(f"{stack.stack_name}: {Path(assembly.directory) / stack.template_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,520 @@
+"""The platform configuration: one place that turns the ``platform`` context of
+``cdk.json`` into frozen, typed settings.
+
+``app.py``, the tests and ``cdk synth`` all call :meth:`PlatformConfig.from_context`.
+Every rule raises :class:`ConfigError` naming the key path (``platform.apps.web.port``)
+and what to do about it, so a bad configuration stops synthesis with one line.
+
+Example (the ``platform`` key of ``cdk.json``)::
+
+    {
+      "environments": {
+        "staging": {"region": "us-east-1", "network": {"instance_subnets": "public"}},
+        "production": {
+          "region": "us-east-1",
+          "account": "123456789012",
+          "network": {"instance_subnets": "private", "nat_gateways": 2,
+                      "availability_zones": ["us-east-1a", "us-east-1b", "us-east-1c"]},
+          "logs": {"destination": "logs.papertrailapp.com:12345", "tls": true}
+        }
+      },
+      "apps": {
+        "billing": {
+          "port": 8080, "health_check_path": "/healthz", "instance_type": "t3.small",
+          "min_capacity": 2, "max_capacity": 4, "formation": {"web": 1, "worker": 2},
+          "environments": {"staging": {"min_capacity": 1, "max_capacity": 2}}
+        }
+      }
+    }
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+ENV_NAME = re.compile(r"^[a-z][a-z0-9]{0,19}$")
+PROCESS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
+REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+ACCOUNT = re.compile(r"^\d{12}$")
+INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$")
+HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
+HEALTH_CHECK_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration rule was broken. ``str()`` is one line: key path, problem, fix."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        super().__init__(f"{path}: {problem}; {fix}")
+        self.path = path
+
+
+class _Section:
+    """Reads one JSON object at a key path, checking types and refusing unknown keys."""
+
+    def __init__(self, raw: object, path: str, known: tuple[str, ...]) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(path, f"expected an object, got {_json_type(raw)}", "write it as {...}")
+        self.raw, self.path = raw, path
+        for key in raw:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+                raise ConfigError(f"{path}.{key}", "unknown key", f"remove it ({hint})")
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}"
+
+    def has(self, name: str) -> bool:
+        return name in self.raw
+
+    def text(
+        self, name: str, default: str | None = None, *, pattern: re.Pattern[str] | None = None, fix: str = ""
+    ) -> str:
+        value = self._get(name, default)
+        if not isinstance(value, str):
+            raise ConfigError(self.key(name), f"expected a string, got {_json_type(value)}", fix or "quote it")
+        if pattern is not None and not pattern.match(value):
+            raise ConfigError(self.key(name), f"{value!r} is not valid", fix)
+        return value
+
+    def optional_text(self, name: str, *, pattern: re.Pattern[str], fix: str) -> str | None:
+        if self.raw.get(name) is None:
+            return None
+        return self.text(name, pattern=pattern, fix=fix)
+
+    def number(self, name: str, default: int | None = None, *, low: int, high: int, fix: str = "") -> int:
+        value = self._get(name, default)
+        # bool is an int in Python, never in a configuration file.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(
+                self.key(name),
+                f"expected a whole number, got {_json_type(value)}",
+                f"use a number from {low} to {high}",
+            )
+        if not low <= value <= high:
+            raise ConfigError(self.key(name), f"{value} is out of range", fix or f"use a number from {low} to {high}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(
+                self.key(name), f"expected true or false, got {_json_type(value)}", "write true or false without quotes"
+            )
+        return value
+
+    def mapping(self, name: str) -> Mapping[str, Any]:
+        value = self._get(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(self.key(name), f"expected an object, got {_json_type(value)}", "write it as {...}")
+        return value
+
+    def _get(self, name: str, default: object) -> object:
+        if name in self.raw:
+            return self.raw[name]
+        if default is None:
+            raise ConfigError(self.key(name), "is required", "add it")
+        return default
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Where an environment's instances live.
+
+    ``{"instance_subnets": "private", "nat_gateways": 2,
+    "availability_zones": ["us-east-1a", "us-east-1b", "us-east-1c"], "cidr": "10.20.0.0/16"}``
+
+    ``public`` puts instances in public subnets with no NAT gateway (cheaper, faster to
+    create; inbound traffic is still limited to the load balancer by security groups);
+    ``private`` puts them behind NAT gateways. Without ``availability_zones`` the VPC
+    spans the region's first two zones, resolved at deploy time.
+    """
+
+    instance_subnets: Literal["public", "private"] = "public"
+    availability_zones: tuple[str, ...] = ()
+    nat_gateways: int = 0
+    cidr: str = "10.0.0.0/16"
+    flow_logs: bool = True
+
+    KEYS = ("instance_subnets", "availability_zones", "nat_gateways", "cidr", "flow_logs")
+
+    @classmethod
+    def parse(cls, raw: object, path: str, region: str) -> NetworkSettings:
+        section = _Section(raw, path, cls.KEYS)
+        subnets = section.text("instance_subnets", "public")
+        if subnets not in ("public", "private"):
+            raise ConfigError(
+                section.key("instance_subnets"),
+                f"{subnets!r} is not a subnet kind",
+                'use "public" (no NAT, cheaper) or "private" (behind NAT gateways)',
+            )
+        zones = _availability_zones(section, region)
+        nat_default = 1 if subnets == "private" else 0
+        most = len(zones) or 2
+        if subnets == "private":
+            nat = section.number(
+                "nat_gateways",
+                nat_default,
+                low=1,
+                high=most,
+                fix=f"private subnets need 1 to {most} NAT gateways (one per zone at most)",
+            )
+        else:
+            nat = section.number(
+                "nat_gateways",
+                0,
+                low=0,
+                high=0,
+                fix='public subnets use no NAT gateway; remove nat_gateways or use "private"',
+            )
+        cidr = section.text(
+            "cidr",
+            "10.0.0.0/16",
+            pattern=re.compile(r"^10\.\d{1,3}\.0\.0/(1[6-9]|20)$"),
+            fix='use a private /16 to /20 block such as "10.0.0.0/16"',
+        )
+        return cls(
+            instance_subnets=subnets,  # type: ignore[arg-type]
+            availability_zones=zones,
+            nat_gateways=nat,
+            cidr=cidr,
+            flow_logs=section.flag("flow_logs", True),
+        )
+
+
+def _availability_zones(section: _Section, region: str) -> tuple[str, ...]:
+    if not section.has("availability_zones"):
+        return ()
+    path = section.key("availability_zones")
+    value = section.raw["availability_zones"]
+    fix = f'list at least two zones of {region}, e.g. ["{region}a", "{region}b"]'
+    if not isinstance(value, list) or not all(isinstance(zone, str) for zone in value):
+        raise ConfigError(path, f"expected a list of zone names, got {_json_type(value)}", fix)
+    if len(value) < 2 or len(set(value)) != len(value):
+        raise ConfigError(path, "needs at least two different zones", fix)
+    for zone in value:
+        if not re.fullmatch(re.escape(region) + r"[a-z]", zone):
+            raise ConfigError(path, f"{zone!r} is not a zone of {region}", fix)
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Where instances forward app logs: a Papertrail-style ``host:port`` syslog destination.
+
+    ``{"destination": "logs.papertrailapp.com:12345", "tls": true}``; without a
+    destination nothing leaves the instance.
+    """
+
+    destination: str | None = None
+    tls: bool = True
+
+    KEYS = ("destination", "tls")
+
+    @classmethod
+    def parse(cls, raw: object, path: str) -> LogSettings:
+        section = _Section(raw, path, cls.KEYS)
+        destination = section.optional_text(
+            "destination", pattern=HOST_PORT, fix='write it as "host:port", e.g. "logs.papertrailapp.com:12345"'
+        )
+        if destination is not None:
+            port = int(destination.rsplit(":", 1)[1])
+            if not 1 <= port <= 65535:
+                raise ConfigError(
+                    section.key("destination"),
+                    f"port {port} is out of range",
+                    "use the port your log service gave you (1 to 65535)",
+                )
+        return cls(destination=destination, tls=section.flag("tls", True))
+
+
+@dataclass(frozen=True)
+class EnvironmentSettings:
+    """One environment, one ``Platform-<name>`` stack.
+
+    ``{"region": "eu-west-1", "account": "123456789012", "network": {...}, "logs": {...}}``;
+    ``account`` is optional: without it the stack deploys to the account of the
+    credentials ``cdk deploy`` runs with.
+    """
+
+    name: str
+    region: str
+    account: str | None = None
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
+
+    KEYS = ("region", "account", "network", "logs")
+
+    @property
+    def stack_name(self) -> str:
+        return f"Platform-{self.name}"
+
+    @classmethod
+    def parse(cls, name: str, raw: object, path: str) -> EnvironmentSettings:
+        if not ENV_NAME.match(name):
+            raise ConfigError(
+                path,
+                f"{name!r} is not a valid environment name",
+                "use lowercase letters and digits, starting with a letter, at most 20",
+            )
+        section = _Section(raw, path, cls.KEYS)
+        region = section.text("region", pattern=REGION, fix='use an AWS region code such as "us-east-1"')
+        account = section.optional_text(
+            "account", pattern=ACCOUNT, fix='use the 12-digit account id as a string, e.g. "123456789012"'
+        )
+        return cls(
+            name=name,
+            region=region,
+            account=account,
+            network=NetworkSettings.parse(section.mapping("network"), section.key("network"), region),
+            logs=LogSettings.parse(section.mapping("logs"), section.key("logs")),
+        )
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """One app as it runs in one environment (overrides applied).
+
+    ``{"port": 8080, "health_check_path": "/healthz", "instance_type": "t3.small",
+    "min_capacity": 2, "max_capacity": 4, "formation": {"web": 1, "worker": 2},
+    "environments": {"staging": {"min_capacity": 1, "max_capacity": 2}}}``
+
+    ``port`` is where the ``web`` process listens (``PORT``); the load balancer checks
+    ``health_check_path`` there. ``desired_capacity`` is best left unset: a value in
+    the template resets the fleet's size on every deploy of the stack.
+    """
+
+    name: str
+    port: int = 5000
+    health_check_path: str = "/"
+    instance_type: str = "t3.small"
+    min_capacity: int = 2
+    max_capacity: int = 4
+    desired_capacity: int | None = None
+    formation: tuple[tuple[str, int], ...] = (("web", 1),)
+    deregistration_delay_seconds: int = 15
+    health_check_grace_seconds: int = 300
+    target_cpu_percent: int = 50
+    root_volume_gb: int = 16
+    certificate_arn: str | None = None
+
+    # Keys an environment override may set: everything but the app's identity.
+    SETTINGS = (
+        "port",
+        "health_check_path",
+        "instance_type",
+        "min_capacity",
+        "max_capacity",
+        "desired_capacity",
+        "formation",
+        "deregistration_delay_seconds",
+        "health_check_grace_seconds",
+        "target_cpu_percent",
+        "root_volume_gb",
+        "certificate_arn",
+    )
+
+    @property
+    def processes(self) -> dict[str, int]:
+        return dict(self.formation)
+
+    @classmethod
+    def parse(cls, name: str, raw: object, path: str, base: AppSettings | None = None) -> AppSettings:
+        """Parse ``raw`` over ``base`` (the app's own settings when ``raw`` is an override)."""
+        section = _Section(raw, path, cls.SETTINGS)
+        start = base or cls(name=name)
+        values: dict[str, Any] = {}
+        if section.has("port"):
+            values["port"] = section.number(
+                "port",
+                low=1024,
+                high=65535,
+                fix="use 1024 to 65535: apps run as the unprivileged deploy user, the load balancer listens on 80/443",
+            )
+        if section.has("health_check_path"):
+            values["health_check_path"] = section.text(
+                "health_check_path", pattern=HEALTH_CHECK_PATH, fix='use a URL path starting with "/", e.g. "/health"'
+            )
+        if section.has("instance_type"):
+            values["instance_type"] = section.text(
+                "instance_type", pattern=INSTANCE_TYPE, fix='use an EC2 instance type such as "t3.small"'
+            )
+        for key in ("min_capacity", "max_capacity"):
+            if section.has(key):
+                values[key] = section.number(key, low=0 if key == "min_capacity" else 1, high=1000)
+        if section.has("desired_capacity"):
+            values["desired_capacity"] = (
+                None
+                if section.raw["desired_capacity"] is None
+                else section.number("desired_capacity", low=0, high=1000)
+            )
+        if section.has("formation"):
+            values["formation"] = _formation(section.mapping("formation"), section.key("formation"))
+        if section.has("deregistration_delay_seconds"):
+            values["deregistration_delay_seconds"] = section.number(
+                "deregistration_delay_seconds",
+                low=0,
+                high=3600,
+                fix="use 0 to 3600 seconds; 10 to 30 keeps rollouts fast",
+            )
+        if section.has("health_check_grace_seconds"):
+            values["health_check_grace_seconds"] = section.number(
+                "health_check_grace_seconds",
+                low=0,
+                high=7200,
+                fix="use 0 to 7200 seconds: time for a new instance to provision and deploy",
+            )
+        if section.has("target_cpu_percent"):
+            values["target_cpu_percent"] = section.number("target_cpu_percent", low=10, high=90)
+        if section.has("root_volume_gb"):
+            values["root_volume_gb"] = section.number("root_volume_gb", low=8, high=1024)
+        if section.has("certificate_arn"):
+            values["certificate_arn"] = section.optional_text(
+                "certificate_arn",
+                pattern=CERTIFICATE_ARN,
+                fix="use the ARN of an ACM certificate in the environment's region",
+            )
+        return replace(start, **values)
+
+    def check(self, path: str) -> None:
+        """Rules across settings, checked once overrides are applied."""
+        if self.min_capacity > self.max_capacity:
+            raise ConfigError(
+                f"{path}.min_capacity",
+                f"{self.min_capacity} is greater than max_capacity {self.max_capacity}",
+                "lower min_capacity or raise max_capacity",
+            )
+        if self.desired_capacity is not None and not self.min_capacity <= self.desired_capacity <= self.max_capacity:
+            raise ConfigError(
+                f"{path}.desired_capacity",
+                f"{self.desired_capacity} is outside min_capacity..max_capacity "
+                f"({self.min_capacity}..{self.max_capacity})",
+                "set it within that range, or remove it and let scaling decide",
+            )
+
+
+def _formation(raw: Mapping[str, Any], path: str) -> tuple[tuple[str, int], ...]:
+    processes: list[tuple[str, int]] = []
+    for process, count in raw.items():
+        if process == "release":
+            raise ConfigError(
+                f"{path}.release",
+                "'release' runs once per deploy, not as a service",
+                "remove it from formation; the Procfile's release: line still runs",
+            )
+        if not PROCESS_NAME.match(process):
+            raise ConfigError(
+                f"{path}.{process}",
+                "is not a valid process type",
+                "use lowercase letters, digits and _, starting with a letter (as in the Procfile)",
+            )
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 20:
+            raise ConfigError(
+                f"{path}.{process}",
+                f"{_json_type(count)} is not a process count",
+                "use a whole number of processes per instance from 0 to 20",
+            )
+        processes.append((process, count))
+    if dict(processes).get("web", 0) < 1:
+        raise ConfigError(
+            f"{path}.web", "every app needs at least one web process behind its load balancer", 'add "web": 1'
+        )
+    return tuple(sorted(processes))
+
+
+@dataclass(frozen=True)
+class AppDefinition:
+    """An app's own settings and its per-environment overrides, as written."""
+
+    name: str
+    settings: AppSettings
+    overrides: Mapping[str, AppSettings]
+
+    def settings_for(self, environment: str) -> AppSettings:
+        return self.overrides.get(environment, self.settings)
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    """The whole platform: environments (one stack each) and the apps every one runs."""
+
+    environments: tuple[EnvironmentSettings, ...]
+    apps: tuple[AppDefinition, ...]
+
+    KEYS = ("environments", "apps")
+
+    @classmethod
+    def from_context(cls, raw: object, path: str = "platform") -> PlatformConfig:
+        """Parse and check the ``platform`` context value; raise :class:`ConfigError` on the first problem."""
+        if raw is None:
+            raise ConfigError(path, "is missing", 'add a "platform" key under "context" in cdk.json')
+        section = _Section(raw, path, cls.KEYS)
+        raw_envs = section.mapping("environments")
+        if not raw_envs:
+            raise ConfigError(
+                section.key("environments"),
+                "no environment is defined",
+                'add one, e.g. "staging": {"region": "us-east-1"}',
+            )
+        environments = tuple(
+            EnvironmentSettings.parse(name, value, f"{section.key('environments')}.{name}")
+            for name, value in raw_envs.items()
+        )
+        env_names = tuple(env.name for env in environments)
+        apps = tuple(
+            _app(name, value, f"{section.key('apps')}.{name}", env_names)
+            for name, value in section.mapping("apps").items()
+        )
+        return cls(environments=environments, apps=apps)
+
+    def environment(self, name: str) -> EnvironmentSettings:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        raise KeyError(name)
+
+
+def _app(name: str, raw: object, path: str, env_names: tuple[str, ...]) -> AppDefinition:
+    if not APP_NAME.match(name):
+        raise ConfigError(
+            path,
+            f"{name!r} is not a valid app name",
+            "use 2 to 32 lowercase letters, digits and -, starting with a letter",
+        )
+    section = _Section(raw, path, (*AppSettings.SETTINGS, "environments"))
+    own = {key: value for key, value in section.raw.items() if key != "environments"}
+    settings = AppSettings.parse(name, own, path)
+    settings.check(path)
+    overrides: dict[str, AppSettings] = {}
+    for env, override in section.mapping("environments").items():
+        override_path = f"{section.key('environments')}.{env}"
+        if env not in env_names:
+            raise ConfigError(
+                override_path, f"{env!r} is not a defined environment", f"use one of: {', '.join(env_names)}"
+            )
+        overrides[env] = AppSettings.parse(name, override, override_path, base=settings)
+        overrides[env].check(override_path)
+    return AppDefinition(name=name, settings=settings, overrides=overrides)

@@ -1,0 +1,76 @@
+"""The release bucket: all of the platform's state, one prefix per app and environment."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+
+from constructs import Construct
+from constructs.acknowledge import acknowledge
+
+# The bucket holds every release ever published: its logical ID must never change,
+# or CloudFormation would create a new, empty bucket and orphan the old one.
+BUCKET_LOGICAL_ID = "ReleaseBucket"
+
+
+class ReleaseStore(Construct):
+    """Versioned, encrypted, TLS-only S3 bucket laid out as ``<app>/<env>/r<N>/...``.
+
+    The bucket is retained when the stack is deleted. Noncurrent object versions
+    (left by overwrites of ``current`` and the canonical ``env``) expire after
+    ``noncurrent_version_days``.
+    """
+
+    def __init__(self, scope: Construct, id_: str, *, noncurrent_version_days: int = 90) -> None:
+        super().__init__(scope, id_)
+        if noncurrent_version_days < 1:
+            raise ValueError("ReleaseStore: noncurrent_version_days must be at least 1 day")
+        self._bucket = s3.Bucket(
+            self,
+            "Bucket",
+            versioned=True,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            enforce_ssl=True,
+            removal_policy=RemovalPolicy.RETAIN,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="ExpireNoncurrentVersions",
+                    noncurrent_version_expiration=Duration.days(noncurrent_version_days),
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                )
+            ],
+        )
+        cfn_bucket = self._bucket.node.default_child
+        assert isinstance(cfn_bucket, s3.CfnBucket)
+        cfn_bucket.override_logical_id(BUCKET_LOGICAL_ID)
+        acknowledge(
+            self._bucket,
+            "AwsSolutions-S1",
+            "Who published or deployed what is recorded in each release.json and in the rollout "
+            "history; object-level audit belongs to the organization's CloudTrail data events, not to a "
+            "second log bucket per environment.",
+        )
+
+    @property
+    def bucket(self) -> s3.IBucket:
+        """The release bucket."""
+        return self._bucket
+
+    def grant_read_app(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
+        """Let ``grantee`` read and list ``<app>/<env>/`` and nothing else of the bucket."""
+        prefix = f"{app}/{env}/"
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(f"{prefix}*")])
+        )
+        # Listing its own prefix lets an instance tell "no release published yet" (an empty
+        # listing) from a permission problem (an error), which a failed GetObject cannot.
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[self._bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+            )
+        )

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Provision a Slipway instance: the deploy user and program, log forwarding, metrics.
+#
+# Used unchanged by the EC2 Image Builder component (baking: no SLIPWAY_* set, so only the
+# generic part runs) and by the launch template's user data on every boot (stock Amazon
+# Linux 2023 or a baked image), and by the tests on Debian 12. Safe to run again: every step
+# converges, and services restart only when their configuration changed.
+#
+# Environment (all optional when baking):
+#   SLIPWAY_APP, SLIPWAY_ENV, SLIPWAY_BUCKET  which fleet this instance serves
+#   SLIPWAY_LOG_DESTINATION   host:port of a remote syslog (Papertrail-style); empty = no forwarding
+#   SLIPWAY_LOG_TLS           true to forward over TLS (default false)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+AGENT_DIR=/home/deploy/lib/slipway
+RSYSLOG_FORWARD=/etc/rsyslog.d/60-slipway-forward.conf
+CWAGENT_CONFIG=/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json
+CWAGENT_CTL=/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl
+
+log() { echo "provision: $*"; }
+die() { echo "provision: ERROR: $*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "run as root (it creates users and writes /etc)"
+
+# --- settings -------------------------------------------------------------------------------
+APP="${SLIPWAY_APP:-}"
+ENV_NAME="${SLIPWAY_ENV:-}"
+BUCKET="${SLIPWAY_BUCKET:-}"
+LOG_DESTINATION="${SLIPWAY_LOG_DESTINATION:-}"
+LOG_TLS="${SLIPWAY_LOG_TLS:-false}"
+
+if [[ -n "$APP$ENV_NAME$BUCKET" ]]; then
+    [[ "$APP" =~ ^[a-z][a-z0-9-]{0,39}$ ]] || die "SLIPWAY_APP='$APP' must be lowercase letters, digits and '-'"
+    [[ "$ENV_NAME" =~ ^[a-z][a-z0-9-]{0,39}$ ]] || die "SLIPWAY_ENV='$ENV_NAME' must be lowercase letters, digits and '-'"
+    [[ -n "$BUCKET" ]] || die "SLIPWAY_BUCKET is empty; set it to the release bucket's name"
+fi
+if [[ -n "$LOG_DESTINATION" ]]; then
+    [[ "$LOG_DESTINATION" =~ ^([A-Za-z0-9.-]+):([0-9]{1,5})$ ]] \
+        || die "SLIPWAY_LOG_DESTINATION='$LOG_DESTINATION' must be host:port, e.g. logs.papertrailapp.com:12345"
+    LOG_HOST="${BASH_REMATCH[1]}"
+    LOG_PORT="${BASH_REMATCH[2]}"
+    (( LOG_PORT >= 1 && LOG_PORT <= 65535 )) || die "SLIPWAY_LOG_DESTINATION port $LOG_PORT is out of range"
+fi
+[[ "$LOG_TLS" == true || "$LOG_TLS" == false ]] || die "SLIPWAY_LOG_TLS='$LOG_TLS' must be true or false"
+
+# --- packages -------------------------------------------------------------------------------
+# shellcheck source=/dev/null
+. /etc/os-release
+case "${ID:-}" in
+    amzn)
+        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls amazon-cloudwatch-agent)
+        missing=()
+        for package in "${PACKAGES[@]}"; do rpm -q "$package" >/dev/null 2>&1 || missing+=("$package"); done
+        if (( ${#missing[@]} )); then log "installing ${missing[*]}"; dnf install -y "${missing[@]}"; fi
+        CA_BUNDLE=/etc/pki/tls/certs/ca-bundle.crt
+        ;;
+    debian)
+        # The CloudWatch agent is not packaged for Debian: its config is still written below.
+        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls ca-certificates systemd)
+        missing=()
+        for package in "${PACKAGES[@]}"; do
+            dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+        done
+        if (( ${#missing[@]} )); then
+            log "installing ${missing[*]}"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        fi
+        CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+        ;;
+    *) die "unsupported distribution '${ID:-unknown}'; use Amazon Linux 2023 or Debian 12" ;;
+esac
+
+# install_file SRC DEST MODE: copy only when different; prints "changed" if it wrote.
+install_file() {
+    if ! cmp -s "$1" "$2" 2>/dev/null; then
+        install -D -m "$3" -o root -g root "$1" "$2"
+        echo changed
+    fi
+}
+
+# --- deploy user and program ----------------------------------------------------------------
+if ! id deploy >/dev/null 2>&1; then
+    log "creating user deploy"
+    useradd --system --user-group --home-dir /home/deploy --no-create-home --shell /usr/sbin/nologin deploy
+fi
+# Root owns the home and everything the agent installs: apps run as deploy and must not be
+# able to change the program root runs, nor their own release code.
+install -d -m 0755 -o root -g root /home/deploy /home/deploy/bin /home/deploy/apps "$AGENT_DIR" "$AGENT_DIR/slipway_agent"
+install_file "$HERE/deploy" "$AGENT_DIR/deploy" 0755 >/dev/null
+install_file "$HERE/release.schema.json" "$AGENT_DIR/release.schema.json" 0644 >/dev/null
+for module in "$HERE"/slipway_agent/*.py; do
+    install_file "$module" "$AGENT_DIR/slipway_agent/$(basename "$module")" 0644 >/dev/null
+done
+# Modules removed from the image disappear from the instance too.
+for installed in "$AGENT_DIR"/slipway_agent/*.py; do
+    [[ -e "$HERE/slipway_agent/$(basename "$installed")" ]] || rm -f "$installed"
+done
+rm -rf "$AGENT_DIR/slipway_agent/__pycache__"
+ln -sfn "$AGENT_DIR/deploy" /home/deploy/bin/deploy
+log "deploy program at /home/deploy/bin/deploy"
+
+# --- instance identity ----------------------------------------------------------------------
+if [[ -n "$APP" ]]; then
+    install -d -m 0755 /etc/slipway
+    printf 'SLIPWAY_APP=%s\nSLIPWAY_ENV=%s\nSLIPWAY_BUCKET=%s\n' "$APP" "$ENV_NAME" "$BUCKET" > /etc/slipway/instance.env.new
+    mv /etc/slipway/instance.env.new /etc/slipway/instance.env
+fi
+
+# --- log forwarding -------------------------------------------------------------------------
+# journald -> rsyslog -> remote syslog. Only this app's processes (SyslogIdentifier=<app>-<type>,
+# release phase included) are forwarded. Without a destination, nothing is.
+rsyslog_changed=""
+if [[ -n "$APP" && -n "$LOG_DESTINATION" ]]; then
+    forward="$(mktemp)"
+    {
+        echo "# Written by Slipway image/provision.sh: forward $APP's logs to $LOG_DESTINATION."
+        if [[ "$LOG_TLS" == true ]]; then
+            echo "global(DefaultNetstreamDriverCAFile=\"$CA_BUNDLE\")"
+        fi
+        echo "if (\$programname startswith \"$APP-\") then {"
+        echo "    action(type=\"omfwd\" target=\"$LOG_HOST\" port=\"$LOG_PORT\" protocol=\"tcp\""
+        if [[ "$LOG_TLS" == true ]]; then
+            echo "           StreamDriver=\"gtls\" StreamDriverMode=\"1\" StreamDriverAuthMode=\"x509/name\""
+            echo "           StreamDriverPermittedPeers=\"$LOG_HOST\""
+        fi
+        echo "           template=\"RSYSLOG_SyslogProtocol23Format\""
+        # A slow or absent destination must never block local logging: queue in memory, retry forever.
+        echo "           queue.type=\"LinkedList\" queue.size=\"50000\" action.resumeRetryCount=\"-1\")"
+        echo "}"
+    } > "$forward"
+    rsyslog_changed="$(install_file "$forward" "$RSYSLOG_FORWARD" 0644)"
+    rm -f "$forward"
+elif [[ -e "$RSYSLOG_FORWARD" ]]; then
+    rm -f "$RSYSLOG_FORWARD"
+    rsyslog_changed=changed
+fi
+if [[ -n "$rsyslog_changed" ]]; then
+    rsyslogd -N1 >/dev/null 2>&1 || die "rsyslog rejects $RSYSLOG_FORWARD; check SLIPWAY_LOG_DESTINATION"
+fi
+systemctl enable --quiet rsyslog
+if [[ -n "$rsyslog_changed" ]] || ! systemctl is-active --quiet rsyslog; then
+    systemctl restart rsyslog
+    log "rsyslog: ${LOG_DESTINATION:+forwarding $APP-* to $LOG_DESTINATION (tls=$LOG_TLS)}${LOG_DESTINATION:-no forwarding}"
+fi
+
+# --- metrics --------------------------------------------------------------------------------
+# System metrics (cpu, memory, disk, network) with the host name as a dimension, and StatsD on
+# 127.0.0.1:8125 for the app's business metrics.
+cw_changed="$(install_file "$HERE/cloudwatch-agent.json" "$CWAGENT_CONFIG" 0644)"
+if [[ -x "$CWAGENT_CTL" ]]; then
+    if [[ -n "$cw_changed" ]] || ! systemctl is-active --quiet amazon-cloudwatch-agent; then
+        "$CWAGENT_CTL" -a fetch-config -m ec2 -s -c "file:$CWAGENT_CONFIG"
+        log "cloudwatch agent started"
+    fi
+else
+    log "cloudwatch agent not installed here; config written to $CWAGENT_CONFIG"
+fi
+
+log "done${APP:+ for $APP/$ENV_NAME}"

@@ -1,0 +1,95 @@
+"""Shared fixtures: the example platform synthesized once per session, and helpers
+to synthesize variants of it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+from aws_cdk.assertions import Template  # noqa: E402
+
+from app import build_app, cdk_json_context  # noqa: E402
+
+
+
+def synth_templates(context: dict[str, Any], outdir: Path) -> dict[str, dict[str, Any]]:
+    """Synthesize the app for ``context`` (nag included) and return each stack's template."""
+    assembly = build_app(context=context, outdir=str(outdir)).synth()
+    return {stack.stack_name: stack.template for stack in assembly.stacks}
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    """The repository root."""
+    return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def synth(tmp_path: Path) -> Callable[[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Synthesize the app for a context into a fresh folder; each stack's template by name."""
+    return lambda context: synth_templates(context, tmp_path / "synth")
+
+
+@pytest.fixture(scope="session")
+def example_context() -> dict[str, Any]:
+    """The context of the repository's cdk.json (the example configuration)."""
+    return cdk_json_context()
+
+
+@pytest.fixture(scope="session")
+def example_platform(example_context: dict[str, Any]) -> dict[str, Any]:
+    platform: dict[str, Any] = example_context["platform"]
+    return platform
+
+
+@pytest.fixture(scope="session")
+def assembly_dir(tmp_path_factory: pytest.TempPathFactory, example_context: dict[str, Any]) -> Path:
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    build_app(context=example_context, outdir=str(outdir)).synth()
+    return outdir
+
+
+@pytest.fixture(scope="session")
+def templates(assembly_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every stack of the example configuration, by stack name."""
+    return {
+        path.name.removesuffix(".template.json"): json.loads(path.read_text())
+        for path in sorted(assembly_dir.glob("*.template.json"))
+    }
+
+
+@pytest.fixture(scope="session")
+def staging(templates: dict[str, dict[str, Any]]) -> Template:
+    return Template.from_json(templates["Platform-staging"])
+
+
+@pytest.fixture(scope="session")
+def production(templates: dict[str, dict[str, Any]]) -> Template:
+    return Template.from_json(templates["Platform-production"])
+
+
+@pytest.fixture
+def synth_variant(
+    example_context: dict[str, Any], tmp_path: Path
+) -> Callable[[Callable[[dict[str, Any]], None]], dict[str, Template]]:
+    """Synthesize the example platform after ``change(platform)`` edits a copy of it."""
+
+    def synth(change: Callable[[dict[str, Any]], None]) -> dict[str, Template]:
+        context = copy.deepcopy(example_context)
+        change(context["platform"])
+        return {name: Template.from_json(t) for name, t in synth_templates(context, tmp_path / "out").items()}
+
+    return synth
+
+
+def resources_of_type(template: Template, resource_type: str) -> dict[str, Any]:
+    found: dict[str, Any] = template.find_resources(resource_type)
+    return found

@@ -1,0 +1,154 @@
+"""Whole stacks: snapshots, cfn-lint, cdk-nag, determinism, and synthesis from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_s3 as s3
+from syrupy.assertion import SnapshotAssertion
+from syrupy.extensions.json import JSONSnapshotExtension
+
+from app import build_app
+
+STACKS = ["Platform-production", "Platform-staging"]
+ASSET_HASH = re.compile(r"[0-9a-f]{64}")
+# cfn-lint findings that are deliberate, each with its reason; anything else fails.
+CFN_LINT_ACCEPTED = {
+    "W3010": "availability zones are pinned by configuration (availability_zones), as committed context",
+    "W3005": "an explicit DependsOn inside CDK's own restrict-default-security-group custom resource",
+}
+
+
+def normalized(template: dict[str, Any]) -> Any:
+    """The template with asset hashes masked: a snapshot guards structure, not image/ contents."""
+    return json.loads(ASSET_HASH.sub("<asset-hash>", json.dumps(template, sort_keys=True)))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The process environment without any AWS credentials or profile."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CDK_"))}
+    env.update(HOME=str(Path(os.environ.get("TMPDIR", "/tmp"))), AWS_EC2_METADATA_DISABLED="true",
+               JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20", **extra)
+    return env
+
+
+def test_one_stack_per_environment(templates: dict[str, dict[str, Any]]) -> None:
+    assert sorted(templates) == STACKS
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_snapshot(templates: dict[str, dict[str, Any]], stack: str, snapshot: SnapshotAssertion) -> None:
+    assert normalized(templates[stack]) == snapshot(extension_class=JSONSnapshotExtension)
+
+
+def test_synthesis_is_deterministic(
+    templates: dict[str, dict[str, Any]], example_context: dict[str, Any], synth: Callable[..., Any]
+) -> None:
+    # Same commit, same template: byte for byte, asset hashes included.
+    assert synth(example_context) == templates
+
+
+def test_cfn_lint_finds_no_errors(assembly_dir: Path) -> None:
+    paths = sorted(str(p) for p in assembly_dir.glob("*.template.json"))
+    assert len(paths) == len(STACKS)
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    result = subprocess.run([str(cfn_lint), "--format", "json", *paths],
+                            capture_output=True, text=True, check=False)
+    findings = json.loads(result.stdout or "[]")
+    unexpected = [f"{f['Rule']['Id']} {f['Message']} ({f['Filename']})" for f in findings
+                  if f["Rule"]["Id"] not in CFN_LINT_ACCEPTED]
+    assert unexpected == [], "\n".join(unexpected)
+    assert result.returncode in (0, 4), result.stderr  # 4: only (accepted) warnings
+
+
+def _nag_report(assembly_dir: Path) -> dict[str, Any]:
+    report = json.loads((assembly_dir / "validation-report.json").read_text())
+    [nag] = [plugin for plugin in report["pluginReports"] if plugin["pluginName"] == "AwsSolutions"]
+    return nag  # type: ignore[no-any-return]
+
+
+def test_cdk_nag_finds_nothing_unacknowledged(assembly_dir: Path) -> None:
+    # build_app registers the AwsSolutions pack; synthesis raises on any unacknowledged finding.
+    nag = _nag_report(assembly_dir)
+    assert nag["conclusion"] == "success"
+    assert nag["violations"] == []
+
+
+def test_every_acknowledgment_has_a_reason_and_matches_a_finding(
+    example_context: dict[str, Any], assembly_dir: Path
+) -> None:
+    app = build_app(context=example_context)
+    acknowledged = {
+        (node.node.path, rule): reason
+        for node in app.node.find_all()
+        for entry in node.node.metadata
+        if entry.type == cdk.Validations.ACKNOWLEDGED_RULES_METADATA_KEY
+        for rule, reason in entry.data.items()
+        if rule.startswith("AwsSolutions::")
+    }
+    assert acknowledged
+    for (path, rule), reason in acknowledged.items():
+        assert len(reason) >= 60, f"{path} {rule}: give a specific reason"
+    # An acknowledgment that suppresses nothing is stale: remove it.
+    used = {(s["acknowledgedAt"], s["acknowledgedId"]) for s in _nag_report(assembly_dir)["suppressedViolations"]}
+    assert set(acknowledged) - used == set()
+
+
+def test_cdk_nag_stops_synthesis_on_an_unacknowledged_finding(
+    example_context: dict[str, Any], tmp_path: Path
+) -> None:
+    app = build_app(context=example_context, outdir=str(tmp_path))
+    stack = app.node.find_child("Platform-staging")
+    assert isinstance(stack, cdk.Stack)
+    s3.Bucket(stack, "UnloggedBucket")  # no access logs, no TLS-only policy
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
+        app.synth()
+    violations = _nag_report(tmp_path)["violations"]
+    assert {"AwsSolutions-S1", "AwsSolutions-S10"} <= {v["ruleName"] for v in violations}
+    assert all("UnloggedBucket" in c["constructPath"] for v in violations for c in v["violatingConstructs"])
+
+
+def test_python_app_synthesizes_every_stack_without_credentials(repo: Path, tmp_path: Path) -> None:
+    # Run from elsewhere: the app finds cdk.json next to itself, and writes ./cdk.out.
+    result = subprocess.run([sys.executable, str(repo / "app.py")], cwd=tmp_path, env=clean_env(),
+                            capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for stack in STACKS:
+        assert f"{stack}: cdk.out/{stack}.template.json" in result.stdout
+        assert (tmp_path / "cdk.out" / f"{stack}.template.json").is_file()
+
+
+def test_bad_configuration_gives_one_line_and_a_nonzero_exit(repo: Path, example_platform: dict[str, Any]) -> None:
+    platform = json.loads(json.dumps(example_platform))
+    platform["apps"]["web"]["min_capacity"] = 9
+    result = subprocess.run([sys.executable, "app.py"], cwd=repo,
+                            env=clean_env(CDK_CONTEXT_JSON=json.dumps({"platform": platform}), CDK_OUTDIR="/nonexistent"),
+                            capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: invalid platform configuration: platform.apps.web.min_capacity: 9 is greater than max_capacity 6;"
+        " lower min_capacity or raise max_capacity"
+    ]
+
+
+def test_cdk_cli_synthesizes_the_same_templates(
+    repo: Path, templates: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    cli = repo / ".tools" / "node_modules" / ".bin" / "cdk"
+    assert cli.exists(), "the pinned cdk CLI is missing: `make test` installs it"
+    env = clean_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", CDK_DISABLE_CLI_TELEMETRY="true")
+    result = subprocess.run([str(cli), "synth", "--quiet", "--no-notices", "--output", str(tmp_path)], cwd=repo,
+                            env=env, capture_output=True, text=True, check=False, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for stack in STACKS:
+        assert json.loads((tmp_path / f"{stack}.template.json").read_text()) == templates[stack]
