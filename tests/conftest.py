@@ -14,10 +14,9 @@ import pytest
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
-from aws_cdk.assertions import Template  # noqa: E402
+from aws_cdk.assertions import Template
 
-from app import build_app, cdk_json_context  # noqa: E402
-
+from app import build_app, cdk_json_context
 
 
 def synth_templates(context: dict[str, Any], outdir: Path) -> dict[str, dict[str, Any]]:

@@ -32,9 +32,7 @@ def test_settings_are_frozen(example_platform: dict[str, Any]) -> None:
 
 
 def test_defaults_fill_a_minimal_configuration() -> None:
-    config = PlatformConfig.from_context(
-        {"environments": {"dev": {"region": "eu-west-1"}}, "apps": {"api": {}}}
-    )
+    config = PlatformConfig.from_context({"environments": {"dev": {"region": "eu-west-1"}}, "apps": {"api": {}}})
     settings = config.apps[0].settings_for("dev")
     assert settings == AppSettings(name="api")
     assert config.environment("dev").network.instance_subnets == "public"
@@ -74,77 +72,140 @@ def _rename_app(old: str, new: str) -> Callable[[dict[str, Any]], None]:
 RULES = {
     "unknown top-level key": (_set("app", {}), "platform.app", "did you mean 'apps'"),
     "unknown app key": (_set("apps.web.prot", 5000), "platform.apps.web.prot", "did you mean 'port'"),
-    "unknown environment key": (_set("environments.staging.regoin", "x"), "platform.environments.staging.regoin",
-                                "did you mean 'region'"),
-    "unknown network key": (_set("environments.staging.network.nat", 1), "platform.environments.staging.network.nat",
-                            "remove it"),
+    "unknown environment key": (
+        _set("environments.staging.regoin", "x"),
+        "platform.environments.staging.regoin",
+        "did you mean 'region'",
+    ),
+    "unknown network key": (
+        _set("environments.staging.network.nat", 1),
+        "platform.environments.staging.network.nat",
+        "remove it",
+    ),
     "app name with capitals": (_rename_app("web", "Web"), "platform.apps.Web", "lowercase"),
     "app name with underscore": (_rename_app("web", "my_app"), "platform.apps.my_app", "lowercase"),
     "app name too long": (_rename_app("web", "a" * 33), "platform.apps." + "a" * 33, "2 to 32"),
-    "environment name with dash": (_set("environments.pre-prod", {"region": "us-east-1"}),
-                                   "platform.environments.pre-prod", "lowercase letters and digits"),
+    "environment name with dash": (
+        _set("environments.pre-prod", {"region": "us-east-1"}),
+        "platform.environments.pre-prod",
+        "lowercase letters and digits",
+    ),
     "no environment": (_set("environments", {}), "platform.environments", "add one"),
-    "min greater than max": (_set("apps.web.min_capacity", 9), "platform.apps.web.min_capacity",
-                             "lower min_capacity or raise max_capacity"),
-    "min greater than max in an override": (_set("apps.web.environments.staging.min_capacity", 3),
-                                            "platform.apps.web.environments.staging.min_capacity",
-                                            "lower min_capacity"),
-    "desired outside the range": (_set("apps.web.desired_capacity", 10), "platform.apps.web.desired_capacity",
-                                  "let scaling decide"),
-    "override of an unknown environment": (_set("apps.web.environments.qa", {"min_capacity": 1}),
-                                           "platform.apps.web.environments.qa", "use one of: staging, production"),
-    "unknown key in an override": (_set("apps.web.environments.staging.instance", "t3.large"),
-                                   "platform.apps.web.environments.staging.instance",
-                                   "did you mean 'instance_type'"),
+    "min greater than max": (
+        _set("apps.web.min_capacity", 9),
+        "platform.apps.web.min_capacity",
+        "lower min_capacity or raise max_capacity",
+    ),
+    "min greater than max in an override": (
+        _set("apps.web.environments.staging.min_capacity", 3),
+        "platform.apps.web.environments.staging.min_capacity",
+        "lower min_capacity",
+    ),
+    "desired outside the range": (
+        _set("apps.web.desired_capacity", 10),
+        "platform.apps.web.desired_capacity",
+        "let scaling decide",
+    ),
+    "override of an unknown environment": (
+        _set("apps.web.environments.qa", {"min_capacity": 1}),
+        "platform.apps.web.environments.qa",
+        "use one of: staging, production",
+    ),
+    "unknown key in an override": (
+        _set("apps.web.environments.staging.instance", "t3.large"),
+        "platform.apps.web.environments.staging.instance",
+        "did you mean 'instance_type'",
+    ),
     "port above range": (_set("apps.web.port", 70000), "platform.apps.web.port", "1024 to 65535"),
     "privileged port": (_set("apps.web.port", 80), "platform.apps.web.port", "unprivileged deploy user"),
     "port as a string": (_set("apps.web.port", "5000"), "platform.apps.web.port", "use a number"),
     "port as a boolean": (_set("apps.web.port", True), "platform.apps.web.port", "use a number"),
-    "relative health check path": (_set("apps.web.health_check_path", "health"),
-                                   "platform.apps.web.health_check_path", 'starting with "/"'),
+    "relative health check path": (
+        _set("apps.web.health_check_path", "health"),
+        "platform.apps.web.health_check_path",
+        'starting with "/"',
+    ),
     "bad instance type": (_set("apps.web.instance_type", "large"), "platform.apps.web.instance_type", "t3.small"),
-    "formation without web": (_set("apps.web.formation", {"worker": 1}), "platform.apps.web.formation.web",
-                              '"web": 1'),
-    "release in formation": (_set("apps.web.formation", {"web": 1, "release": 1}),
-                             "platform.apps.web.formation.release", "runs once per deploy"),
-    "negative process count": (_set("apps.web.formation", {"web": -1}), "platform.apps.web.formation.web",
-                               "0 to 20"),
-    "bad process name": (_set("apps.web.formation", {"web": 1, "Worker!": 1}),
-                         "platform.apps.web.formation.Worker!", "as in the Procfile"),
-    "deregistration delay too long": (_set("apps.web.deregistration_delay_seconds", 4000),
-                                      "platform.apps.web.deregistration_delay_seconds", "10 to 30"),
-    "bad region": (_set("environments.staging.region", "us-east"), "platform.environments.staging.region",
-                   "us-east-1"),
+    "formation without web": (_set("apps.web.formation", {"worker": 1}), "platform.apps.web.formation.web", '"web": 1'),
+    "release in formation": (
+        _set("apps.web.formation", {"web": 1, "release": 1}),
+        "platform.apps.web.formation.release",
+        "runs once per deploy",
+    ),
+    "negative process count": (_set("apps.web.formation", {"web": -1}), "platform.apps.web.formation.web", "0 to 20"),
+    "bad process name": (
+        _set("apps.web.formation", {"web": 1, "Worker!": 1}),
+        "platform.apps.web.formation.Worker!",
+        "as in the Procfile",
+    ),
+    "deregistration delay too long": (
+        _set("apps.web.deregistration_delay_seconds", 4000),
+        "platform.apps.web.deregistration_delay_seconds",
+        "10 to 30",
+    ),
+    "bad region": (_set("environments.staging.region", "us-east"), "platform.environments.staging.region", "us-east-1"),
     "missing region": (_delete("environments.staging.region"), "platform.environments.staging.region", "add it"),
-    "account not 12 digits": (_set("environments.staging.account", "1234"), "platform.environments.staging.account",
-                              "12-digit"),
-    "account as a number": (_set("environments.staging.account", 123456789012),
-                            "platform.environments.staging.account", "as a string"),
-    "unknown subnet kind": (_set("environments.staging.network.instance_subnets", "isolated"),
-                            "platform.environments.staging.network.instance_subnets", '"public"'),
-    "NAT gateway with public subnets": (_set("environments.staging.network.nat_gateways", 1),
-                                        "platform.environments.staging.network.nat_gateways", "no NAT gateway"),
-    "more NAT gateways than zones": (_set("environments.production.network.nat_gateways", 4),
-                                     "platform.environments.production.network.nat_gateways", "1 to 3"),
-    "one availability zone": (_set("environments.staging.network.availability_zones", ["us-east-1a"]),
-                              "platform.environments.staging.network.availability_zones", "at least two"),
-    "zone of another region": (_set("environments.staging.network.availability_zones", ["us-east-1a", "eu-west-1b"]),
-                               "platform.environments.staging.network.availability_zones", "zones of us-east-1"),
-    "public CIDR": (_set("environments.staging.network.cidr", "8.8.0.0/16"), "platform.environments.staging.network.cidr",
-                    "10.0.0.0/16"),
-    "log destination without port": (_set("environments.staging.logs.destination", "logs.papertrailapp.com"),
-                                     "platform.environments.staging.logs.destination", '"host:port"'),
-    "log tls as a string": (_set("environments.staging.logs.tls", "yes"), "platform.environments.staging.logs.tls",
-                            "true or false"),
-    "certificate that is not an ACM ARN": (_set("apps.web.certificate_arn", "arn:aws:iam::123456789012:server/x"),
-                                           "platform.apps.web.certificate_arn", "ACM certificate"),
+    "account not 12 digits": (
+        _set("environments.staging.account", "1234"),
+        "platform.environments.staging.account",
+        "12-digit",
+    ),
+    "account as a number": (
+        _set("environments.staging.account", 123456789012),
+        "platform.environments.staging.account",
+        "as a string",
+    ),
+    "unknown subnet kind": (
+        _set("environments.staging.network.instance_subnets", "isolated"),
+        "platform.environments.staging.network.instance_subnets",
+        '"public"',
+    ),
+    "NAT gateway with public subnets": (
+        _set("environments.staging.network.nat_gateways", 1),
+        "platform.environments.staging.network.nat_gateways",
+        "no NAT gateway",
+    ),
+    "more NAT gateways than zones": (
+        _set("environments.production.network.nat_gateways", 4),
+        "platform.environments.production.network.nat_gateways",
+        "1 to 3",
+    ),
+    "one availability zone": (
+        _set("environments.staging.network.availability_zones", ["us-east-1a"]),
+        "platform.environments.staging.network.availability_zones",
+        "at least two",
+    ),
+    "zone of another region": (
+        _set("environments.staging.network.availability_zones", ["us-east-1a", "eu-west-1b"]),
+        "platform.environments.staging.network.availability_zones",
+        "zones of us-east-1",
+    ),
+    "public CIDR": (
+        _set("environments.staging.network.cidr", "8.8.0.0/16"),
+        "platform.environments.staging.network.cidr",
+        "10.0.0.0/16",
+    ),
+    "log destination without port": (
+        _set("environments.staging.logs.destination", "logs.papertrailapp.com"),
+        "platform.environments.staging.logs.destination",
+        '"host:port"',
+    ),
+    "log tls as a string": (
+        _set("environments.staging.logs.tls", "yes"),
+        "platform.environments.staging.logs.tls",
+        "true or false",
+    ),
+    "certificate that is not an ACM ARN": (
+        _set("apps.web.certificate_arn", "arn:aws:iam::123456789012:server/x"),
+        "platform.apps.web.certificate_arn",
+        "ACM certificate",
+    ),
     "apps not an object": (_set("apps", ["web"]), "platform.apps", "{...}"),
 }
 
 
 @pytest.mark.parametrize("change, path, fix", RULES.values(), ids=RULES.keys())
-def test_rule(example_platform: dict[str, Any], change: Callable[[dict[str, Any]], None], path: str,
-              fix: str) -> None:
+def test_rule(example_platform: dict[str, Any], change: Callable[[dict[str, Any]], None], path: str, fix: str) -> None:
     platform = copy.deepcopy(example_platform)
     change(platform)
     with pytest.raises(ConfigError) as raised:
@@ -163,8 +224,10 @@ def test_missing_platform_names_the_context_key() -> None:
 
 @given(low=st.integers(0, 1000), high=st.integers(1, 1000))
 def test_capacity_range_is_accepted_exactly_when_ordered(low: int, high: int) -> None:
-    raw = {"environments": {"dev": {"region": "us-west-2"}},
-           "apps": {"api": {"min_capacity": low, "max_capacity": high}}}
+    raw = {
+        "environments": {"dev": {"region": "us-west-2"}},
+        "apps": {"api": {"min_capacity": low, "max_capacity": high}},
+    }
     if low <= high:
         settings = PlatformConfig.from_context(raw).apps[0].settings_for("dev")
         assert (settings.min_capacity, settings.max_capacity) == (low, high)

@@ -55,8 +55,14 @@ def test_new_launch_template_replaces_instances_gradually(production: Template) 
         "MinInstancesInService": 2,
         "PauseTime": "PT15M",
         "WaitOnResourceSignals": True,
-        "SuspendProcesses": ["HealthCheck", "ReplaceUnhealthy", "AZRebalance", "AlarmNotification",
-                             "ScheduledActions", "InstanceRefresh"],
+        "SuspendProcesses": [
+            "HealthCheck",
+            "ReplaceUnhealthy",
+            "AZRebalance",
+            "AlarmNotification",
+            "ScheduledActions",
+            "InstanceRefresh",
+        ],
     }
     assert group["CreationPolicy"] == {"ResourceSignal": {"Count": 2, "Timeout": "PT15M"}}
 
@@ -86,8 +92,10 @@ def test_launch_template_requires_imdsv2_and_encrypts_volumes(staging: Template)
     data = _one(staging, "AWS::EC2::LaunchTemplate", "web")["Properties"]["LaunchTemplateData"]
     assert data["MetadataOptions"] == {"HttpTokens": "required", "HttpPutResponseHopLimit": 1}
     assert data["BlockDeviceMappings"] == [
-        {"DeviceName": "/dev/xvda",
-         "Ebs": {"Encrypted": True, "VolumeType": "gp3", "VolumeSize": 16, "DeleteOnTermination": True}}
+        {
+            "DeviceName": "/dev/xvda",
+            "Ebs": {"Encrypted": True, "VolumeType": "gp3", "VolumeSize": 16, "DeleteOnTermination": True},
+        }
     ]
     assert data["InstanceType"] == "t3.micro"  # the staging override
 
@@ -111,8 +119,11 @@ def test_ami_is_amazon_linux_2023_from_the_public_ssm_parameter(
 def test_http_listener_forwards_to_the_target_group(staging: Template) -> None:
     staging.has_resource_properties(
         "AWS::ElasticLoadBalancingV2::Listener",
-        {"Port": 80, "Protocol": "HTTP",
-         "DefaultActions": [{"Type": "forward", "TargetGroupArn": {"Ref": Match.string_like_regexp("^AppwebWeb")}}]},
+        {
+            "Port": 80,
+            "Protocol": "HTTP",
+            "DefaultActions": [{"Type": "forward", "TargetGroupArn": {"Ref": Match.string_like_regexp("^AppwebWeb")}}],
+        },
     )
 
 
@@ -125,19 +136,33 @@ def test_certificate_adds_https_and_redirects_http(synth_variant: Callable[..., 
     template = synth_variant(https)["Platform-staging"]
     template.has_resource_properties(
         "AWS::ElasticLoadBalancingV2::Listener",
-        {"Port": 443, "Protocol": "HTTPS", "Certificates": [{"CertificateArn": arn}],
-         "DefaultActions": [Match.object_like({"Type": "forward"})]},
+        {
+            "Port": 443,
+            "Protocol": "HTTPS",
+            "Certificates": [{"CertificateArn": arn}],
+            "DefaultActions": [Match.object_like({"Type": "forward"})],
+        },
     )
     template.has_resource_properties(
         "AWS::ElasticLoadBalancingV2::Listener",
-        {"Port": 80, "DefaultActions": [{"Type": "redirect", "RedirectConfig": Match.object_like(
-            {"Port": "443", "Protocol": "HTTPS", "StatusCode": "HTTP_301"})}]},
+        {
+            "Port": 80,
+            "DefaultActions": [
+                {
+                    "Type": "redirect",
+                    "RedirectConfig": Match.object_like({"Port": "443", "Protocol": "HTTPS", "StatusCode": "HTTP_301"}),
+                }
+            ],
+        },
     )
 
 
 def test_instances_admit_only_the_load_balancer_on_the_app_port(staging: Template) -> None:
-    rules = [v["Properties"] for k, v in staging.find_resources("AWS::EC2::SecurityGroupIngress").items()
-             if k.startswith("AppbillingInstanceSecurityGroup")]
+    rules = [
+        v["Properties"]
+        for k, v in staging.find_resources("AWS::EC2::SecurityGroupIngress").items()
+        if k.startswith("AppbillingInstanceSecurityGroup")
+    ]
     assert len(rules) == 1
     rule = rules[0]
     assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 8080, 8080)
@@ -147,8 +172,9 @@ def test_instances_admit_only_the_load_balancer_on_the_app_port(staging: Templat
 
 
 def _statements(template: Template, app: str) -> list[dict[str, Any]]:
-    policies = {k: v for k, v in template.find_resources("AWS::IAM::Policy").items()
-                if k.startswith(f"App{app}InstanceRole")}
+    policies = {
+        k: v for k, v in template.find_resources("AWS::IAM::Policy").items() if k.startswith(f"App{app}InstanceRole")
+    }
     assert len(policies) == 1
     statements: list[dict[str, Any]] = next(iter(policies.values()))["Properties"]["PolicyDocument"]["Statement"]
     return statements
@@ -169,9 +195,14 @@ def test_instance_role_reads_only_its_own_release_prefix(staging: Template) -> N
     assert resources.count("*") == 1
     assert ".zip" in resources
     listing = [s for s in statements if s["Action"] == "s3:ListBucket"]
-    assert listing == [{"Action": "s3:ListBucket", "Effect": "Allow",
-                        "Resource": {"Fn::GetAtt": ["ReleaseBucket", "Arn"]},
-                        "Condition": {"StringLike": {"s3:prefix": ["web/staging/*"]}}}]
+    assert listing == [
+        {
+            "Action": "s3:ListBucket",
+            "Effect": "Allow",
+            "Resource": {"Fn::GetAtt": ["ReleaseBucket", "Arn"]},
+            "Condition": {"StringLike": {"s3:prefix": ["web/staging/*"]}},
+        }
+    ]
 
 
 def test_instance_role_has_ssm_managed_instance_access(staging: Template) -> None:
@@ -190,18 +221,26 @@ def test_tags_propagate_to_instances(production: Template) -> None:
 def test_cpu_target_tracking(staging: Template) -> None:
     staging.has_resource_properties(
         "AWS::AutoScaling::ScalingPolicy",
-        {"PolicyType": "TargetTrackingScaling",
-         "AutoScalingGroupName": {"Ref": Match.string_like_regexp("^AppwebInstancesASG")},
-         "TargetTrackingConfiguration": {
-             "PredefinedMetricSpecification": {"PredefinedMetricType": "ASGAverageCPUUtilization"},
-             "TargetValue": 50}},
+        {
+            "PolicyType": "TargetTrackingScaling",
+            "AutoScalingGroupName": {"Ref": Match.string_like_regexp("^AppwebInstancesASG")},
+            "TargetTrackingConfiguration": {
+                "PredefinedMetricSpecification": {"PredefinedMetricType": "ASGAverageCPUUtilization"},
+                "TargetValue": 50,
+            },
+        },
     )
 
 
 def test_boot_commands_exact_text() -> None:
     commands = boot_commands(
-        app="billing", env="staging", bucket="releases-abc", image_url="s3://assets/image.zip",
-        region="eu-west-1", stack="Platform-staging", signal_resource="AppbillingInstancesASG1234",
+        app="billing",
+        env="staging",
+        bucket="releases-abc",
+        image_url="s3://assets/image.zip",
+        region="eu-west-1",
+        stack="Platform-staging",
+        signal_resource="AppbillingInstancesASG1234",
         logs=LogSettings(destination="logs.example.com:514", tls=True),
     )
     assert commands == [
@@ -228,8 +267,8 @@ def test_user_data_runs_provisioning_then_deploys_current(staging: Template) -> 
     data = _one(staging, "AWS::EC2::LaunchTemplate", "web")["Properties"]["LaunchTemplateData"]
     script = _join(data["UserData"]["Fn::Base64"])
     assert script.startswith("#!/bin/bash\nset -euo pipefail\n")
-    assert "SLIPWAY_APP=web SLIPWAY_ENV=staging SLIPWAY_BUCKET='{\"Ref\": \"ReleaseBucket\"}'" in script
-    assert "/home/deploy/bin/deploy 's3://{\"Ref\": \"ReleaseBucket\"}/web/staging/current'" in script
+    assert 'SLIPWAY_APP=web SLIPWAY_ENV=staging SLIPWAY_BUCKET=\'{"Ref": "ReleaseBucket"}\'' in script
+    assert '/home/deploy/bin/deploy \'s3://{"Ref": "ReleaseBucket"}/web/staging/current\'' in script
     # The signal names this fleet's own group, so a failed boot rolls back this group's update.
     group_id = next(k for k in staging.find_resources("AWS::AutoScaling::AutoScalingGroup") if k.startswith("Appweb"))
     assert f"--resource {group_id} " in script

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+
 def test_constructs_folder_has_no_init(repo: Path) -> None:
     # An __init__.py would shadow the pip package `constructs` and break aws-cdk-lib.
     assert not (repo / "constructs" / "__init__.py").exists()

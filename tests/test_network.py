@@ -24,7 +24,9 @@ def test_public_mode_spans_two_zones_without_nat(staging: Template) -> None:
 def test_private_mode_uses_the_configured_zones_and_nat_gateways(production: Template) -> None:
     private = _subnets(production, public=False)
     assert sorted(s["Properties"]["AvailabilityZone"] for s in private.values()) == [
-        "us-east-1a", "us-east-1b", "us-east-1c"
+        "us-east-1a",
+        "us-east-1b",
+        "us-east-1c",
     ]
     production.resource_count_is("AWS::EC2::NatGateway", 2)
 

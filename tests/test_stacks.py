@@ -36,8 +36,12 @@ def normalized(template: dict[str, Any]) -> Any:
 def clean_env(**extra: str) -> dict[str, str]:
     """The process environment without any AWS credentials or profile."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CDK_"))}
-    env.update(HOME=str(Path(os.environ.get("TMPDIR", "/tmp"))), AWS_EC2_METADATA_DISABLED="true",
-               JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20", **extra)
+    env.update(
+        HOME=str(Path(os.environ.get("TMPDIR", "/tmp"))),
+        AWS_EC2_METADATA_DISABLED="true",
+        JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
+        **extra,
+    )
     return env
 
 
@@ -61,11 +65,13 @@ def test_cfn_lint_finds_no_errors(assembly_dir: Path) -> None:
     paths = sorted(str(p) for p in assembly_dir.glob("*.template.json"))
     assert len(paths) == len(STACKS)
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
-    result = subprocess.run([str(cfn_lint), "--format", "json", *paths],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run([str(cfn_lint), "--format", "json", *paths], capture_output=True, text=True, check=False)
     findings = json.loads(result.stdout or "[]")
-    unexpected = [f"{f['Rule']['Id']} {f['Message']} ({f['Filename']})" for f in findings
-                  if f["Rule"]["Id"] not in CFN_LINT_ACCEPTED]
+    unexpected = [
+        f"{f['Rule']['Id']} {f['Message']} ({f['Filename']})"
+        for f in findings
+        if f["Rule"]["Id"] not in CFN_LINT_ACCEPTED
+    ]
     assert unexpected == [], "\n".join(unexpected)
     assert result.returncode in (0, 4), result.stderr  # 4: only (accepted) warnings
 
@@ -103,9 +109,7 @@ def test_every_acknowledgment_has_a_reason_and_matches_a_finding(
     assert set(acknowledged) - used == set()
 
 
-def test_cdk_nag_stops_synthesis_on_an_unacknowledged_finding(
-    example_context: dict[str, Any], tmp_path: Path
-) -> None:
+def test_cdk_nag_stops_synthesis_on_an_unacknowledged_finding(example_context: dict[str, Any], tmp_path: Path) -> None:
     app = build_app(context=example_context, outdir=str(tmp_path))
     stack = app.node.find_child("Platform-staging")
     assert isinstance(stack, cdk.Stack)
@@ -119,8 +123,15 @@ def test_cdk_nag_stops_synthesis_on_an_unacknowledged_finding(
 
 def test_python_app_synthesizes_every_stack_without_credentials(repo: Path, tmp_path: Path) -> None:
     # Run from elsewhere: the app finds cdk.json next to itself, and writes ./cdk.out.
-    result = subprocess.run([sys.executable, str(repo / "app.py")], cwd=tmp_path, env=clean_env(),
-                            capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(repo / "app.py")],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     for stack in STACKS:
         assert f"{stack}: cdk.out/{stack}.template.json" in result.stdout
@@ -130,9 +141,15 @@ def test_python_app_synthesizes_every_stack_without_credentials(repo: Path, tmp_
 def test_bad_configuration_gives_one_line_and_a_nonzero_exit(repo: Path, example_platform: dict[str, Any]) -> None:
     platform = json.loads(json.dumps(example_platform))
     platform["apps"]["web"]["min_capacity"] = 9
-    result = subprocess.run([sys.executable, "app.py"], cwd=repo,
-                            env=clean_env(CDK_CONTEXT_JSON=json.dumps({"platform": platform}), CDK_OUTDIR="/nonexistent"),
-                            capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=repo,
+        env=clean_env(CDK_CONTEXT_JSON=json.dumps({"platform": platform}), CDK_OUTDIR="/nonexistent"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
@@ -147,8 +164,15 @@ def test_cdk_cli_synthesizes_the_same_templates(
     cli = repo / ".tools" / "node_modules" / ".bin" / "cdk"
     assert cli.exists(), "the pinned cdk CLI is missing: `make test` installs it"
     env = clean_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", CDK_DISABLE_CLI_TELEMETRY="true")
-    result = subprocess.run([str(cli), "synth", "--quiet", "--no-notices", "--output", str(tmp_path)], cwd=repo,
-                            env=env, capture_output=True, text=True, check=False, timeout=600)
+    result = subprocess.run(
+        [str(cli), "synth", "--quiet", "--no-notices", "--output", str(tmp_path)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     for stack in STACKS:
         assert json.loads((tmp_path / f"{stack}.template.json").read_text()) == templates[stack]

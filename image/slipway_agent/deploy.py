@@ -196,6 +196,7 @@ class Deployment:
             self._verify(manifest, archive, env_bytes)
         staging = os.path.join(self.layout.releases_dir, f".{release_id}.partial")
         with self.report.phase("unpack"):
+            os.mkdir(staging, 0o755)
             entries, size = _unpack_checked(archive, staging, self.args.max_unpacked_bytes)
         self.report.detail(f"unpacked {entries} entries ({size} bytes)")
         with self.report.phase("configure"):
@@ -436,7 +437,7 @@ class Deployment:
 
 def _unpack_checked(archive: str, staging: str, limit: int) -> tuple[int, int]:
     try:
-        return unpack(Path(archive), Path(staging), limit)
+        return unpack(Path(archive), Path(staging) / "source", limit)
     except UnsafeArchive as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise DeployFailed(f"refusing source.tar.gz: {error}") from None

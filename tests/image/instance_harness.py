@@ -34,9 +34,7 @@ IMAGE = REPO / "image"
 CACHE = Path("/var/cache/slipway-test")
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = (
-    "systemd,systemd-sysv,dbus,python3,python3-boto3,rsyslog,rsyslog-gnutls,ca-certificates,iproute2"
-)
+PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-boto3,rsyslog,rsyslog-gnutls,ca-certificates,iproute2"
 HOST_TOOLS = {"mmdebstrap": "mmdebstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
 BUCKET = "slipway-test-releases"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -99,7 +97,10 @@ class Instance:
         environment += [f"{key}={value}" for key, value in (env or {}).items()]
         result = subprocess.run(
             ["nsenter", "-t", str(self.leader), "-a", "env", "-i", *environment, *argv],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"{argv} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
@@ -109,8 +110,20 @@ class Instance:
         """Start ``argv`` inside the container without waiting."""
         environment = [f"{key}={value}" for key, value in env.items()]
         return subprocess.Popen(
-            ["nsenter", "-t", str(self.leader), "-a", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *environment, *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                "nsenter",
+                "-t",
+                str(self.leader),
+                "-a",
+                "env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                *environment,
+                *argv,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def path(self, inside: str) -> Path:
@@ -127,15 +140,24 @@ def booted_instance(workdir: Path) -> Iterator[Instance]:
     console = workdir / "console.log"
     with open(console, "wb") as output:
         process = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", "--resolv-conf=off",
-             f"--machine={name}", f"--directory={directory}"],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "systemd-nspawn",
+                "--quiet",
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--resolv-conf=off",
+                f"--machine={name}",
+                f"--directory={directory}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         instance = Instance(directory, name, process, _leader(process, console), console)
-        state = instance.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=120)
-        if state.stdout.strip() not in ("running", "degraded"):
-            raise AssertionError(f"container did not boot: {state.stdout}\n{console.read_text()[-3000:]}")
+        _wait_booted(instance)
         yield instance
     finally:
         _shutdown(process)
@@ -158,6 +180,20 @@ def _leader(process: subprocess.Popen[bytes], console: Path) -> int:
     raise AssertionError("the container's systemd did not start within 60s")
 
 
+def _wait_booted(instance: Instance) -> None:
+    # Until systemd has set up the container, entering it or asking systemd can fail: retry.
+    deadline = time.monotonic() + 120
+    while True:
+        state = instance.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=120)
+        if state.stdout.strip() in ("running", "degraded"):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"container did not boot: {state.stdout}{state.stderr}\n{instance.console.read_text()[-3000:]}"
+            )
+        time.sleep(0.2)
+
+
 def _shutdown(process: subprocess.Popen[bytes]) -> None:
     """Ask nspawn to halt the container (SIGTERM), then kill it if it hangs."""
     if process.poll() is None:
@@ -175,7 +211,8 @@ def moto_s3() -> Iterator[str]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -198,8 +235,13 @@ def s3_client(endpoint: str) -> Any:
     """A boto3 S3 client on the moto endpoint."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def agent_env(endpoint: str) -> dict[str, str]:
@@ -233,18 +275,31 @@ class Publisher:
     published: list[str] = field(default_factory=list)
 
     def publish(
-        self, release_id: str, source: bytes, env_text: str, *, port: int, formation: dict[str, int] | None = None,
-        health_path: str = "/health", timeout: float = 10,
+        self,
+        release_id: str,
+        source: bytes,
+        env_text: str,
+        *,
+        port: int,
+        formation: dict[str, int] | None = None,
+        health_path: str = "/health",
+        timeout: float = 10,
     ) -> str:
         """Upload one release and return its URL."""
         prefix = f"{self.app}/{self.env}/{release_id}/"
         manifest = {
-            "version": 1, "id": release_id, "app": self.app, "env": self.env,
+            "version": 1,
+            "id": release_id,
+            "app": self.app,
+            "env": self.env,
             "source": {"sha256": hashlib.sha256(source).hexdigest(), "size": len(source)},
             "git": {"ref": "main", "commit": hashlib.sha1(source).hexdigest()},
             "env_sha256": hashlib.sha256(env_text.encode()).hexdigest(),
-            "created_by": "tests", "created_at": "2025-11-26T00:00:00Z", "description": f"test {release_id}",
-            "formation": formation or {}, "health_check": {"path": health_path, "port": port, "timeout": timeout},
+            "created_by": "tests",
+            "created_at": "2025-11-26T00:00:00Z",
+            "description": f"test {release_id}",
+            "formation": formation or {},
+            "health_check": {"path": health_path, "port": port, "timeout": timeout},
             "parent": self.published[-1] if self.published else None,
         }
         self.client.put_object(Bucket=self.bucket, Key=prefix + "source.tar.gz", Body=source)

@@ -67,7 +67,7 @@ def test_unknown_version_is_refused_before_the_schema():
     ],
 )
 def test_invalid_manifests_name_the_field(change, message):
-    with pytest.raises(ManifestError, match="does not match release.schema.json") as caught:
+    with pytest.raises(ManifestError, match=r"does not match release\.schema\.json") as caught:
         parse_manifest(json.dumps(dict(VALID, **change)).encode(), SCHEMA)
     assert message in str(caught.value)
 
@@ -84,9 +84,14 @@ def test_validator_refuses_keywords_it_does_not_implement():
 
 # Agreement with the real library: mutate valid manifests at every path and compare verdicts.
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 70000) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 70000)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.sampled_from(["", "r1", "r0", "/", "/x y", "a" * 64, "main", "2025-01-01T00:00:00Z", "web"]),
-    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(["web", "path", "x"]), inner, max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(["web", "path", "x"]), inner, max_size=2)
+    ),
     max_leaves=4,
 )
 
@@ -102,7 +107,9 @@ def paths(value, prefix=()):
 def mutated_manifests(draw):
     manifest = copy.deepcopy(VALID)
     manifest["health_check"] = draw(
-        st.fixed_dictionaries({"path": st.just("/up")}, optional={"port": st.integers(1000, 70000), "timeout": st.floats(-1, 700)})
+        st.fixed_dictionaries(
+            {"path": st.just("/up")}, optional={"port": st.integers(1000, 70000), "timeout": st.floats(-1, 700)}
+        )
     )
     for _ in range(draw(st.integers(0, 3))):
         path = draw(st.sampled_from(list(paths(manifest))))

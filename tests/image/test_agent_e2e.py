@@ -1,0 +1,270 @@
+"""The deploy agent on real systemd: provisioned by image/provision.sh, releases from moto S3.
+
+Each test states its own precondition (a good release is running) instead of relying on
+test order, so the module can run alone, in any order, or in part.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from instance_harness import (
+    BUCKET,
+    Poller,
+    Publisher,
+    SyslogSink,
+    agent_env,
+    booted_instance,
+    free_port,
+    get,
+    missing_prerequisites,
+    moto_s3,
+    provision,
+    s3_client,
+    tarball,
+)
+
+pytestmark = pytest.mark.e2e
+if missing_prerequisites():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=f"instance e2e {missing_prerequisites()}")]
+
+APP, ENV = "demo", "test"
+DEPLOY = "/home/deploy/bin/deploy"
+APP_PY = """\
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+RELEASE = open("RELEASE").read().strip()
+KEYS = ["SIMPLE", "QUOTED", "MULTI", "UNICODE", "TAB", "PORT", "DYNO"]
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/env":
+            body = json.dumps({"env": {k: os.environ.get(k) for k in KEYS}, "argv": sys.argv[1:],
+                               "cwd": os.getcwd(), "uid": os.getuid()})
+        else:
+            body = RELEASE + "\\n"
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+print(f"{RELEASE} listening on {os.environ['PORT']}", flush=True)
+server.serve_forever()
+"""
+PROCFILE = """web: python3 app.py --label '100% "sure"' $DYNO\n"""
+ENV_FILE = (
+    "# config for demo\n"
+    "export SIMPLE=hello\n"
+    "export QUOTED='it'\\''s $HOME `id` \"x\" \\ back'\n"
+    'export MULTI="line one\nline two \\$ \\"q\\""\n'
+    "export UNICODE='ünï €'\n"
+    "export TAB='a\tb'\n"
+)
+ENV_VALUES = {
+    "SIMPLE": "hello",
+    "QUOTED": 'it\'s $HOME `id` "x" \\ back',
+    "MULTI": 'line one\nline two $ "q"',
+    "UNICODE": "ünï €",
+    "TAB": "a\tb",
+}
+
+
+def good_source(release_id: str, procfile: str = PROCFILE) -> bytes:
+    return tarball({"app.py": APP_PY, "Procfile": procfile, "RELEASE": release_id})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A provisioned instance, moto S3 with the demo releases, and a syslog sink."""
+    sink = SyslogSink()
+    started = time.monotonic()
+    with moto_s3() as endpoint, booted_instance(tmp_path_factory.mktemp("instance")) as instance:
+        client = s3_client(endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        port = free_port()
+        publisher = Publisher(client, APP, ENV)
+        provisioned = provision(
+            instance,
+            {
+                "SLIPWAY_APP": APP,
+                "SLIPWAY_ENV": ENV,
+                "SLIPWAY_BUCKET": BUCKET,
+                "SLIPWAY_LOG_DESTINATION": f"127.0.0.1:{sink.port}",
+                "SLIPWAY_LOG_TLS": "false",
+            },
+        )
+        world = {
+            "instance": instance,
+            "publisher": publisher,
+            "port": port,
+            "sink": sink,
+            "env": agent_env(endpoint),
+            "provision_output": provisioned.stdout,
+        }
+        world["good"] = publisher.publish("r1", good_source("r1"), ENV_FILE, port=port)
+        print(f"instance ready in {time.monotonic() - started:.1f}s")
+        yield world
+    sink.close()
+
+
+def deploy(world, url: str) -> tuple[int, str, str, dict]:
+    result = world["instance"].run([DEPLOY, url], env=world["env"], check=False)
+    last = result.stdout.strip().splitlines()[-1]
+    return result.returncode, result.stdout, result.stderr, json.loads(last)
+
+
+def ensure_good_release_running(world) -> str:
+    """Deploy r1 unless some good release already answers; return the body it serves."""
+    answer = get(world["port"])
+    if answer is None:
+        code, out, err, _ = deploy(world, world["good"])
+        assert code == 0, out + err
+        answer = get(world["port"])
+    assert answer is not None and answer[0] == 200
+    return answer[1]
+
+
+def test_provision_is_idempotent_and_configures_logs_and_metrics(world):
+    instance = world["instance"]
+    again = provision(
+        instance,
+        {
+            "SLIPWAY_APP": APP,
+            "SLIPWAY_ENV": ENV,
+            "SLIPWAY_BUCKET": BUCKET,
+            "SLIPWAY_LOG_DESTINATION": f"127.0.0.1:{world['sink'].port}",
+            "SLIPWAY_LOG_TLS": "false",
+        },
+    )
+    assert "rsyslog:" not in again.stdout, "a second run with the same settings must not restart rsyslog"
+    forward = instance.path("/etc/rsyslog.d/60-slipway-forward.conf").read_text()
+    assert f'target="127.0.0.1" port="{world["sink"].port}" protocol="tcp"' in forward
+    assert 'startswith "demo-"' in forward
+    config = json.loads(instance.path("/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json").read_text())
+    assert config["agent"]["omit_hostname"] is False
+    assert set(config["metrics"]["metrics_collected"]) == {"cpu", "mem", "disk", "net", "statsd"}
+    assert instance.run(["stat", "-L", "-c", "%U %a", "/home/deploy", "/home/deploy/bin/deploy"]).stdout.split("\n")[
+        :2
+    ] == [
+        "root 755",
+        "root 755",
+    ]
+
+
+def test_good_release_serves_with_exact_env_and_command(world):
+    ensure_good_release_running(world)
+    instance = world["instance"]
+    body = json.loads(get(world["port"], "/env")[1])
+    assert body["env"] == {**ENV_VALUES, "PORT": str(world["port"]), "DYNO": "web.1"}
+    assert body["argv"] == ["--label", '100% "sure"', "web.1"]
+    assert body["cwd"].startswith("/home/deploy/apps/demo/releases/")
+    assert body["uid"] != 0
+    deployed = instance.path("/home/deploy/apps/demo/DEPLOYED").read_text().strip()
+    assert deployed in world["publisher"].published
+    verify = instance.run(["systemd-analyze", "verify", "/etc/systemd/system/slipway-demo-web.1.service"], check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert instance.run(["stat", "-c", "%a", f"/home/deploy/apps/demo/releases/{deployed}/env"]).stdout.strip() == "600"
+
+
+def test_deploying_current_again_changes_nothing(world):
+    ensure_good_release_running(world)
+    deployed = world["instance"].path("/home/deploy/apps/demo/DEPLOYED").read_text().strip()
+    url = world["publisher"].set_current(deployed)
+    code, out, err, result = deploy(world, url)
+    assert code == 0, out + err
+    assert (result["result"], result["release"]) == ("unchanged", deployed)
+
+
+def test_app_logs_reach_the_syslog_destination(world):
+    ensure_good_release_running(world)
+    line = world["sink"].wait_for("listening on", timeout=20)
+    assert line is not None, f"no app log line forwarded; got {world['sink'].lines[-5:]}"
+    assert "demo-web" in line
+
+
+def test_crashing_release_is_rejected_without_a_single_failed_request(world):
+    before = ensure_good_release_running(world)
+    crash = "web: python3 -c 'import sys; print(\"r2 crashing\", flush=True); sys.exit(3)'\n"
+    url = world["publisher"].publish("r2", good_source("r2", procfile=crash), ENV_FILE, port=world["port"])
+    with Poller(world["port"]) as poller:
+        code, out, err, result = deploy(world, url)
+    assert code == 1, out + err
+    assert "r2 not deployed: r2 failed its preflight: its web process exited (status 3)" in err
+    assert err.count("\n") == 1, "one clear line"
+    assert result["result"] == "failed" and result["release"] == "r2"
+    assert poller.failures == [], f"{len(poller.failures)} failed requests during a rejected deploy"
+    assert poller.ok > 10 and poller.bodies == {before.strip()}
+
+
+def test_release_without_procfile_is_rejected_clearly(world):
+    before = ensure_good_release_running(world)
+    url = world["publisher"].publish("r3", tarball({"app.py": APP_PY, "RELEASE": "r3"}), ENV_FILE, port=world["port"])
+    code, _out, err, _result = deploy(world, url)
+    assert code == 1
+    assert "r3 not deployed: r3's source has no Procfile at its root; add one" in err
+    assert get(world["port"])[1] == before
+
+
+def test_escaping_tarball_writes_nothing_outside_its_release(world):
+    import tarfile
+
+    before = ensure_good_release_running(world)
+    instance = world["instance"]
+    link = tarfile.TarInfo("config")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../../../../../tmp"
+    climb = tarfile.TarInfo("../../../escaped.txt")
+    source = tarball({"app.py": APP_PY, "Procfile": PROCFILE, "RELEASE": "r4"}, extra=[link, climb])
+    url = world["publisher"].publish("r4", source, ENV_FILE, port=world["port"])
+    listing = ["find", "/home/deploy", "/tmp", "/etc/systemd/system", "-xdev"]
+    files_before = set(instance.run(listing).stdout.split())
+    code, _out, err, _ = deploy(world, url)
+    assert code == 1
+    assert "refusing source.tar.gz: entry '../../../escaped.txt' climbs out with '..'" in err
+    new = {path for path in set(instance.run(listing).stdout.split()) - files_before if "/releases/r4" not in path}
+    assert new == set()
+    assert get(world["port"])[1] == before
+
+
+def test_good_release_switches_and_runs_its_release_phase(world):
+    ensure_good_release_running(world)
+    procfile = PROCFILE + "release: echo release phase ran as $(id -un) in $DYNO\n"
+    url = world["publisher"].publish("r5", good_source("r5", procfile=procfile), ENV_FILE, port=world["port"])
+    with Poller(world["port"]) as poller:
+        code, out, err, result = deploy(world, url)
+    assert code == 0, out + err
+    assert "release phase ran as deploy in release.1" in out
+    assert result["result"] == "deployed" and result["release"] == "r5"
+    assert get(world["port"])[1] == "r5\n"
+    assert world["instance"].path("/home/deploy/apps/demo/DEPLOYED").read_text() == "r5\n"
+    # A good release moves the fixed port by a restart: clients see refused connections for
+    # the old process's stop plus the new one's boot (reported, and bounded here).
+    print(f"switch: {len(poller.failures)} failed requests over {poller.outage:.3f}s; durations {result['durations']}")
+    assert poller.outage < 3.0
+
+
+def test_second_concurrent_deploy_waits_for_the_first(world):
+    ensure_good_release_running(world)
+    publisher, port = world["publisher"], world["port"]
+    slow = PROCFILE + "release: sleep 3\n"
+    first_url = publisher.publish("r6", good_source("r6", procfile=slow), ENV_FILE, port=port)
+    second_url = publisher.publish("r7", good_source("r7"), ENV_FILE, port=port)
+    instance = world["instance"]
+    first = instance.popen([DEPLOY, first_url], world["env"])
+    time.sleep(1.0)
+    second = instance.popen([DEPLOY, second_url], world["env"])
+    first_out, first_err = first.communicate(timeout=120)
+    second_out, second_err = second.communicate(timeout=120)
+    assert first.returncode == 0, first_out + first_err
+    assert second.returncode == 0, second_out + second_err
+    assert "Waiting for the deploy running as pid" in second_out
+    assert json.loads(second_out.strip().splitlines()[-1])["durations"]["lock_wait"] > 1.0
+    assert get(port)[1] == "r7\n"
+    assert instance.path("/home/deploy/apps/demo/DEPLOYED").read_text() == "r7\n"
