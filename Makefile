@@ -19,13 +19,16 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AWS_EC2_METADATA_DISABLED := true
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-.PHONY: help synth test lint bench clean
+# The instance tests boot a Debian root filesystem in systemd-nspawn (needs root).
+INSTANCE_PACKAGES := mmdebstrap systemd-container
+
+.PHONY: help synth test lint bench clean instance-packages
 
 help:
 	@echo "make synth   install what is needed and synthesize every Platform-<env> stack into cdk.out/"
 	@echo "make test    install what is needed and run the whole test suite"
 	@echo "make lint    ruff and mypy"
-	@echo "make bench   run the benchmarks under benchmarks/"
+	@echo "make bench   run the benchmarks under benchmarks/ (synthesis, the instance agent)"
 
 $(VENV)/.runtime: requirements.txt
 	python3 -m venv $(VENV)
@@ -44,7 +47,15 @@ synth: $(VENV)/.runtime $(CDK)
 	$(CDK) synth --quiet --no-notices
 	@echo "Templates:"; for t in cdk.out/*.template.json; do echo "  $(CURDIR)/$$t"; done
 
-test: $(VENV)/.dev $(CDK)
+instance-packages:
+	@if command -v mmdebstrap >/dev/null && command -v systemd-nspawn >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(INSTANCE_PACKAGES) >/dev/null; \
+	else \
+		echo "note: not root; the instance tests will skip (as root: apt-get install $(INSTANCE_PACKAGES))"; \
+	fi
+
+test: $(VENV)/.dev $(CDK) instance-packages
 	$(PYTHON) -m pytest
 
 lint: $(VENV)/.dev
@@ -52,8 +63,9 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev instance-packages
 	$(PYTHON) benchmarks/synth.py
+	$(PYTHON) benchmarks/agent.py
 
 clean:
 	rm -rf cdk.out $(TOOLS) $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -252,6 +252,35 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class BaseImageSettings:
+    """An optional AMI baked from ``image/`` by EC2 Image Builder.
+
+    ``{"pipeline": true, "use_baked": true}``: ``pipeline`` creates the pipeline (weekly
+    and on demand); ``use_baked`` makes fleets launch from its newest AMI. Turn
+    ``use_baked`` on only after the pipeline has produced an image once: without one
+    the stack cannot resolve the AMI. Without either, instances start from stock
+    Amazon Linux 2023 and provision at boot.
+    """
+
+    pipeline: bool = False
+    use_baked: bool = False
+
+    KEYS = ("pipeline", "use_baked")
+
+    @classmethod
+    def parse(cls, raw: object, path: str) -> BaseImageSettings:
+        section = _Section(raw, path, cls.KEYS)
+        settings = cls(pipeline=section.flag("pipeline", False), use_baked=section.flag("use_baked", False))
+        if settings.use_baked and not settings.pipeline:
+            raise ConfigError(
+                section.key("use_baked"),
+                "fleets cannot launch from a baked image without its pipeline",
+                'set "pipeline": true, deploy, run the pipeline once, then set "use_baked": true',
+            )
+        return settings
+
+
+@dataclass(frozen=True)
 class EnvironmentSettings:
     """One environment, one ``Platform-<name>`` stack.
 
@@ -265,8 +294,9 @@ class EnvironmentSettings:
     account: str | None = None
     network: NetworkSettings = field(default_factory=NetworkSettings)
     logs: LogSettings = field(default_factory=LogSettings)
+    base_image: BaseImageSettings = field(default_factory=BaseImageSettings)
 
-    KEYS = ("region", "account", "network", "logs")
+    KEYS = ("region", "account", "network", "logs", "base_image")
 
     @property
     def stack_name(self) -> str:
@@ -291,6 +321,7 @@ class EnvironmentSettings:
             account=account,
             network=NetworkSettings.parse(section.mapping("network"), section.key("network"), region),
             logs=LogSettings.parse(section.mapping("logs"), section.key("logs")),
+            base_image=BaseImageSettings.parse(section.mapping("base_image"), section.key("base_image")),
         )
 
 
@@ -438,9 +469,11 @@ def _formation(raw: Mapping[str, Any], path: str) -> tuple[tuple[str, int], ...]
                 "use a whole number of processes per instance from 0 to 20",
             )
         processes.append((process, count))
-    if dict(processes).get("web", 0) < 1:
+    if dict(processes).get("web", 0) != 1:
         raise ConfigError(
-            f"{path}.web", "every app needs at least one web process behind its load balancer", 'add "web": 1'
+            f"{path}.web",
+            "every app runs exactly one web process per instance, on PORT behind its load balancer",
+            'set "web": 1 and scale web with min_capacity and max_capacity',
         )
     return tuple(sorted(processes))
 

@@ -13,6 +13,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
+from constructs.base_image import parameter_name
 from constructs.config import AppSettings, LogSettings
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
@@ -96,6 +97,7 @@ class AppFleet(Construct):
         release_store: ReleaseStore,
         image: s3_assets.Asset,
         logs: LogSettings,
+        use_baked_image: bool = False,
     ) -> None:
         super().__init__(scope, id_)
         if settings.min_capacity > settings.max_capacity:
@@ -116,7 +118,7 @@ class AppFleet(Construct):
             self._load_balancer, ec2.Port.tcp(settings.port), "traffic and health checks from the load balancer"
         )
         self._user_data = ec2.UserData.for_linux()
-        self._launch_template = self._build_launch_template()
+        self._launch_template = self._build_launch_template(env_name, use_baked_image)
         self._group = self._build_group(vpc, instance_subnets)
         self._user_data.add_commands(
             *boot_commands(
@@ -226,18 +228,23 @@ class AppFleet(Construct):
         )
         return role
 
-    def _build_launch_template(self) -> ec2.LaunchTemplate:
+    def _build_launch_template(self, env_name: str, use_baked_image: bool) -> ec2.LaunchTemplate:
         settings = self._settings
         instance_type = ec2.InstanceType(settings.instance_type)
-        arm = instance_type.architecture == ec2.InstanceArchitecture.ARM_64
+        architecture = instance_type.architecture
+        # Both are SSM parameters resolved at deploy time: a newer AMI changes the
+        # template and the update policy replaces instances gradually.
+        if use_baked_image:
+            machine_image = ec2.MachineImage.from_ssm_parameter(parameter_name(env_name, architecture))
+        else:
+            arm = architecture == ec2.InstanceArchitecture.ARM_64
+            machine_image = ec2.MachineImage.latest_amazon_linux2023(
+                cpu_type=ec2.AmazonLinuxCpuType.ARM_64 if arm else ec2.AmazonLinuxCpuType.X86_64
+            )
         return ec2.LaunchTemplate(
             self,
             "LaunchTemplate",
-            # Resolved from the public SSM parameter at deploy time: a newer AMI changes
-            # the template and the update policy replaces instances gradually.
-            machine_image=ec2.MachineImage.latest_amazon_linux2023(
-                cpu_type=ec2.AmazonLinuxCpuType.ARM_64 if arm else ec2.AmazonLinuxCpuType.X86_64
-            ),
+            machine_image=machine_image,
             instance_type=instance_type,
             role=self._role,
             security_group=self._security_group,

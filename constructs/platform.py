@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Environment, Stack
+from aws_cdk import CfnOutput, Environment, Stack
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
+from constructs.base_image import BaseImagePipeline
 from constructs.config import EnvironmentSettings, PlatformConfig
 from constructs.fleet import AppFleet
 from constructs.network import Network
@@ -39,7 +41,7 @@ class PlatformStack(Stack):
             flow_logs=network_settings.flow_logs,
         )
         self.release_store = ReleaseStore(self, "Releases")
-        image = s3_assets.Asset(self, "BaseImage", path=str(IMAGE_DIR), exclude=["__pycache__", "*.pyc"])
+        image = s3_assets.Asset(self, "ImageAsset", path=str(IMAGE_DIR), exclude=["__pycache__", "*.pyc"])
         self.fleets = {
             app.name: AppFleet(
                 self,
@@ -52,6 +54,30 @@ class PlatformStack(Stack):
                 release_store=self.release_store,
                 image=image,
                 logs=environment.logs,
+                use_baked_image=environment.base_image.use_baked,
             )
             for app in config.apps
         }
+        if environment.base_image.pipeline:
+            architectures = frozenset(
+                ec2.InstanceType(app.settings_for(environment.name).instance_type).architecture for app in config.apps
+            ) or frozenset({ec2.InstanceArchitecture.X86_64})
+            self.base_image = BaseImagePipeline(
+                self,
+                "BaseImage",
+                env_name=environment.name,
+                image=image,
+                architectures=architectures,
+                vpc=self.network.vpc,
+                subnet=self.network.vpc.select_subnets(subnet_type=self.network.instance_subnets.subnet_type).subnets[
+                    0
+                ],
+            )
+            for arch, arn in self.base_image.pipeline_arns.items():
+                CfnOutput(
+                    self,
+                    f"BaseImagePipeline-{arch.replace('_', '')}",
+                    value=arn,
+                    description=f"aws imagebuilder start-image-pipeline-execution --image-pipeline-arn <this>"
+                    f" bakes a new {arch} base image",
+                )

@@ -132,7 +132,16 @@ RULES = {
         "platform.apps.web.formation.release",
         "runs once per deploy",
     ),
-    "negative process count": (_set("apps.web.formation", {"web": -1}), "platform.apps.web.formation.web", "0 to 20"),
+    "two web processes": (
+        _set("apps.web.formation", {"web": 2}),
+        "platform.apps.web.formation.web",
+        "scale web with min_capacity and max_capacity",
+    ),
+    "negative process count": (
+        _set("apps.web.formation", {"web": 1, "worker": -1}),
+        "platform.apps.web.formation.worker",
+        "0 to 20",
+    ),
     "bad process name": (
         _set("apps.web.formation", {"web": 1, "Worker!": 1}),
         "platform.apps.web.formation.Worker!",
@@ -199,6 +208,11 @@ RULES = {
         _set("apps.web.certificate_arn", "arn:aws:iam::123456789012:server/x"),
         "platform.apps.web.certificate_arn",
         "ACM certificate",
+    ),
+    "baked image without its pipeline": (
+        _set("environments.staging.base_image", {"use_baked": True}),
+        "platform.environments.staging.base_image.use_baked",
+        '"pipeline": true',
     ),
     "apps not an object": (_set("apps", ["web"]), "platform.apps", "{...}"),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -61,8 +62,33 @@ def test_synthesis_is_deterministic(
     assert synth(example_context) == templates
 
 
-def test_cfn_lint_finds_no_errors(assembly_dir: Path) -> None:
-    paths = sorted(str(p) for p in assembly_dir.glob("*.template.json"))
+def every_option(platform: dict[str, Any]) -> None:
+    """Turn on every optional feature, so lint and nag see each resource kind we can emit."""
+    staging = platform["environments"]["staging"]
+    staging["base_image"] = {"pipeline": True, "use_baked": True}
+    staging["network"]["flow_logs"] = False
+    staging["logs"] = {"destination": "logs.example.com:6514", "tls": True}
+    web = platform["apps"]["web"]["environments"]["staging"]
+    web.update(
+        instance_type="t4g.small",
+        desired_capacity=1,
+        certificate_arn="arn:aws:acm:us-east-1:123456789012:certificate/0b3a1d2c-1111-2222-3333-444455556666",
+    )
+
+
+@pytest.fixture(scope="session")
+def every_option_dir(tmp_path_factory: pytest.TempPathFactory, example_context: dict[str, Any]) -> Path:
+    context = copy.deepcopy(example_context)
+    every_option(context["platform"])
+    outdir = tmp_path_factory.mktemp("every-option")
+    build_app(context=context, outdir=str(outdir)).synth()  # raises on any cdk-nag finding
+    return outdir
+
+
+@pytest.mark.parametrize("configuration", ["example", "every option"])
+def test_cfn_lint_finds_no_errors(configuration: str, request: pytest.FixtureRequest) -> None:
+    outdir: Path = request.getfixturevalue("assembly_dir" if configuration == "example" else "every_option_dir")
+    paths = sorted(str(p) for p in outdir.glob("*.template.json"))
     assert len(paths) == len(STACKS)
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
     result = subprocess.run([str(cfn_lint), "--format", "json", *paths], capture_output=True, text=True, check=False)
@@ -82,9 +108,10 @@ def _nag_report(assembly_dir: Path) -> dict[str, Any]:
     return nag  # type: ignore[no-any-return]
 
 
-def test_cdk_nag_finds_nothing_unacknowledged(assembly_dir: Path) -> None:
+@pytest.mark.parametrize("configuration", ["example", "every option"])
+def test_cdk_nag_finds_nothing_unacknowledged(configuration: str, request: pytest.FixtureRequest) -> None:
     # build_app registers the AwsSolutions pack; synthesis raises on any unacknowledged finding.
-    nag = _nag_report(assembly_dir)
+    nag = _nag_report(request.getfixturevalue("assembly_dir" if configuration == "example" else "every_option_dir"))
     assert nag["conclusion"] == "success"
     assert nag["violations"] == []
 
