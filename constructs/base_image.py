@@ -51,6 +51,13 @@ def component_document(*, image_url: str) -> str:
     )
 
 
+def grant_read_image(role: iam.IRole, image: s3_assets.Asset) -> None:
+    """Let ``role`` fetch the base image: that one object, not the whole CDK asset bucket."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["s3:GetObject"], resources=[image.bucket.arn_for_objects(image.s3_object_key)])
+    )
+
+
 def parameter_name(env_name: str, architecture: ec2.InstanceArchitecture) -> str:
     """The SSM parameter that holds the newest baked AMI of ``env_name`` for ``architecture``."""
     return f"/slipway/{env_name}/base-image/{ARCHITECTURE_NAMES[architecture]}"
@@ -93,9 +100,7 @@ class BaseImagePipeline(Construct):
                 iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore"),
             ],
         )
-        role.add_to_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[image.bucket.arn_for_objects(image.s3_object_key)])
-        )
+        grant_read_image(role, image)
         acknowledge(
             role,
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/EC2InstanceProfileForImageBuilder]",

@@ -325,6 +325,22 @@ class EnvironmentSettings:
         )
 
 
+# Whole-number app settings: (lowest, highest, the fix to suggest; empty: the range).
+_WHOLE_NUMBER_SETTINGS = {
+    "port": (
+        1024,
+        65535,
+        "use 1024 to 65535: apps run as the unprivileged deploy user, the load balancer listens on 80/443",
+    ),
+    "min_capacity": (0, 1000, ""),
+    "max_capacity": (1, 1000, ""),
+    "deregistration_delay_seconds": (0, 3600, "use 0 to 3600 seconds; 10 to 30 keeps rollouts fast"),
+    "health_check_grace_seconds": (0, 7200, "use 0 to 7200 seconds: time for a new instance to provision and deploy"),
+    "target_cpu_percent": (10, 90, ""),
+    "root_volume_gb": (8, 1024, ""),
+}
+
+
 @dataclass(frozen=True)
 class AppSettings:
     """One app as it runs in one environment (overrides applied).
@@ -377,14 +393,11 @@ class AppSettings:
         """Parse ``raw`` over ``base`` (the app's own settings when ``raw`` is an override)."""
         section = _Section(raw, path, cls.SETTINGS)
         start = base or cls(name=name)
-        values: dict[str, Any] = {}
-        if section.has("port"):
-            values["port"] = section.number(
-                "port",
-                low=1024,
-                high=65535,
-                fix="use 1024 to 65535: apps run as the unprivileged deploy user, the load balancer listens on 80/443",
-            )
+        values: dict[str, Any] = {
+            key: section.number(key, low=low, high=high, fix=fix)
+            for key, (low, high, fix) in _WHOLE_NUMBER_SETTINGS.items()
+            if section.has(key)
+        }
         if section.has("health_check_path"):
             values["health_check_path"] = section.text(
                 "health_check_path", pattern=HEALTH_CHECK_PATH, fix='use a URL path starting with "/", e.g. "/health"'
@@ -393,9 +406,6 @@ class AppSettings:
             values["instance_type"] = section.text(
                 "instance_type", pattern=INSTANCE_TYPE, fix='use an EC2 instance type such as "t3.small"'
             )
-        for key in ("min_capacity", "max_capacity"):
-            if section.has(key):
-                values[key] = section.number(key, low=0 if key == "min_capacity" else 1, high=1000)
         if section.has("desired_capacity"):
             values["desired_capacity"] = (
                 None
@@ -404,24 +414,6 @@ class AppSettings:
             )
         if section.has("formation"):
             values["formation"] = _formation(section.mapping("formation"), section.key("formation"))
-        if section.has("deregistration_delay_seconds"):
-            values["deregistration_delay_seconds"] = section.number(
-                "deregistration_delay_seconds",
-                low=0,
-                high=3600,
-                fix="use 0 to 3600 seconds; 10 to 30 keeps rollouts fast",
-            )
-        if section.has("health_check_grace_seconds"):
-            values["health_check_grace_seconds"] = section.number(
-                "health_check_grace_seconds",
-                low=0,
-                high=7200,
-                fix="use 0 to 7200 seconds: time for a new instance to provision and deploy",
-            )
-        if section.has("target_cpu_percent"):
-            values["target_cpu_percent"] = section.number("target_cpu_percent", low=10, high=90)
-        if section.has("root_volume_gb"):
-            values["root_volume_gb"] = section.number("root_volume_gb", low=8, high=1024)
         if section.has("certificate_arn"):
             values["certificate_arn"] = section.optional_text(
                 "certificate_arn",

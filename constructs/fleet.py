@@ -13,7 +13,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
-from constructs.base_image import parameter_name
+from constructs.base_image import grant_read_image, parameter_name
 from constructs.config import AppSettings, LogSettings
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
@@ -207,10 +207,7 @@ class AppFleet(Construct):
             ],
         )
         release_store.grant_read_app(role, app=app, env=env)
-        # Only the base image object, not the whole CDK asset bucket.
-        role.add_to_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[image.bucket.arn_for_objects(image.s3_object_key)])
-        )
+        grant_read_image(role, image)
         acknowledge(
             role,
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
