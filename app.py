@@ -21,12 +21,15 @@ from constructs.config import ConfigError, PlatformConfig
 from constructs.platform import PlatformStack
 
 CDK_JSON = Path(__file__).resolve().parent / "cdk.json"
+# Context the cdk CLI passes to every synthesis; `python app.py` passes the same so
+# both write identical templates.
+CLI_CONTEXT = {"aws:cdk:enable-path-metadata": True, "aws:cdk:enable-asset-metadata": True}
 
 
 def cdk_json_context() -> dict[str, Any]:
-    """The ``context`` of ``cdk.json``: defaults that the CLI's own context overrides."""
+    """The context the cdk CLI would pass: ``cdk.json``'s, plus the CLI's own defaults."""
     context: dict[str, Any] = json.loads(CDK_JSON.read_text())["context"]
-    return context
+    return {**CLI_CONTEXT, **context}
 
 
 def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> cdk.App:
