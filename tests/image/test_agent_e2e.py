@@ -38,6 +38,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RELEASE = open("RELEASE").read().strip()
 KEYS = ["SIMPLE", "QUOTED", "MULTI", "UNICODE", "TAB", "PORT", "DYNO"]
+# BREAK_ON_PORT/BREAK_WITH make a release that passes its preflight (on a spare port) and
+# breaks on the real one: it exits there, or answers every request with HTTP 500.
+BROKEN = os.environ.get("BREAK_ON_PORT") == os.environ["PORT"] and os.environ.get("BREAK_WITH")
+if BROKEN == "exit":
+    print(f"{RELEASE} exiting on port {os.environ['PORT']}", flush=True)
+    sys.exit(4)
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -47,7 +53,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             body = RELEASE + "\\n"
         data = body.encode()
-        self.send_response(200)
+        self.send_response(500 if BROKEN == "500" else 200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -268,3 +274,38 @@ def test_second_concurrent_deploy_waits_for_the_first(world):
     assert json.loads(second_out.strip().splitlines()[-1])["durations"]["lock_wait"] > 1.0
     assert get(port)[1] == "r7\n"
     assert instance.path("/home/deploy/apps/demo/DEPLOYED").read_text() == "r7\n"
+
+
+@pytest.mark.parametrize(
+    ("release_id", "break_with", "reason"),
+    [("r8", "exit", "exited (status 4"), ("r9", "500", "(it answered HTTP 500)")],
+    ids=["exits-on-real-port", "answers-500-on-real-port"],
+)
+def test_release_unhealthy_after_the_switch_is_rolled_back(world, release_id, break_with, reason):
+    before = ensure_good_release_running(world)
+    instance, port, timeout = world["instance"], world["port"], 3
+    previous = instance.path("/home/deploy/apps/demo/DEPLOYED").read_text().strip()
+    env_text = ENV_FILE + f"export BREAK_ON_PORT={port}\nexport BREAK_WITH={break_with}\n"
+    url = world["publisher"].publish(release_id, good_source(release_id), env_text, port=port, timeout=timeout)
+    with Poller(port) as poller:
+        code, out, err, result = deploy(world, url)
+    assert code == 1, out + err
+    assert f"Switching to {release_id}" in out, "the preflight must pass: this is about failing after the switch"
+    assert err.startswith(f"deploy: FAILED: {release_id} not deployed: {release_id} started but is not healthy: ")
+    assert reason in err and err.endswith(f"; rolled back to {previous}\n"), err
+    assert err.count("\n") == 1, "one clear line"
+    assert (result["result"], result["release"], result["previous"]) == ("failed", release_id, previous)
+    assert result["exit_code"] == 1 and err == f"deploy: FAILED: {result['error']}\n"
+    assert instance.run(["readlink", "/home/deploy/apps/demo/current"]).stdout.strip() == f"releases/{previous}"
+    assert instance.path("/home/deploy/apps/demo/DEPLOYED").read_text() == f"{previous}\n"
+    assert get(port) == (200, before)
+    assert json.loads(get(port, "/env")[1])["cwd"] == f"/home/deploy/apps/demo/releases/{previous}/source"
+    # Past the switch the old process is stopped: clients see refused connections (and the broken
+    # release's 500s) until the rollback's restart answers. Reported, and bounded by the health
+    # check's timeout plus restarts; no request is ever answered by the broken release.
+    print(
+        f"rollback ({break_with}): {len(poller.failures)} failed requests over {poller.outage:.3f}s; "
+        f"durations {result['durations']}"
+    )
+    assert poller.bodies == {before.strip()}
+    assert poller.outage < timeout + 3.0
