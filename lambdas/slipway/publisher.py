@@ -1,0 +1,304 @@
+"""Publishing releases of one app in one environment, over the release bucket.
+
+Every write that could race is conditional: a release id is claimed by creating its
+``release.json`` only if absent (the loser retries with the next id), the canonical
+env file and ``current`` move only if unchanged since read. A rejected request
+writes nothing under the app's prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slipway.releases import (
+    SHA256,
+    UPLOAD_ID,
+    AppRuntime,
+    ReleaseError,
+    build_manifest,
+    change_config,
+    check_description,
+    check_git,
+    check_source,
+    newest_first,
+    next_release_id,
+    page,
+    prefix,
+    read_config,
+    release_key,
+    release_number,
+    upload_key,
+)
+from slipway.store import Bucket
+from slipway_agent.envfile import render_env
+
+PART_SIZE = 64 * 1024 * 1024  # uploads larger than one part go multipart
+URL_LIFETIME = 3600
+CLAIM_ATTEMPTS = 20
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Publisher:
+    """Releases, config and the ``current`` pointer of ``app`` in ``env``."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        *,
+        app: str,
+        env: str,
+        runtime: AppRuntime,
+        max_source_bytes: int,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.bucket, self.app, self.env, self.runtime = bucket, app, env, runtime
+        self.max_source_bytes, self.clock = max_source_bytes, clock
+
+    # Uploads ------------------------------------------------------------------------------------
+
+    def create_upload(self, *, size: object, sha256: object, user: str) -> dict[str, Any]:
+        """Presigned URLs for the source: one PUT, or one per part of ``PART_SIZE``."""
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ReleaseError(400, "size must be the source's size in bytes")
+        if size > self.max_source_bytes:
+            raise ReleaseError(413, f"the source is {size} bytes; the limit is {self.max_source_bytes} bytes")
+        if not isinstance(sha256, str) or not SHA256.match(sha256):
+            raise ReleaseError(400, "sha256 must be the source's sha256 as 64 lowercase hex digits")
+        upload_id = uuid.uuid4().hex
+        key = upload_key(self.app, self.env, upload_id, "source.tar.gz")
+        count = -(-size // PART_SIZE)
+        record: dict[str, Any] = {"size": size, "sha256": sha256, "created_by": user}
+        if count == 1:
+            parts = [{"part_number": 1, "url": self.bucket.presigned_put(key, URL_LIFETIME)}]
+        else:
+            record["multipart_upload_id"] = self.bucket.start_multipart(key)
+            parts = [
+                {
+                    "part_number": n,
+                    "url": self.bucket.presigned_part(key, record["multipart_upload_id"], n, URL_LIFETIME),
+                }
+                for n in range(1, count + 1)
+            ]
+        self.bucket.put(upload_key(self.app, self.env, upload_id, "upload.json"), json.dumps(record).encode())
+        return {
+            "upload_id": upload_id,
+            "expires_at": _timestamp(self.clock() + timedelta(seconds=URL_LIFETIME)),
+            "part_size": PART_SIZE,
+            "parts": parts,
+        }
+
+    def finalize(
+        self,
+        *,
+        upload_id: object,
+        git: object,
+        description: object,
+        parts: object,
+        promoted_from: object,
+        user: str,
+    ) -> dict[str, Any]:
+        """Turn a checked upload into the next release; nothing is written if a check fails."""
+        if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
+            raise ReleaseError(400, "upload_id must be the id createUpload returned")
+        git_ref, git_commit = check_git(git)
+        note = check_description(description)
+        if promoted_from is not None:
+            if not isinstance(promoted_from, Mapping) or not {"env", "release"} <= set(promoted_from):
+                raise ReleaseError(400, 'promoted_from must be {"env": ..., "release": ...}')
+            origin = f"promoted from {promoted_from['env']} {promoted_from['release']}"
+            note = f"{origin}: {note}" if note else origin
+            check_description(note)
+        record_key = upload_key(self.app, self.env, upload_id, "upload.json")
+        stored = self.bucket.read(record_key)
+        if stored is None:
+            raise ReleaseError(422, f"upload {upload_id} does not exist or has expired; start a new upload")
+        record = json.loads(stored.body)
+        if "release" in record:
+            raise ReleaseError(409, f"upload {upload_id} was already published as {record['release']}")
+        source = upload_key(self.app, self.env, upload_id, "source.tar.gz")
+        if "multipart_upload_id" in record:
+            self._complete(source, record["multipart_upload_id"], parts)
+        body = self.bucket.stream(source)
+        if body is None:
+            raise ReleaseError(422, f"nothing was uploaded for upload {upload_id}; PUT the source to its URL first")
+        check_source(body, sha256=record["sha256"], size=record["size"], limit=self.max_source_bytes)
+        env_text = self._canonical_env()[0]
+        manifest = self._publish(
+            source_key=source,
+            source_sha256=record["sha256"],
+            source_size=record["size"],
+            git=(git_ref, git_commit),
+            env_text=env_text,
+            description=note,
+            user=user,
+        )
+        # Mark the upload used (a retry gets 409, not a second release) and drop its copy.
+        self.bucket.put(record_key, json.dumps({**record, "release": manifest["id"]}).encode())
+        self.bucket.delete(source)
+        return self._with_current(manifest)
+
+    def _complete(self, key: str, multipart_id: str, parts: object) -> None:
+        if not isinstance(parts, list) or not all(
+            isinstance(p, Mapping) and isinstance(p.get("part_number"), int) and isinstance(p.get("etag"), str)
+            for p in parts
+        ):
+            raise ReleaseError(400, 'parts must list {"part_number": n, "etag": "<ETag S3 returned>"} for each part')
+        try:
+            self.bucket.complete_multipart(key, multipart_id, [(p["part_number"], p["etag"]) for p in parts])
+        except self.bucket.client.exceptions.ClientError as error:
+            raise ReleaseError(422, f"the parts do not complete the upload ({error}); upload every part") from None
+
+    # Releases -----------------------------------------------------------------------------------
+
+    def _publish(
+        self,
+        *,
+        source_key: str,
+        source_sha256: str,
+        source_size: int,
+        git: tuple[str, str],
+        env_text: str,
+        description: str,
+        user: str,
+    ) -> dict[str, Any]:
+        """Claim the next id by creating its release.json, then add the source and env."""
+        for _ in range(CLAIM_ATTEMPTS):
+            existing = list(self.bucket.child_names(prefix(self.app, self.env)))
+            release_id = next_release_id(existing)
+            parent = newest_first(existing)[0] if newest_first(existing) else None
+            manifest = build_manifest(
+                release_id=release_id,
+                app=self.app,
+                env=self.env,
+                source_sha256=source_sha256,
+                source_size=source_size,
+                git_ref=git[0],
+                git_commit=git[1],
+                env_text=env_text,
+                created_by=user,
+                created_at=_timestamp(self.clock()),
+                description=description,
+                runtime=self.runtime,
+                parent=parent,
+            )
+            key = release_key(self.app, self.env, release_id, "release.json")
+            if self.bucket.create(key, (json.dumps(manifest, indent=2) + "\n").encode()):
+                try:
+                    self.bucket.copy(source_key, release_key(self.app, self.env, release_id, "source.tar.gz"))
+                    self.bucket.put(release_key(self.app, self.env, release_id, "env"), env_text.encode())
+                except Exception:
+                    # A release without its files must not stay visible: give the id back.
+                    self.bucket.delete(key)
+                    raise
+                return manifest
+        raise ReleaseError(503, f"{CLAIM_ATTEMPTS} publishers raced for a release id; try again")
+
+    def list_releases(self, *, limit: int, before: str | None) -> dict[str, Any]:
+        ids, next_before = page(self.bucket.child_names(prefix(self.app, self.env)), limit=limit, before=before)
+        current = self.current()
+        return {
+            "releases": [{**self._manifest(r), "current": r == current} for r in ids],
+            "next_before": next_before,
+        }
+
+    def show(self, release_id: str) -> dict[str, Any]:
+        return self._with_current(self._manifest(release_id))
+
+    def download(self, release_id: str) -> dict[str, Any]:
+        """A presigned URL for a release's source, for promotion to another environment."""
+        manifest = self._manifest(release_id)
+        key = release_key(self.app, self.env, release_id, "source.tar.gz")
+        return {
+            "url": self.bucket.presigned_get(key, URL_LIFETIME),
+            "expires_at": _timestamp(self.clock() + timedelta(seconds=URL_LIFETIME)),
+            "size": manifest["source"]["size"],
+            "sha256": manifest["source"]["sha256"],
+        }
+
+    def _manifest(self, release_id: str) -> dict[str, Any]:
+        release_number(release_id)
+        stored = self.bucket.read(release_key(self.app, self.env, release_id, "release.json"))
+        if stored is None:
+            raise ReleaseError(404, f"{self.app} has no release {release_id} in {self.env}")
+        manifest: dict[str, Any] = json.loads(stored.body)
+        return manifest
+
+    def _with_current(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return {**manifest, "current": manifest["id"] == self.current()}
+
+    # The current pointer ------------------------------------------------------------------------
+
+    def current(self) -> str | None:
+        stored = self.bucket.read(f"{prefix(self.app, self.env)}current")
+        return stored.body.decode().strip() if stored else None
+
+    def move_current(self, release_id: str, *, expected: str | None) -> None:
+        """Point ``current`` at ``release_id`` if it still points at ``expected`` (compare-and-swap)."""
+        self._manifest(release_id)
+        key = f"{prefix(self.app, self.env)}current"
+        stored = self.bucket.read(key)
+        found = stored.body.decode().strip() if stored else None
+        if found != expected:
+            raise ReleaseError(
+                409, f"current is {found or 'unset'}, not {expected or 'unset'}; another deploy moved it"
+            )
+        body = f"{release_id}\n".encode()
+        moved = self.bucket.create(key, body) if stored is None else self.bucket.replace(key, body, etag=stored.etag)
+        if not moved:
+            raise ReleaseError(409, f"current moved while switching to {release_id}; another deploy moved it")
+
+    # Config -------------------------------------------------------------------------------------
+
+    def _canonical_env(self) -> tuple[str, str | None]:
+        stored = self.bucket.read(f"{prefix(self.app, self.env)}env")
+        return (stored.body.decode(), stored.etag) if stored else ("", None)
+
+    def config(self) -> dict[str, str]:
+        return read_config(self._canonical_env()[0])
+
+    def change_config(
+        self, *, set_vars: Mapping[str, object], unset: list[object], description: object, user: str
+    ) -> dict[str, Any]:
+        """Write the new canonical env, then release it with the newest release's source."""
+        note = check_description(description)
+        text, etag = self._canonical_env()
+        values = change_config(read_config(text), set_vars=set_vars, unset=unset)
+        new_text = render_env(values)
+        key = f"{prefix(self.app, self.env)}env"
+        written = (
+            self.bucket.create(key, new_text.encode())
+            if etag is None
+            else self.bucket.replace(key, new_text.encode(), etag=etag)
+        )
+        if not written:
+            raise ReleaseError(409, "the config changed while this change was being made; run it again")
+        names = sorted({*set_vars, *(str(n) for n in unset)})
+        release = self._release_config(new_text, note or f"config: {', '.join(names)}", user)
+        return {"vars": values, "release": release}
+
+    def _release_config(self, env_text: str, description: str, user: str) -> dict[str, Any] | None:
+        newest = newest_first(self.bucket.child_names(prefix(self.app, self.env)))
+        if not newest:
+            return None  # nothing published yet: the first release picks the config up
+        base = self._manifest(newest[0])
+        manifest = self._publish(
+            source_key=release_key(self.app, self.env, base["id"], "source.tar.gz"),
+            source_sha256=base["source"]["sha256"],
+            source_size=base["source"]["size"],
+            git=(base["git"]["ref"], base["git"]["commit"]),
+            env_text=env_text,
+            description=description,
+            user=user,
+        )
+        return self._with_current(manifest)

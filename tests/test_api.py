@@ -1,0 +1,423 @@
+"""The release API's handler on a local S3 (moto server on loopback), with real
+API Gateway REST proxy events (tests/events/) and real presigned-URL uploads."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import io
+import json
+import re
+import tarfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from moto.server import ThreadedMotoServer
+
+from slipway import api, publisher
+from slipway.releases import ReleaseError, change_config
+from slipway_agent.envfile import parse_env
+
+EVENTS = Path(__file__).parent / "events"
+SCHEMA = json.loads((Path(__file__).parent.parent / "image" / "release.schema.json").read_text())
+BUCKET = "releases"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+APPS = {
+    "web": {"port": 5000, "health_check_path": "/health", "formation": {"web": 1}},
+    "billing": {"port": 8080, "health_check_path": "/healthz", "formation": {"web": 1, "worker": 2}},
+}
+
+
+class Context:
+    """The attributes of a Lambda context object that Powertools' logger reads."""
+
+    function_name = "Platform-staging-Api"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:Platform-staging-Api"
+    aws_request_id = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh, versioned release bucket; the API configured for `staging`."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_server,
+        "RELEASE_BUCKET": BUCKET,
+        "PLATFORM_ENV": "staging",
+        "APPS_JSON": json.dumps(APPS),
+        "MAX_SOURCE_BYTES": str(64 * 1024 * 1024),
+    }.items():
+        monkeypatch.setenv(name, value)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).close()
+    api._s3.cache_clear()
+    api._settings.cache_clear()
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    return client
+
+
+def call(
+    method: str, path: str, body: object = None, query: dict[str, str] | None = None, user: str | None = "alice"
+) -> tuple[int, Any]:
+    """Send one request through the handler as API Gateway would."""
+    event = copy.deepcopy(json.loads((EVENTS / "api_gateway_rest_proxy.json").read_text()))
+    event.update(
+        httpMethod=method, path=path, queryStringParameters=query, body=None if body is None else json.dumps(body)
+    )
+    event["requestContext"].update(httpMethod=method, path=f"/api{path}")
+    if user is None:
+        del event["requestContext"]["authorizer"]["user"]
+    else:
+        event["requestContext"]["authorizer"].update(principalId=user, user=user)
+    response = api.handler(event, Context())
+    return response["statusCode"], json.loads(response["body"]) if response["body"] else None
+
+
+def source_tarball(files: dict[str, bytes] | None = None) -> bytes:
+    """A gzip tar like `git archive --format=tar.gz` makes: entries at the root."""
+    files = {"Procfile": b"web: python app.py\n", "app.py": b"print('hi')\n"} if files is None else files
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def put(url: str, data: bytes) -> str:
+    request = urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": "application/gzip"})
+    with urllib.request.urlopen(request) as response:
+        return str(response.headers["ETag"])
+
+
+def upload(data: bytes, app: str = "web", declared: bytes | None = None) -> str:
+    """Create an upload for ``declared`` (default: ``data``) and PUT ``data`` to it."""
+    declared = data if declared is None else declared
+    status, created = call(
+        "POST",
+        f"/apps/{app}/envs/staging/uploads",
+        {"size": len(declared), "sha256": hashlib.sha256(declared).hexdigest()},
+    )
+    assert status == 201, created
+    [part] = created["parts"]
+    put(part["url"], data)
+    return str(created["upload_id"])
+
+
+def publish(data: bytes | None = None, app: str = "web", ref: str = "main", **extra: object) -> tuple[int, Any]:
+    upload_id = upload(source_tarball() if data is None else data, app)
+    return call(
+        "POST",
+        f"/apps/{app}/envs/staging/releases",
+        {"upload_id": upload_id, "git": {"ref": ref, "commit": COMMIT}, **extra},
+    )
+
+
+def keys(s3: Any, prefix: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
+
+
+def test_publish_makes_an_immutable_release_valid_against_the_schema(s3: Any) -> None:
+    data = source_tarball()
+    status, release = publish(data, description="first")
+    assert status == 201, release
+    manifest = {k: v for k, v in release.items() if k != "current"}
+    jsonschema.validate(manifest, SCHEMA)
+    assert release["id"] == "r1" and release["parent"] is None and release["current"] is False
+    assert release["created_by"] == "alice"
+    assert release["source"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    assert release["formation"] == {"web": 1}
+    assert release["health_check"] == {"path": "/health", "port": 5000}
+    assert keys(s3, "web/staging/") == [
+        "web/staging/r1/env",
+        "web/staging/r1/release.json",
+        "web/staging/r1/source.tar.gz",
+    ]
+    assert s3.get_object(Bucket=BUCKET, Key="web/staging/r1/source.tar.gz")["Body"].read() == data
+    assert publish()[1]["parent"] == "r1"
+
+
+def test_concurrent_publishes_get_distinct_ids_and_none_is_lost(s3: Any) -> None:
+    sources = [source_tarball({"Procfile": b"web: x\n", "n": str(i).encode()}) for i in range(8)]
+    uploads = [upload(data) for data in sources]
+    results: list[tuple[int, Any]] = [(0, None)] * len(uploads)
+    barrier = threading.Barrier(len(uploads))
+
+    def finalize(i: int) -> None:
+        barrier.wait()
+        results[i] = call(
+            "POST",
+            "/apps/web/envs/staging/releases",
+            {"upload_id": uploads[i], "git": {"ref": "main", "commit": COMMIT}},
+        )
+
+    threads = [threading.Thread(target=finalize, args=(i,)) for i in range(len(uploads))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [status for status, _ in results] == [201] * 8, results
+    ids = sorted((r["id"] for _, r in results), key=lambda r: int(r[1:]))
+    assert ids == [f"r{n}" for n in range(1, 9)]
+    # Every release holds the source its own publisher uploaded: no writer overwrote another.
+    for i, (_, release) in enumerate(results):
+        stored = s3.get_object(Bucket=BUCKET, Key=f"web/staging/{release['id']}/source.tar.gz")["Body"].read()
+        assert stored == sources[i]
+
+
+BAD_SOURCES = {
+    "not gzip": (b"just some text", "not a gzip-compressed tar"),
+    "gzip but not tar": (gzip.compress(b"x" * 4096), "not a gzip-compressed tar"),
+    "no Procfile at the root": (source_tarball({"app/Procfile": b"web: x\n"}), "no Procfile at its root"),
+    "Procfile is a directory": (source_tarball({"Procfile/x": b""}), "no Procfile at its root"),
+}
+
+
+@pytest.mark.parametrize("data, message", BAD_SOURCES.values(), ids=BAD_SOURCES.keys())
+def test_bad_source_is_refused_and_nothing_is_written(s3: Any, data: bytes, message: str) -> None:
+    status, body = publish(data)
+    assert status == 422
+    assert message in body["message"]
+    assert keys(s3, "web/") == []
+
+
+def test_source_that_differs_from_its_declaration_is_refused(s3: Any) -> None:
+    good = source_tarball()
+    upload_id = upload(source_tarball({"Procfile": b"web: other\n"}), declared=good)
+    status, body = call(
+        "POST", "/apps/web/envs/staging/releases", {"upload_id": upload_id, "git": {"ref": "main", "commit": COMMIT}}
+    )
+    assert status == 422 and "were declared" in body["message"]
+    assert keys(s3, "web/") == []
+
+
+def test_upload_never_put_is_refused(s3: Any) -> None:
+    status, created = call("POST", "/apps/web/envs/staging/uploads", {"size": 10, "sha256": "0" * 64})
+    status, body = call(
+        "POST",
+        "/apps/web/envs/staging/releases",
+        {"upload_id": created["upload_id"], "git": {"ref": "main", "commit": COMMIT}},
+    )
+    assert status == 422 and "PUT the source" in body["message"]
+    assert keys(s3, "web/") == []
+
+
+def test_oversized_source_is_refused_before_upload(s3: Any) -> None:
+    status, body = call("POST", "/apps/web/envs/staging/uploads", {"size": 65 * 1024 * 1024, "sha256": "0" * 64})
+    assert status == 413 and "the limit is 67108864 bytes" in body["message"]
+    assert keys(s3, "") == []
+
+
+@pytest.mark.parametrize(
+    "request_body, message",
+    [
+        ({"upload_id": "0" * 32, "git": {"ref": "main", "commit": "abc"}}, "not a full commit sha"),
+        ({"upload_id": "0" * 32, "git": "main"}, "git must be"),
+        ({"upload_id": "../etc", "git": {"ref": "main", "commit": COMMIT}}, "upload_id must be"),
+        ({"upload_id": "0" * 32, "git": {"ref": "main", "commit": COMMIT}}, "does not exist or has expired"),
+    ],
+)
+def test_bad_finalize_requests_name_the_input(s3: Any, request_body: dict[str, Any], message: str) -> None:
+    status, body = call("POST", "/apps/web/envs/staging/releases", request_body)
+    assert status in (400, 422) and message in body["message"]
+    assert keys(s3, "web/") == []
+
+
+def test_finalizing_twice_is_a_conflict(s3: Any) -> None:
+    upload_id = upload(source_tarball())
+    request = {"upload_id": upload_id, "git": {"ref": "main", "commit": COMMIT}}
+    assert call("POST", "/apps/web/envs/staging/releases", request)[0] == 201
+    status, body = call("POST", "/apps/web/envs/staging/releases", request)
+    assert status == 409 and "already published as r1" in body["message"]
+    assert keys(s3, "web/staging/r2") == []
+
+
+def test_large_sources_upload_in_parts(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publisher, "PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
+    data = source_tarball(
+        {"Procfile": b"web: x\n", "blob": bytes(range(256)) * (45 * 1024)}
+    )  # ~11 MB, incompressible-ish
+    data += b"\0" * max(0, 11 * 1024 * 1024 - len(data))  # gzip members end cleanly; tar ignores the padding
+    status, created = call(
+        "POST", "/apps/web/envs/staging/uploads", {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    )
+    assert status == 201 and len(created["parts"]) == 3
+    size = created["part_size"]
+    parts = [
+        {
+            "part_number": p["part_number"],
+            "etag": put(p["url"], data[(p["part_number"] - 1) * size : p["part_number"] * size]),
+        }
+        for p in created["parts"]
+    ]
+    status, release = call(
+        "POST",
+        "/apps/web/envs/staging/releases",
+        {"upload_id": created["upload_id"], "git": {"ref": "main", "commit": COMMIT}, "parts": parts},
+    )
+    assert status == 201, release
+    assert release["source"]["size"] == len(data)
+
+
+def test_releases_list_newest_first_in_pages(s3: Any) -> None:
+    for _ in range(5):
+        assert publish()[0] == 201
+    pages, before = [], None
+    while True:
+        status, listing = call(
+            "GET", "/apps/web/envs/staging/releases", query={"limit": "2", **({"before": before} if before else {})}
+        )
+        assert status == 200
+        pages.append([r["id"] for r in listing["releases"]])
+        before = listing["next_before"]
+        if before is None:
+            break
+    assert pages == [["r5", "r4"], ["r3", "r2"], ["r1"]]
+
+
+def test_show_and_download(s3: Any) -> None:
+    data = source_tarball()
+    publish(data)
+    status, release = call("GET", "/apps/web/envs/staging/releases/r1")
+    assert status == 200 and release["id"] == "r1"
+    status, download = call("GET", "/apps/web/envs/staging/releases/r1/source")
+    assert status == 200 and download["sha256"] == hashlib.sha256(data).hexdigest()
+    with urllib.request.urlopen(download["url"]) as response:
+        assert response.read() == data
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/apps/web/envs/staging/releases/r9", "no release r9"),
+        ("/apps/shop/envs/staging/releases", "no app 'shop' in staging (apps: billing, web)"),
+        ("/apps/web/envs/production/releases", "serves the staging environment"),
+        ("/apps/web/envs/staging/releases/latest", "not a release id"),
+    ],
+)
+def test_unknown_things_are_named(s3: Any, path: str, message: str) -> None:
+    status, body = call("GET", path)
+    assert status in (400, 404) and message in body["message"]
+
+
+TRICKY = {
+    "MULTILINE": "line one\nline two\n",
+    "QUOTES": 'it\'s "quoted" `and` $HOME ${X} \\ backslash',
+    "UNICODE": "héllo 世界 🚀",
+    "EMPTY": "",
+    "SPACES": "  padded  ",
+}
+
+
+def test_config_change_makes_a_release_with_the_same_source(s3: Any) -> None:
+    status, first = publish()
+    status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": TRICKY})
+    assert status == 200, changed
+    assert changed["vars"] == TRICKY
+    release = changed["release"]
+    assert (release["id"], release["parent"], release["source"]) == ("r2", "r1", first["source"])
+    assert release["created_by"] == "alice"
+    assert call("GET", "/apps/web/envs/staging/config") == (200, {"vars": TRICKY})
+    # The instance reads the release's env file with its own parser: every value exactly.
+    env_file = s3.get_object(Bucket=BUCKET, Key="web/staging/r2/env")["Body"].read()
+    assert parse_env(env_file.decode()) == TRICKY
+    assert hashlib.sha256(env_file).hexdigest() == release["env_sha256"]
+    status, unset = call("PATCH", "/apps/web/envs/staging/config", {"unset": ["EMPTY"]})
+    assert "EMPTY" not in unset["vars"] and unset["release"]["id"] == "r3"
+
+
+def test_config_before_the_first_release_waits_for_it(s3: Any) -> None:
+    status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}})
+    assert (status, changed["release"]) == (200, None)
+    assert publish()[0] == 201
+    assert s3.get_object(Bucket=BUCKET, Key="web/staging/r1/env")["Body"].read() == b"export A='1'\n"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"set": {"1BAD": "x"}}, "not a valid variable name"),
+        ({"set": {"PORT": "80"}}, "the platform assigns itself"),
+        ({"set": {"NUL": "a\x00b"}}, "NUL byte"),
+        ({"set": {"BIG": "x" * 200_000}}, "at most 131072"),
+        ({"set": {"NUM": 5}}, "values are strings"),
+        ({"unset": ["MISSING"]}, "MISSING is not set"),
+        ({}, "send"),
+    ],
+)
+def test_bad_config_changes_are_refused_and_change_nothing(s3: Any, change: dict[str, Any], message: str) -> None:
+    publish()
+    before = keys(s3, "web/")
+    status, body = call("PATCH", "/apps/web/envs/staging/config", change)
+    assert status == 400 and message in body["message"]
+    assert keys(s3, "web/") == before
+
+
+@given(
+    values=st.dictionaries(
+        st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True).filter(lambda n: n != "PORT"),
+        st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=200),
+        max_size=8,
+    )
+)
+@settings(max_examples=200)
+def test_any_carriable_config_round_trips_through_the_env_file(values: dict[str, str]) -> None:
+    from slipway_agent.envfile import render_env
+
+    assert parse_env(render_env(change_config({}, set_vars=values, unset=[]))) == values
+
+
+def test_current_moves_only_by_compare_and_swap(s3: Any) -> None:
+    publish()
+    publish()
+    releases = api._publisher("web", "staging")
+    releases.move_current("r1", expected=None)
+    with pytest.raises(ReleaseError, match="current is r1, not unset"):
+        releases.move_current("r2", expected=None)  # a stale view loses
+    releases.move_current("r2", expected="r1")
+    assert releases.current() == "r2"
+    assert call("GET", "/apps/web/envs/staging/releases/r2")[1]["current"] is True
+
+
+def test_a_request_without_an_authenticated_user_is_refused(s3: Any) -> None:
+    status, _ = call("POST", "/apps/web/envs/staging/uploads", {"size": 10, "sha256": "0" * 64}, user=None)
+    assert status == 401
+    assert keys(s3, "") == []
+
+
+def test_routes_are_exactly_the_openapi_operations() -> None:
+    spec = json.loads((Path(api.__file__).parent / "openapi.json").read_text())
+    documented = {
+        (method.upper(), path)
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    }
+    routed = {(route.method, route.rule.pattern) for route in api.app._static_routes + api.app._dynamic_routes}
+    assert len(routed) == len(documented)
+    for method, path in documented:
+        concrete = path.replace("{app}", "web").replace("{env}", "staging").replace("{release}", "r1")
+        assert any(m == method and re.fullmatch(p, concrete) for m, p in routed), (method, path)
