@@ -22,17 +22,19 @@ export CDK_DISABLE_CLI_TELEMETRY := true
 # The instance tests boot a Debian root filesystem in systemd-nspawn (needs root).
 INSTANCE_PACKAGES := mmdebstrap systemd-container
 
-.PHONY: help synth test lint bench clean instance-packages
+.PHONY: help synth test lint bench clean instance-packages local
 
 help:
 	@echo "make synth   install what is needed and synthesize every Platform-<env> stack into cdk.out/"
 	@echo "make test    install what is needed and run the whole test suite"
+	@echo "make local   serve a local control plane (moto) for ENV=staging; prints its URL and password"
 	@echo "make lint    ruff and mypy"
 	@echo "make bench   run the benchmarks under benchmarks/ (synthesis, the instance agent)"
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
@@ -66,6 +68,11 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.dev instance-packages
 	$(PYTHON) benchmarks/synth.py
 	$(PYTHON) benchmarks/agent.py
+	$(PYTHON) benchmarks/publish.py
+
+ENV ?= staging
+local: $(VENV)/.dev
+	$(PYTHON) -m slipway.local --env $(ENV)
 
 clean:
 	rm -rf cdk.out $(TOOLS) $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -18,9 +18,12 @@ import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
 from constructs.config import ConfigError, PlatformConfig
+from constructs.control_plane import routes_from_openapi
 from constructs.platform import PlatformStack
 
 CDK_JSON = Path(__file__).resolve().parent / "cdk.json"
+# The control plane's API contract: the REST API gets exactly its routes.
+OPENAPI = Path(__file__).resolve().parent / "lambdas" / "slipway" / "openapi.json"
 # Context the cdk CLI passes to every synthesis; `python app.py` passes the same so
 # both write identical templates.
 CLI_CONTEXT = {"aws:cdk:enable-path-metadata": True, "aws:cdk:enable-asset-metadata": True}
@@ -36,8 +39,9 @@ def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) 
     """Build the CDK app; raise :class:`ConfigError` when the configuration is invalid."""
     app = cdk.App(context=cdk_json_context() if context is None else context, outdir=outdir)
     config = PlatformConfig.from_context(_platform_context(app))
+    api_routes = routes_from_openapi(json.loads(OPENAPI.read_text()))
     for environment in config.environments:
-        PlatformStack(app, environment.stack_name, config=config, environment=environment)
+        PlatformStack(app, environment.stack_name, config=config, environment=environment, api_routes=api_routes)
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
     return app
 

@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from aws_cdk import CfnOutput, Environment, Stack
+from aws_cdk import CfnOutput, Environment, Stack, SymlinkFollowMode
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
 from constructs.base_image import BaseImagePipeline
 from constructs.config import EnvironmentSettings, PlatformConfig
+from constructs.control_plane import ApiRoute, ControlPlane
 from constructs.fleet import AppFleet
 from constructs.network import Network
 from constructs.release_store import ReleaseStore
 
 # The base image (provisioning script and deploy program) ships to instances as an asset.
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "image"
+# The control plane's one Lambda asset. Its symlinks into image/ (the agent's release
+# schema and modules the control plane shares) must be copied, not kept as links.
+LAMBDAS_DIR = Path(__file__).resolve().parent.parent / "lambdas"
+# Bytecode and tool caches (.ruff_cache, .mypy_cache) are not part of an asset: they would
+# change its hash, and so the template, whenever someone runs a linter.
+ASSET_EXCLUDE = ["__pycache__", "*.pyc", ".*_cache"]
+# Code under lambdas/ that never runs in Lambda: the CLI, the local front, packaging metadata.
+LOCAL_ONLY = ["slipway/cli.py", "slipway/local.py", "*.egg-info", "README.md"]
 
 
 class PlatformStack(Stack):
-    """Composes one environment: network, release bucket and a fleet per app."""
+    """Composes one environment: network, release bucket, a fleet per app and the control plane.
 
-    def __init__(self, scope: Construct, id_: str, *, config: PlatformConfig, environment: EnvironmentSettings) -> None:
+    ``api_routes`` are the operations of the control plane's OpenAPI document
+    (``routes_from_openapi``); each becomes a method of the REST API.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        config: PlatformConfig,
+        environment: EnvironmentSettings,
+        api_routes: Sequence[ApiRoute],
+    ) -> None:
         super().__init__(
             scope,
             id_,
@@ -41,7 +64,7 @@ class PlatformStack(Stack):
             flow_logs=network_settings.flow_logs,
         )
         self.release_store = ReleaseStore(self, "Releases")
-        image = s3_assets.Asset(self, "ImageAsset", path=str(IMAGE_DIR), exclude=["__pycache__", "*.pyc"])
+        image = s3_assets.Asset(self, "ImageAsset", path=str(IMAGE_DIR), exclude=ASSET_EXCLUDE)
         self.fleets = {
             app.name: AppFleet(
                 self,
@@ -58,6 +81,17 @@ class PlatformStack(Stack):
             )
             for app in config.apps
         }
+        self.control_plane = ControlPlane(
+            self,
+            "ControlPlane",
+            env_name=environment.name,
+            apps=[app.settings_for(environment.name) for app in config.apps],
+            release_store=self.release_store,
+            code=lambda_.Code.from_asset(
+                str(LAMBDAS_DIR), exclude=[*ASSET_EXCLUDE, *LOCAL_ONLY], follow_symlinks=SymlinkFollowMode.ALWAYS
+            ),
+            routes=api_routes,
+        )
         if environment.base_image.pipeline:
             architectures = frozenset(
                 ec2.InstanceType(app.settings_for(environment.name).instance_type).architecture for app in config.apps

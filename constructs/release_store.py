@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
@@ -12,6 +14,8 @@ from constructs.acknowledge import acknowledge
 # The bucket holds every release ever published: its logical ID must never change,
 # or CloudFormation would create a new, empty bucket and orphan the old one.
 BUCKET_LOGICAL_ID = "ReleaseBucket"
+# Where sources wait, per app and environment, until they are finalized into a release.
+UPLOADS_PREFIX = "uploads/"
 
 
 class ReleaseStore(Construct):
@@ -40,7 +44,15 @@ class ReleaseStore(Construct):
                     id="ExpireNoncurrentVersions",
                     noncurrent_version_expiration=Duration.days(noncurrent_version_days),
                     abort_incomplete_multipart_upload_after=Duration.days(7),
-                )
+                ),
+                # Sources on their way in: a publish finishes within the hour its URLs last.
+                s3.LifecycleRule(
+                    id="ExpireUploads",
+                    prefix=UPLOADS_PREFIX,
+                    expiration=Duration.days(1),
+                    noncurrent_version_expiration=Duration.days(1),
+                    abort_incomplete_multipart_upload_after=Duration.days(1),
+                ),
             ],
         )
         cfn_bucket = self._bucket.node.default_child
@@ -73,4 +85,38 @@ class ReleaseStore(Construct):
                 resources=[self._bucket.bucket_arn],
                 conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}},
             )
+        )
+
+    def grant_publish(self, grantee: iam.IGrantable, *, apps: Sequence[str], env: str) -> None:
+        """Let ``grantee`` (the control plane) publish releases of ``apps`` in ``env``.
+
+        Read, write and list ``<app>/<env>/`` (releases, ``current``, ``env``) and
+        ``uploads/<app>/<env>/`` (sources on their way to becoming releases), abort and
+        inspect multipart uploads there, and delete there (the bucket is versioned: a
+        delete only adds a delete marker, which undoes a release id that could not be
+        completed). Nothing of other environments' prefixes, no version deletes.
+        """
+        objects = [
+            self._bucket.arn_for_objects(key)
+            for app in apps
+            for key in (f"{app}/{env}/*", f"{UPLOADS_PREFIX}{app}/{env}/*")
+        ]
+        if objects:
+            grantee.grant_principal.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=[
+                        "s3:GetObject",
+                        "s3:PutObject",
+                        "s3:DeleteObject",
+                        "s3:AbortMultipartUpload",
+                        "s3:ListMultipartUploadParts",
+                    ],
+                    resources=objects,
+                )
+            )
+        # Unconditional: with ListBucket, S3 answers a missing key with 404 NoSuchKey (how
+        # the control plane tells "nothing published yet"), not 403. A prefix condition
+        # would not apply to GetObject requests and bring the 403 back.
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
         )

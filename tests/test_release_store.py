@@ -37,23 +37,24 @@ def test_bucket_is_retained_on_delete(staging: Template) -> None:
     staging.has_resource("AWS::S3::Bucket", {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"})
 
 
-def test_noncurrent_versions_expire(staging: Template) -> None:
-    staging.has_resource_properties(
-        "AWS::S3::Bucket",
-        {
-            "LifecycleConfiguration": {
-                "Rules": [
-                    Match.object_like(
-                        {
-                            "NoncurrentVersionExpiration": {"NoncurrentDays": 90},
-                            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
-                            "Status": "Enabled",
-                        }
-                    )
-                ]
-            }
-        },
-    )
+def test_noncurrent_versions_and_stale_uploads_expire(staging: Template) -> None:
+    [bucket] = staging.find_resources("AWS::S3::Bucket").values()
+    rules = {rule["Id"]: rule for rule in bucket["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["ExpireNoncurrentVersions"] == {
+        "Id": "ExpireNoncurrentVersions",
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 90},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+        "Status": "Enabled",
+    }
+    # Releases are never under uploads/: only unfinished publishes expire.
+    assert rules["ExpireUploads"] == {
+        "Id": "ExpireUploads",
+        "Prefix": "uploads/",
+        "ExpirationInDays": 1,
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        "Status": "Enabled",
+    }
 
 
 def test_bucket_policy_denies_plain_http(staging: Template) -> None:

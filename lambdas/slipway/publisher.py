@@ -36,7 +36,8 @@ from slipway.releases import (
 from slipway.store import Bucket
 from slipway_agent.envfile import render_env
 
-PART_SIZE = 64 * 1024 * 1024  # uploads larger than one part go multipart
+# Uploads larger than one part go multipart; the CLI sends parts in parallel.
+PART_SIZE = 16 * 1024 * 1024
 URL_LIFETIME = 3600
 CLAIM_ATTEMPTS = 20
 

@@ -7,6 +7,7 @@ import tarfile
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from slipway_agent.archive import (
     DIRECTORY,
     FILE,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from slipway_agent.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_agent.cli import DeployArgs, ReleaseUrl, UsageError, parse_args, s3_endpoint
 from slipway_agent.deploy import releases_to_prune, result_line

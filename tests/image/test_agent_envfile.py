@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from slipway_agent.envfile import (
     MAX_ASSIGNMENT_BYTES,
     EnvFileError,

@@ -7,6 +7,7 @@ import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from slipway_agent.manifest import (
     SCHEMA_PATH,
     HealthCheck,

@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from slipway_agent.procfile import ProcfileError, parse_procfile, resolve_formation
 from slipway_agent.units import (
     AppLayout,

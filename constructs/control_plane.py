@@ -1,0 +1,365 @@
+"""The control plane of one environment: the release API on API Gateway, its function and
+the Basic-auth authorizer with its credentials secret."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aws_cdk import CfnOutput, Duration, RemovalPolicy
+from aws_cdk import aws_apigateway as apigateway
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_ssm as ssm
+
+from constructs import Construct
+from constructs.acknowledge import acknowledge
+from constructs.config import ENV_NAME, AppSettings
+from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
+from constructs.release_store import UPLOADS_PREFIX, ReleaseStore
+
+RUNTIME = lambda_.Runtime.PYTHON_3_13
+# Powertools publishes each layer version's ARN as a public SSM parameter per runtime
+# and architecture; resolved at deploy time, so synthesis needs no AWS call.
+POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/arm64/python3.13/3.37.0"
+STAGE_NAME = "v1"
+# API Gateway keeps an authorizer's answer per Authorization header this long; the
+# authorizer's own cache of the secret (CREDENTIALS_CACHE_SECONDS) adds to it.
+AUTHORIZER_CACHE = Duration.minutes(5)
+# For the whole stage: a handful of operators and CI jobs; sources go straight to S3
+# through presigned URLs, so API calls are small and few.
+THROTTLING_RATE_LIMIT = 10
+THROTTLING_BURST_LIMIT = 20
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
+# Letters and digits only: the password goes into netrc files, shell variables and
+# `user:password` URLs, where `:`, quotes, spaces and `#` need escaping.
+PASSWORD_LENGTH = 40
+
+# One JSON object per request. `user` is the authorizer's context: who did what.
+ACCESS_LOG_FIELDS = {
+    "requestId": "$context.requestId",
+    "time": "$context.requestTime",
+    "ip": "$context.identity.sourceIp",
+    "user": "$context.authorizer.user",
+    "method": "$context.httpMethod",
+    "resource": "$context.resourcePath",
+    "path": "$context.path",
+    "status": "$context.status",
+    "responseLength": "$context.responseLength",
+    "latencyMs": "$context.responseLatency",
+    "authorizerError": "$context.authorizer.error",
+    "error": "$context.error.message",
+    "userAgent": "$context.identity.userAgent",
+}
+
+
+@dataclass(frozen=True, order=True)
+class ApiRoute:
+    """One operation of the API: a resource path (``/apps/{app}/envs/{env}/releases``) and a method."""
+
+    path: str
+    method: str
+
+
+def routes_from_openapi(document: Mapping[str, Any]) -> tuple[ApiRoute, ...]:
+    """Every (path, method) of an OpenAPI 3 document, sorted; methods upper case.
+
+    Raises ``ValueError`` for a document without operations or with a path API Gateway
+    cannot express.
+    """
+    paths = document.get("paths")
+    if not isinstance(paths, Mapping) or not paths:
+        raise ValueError("the OpenAPI document has no paths; describe at least one operation under 'paths'")
+    routes: list[ApiRoute] = []
+    for path, item in paths.items():
+        if (
+            not isinstance(path, str)
+            or not path.startswith("/")
+            or (path != "/" and (path.endswith("/") or "//" in path))
+        ):
+            raise ValueError(f"OpenAPI path {path!r} must start with '/' and have no empty or trailing segment")
+        routes.extend(ApiRoute(path=path, method=method.upper()) for method in item if method in HTTP_METHODS)
+    if not routes:
+        raise ValueError("the OpenAPI document has no operations; add get/post/... under its paths")
+    return tuple(sorted(routes))
+
+
+def apps_setting(apps: Sequence[AppSettings]) -> dict[str, dict[str, Any]]:
+    """What the control plane knows of each app in its environment (``APPS_JSON``).
+
+    ``{"billing": {"port": 8080, "health_check_path": "/healthz", "formation": {"web": 1, "worker": 2}}}``
+    """
+    return {
+        app.name: {"port": app.port, "health_check_path": app.health_check_path, "formation": app.processes}
+        for app in apps
+    }
+
+
+class ControlPlane(Construct):
+    """The release API of one environment.
+
+    A REST API built from the OpenAPI document's routes sends every request, once a
+    Lambda REQUEST authorizer has checked its HTTP Basic credentials against a Secrets
+    Manager secret (generated at deploy time; ``{"admin": "<password>"}``, add users as
+    keys), to one function that publishes and reads releases in the release bucket.
+    The stage is throttled and writes JSON access logs naming the user of each request.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        env_name: str,
+        apps: Sequence[AppSettings],
+        release_store: ReleaseStore,
+        code: lambda_.Code,
+        routes: Sequence[ApiRoute],
+    ) -> None:
+        super().__init__(scope, id_)
+        if not ENV_NAME.match(env_name):
+            raise ValueError(
+                f"ControlPlane: env_name {env_name!r} is not an environment name; use lowercase letters and "
+                "digits starting with a letter, e.g. 'staging'"
+            )
+        names = [app.name for app in apps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ControlPlane: apps has duplicate names {sorted(names)}; pass each app once")
+        if not routes:
+            raise ValueError("ControlPlane: routes is empty; pass routes_from_openapi(<the API's OpenAPI document>)")
+        self._secret = self._build_secret(env_name)
+        self._authorizer_function = self._build_authorizer_function(code)
+        self._api_function = self._build_api_function(code, env_name, apps, release_store)
+        self._api = self._build_api(env_name)
+        self._add_routes(routes)
+        # RestApi's own unnamed "Endpoint" output would repeat ApiUrl without saying what it is.
+        self._api.node.try_remove_child("Endpoint")
+        CfnOutput(self, "ApiUrl", value=self._api.url, description=f"Slipway API of {env_name}")
+        CfnOutput(
+            self,
+            "CredentialsSecret",
+            value=self._secret.secret_name,
+            description="API users and passwords: aws secretsmanager get-secret-value --secret-id <this> "
+            "--query SecretString --output text",
+        )
+
+    def _build_secret(self, env_name: str) -> secretsmanager.Secret:
+        secret = secretsmanager.Secret(
+            self,
+            "Credentials",
+            description=f"Slipway API users of {env_name}: a JSON object of user names to passwords",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template=json.dumps({}),
+                generate_string_key="admin",
+                exclude_punctuation=True,
+                include_space=False,
+                password_length=PASSWORD_LENGTH,
+            ),
+        )
+        acknowledge(
+            secret,
+            "AwsSolutions-SMG4",
+            "These are people's HTTP Basic passwords, kept in their netrc or CLI configuration: an automatic "
+            "rotation would lock them out. Operators change them with put-secret-value.",
+        )
+        return secret
+
+    def _build_role(self, id_: str, description: str, log_group: logs.ILogGroup) -> iam.Role:
+        # An own role instead of AWSLambdaBasicExecutionRole: writing to its own log group only.
+        role = iam.Role(self, id_, assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"), description=description)
+        log_group.grant_write(role)
+        return role
+
+    def _build_function(
+        self,
+        id_: str,
+        *,
+        code: lambda_.Code,
+        handler: str,
+        description: str,
+        environment: Mapping[str, str],
+        memory_size: int,
+        timeout: Duration,
+        layers: Sequence[lambda_.ILayerVersion] = (),
+    ) -> lambda_.Function:
+        log_group = logs.LogGroup(
+            self, f"{id_}Logs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.DESTROY
+        )
+        function = lambda_.Function(
+            self,
+            id_,
+            runtime=RUNTIME,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=handler,
+            code=code,
+            description=description,
+            environment=dict(environment),
+            memory_size=memory_size,
+            timeout=timeout,
+            layers=list(layers),
+            log_group=log_group,
+            role=self._build_role(f"{id_}Role", description, log_group),
+        )
+        acknowledge(
+            function,
+            "AwsSolutions-L1",
+            "Python 3.13 is pinned on purpose: the Powertools layer parameter is the python3.13 build and "
+            "the control plane is tested on 3.13; a newer runtime is a deliberate change of both.",
+        )
+        return function
+
+    def _build_authorizer_function(self, code: lambda_.Code) -> lambda_.Function:
+        function = self._build_function(
+            "AuthorizerFunction",
+            code=code,
+            handler="slipway.authorizer.handler",
+            description="Checks the HTTP Basic credentials of Slipway API requests",
+            environment={"CREDENTIALS_SECRET_ARN": self._secret.secret_arn},
+            memory_size=256,
+            timeout=Duration.seconds(10),
+        )
+        self._secret.grant_read(function)
+        return function
+
+    def _build_api_function(
+        self, code: lambda_.Code, env_name: str, apps: Sequence[AppSettings], release_store: ReleaseStore
+    ) -> lambda_.Function:
+        powertools = lambda_.LayerVersion.from_layer_version_arn(
+            self, "Powertools", ssm.StringParameter.value_for_string_parameter(self, POWERTOOLS_LAYER_PARAMETER)
+        )
+        function = self._build_function(
+            "ApiFunction",
+            code=code,
+            handler="slipway.api.handler",
+            description=f"Slipway release API of {env_name}",
+            environment={
+                "RELEASE_BUCKET": release_store.bucket.bucket_name,
+                "PLATFORM_ENV": env_name,
+                "APPS_JSON": json.dumps(apps_setting(apps), sort_keys=True, separators=(",", ":")),
+                "POWERTOOLS_SERVICE_NAME": "slipway",
+            },
+            memory_size=1024,
+            timeout=Duration.seconds(60),
+            layers=[powertools],
+        )
+        release_store.grant_publish(function, apps=[app.name for app in apps], env=env_name)
+        assert function.role is not None
+        for app in apps:
+            for prefix in (f"{app.name}/{env_name}/", f"{UPLOADS_PREFIX}{app.name}/{env_name}/"):
+                acknowledge(
+                    function.role,
+                    f"AwsSolutions-IAM5[Resource::<{RELEASE_BUCKET_ID}.Arn>/{prefix}*]",
+                    f"The control plane publishes and reads every release and upload of {app.name} in "
+                    f"{env_name}, and only those ({prefix}).",
+                )
+        return function
+
+    def _build_api(self, env_name: str) -> apigateway.RestApi:
+        access_logs = logs.LogGroup(self, "AccessLogs", retention=logs.RetentionDays.ONE_YEAR)
+        authorizer = apigateway.RequestAuthorizer(
+            self,
+            "BasicAuth",
+            handler=self._authorizer_function,
+            identity_sources=[apigateway.IdentitySource.header("Authorization")],
+            results_cache_ttl=AUTHORIZER_CACHE,
+        )
+        api = apigateway.RestApi(
+            self,
+            "RestApi",
+            rest_api_name=f"slipway-{env_name}",
+            description=f"Slipway release API of {env_name}",
+            endpoint_types=[apigateway.EndpointType.REGIONAL],
+            # Access logs need the account's API Gateway CloudWatch role (one per region),
+            # or the first deploy fails. Retained: deleting one environment must not take
+            # logging away from the others that share the setting.
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
+            default_method_options=apigateway.MethodOptions(
+                authorizer=authorizer, authorization_type=apigateway.AuthorizationType.CUSTOM
+            ),
+            deploy_options=apigateway.StageOptions(
+                stage_name=STAGE_NAME,
+                throttling_rate_limit=THROTTLING_RATE_LIMIT,
+                throttling_burst_limit=THROTTLING_BURST_LIMIT,
+                access_log_destination=apigateway.LogGroupLogDestination(access_logs),
+                access_log_format=apigateway.AccessLogFormat.custom(json.dumps(ACCESS_LOG_FIELDS)),
+                # Errors only, and never request data: data traces would log the Authorization header.
+                logging_level=apigateway.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,
+                metrics_enabled=True,
+            ),
+        )
+        api.add_gateway_response(
+            "Unauthorized",
+            type=apigateway.ResponseType.UNAUTHORIZED,
+            status_code="401",
+            # Makes browsers ask for a user name and password (the web console).
+            response_headers={"WWW-Authenticate": "'Basic realm=\"Slipway\"'"},
+            templates={"application/json": '{"message": "Missing or wrong credentials"}'},
+        )
+        api.add_gateway_response(
+            "AccessDenied",
+            type=apigateway.ResponseType.ACCESS_DENIED,
+            status_code="403",
+            templates={"application/json": '{"message": "These credentials may not call this API"}'},
+        )
+        acknowledge(
+            api,
+            "AwsSolutions-APIG2",
+            "The API function checks every request body itself and answers 400 naming the input and the "
+            "fix; API Gateway's request validator could only answer a generic message.",
+        )
+        acknowledge(
+            api,
+            "AwsSolutions-APIG3",
+            "An operators' API behind HTTP Basic auth with 40-character generated passwords and stage "
+            "throttling; a WAF web ACL per environment would add cost without a rule to put in it.",
+        )
+        acknowledge(
+            api,
+            "AwsSolutions-COG4",
+            "Authorization is HTTP Basic through a Lambda REQUEST authorizer (ARCHITECTURE.md §7), so the CLI, "
+            "netrc and browsers work without a Cognito user pool.",
+        )
+        acknowledge(
+            api,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AmazonAPIGatewayPushToCloudWatchLogs]",
+            "The AWS-maintained policy of the account-level role through which API Gateway writes access logs.",
+        )
+        return api
+
+    def _add_routes(self, routes: Sequence[ApiRoute]) -> None:
+        # allow_test_invoke=False: no extra permission per method for the console's test button.
+        integration = apigateway.LambdaIntegration(self._api_function, allow_test_invoke=False)
+        for route in routes:
+            self._api.root.resource_for_path(route.path).add_method(route.method, integration)
+
+    @property
+    def api_url(self) -> str:
+        """The stage's base URL, ``https://<id>.execute-api.<region>.amazonaws.com/v1/``."""
+        return self._api.url
+
+    @property
+    def api(self) -> apigateway.IRestApi:
+        """The REST API."""
+        return self._api
+
+    @property
+    def api_function(self) -> lambda_.IFunction:
+        """The function behind every route."""
+        return self._api_function
+
+    @property
+    def authorizer_function(self) -> lambda_.IFunction:
+        """The HTTP Basic authorizer."""
+        return self._authorizer_function
+
+    @property
+    def credentials_secret(self) -> secretsmanager.ISecret:
+        """The API's users and passwords, ``{"<user>": "<password>"}``."""
+        return self._secret

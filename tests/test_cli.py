@@ -1,0 +1,192 @@
+"""The `slipway` CLI end to end: a git checkout of an app, the installed command, and the
+local control plane (real handlers and authorizer behind an API Gateway-shaped front)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SLIPWAY = Path(sys.executable).parent / "slipway"
+PASSWORD = "correct-horse-battery"
+
+
+def start_local(env: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slipway.local", "--env", env, "--password", PASSWORD],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{REPO / 'lambdas'}:{REPO}",
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, "the local control plane did not start"
+    return process, json.loads(line)
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[dict[str, dict[str, Any]]]:
+    """Local control planes for staging and production, as two separate services."""
+    started = {env: start_local(env) for env in ("staging", "production")}
+    yield {env: info for env, (_, info) in started.items()}
+    for process, _ in started.values():
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A git repository of a small app, as a developer has it."""
+    repo = tmp_path / "app"
+    repo.mkdir()
+    (repo / "Procfile").write_text("web: python3 app.py\n")
+    (repo / "app.py").write_text("print('hello')\n")
+    git = ["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], cwd=repo, check=True)
+    return repo
+
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def slipway(local: dict[str, dict[str, Any]], checkout: Path, tmp_path: Path) -> Run:
+    assert SLIPWAY.exists(), "the slipway command is not installed: `make test` installs it"
+
+    def run(
+        *args: str, user: str = "admin", password: str = PASSWORD, cwd: Path | None = None, **environ: str
+    ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+        env.update(
+            HOME=str(tmp_path),
+            SLIPWAY_URL_STAGING=local["staging"]["url"],
+            SLIPWAY_URL_PRODUCTION=local["production"]["url"],
+            SLIPWAY_USER=user,
+            SLIPWAY_PASSWORD=password,
+        )
+        env.update(environ)
+        return subprocess.run(
+            [str(SLIPWAY), *args],
+            cwd=cwd or checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    return run
+
+
+def releases(run: Run, app: str, env: str) -> list[dict[str, Any]]:
+    result = run("--json", "releases", app, env, "--limit", "100")
+    assert result.returncode == 0, result.stderr
+    listed: list[dict[str, Any]] = json.loads(result.stdout)["releases"]
+    return listed
+
+
+def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> None:
+    before = len(releases(slipway, "billing", "staging"))
+    result = slipway("release", "billing", "staging", "-m", "first cut")
+    assert result.returncode == 0, result.stderr
+    first = f"r{before + 1}"
+    assert result.stdout.startswith(f"Published billing {first} to staging (HEAD @ ")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
+    [newest, *_] = releases(slipway, "billing", "staging")
+    assert (newest["id"], newest["git"], newest["created_by"]) == (first, {"ref": "HEAD", "commit": commit}, "admin")
+    assert newest["description"] == "first cut"
+    assert newest["formation"] == {"web": 1, "worker": 2}  # from cdk.json
+
+    tricky = "multi\nline 'quoted' $HOME `x` é"
+    result = slipway("config", "billing", "staging", "set", f"SECRET={tricky}", "PLAIN=1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f"released as r{before + 2}")
+    shown = json.loads(slipway("--json", "config", "billing", "staging").stdout)
+    assert shown["vars"]["SECRET"] == tricky and shown["vars"]["PLAIN"] == "1"
+    assert slipway("config", "billing", "staging", "unset", "PLAIN").returncode == 0
+
+    listing = slipway("releases", "billing", "staging")
+    assert f"r{before + 3}" in listing.stdout and "admin" in listing.stdout
+
+    result = slipway("promote", "billing", "staging", "production")
+    assert result.returncode == 0, result.stderr
+    promoted = releases(slipway, "billing", "production")[0]
+    assert result.stdout.strip() == (
+        f"Promoted billing staging r{before + 3} to production as {promoted['id']} (same source, production's config)"
+    )
+    assert promoted["source"] == newest["source"] and promoted["git"] == newest["git"]
+    assert promoted["description"].startswith(f"promoted from staging r{before + 3}")
+    assert json.loads(slipway("--json", "config", "billing", "production").stdout)["vars"] == {}
+
+
+def test_large_source_goes_up_in_parts(slipway: Run, checkout: Path) -> None:
+    # 40 MB of incompressible data: three 16 MiB parts, sent in parallel.
+    (checkout / "blob.bin").write_bytes(os.urandom(40 * 1024 * 1024))
+    subprocess.run(["git", "add", "blob.bin"], cwd=checkout, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=D", "-c", "user.email=d@e", "commit", "-qm", "blob"], cwd=checkout, check=True
+    )
+    result = slipway("--json", "release", "web", "staging")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["source"]["size"] > 40 * 1024 * 1024
+
+
+def test_wrong_credentials_are_one_line_and_change_nothing(slipway: Run) -> None:
+    before = releases(slipway, "web", "staging")
+    result = slipway("release", "web", "staging", password="wrong")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("slipway: ") and "refused the credentials of admin (HTTP 401)" in line
+    assert releases(slipway, "web", "staging") == before
+
+
+def test_credentials_from_netrc(slipway: Run, local: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    (tmp_path / ".netrc").write_text(f"machine 127.0.0.1 login admin password {PASSWORD}\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    result = slipway("releases", "web", "staging", user="", password="")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, environ, message",
+    [
+        (("releases", "web", "qa"), {}, "no API URL for qa: set SLIPWAY_URL_QA (or SLIPWAY_URL)"),
+        (("releases", "shop", "staging"), {}, "no app 'shop' in staging"),
+        (("release", "web", "staging", "--ref", "no-such-branch"), {}, "git rev-parse"),
+        (("config", "web", "staging", "set", "NOEQUALS"), {}, "is not NAME=value"),
+        (("config", "web", "staging", "set", "PORT=80"), {}, "the platform assigns itself"),
+        (("releases", "web", "staging"), {"SLIPWAY_URL_STAGING": "http://127.0.0.1:9"}, "cannot reach"),
+    ],
+)
+def test_errors_are_one_clear_line(slipway: Run, args: tuple[str, ...], environ: dict[str, str], message: str) -> None:
+    result = slipway(*args, **environ)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("slipway: ") and message in line
+
+
+def test_source_without_procfile_is_refused(slipway: Run, checkout: Path) -> None:
+    subprocess.run(["git", "rm", "-q", "Procfile"], cwd=checkout, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=D", "-c", "user.email=d@e", "commit", "-qm", "oops"], cwd=checkout, check=True
+    )
+    before = releases(slipway, "web", "staging")
+    result = slipway("release", "web", "staging")
+    assert result.returncode == 1
+    assert "no Procfile at its root" in result.stderr and "(HTTP 422)" in result.stderr
+    assert releases(slipway, "web", "staging") == before

@@ -1,0 +1,425 @@
+"""ControlPlane: the release API, its function, the Basic-auth authorizer and the credentials secret."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk.assertions import Match, Template
+
+from constructs.config import AppSettings
+from constructs.control_plane import ApiRoute, ControlPlane, apps_setting, routes_from_openapi
+from constructs.release_store import ReleaseStore
+
+LAYER_PARAMETER = "/aws/service/powertools/python/arm64/python3.13/3.37.0"
+
+
+def _one(template: Template, resource_type: str, prefix: str) -> tuple[str, dict[str, Any]]:
+    found = {k: v for k, v in template.find_resources(resource_type).items() if k.startswith(prefix)}
+    assert len(found) == 1, f"expected one {resource_type} named {prefix}*, found {list(found)}"
+    return next(iter(found.items()))
+
+
+def _function(template: Template, name: str) -> dict[str, Any]:
+    props: dict[str, Any] = _one(template, "AWS::Lambda::Function", f"ControlPlane{name}Function")[1]["Properties"]
+    return props
+
+
+def _statements(template: Template, name: str) -> list[dict[str, Any]]:
+    policy = _one(template, "AWS::IAM::Policy", f"ControlPlane{name}FunctionRole")[1]
+    statements: list[dict[str, Any]] = policy["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _logical_id(template: Template, resource_type: str, prefix: str) -> str:
+    return _one(template, resource_type, prefix)[0]
+
+
+@pytest.mark.parametrize(
+    "name, handler, memory, timeout",
+    [("Api", "slipway.api.handler", 1024, 60), ("Authorizer", "slipway.authorizer.handler", 256, 10)],
+)
+def test_functions_run_python_3_13_on_arm(
+    staging: Template, name: str, handler: str, memory: int, timeout: int
+) -> None:
+    props = _function(staging, name)
+    assert (props["Runtime"], props["Architectures"], props["Handler"]) == ("python3.13", ["arm64"], handler)
+    assert (props["MemorySize"], props["Timeout"]) == (memory, timeout)
+    # Each writes to its own log group with a retention, not to an unbounded default one.
+    log_group = _logical_id(staging, "AWS::Logs::LogGroup", f"ControlPlane{name}FunctionLogs")
+    assert props["LoggingConfig"] == {"LogGroup": {"Ref": log_group}}
+    assert staging.to_json()["Resources"][log_group]["Properties"] == {"RetentionInDays": 30}
+
+
+def test_api_function_gets_powertools_from_the_public_ssm_parameter(staging: Template) -> None:
+    [layer] = _function(staging, "Api")["Layers"]
+    parameter = staging.to_json()["Parameters"][layer["Ref"]]
+    # Resolved by CloudFormation at deploy time: synthesis makes no AWS call.
+    assert parameter == {"Type": "AWS::SSM::Parameter::Value<String>", "Default": LAYER_PARAMETER}
+    assert "Layers" not in _function(staging, "Authorizer")  # standard library and boto3 only
+
+
+def test_api_function_environment(staging: Template, production: Template) -> None:
+    variables = _function(staging, "Api")["Environment"]["Variables"]
+    assert variables["RELEASE_BUCKET"] == {"Ref": "ReleaseBucket"}
+    assert variables["PLATFORM_ENV"] == "staging"
+    assert variables["POWERTOOLS_SERVICE_NAME"] == "slipway"
+    assert json.loads(variables["APPS_JSON"]) == {
+        "billing": {"port": 8080, "health_check_path": "/healthz", "formation": {"web": 1, "worker": 2}},
+        "web": {"port": 5000, "health_check_path": "/health", "formation": {"web": 1}},
+    }
+    assert _function(production, "Api")["Environment"]["Variables"]["PLATFORM_ENV"] == "production"
+
+
+def test_api_function_reads_and_writes_only_its_environments_prefixes(staging: Template) -> None:
+    statements = _statements(staging, "Api")
+    log_group = _logical_id(staging, "AWS::Logs::LogGroup", "ControlPlaneApiFunctionLogs")
+    bucket_arn = {"Fn::GetAtt": ["ReleaseBucket", "Arn"]}
+    assert statements == [
+        {
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Effect": "Allow",
+            "Resource": {"Fn::GetAtt": [log_group, "Arn"]},
+        },
+        {
+            "Action": [
+                "s3:AbortMultipartUpload",
+                "s3:DeleteObject",
+                "s3:GetObject",
+                "s3:ListMultipartUploadParts",
+                "s3:PutObject",
+            ],
+            "Effect": "Allow",
+            "Resource": [
+                {"Fn::Join": ["", [bucket_arn, key]]}
+                for key in (
+                    "/billing/staging/*",
+                    "/uploads/billing/staging/*",
+                    "/uploads/web/staging/*",
+                    "/web/staging/*",
+                )
+            ],
+        },
+        {"Action": "s3:ListBucket", "Effect": "Allow", "Resource": bucket_arn},
+    ]
+
+
+# The IAM action each S3 operation of the API function's bucket adapter needs.
+S3_ACTIONS = {
+    "get_object": {"s3:GetObject"},
+    "head_object": {"s3:GetObject"},
+    "put_object": {"s3:PutObject"},
+    "copy_object": {"s3:GetObject", "s3:PutObject"},
+    "delete_objects": {"s3:DeleteObject"},
+    "list_objects_v2": {"s3:ListBucket"},
+    "create_multipart_upload": {"s3:PutObject"},
+    "upload_part": {"s3:PutObject"},
+    "complete_multipart_upload": {"s3:PutObject"},
+    "abort_multipart_upload": {"s3:AbortMultipartUpload"},
+    "list_parts": {"s3:ListMultipartUploadParts"},
+}
+
+
+def _s3_operations(source: str) -> set[str]:
+    """The S3 operations a module calls on ``self.client``: direct, paginated and presigned."""
+    operations = set()
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        target = node.func.value
+        if not (isinstance(target, ast.Attribute) and target.attr == "client"):
+            continue
+        if node.func.attr in ("get_paginator", "generate_presigned_url"):
+            first = node.args[0]
+            assert isinstance(first, ast.Constant), ast.unparse(node)
+            operations.add(str(first.value))
+        else:
+            operations.add(node.func.attr)
+    return operations
+
+
+def test_every_s3_call_of_the_bucket_adapter_is_granted(repo: Path, staging: Template) -> None:
+    operations = _s3_operations((repo / "lambdas" / "slipway" / "store.py").read_text())
+    assert operations, "found no S3 call in lambdas/slipway/store.py"
+    unknown = operations - set(S3_ACTIONS)
+    assert not unknown, (
+        f"map {sorted(unknown)} to IAM actions in S3_ACTIONS and grant them in ReleaseStore.grant_publish"
+    )
+    granted = set()
+    for statement in _statements(staging, "Api"):
+        actions = statement["Action"]
+        granted |= {actions} if isinstance(actions, str) else set(actions)
+    needed = set().union(*(S3_ACTIONS[op] for op in operations))
+    assert needed <= granted, f"not granted: {sorted(needed - granted)}"
+
+
+def test_authorizer_reads_only_the_credentials_secret(staging: Template) -> None:
+    secret = _logical_id(staging, "AWS::SecretsManager::Secret", "ControlPlaneCredentials")
+    log_group = _logical_id(staging, "AWS::Logs::LogGroup", "ControlPlaneAuthorizerFunctionLogs")
+    assert _statements(staging, "Authorizer") == [
+        {
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Effect": "Allow",
+            "Resource": {"Fn::GetAtt": [log_group, "Arn"]},
+        },
+        {
+            "Action": ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"],
+            "Effect": "Allow",
+            "Resource": {"Ref": secret},
+        },
+    ]
+    assert _function(staging, "Authorizer")["Environment"]["Variables"] == {"CREDENTIALS_SECRET_ARN": {"Ref": secret}}
+
+
+def test_function_roles_have_no_managed_policies(staging: Template) -> None:
+    for name in ("Api", "Authorizer"):
+        role = _one(staging, "AWS::IAM::Role", f"ControlPlane{name}FunctionRole")[1]["Properties"]
+        assert "ManagedPolicyArns" not in role
+        assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
+
+
+def test_secret_is_generated_at_deploy_time(staging: Template) -> None:
+    props = _one(staging, "AWS::SecretsManager::Secret", "ControlPlaneCredentials")[1]["Properties"]
+    assert "SecretString" not in props  # no password in the template
+    assert props["GenerateSecretString"] == {
+        "SecretStringTemplate": "{}",
+        "GenerateStringKey": "admin",
+        "ExcludePunctuation": True,
+        "IncludeSpace": False,
+        "PasswordLength": 40,
+    }
+
+
+def _methods(template: Template) -> dict[str, dict[str, Any]]:
+    return {k: v["Properties"] for k, v in template.find_resources("AWS::ApiGateway::Method").items()}
+
+
+def test_every_method_needs_the_basic_auth_authorizer(staging: Template) -> None:
+    authorizer = _logical_id(staging, "AWS::ApiGateway::Authorizer", "ControlPlaneBasicAuth")
+    methods = _methods(staging)
+    assert methods
+    for name, method in methods.items():
+        assert method["AuthorizationType"] == "CUSTOM", name
+        assert method["AuthorizerId"] == {"Ref": authorizer}, name
+    assert not staging.find_resources("AWS::ApiGateway::Method", {"Properties": {"AuthorizationType": "NONE"}})
+
+
+def test_authorizer_reads_the_authorization_header_and_caches_five_minutes(staging: Template) -> None:
+    staging.has_resource_properties(
+        "AWS::ApiGateway::Authorizer",
+        {
+            "Type": "REQUEST",
+            "IdentitySource": "method.request.header.Authorization",
+            "AuthorizerResultTtlInSeconds": 300,
+            "AuthorizerUri": Match.object_like(
+                {
+                    "Fn::Join": [
+                        "",
+                        Match.array_with(
+                            [{"Fn::GetAtt": [Match.string_like_regexp("^ControlPlaneAuthorizerFunction"), "Arn"]}]
+                        ),
+                    ]
+                }
+            ),
+        },
+    )
+
+
+def test_every_method_proxies_to_the_api_function(staging: Template) -> None:
+    api_function = _logical_id(staging, "AWS::Lambda::Function", "ControlPlaneApiFunction")
+    for name, method in _methods(staging).items():
+        integration = method["Integration"]
+        assert (integration["Type"], integration["IntegrationHttpMethod"]) == ("AWS_PROXY", "POST"), name
+        assert {"Fn::GetAtt": [api_function, "Arn"]} in integration["Uri"]["Fn::Join"][1], name
+
+
+def _routes_in_template(template: Template) -> set[tuple[str, str]]:
+    resources = {k: v["Properties"] for k, v in template.find_resources("AWS::ApiGateway::Resource").items()}
+
+    def path(resource_id: dict[str, Any]) -> str:
+        if "Fn::GetAtt" in resource_id:  # the API's root resource
+            assert resource_id["Fn::GetAtt"][1] == "RootResourceId"
+            return ""
+        props = resources[resource_id["Ref"]]
+        return f"{path(props['ParentId'])}/{props['PathPart']}"
+
+    return {(path(m["ResourceId"]) or "/", m["HttpMethod"]) for m in _methods(template).values()}
+
+
+def test_the_api_has_exactly_the_routes_of_the_openapi_document(
+    repo: Path, staging: Template, production: Template
+) -> None:
+    document = json.loads((repo / "lambdas" / "slipway" / "openapi.json").read_text())
+    documented = {
+        (path, method.upper())
+        for path, item in document["paths"].items()
+        for method in item
+        if method in {"get", "put", "post", "delete", "patch", "head", "options"}
+    }
+    assert documented
+    assert _routes_in_template(staging) == documented
+    assert _routes_in_template(production) == documented
+
+
+def test_unauthorized_asks_for_basic_credentials(staging: Template) -> None:
+    staging.has_resource_properties(
+        "AWS::ApiGateway::GatewayResponse",
+        {
+            "ResponseType": "UNAUTHORIZED",
+            "StatusCode": "401",
+            "ResponseParameters": {"gatewayresponse.header.WWW-Authenticate": "'Basic realm=\"Slipway\"'"},
+        },
+    )
+    staging.has_resource_properties(
+        "AWS::ApiGateway::GatewayResponse", {"ResponseType": "ACCESS_DENIED", "StatusCode": "403"}
+    )
+    for response in staging.find_resources("AWS::ApiGateway::GatewayResponse").values():
+        body = json.loads(response["Properties"]["ResponseTemplates"]["application/json"])
+        assert set(body) == {"message"}  # the OpenAPI document's Error schema
+
+
+def _stage(template: Template) -> dict[str, Any]:
+    props: dict[str, Any] = _one(template, "AWS::ApiGateway::Stage", "ControlPlaneRestApi")[1]["Properties"]
+    return props
+
+
+def test_stage_is_throttled_and_never_logs_request_data(staging: Template) -> None:
+    stage = _stage(staging)
+    assert stage["StageName"] == "v1"
+    assert stage["MethodSettings"] == [
+        {
+            "HttpMethod": "*",
+            "ResourcePath": "/*",
+            "ThrottlingRateLimit": 10,
+            "ThrottlingBurstLimit": 20,
+            "LoggingLevel": "ERROR",
+            "DataTraceEnabled": False,  # would log the Authorization header
+            "MetricsEnabled": True,
+        }
+    ]
+
+
+def test_access_logs_are_json_and_name_the_user(staging: Template) -> None:
+    settings = _stage(staging)["AccessLogSetting"]
+    access_logs = _logical_id(staging, "AWS::Logs::LogGroup", "ControlPlaneAccessLogs")
+    assert {"Ref": access_logs} in settings["DestinationArn"]["Fn::Join"][1]
+    fields = json.loads(settings["Format"])
+    assert fields["user"] == "$context.authorizer.user"
+    assert {"requestId", "ip", "method", "resource", "status"} <= set(fields)
+    staging.has_resource("AWS::Logs::LogGroup", {"Properties": {"RetentionInDays": 365}, "DeletionPolicy": "Retain"})
+
+
+def test_account_cloudwatch_role_is_set_before_the_stage_and_retained(staging: Template) -> None:
+    account_id, account = _one(staging, "AWS::ApiGateway::Account", "ControlPlaneRestApiAccount")
+    assert account["DeletionPolicy"] == "Retain"
+    role_id = account["Properties"]["CloudWatchRoleArn"]["Fn::GetAtt"][0]
+    assert staging.to_json()["Resources"][role_id]["DeletionPolicy"] == "Retain"
+    stage = _one(staging, "AWS::ApiGateway::Stage", "ControlPlaneRestApi")[1]
+    assert account_id in stage["DependsOn"]
+
+
+def test_outputs_give_the_url_and_how_to_read_the_password(staging: Template) -> None:
+    outputs = staging.to_json()["Outputs"]
+    control_plane = {k: v for k, v in outputs.items() if k.startswith("ControlPlane")}
+    [url] = [v for k, v in control_plane.items() if k.startswith("ControlPlaneApiUrl")]
+    [secret] = [v for k, v in control_plane.items() if k.startswith("ControlPlaneCredentialsSecret")]
+    assert len(control_plane) == 2  # CDK's own unnamed Endpoint output is removed
+    rest_api = _logical_id(staging, "AWS::ApiGateway::RestApi", "ControlPlaneRestApi")
+    assert {"Ref": rest_api} in url["Value"]["Fn::Join"][1]
+    assert "aws secretsmanager get-secret-value" in secret["Description"]
+
+
+def test_lambda_asset_follows_symlinks_and_leaves_out_bytecode_and_caches(
+    staging: Template, assembly_dir: Path
+) -> None:
+    _, function = _one(staging, "AWS::Lambda::Function", "ControlPlaneApiFunction")
+    asset = assembly_dir / function["Metadata"]["aws:asset:path"]
+    # The control plane imports the agent's modules and schema through symlinks in lambdas/.
+    assert (asset / "slipway_agent").is_dir() and not (asset / "slipway_agent").is_symlink()
+    assert (asset / "release.schema.json").is_file() and not (asset / "release.schema.json").is_symlink()
+    assert (asset / "slipway" / "authorizer.py").is_file()
+    assert not [p for p in asset.rglob("*") if p.name.endswith(("__pycache__", "_cache")) or p.suffix == ".pyc"]
+    # The CLI and the local front never run in Lambda.
+    assert not (asset / "slipway" / "cli.py").exists() and not (asset / "slipway" / "local.py").exists()
+
+
+# Pure parts and validation.
+
+
+def test_routes_from_openapi_takes_operations_and_skips_path_parameters() -> None:
+    document = {
+        "paths": {
+            "/apps/{app}": {"parameters": [{"name": "app", "in": "path"}], "get": {}, "patch": {}},
+            "/health": {"get": {}},
+            "/": {"get": {}},
+        }
+    }
+    assert routes_from_openapi(document) == (
+        ApiRoute("/", "GET"),
+        ApiRoute("/apps/{app}", "GET"),
+        ApiRoute("/apps/{app}", "PATCH"),
+        ApiRoute("/health", "GET"),
+    )
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ({}, "no paths"),
+        ({"paths": {"/a": {"parameters": []}}}, "no operations"),
+        ({"paths": {"a": {"get": {}}}}, "must start with '/'"),
+        ({"paths": {"/a/": {"get": {}}}}, "trailing"),
+        ({"paths": {"/a//b": {"get": {}}}}, "empty"),
+    ],
+)
+def test_routes_from_openapi_rejects_documents_api_gateway_cannot_serve(document: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        routes_from_openapi(document)
+
+
+def test_apps_setting_is_what_the_api_function_needs_to_know() -> None:
+    apps = [AppSettings(name="billing", port=8080, formation=(("web", 1), ("worker", 2)))]
+    assert apps_setting(apps) == {
+        "billing": {"port": 8080, "health_check_path": "/", "formation": {"web": 1, "worker": 2}}
+    }
+
+
+def _control_plane(**overrides: Any) -> ControlPlane:
+    stack = cdk.Stack(cdk.App())
+    props: dict[str, Any] = {
+        "env_name": "staging",
+        "apps": [AppSettings(name="web")],
+        "release_store": ReleaseStore(stack, "Releases"),
+        "code": lambda_.Code.from_inline("def handler(event, context): pass"),
+        "routes": [ApiRoute("/health", "GET")],
+        **overrides,
+    }
+    return ControlPlane(stack, "ControlPlane", **props)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"env_name": "Staging"}, "env_name 'Staging' is not an environment name"),
+        ({"apps": [AppSettings(name="web"), AppSettings(name="web")]}, "duplicate names"),
+        ({"routes": []}, "routes is empty"),
+    ],
+)
+def test_bad_props_are_refused_with_the_property_and_the_fix(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _control_plane(**overrides)
+
+
+def test_attributes_are_the_functions_secret_and_url() -> None:
+    plane = _control_plane()
+    assert plane.api_function.node.id == "ApiFunction"
+    assert plane.authorizer_function.node.id == "AuthorizerFunction"
+    assert plane.credentials_secret.node.id == "Credentials"
+    assert cdk.Token.is_unresolved(plane.api_url)
+    assert plane.api.node.id == "RestApi"
