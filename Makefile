@@ -27,7 +27,7 @@ INSTANCE_PACKAGES := mmdebstrap systemd-container
 help:
 	@echo "make synth   install what is needed and synthesize every Platform-<env> stack into cdk.out/"
 	@echo "make test    install what is needed and run the whole test suite"
-	@echo "make local   serve a local control plane (moto) for ENV=staging; prints its URL and password"
+	@echo "make local   serve a local control plane (moto) for ENV=staging [PASSWORD=...]; prints its URL"
 	@echo "make lint    ruff and mypy"
 	@echo "make bench   run the benchmarks under benchmarks/ (synthesis, the instance agent)"
 
@@ -72,7 +72,7 @@ bench: $(VENV)/.dev instance-packages
 
 ENV ?= staging
 local: $(VENV)/.dev
-	$(PYTHON) -m slipway.local --env $(ENV)
+	$(PYTHON) -m slipway.local --env $(ENV) $(if $(PASSWORD),--password $(PASSWORD))
 
 clean:
 	rm -rf cdk.out $(TOOLS) $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

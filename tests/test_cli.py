@@ -7,10 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -190,3 +193,33 @@ def test_source_without_procfile_is_refused(slipway: Run, checkout: Path) -> Non
     assert result.returncode == 1
     assert "no Procfile at its root" in result.stderr and "(HTTP 422)" in result.stderr
     assert releases(slipway, "web", "staging") == before
+
+
+@pytest.mark.parametrize("authorization", [None, "Basic bm90OmFkbWlu", "Bearer abc"])
+def test_missing_or_wrong_credentials_get_401_with_a_browser_prompt(
+    local: dict[str, dict[str, Any]], slipway: Run, authorization: str | None
+) -> None:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=local["staging"]["aws_endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+
+    def stored() -> list[str]:
+        return [o["Key"] for o in s3.list_objects_v2(Bucket="slipway-staging-releases").get("Contents", [])]
+
+    before = stored()
+    headers = {"Content-Type": "application/json"} | ({"Authorization": authorization} if authorization else {})
+    request = urllib.request.Request(
+        f"{local['staging']['url']}/apps/web/envs/staging/uploads",
+        method="POST",
+        headers=headers,
+        data=json.dumps({"size": 10, "sha256": "0" * 64}).encode(),
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"] == 'Basic realm="Slipway"'
+    assert stored() == before  # not even an upload record
