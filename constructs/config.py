@@ -51,7 +51,9 @@ class ConfigError(ValueError):
     """A configuration rule was broken. ``str()`` is one line: key path, problem, fix."""
 
     def __init__(self, path: str, problem: str, fix: str) -> None:
-        super().__init__(f"{path}: {problem}; {fix}")
+        # A key with a newline or other control character must not break the one line.
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+        super().__init__(f"{shown}: {problem}; {fix}")
         self.path = path
 
 
@@ -80,7 +82,7 @@ class _Section:
         value = self._get(name, default)
         if not isinstance(value, str):
             raise ConfigError(self.key(name), f"expected a string, got {_json_type(value)}", fix or "quote it")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise ConfigError(self.key(name), f"{value!r} is not valid", fix)
         return value
 
@@ -304,7 +306,7 @@ class EnvironmentSettings:
 
     @classmethod
     def parse(cls, name: str, raw: object, path: str) -> EnvironmentSettings:
-        if not ENV_NAME.match(name):
+        if not ENV_NAME.fullmatch(name):
             raise ConfigError(
                 path,
                 f"{name!r} is not a valid environment name",
@@ -448,7 +450,7 @@ def _formation(raw: Mapping[str, Any], path: str) -> tuple[tuple[str, int], ...]
                 "'release' runs once per deploy, not as a service",
                 "remove it from formation; the Procfile's release: line still runs",
             )
-        if not PROCESS_NAME.match(process):
+        if not PROCESS_NAME.fullmatch(process):
             raise ConfigError(
                 f"{path}.{process}",
                 "is not a valid process type",
@@ -523,7 +525,7 @@ class PlatformConfig:
 
 
 def _app(name: str, raw: object, path: str, env_names: tuple[str, ...]) -> AppDefinition:
-    if not APP_NAME.match(name):
+    if not APP_NAME.fullmatch(name):
         raise ConfigError(
             path,
             f"{name!r} is not a valid app name",

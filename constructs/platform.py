@@ -14,9 +14,12 @@ from constructs import Construct
 from constructs.base_image import BaseImagePipeline
 from constructs.config import EnvironmentSettings, PlatformConfig
 from constructs.control_plane import ApiRoute, ControlPlane
+from constructs.deploy_document import DeployDocument
 from constructs.fleet import AppFleet
+from constructs.fleet_monitoring import FleetMonitoring
 from constructs.network import Network
 from constructs.release_store import ReleaseStore
+from constructs.rollout import RolloutStateMachine
 
 # The base image (provisioning script and deploy program) ships to instances as an asset.
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "image"
@@ -81,17 +84,53 @@ class PlatformStack(Stack):
             )
             for app in config.apps
         }
+        self.monitoring = {
+            name: FleetMonitoring(
+                self,
+                f"Monitoring-{name}",
+                app_name=name,
+                env_name=environment.name,
+                load_balancer=fleet.load_balancer,
+                target_group=fleet.target_group,
+                auto_scaling_group=fleet.auto_scaling_group,
+            )
+            for name, fleet in self.fleets.items()
+        }
+        # Rollouts deploy through this document; an environment without apps has nothing to deploy.
+        self.deploy_document: DeployDocument | None = None
+        if self.fleets:
+            self.deploy_document = DeployDocument(
+                self,
+                "DeployDocument",
+                env_name=environment.name,
+                apps=list(self.fleets),
+                release_store=self.release_store,
+            )
+            for fleet in self.fleets.values():
+                self.deploy_document.grant_output(fleet.instance_role)
+        control_plane_code = lambda_.Code.from_asset(
+            str(LAMBDAS_DIR), exclude=[*ASSET_EXCLUDE, *LOCAL_ONLY], follow_symlinks=SymlinkFollowMode.ALWAYS
+        )
         self.control_plane = ControlPlane(
             self,
             "ControlPlane",
             env_name=environment.name,
             apps=[app.settings_for(environment.name) for app in config.apps],
             release_store=self.release_store,
-            code=lambda_.Code.from_asset(
-                str(LAMBDAS_DIR), exclude=[*ASSET_EXCLUDE, *LOCAL_ONLY], follow_symlinks=SymlinkFollowMode.ALWAYS
-            ),
+            code=control_plane_code,
             routes=api_routes,
         )
+        self.rollout: RolloutStateMachine | None = None
+        if self.deploy_document is not None:  # a platform with no apps has nothing to roll out
+            self.rollout = RolloutStateMachine(
+                self,
+                "Rollout",
+                env_name=environment.name,
+                code=control_plane_code,
+                release_store=self.release_store,
+                apps=[app.name for app in config.apps],
+            )
+            self.deploy_document.grant_send(self.rollout.role)
         if environment.base_image.pipeline:
             architectures = frozenset(
                 ec2.InstanceType(app.settings_for(environment.name).instance_type).architecture for app in config.apps

@@ -84,6 +84,7 @@ RULES = {
     ),
     "app name with capitals": (_rename_app("web", "Web"), "platform.apps.Web", "lowercase"),
     "app name with underscore": (_rename_app("web", "my_app"), "platform.apps.my_app", "lowercase"),
+    "app name with a trailing newline": (_rename_app("web", "web\n"), "platform.apps.web\n", "lowercase"),
     "app name too long": (_rename_app("web", "a" * 33), "platform.apps." + "a" * 33, "2 to 32"),
     "environment name with dash": (
         _set("environments.pre-prod", {"region": "us-east-1"}),
@@ -226,7 +227,7 @@ def test_rule(example_platform: dict[str, Any], change: Callable[[dict[str, Any]
         PlatformConfig.from_context(platform)
     message = str(raised.value)
     assert raised.value.path == path
-    assert message.startswith(f"{path}: ")
+    assert message.startswith(f"{path.replace(chr(10), chr(92) + 'n')}: ")
     assert fix in message
     assert "\n" not in message
 

@@ -1,0 +1,219 @@
+"""The SSM Command document through which rollouts deploy a release on an instance."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from aws_cdk import Fn, Names, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_ssm as ssm
+
+from constructs import Construct
+from constructs.acknowledge import acknowledge
+from constructs.config import APP_NAME, ENV_NAME
+from constructs.fleet import DEPLOY_PROGRAM
+from constructs.release_store import ReleaseStore
+
+# Long enough for a cold deploy (download, unpack, the Procfile's release step, health
+# check, switch); the deploy program's own steps time out well within it.
+DEPLOY_TIMEOUT_SECONDS = 900
+# The only value a rollout passes; SSM substitutes it into the shell command as text.
+RELEASE_URL_PARAMETER = "ReleaseUrl"
+# Release ids as the deploy program accepts them (image/slipway_agent/cli.py RELEASE_ID).
+RELEASE_TARGET_PATTERN = "(r[1-9][0-9]{0,8}|current)"
+
+
+def document_name(env: str) -> str:
+    """The deploy document's name in ``env``: ``Platform-staging-Deploy``."""
+    return f"Platform-{env}-Deploy"
+
+
+def bucket_name_pattern(bucket_name: str) -> str:
+    """A regular expression matching exactly ``bucket_name``, which may be a CDK token.
+
+    Dots are the only regex metacharacter a bucket name can hold; a token's dots are
+    escaped at deploy time (``Fn::Join("\\.", Fn::Split(".", name))``).
+    """
+    return Fn.join("\\.", Fn.split(".", bucket_name))
+
+
+def release_url_pattern(*, bucket_pattern: str, apps: Sequence[str], env: str) -> str:
+    """The ``allowedPattern`` of the release URL: one of ``apps`` in ``env`` of one bucket.
+
+    ``bucket_pattern`` is a regular expression matching the bucket's name exactly
+    (``re.escape(name)``, or :func:`bucket_name_pattern` for a token). The pattern
+    admits ``s3://<bucket>/<app>/<env>/r<N>`` and ``.../current`` only: no other
+    bucket, app or environment, no ``..``, spaces, quotes or other shell text (SSM
+    substitutes the value into a shell command). It uses only what SSM, Java, Python
+    and RE2 agree on; in Java and Python ``$`` also admits one trailing newline, which
+    ends the command line and adds nothing to it.
+    """
+    _check_names(apps=apps, env=env)
+    alternatives = "|".join(re.escape(app) for app in apps)
+    return f"^s3://{bucket_pattern}/({alternatives})/{re.escape(env)}/{RELEASE_TARGET_PATTERN}$"
+
+
+def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: str) -> dict[str, Any]:
+    """The exact content (schema 2.2) of the deploy document of ``env``.
+
+    One step runs the instance's deploy program with the release URL, which
+    :func:`release_url_pattern` restricts to releases of ``apps`` in ``env``.
+    """
+    return {
+        "schemaVersion": "2.2",
+        "description": f"Slipway deploy in {env}: runs {DEPLOY_PROGRAM} with a release URL.",
+        "parameters": {
+            RELEASE_URL_PARAMETER: {
+                "type": "String",
+                "description": f"The release to deploy: s3://<release bucket>/<app>/{env}/r<N> or .../current",
+                "allowedPattern": release_url_pattern(bucket_pattern=bucket_pattern, apps=apps, env=env),
+            }
+        },
+        "mainSteps": [
+            {
+                "action": "aws:runShellScript",
+                "name": "Deploy",
+                "inputs": {
+                    "runCommand": [f"{DEPLOY_PROGRAM} {{{{ {RELEASE_URL_PARAMETER} }}}}"],
+                    "timeoutSeconds": str(DEPLOY_TIMEOUT_SECONDS),
+                },
+            }
+        ],
+    }
+
+
+def _as_nag_shows(stack: Stack, arn: str) -> str:
+    """``arn`` as cdk-nag names it in a granular finding: pseudo parameters as ``<AWS::Region>``."""
+    resolved = stack.resolve(arn)
+    if isinstance(resolved, str):
+        return resolved
+    return "".join(part if isinstance(part, str) else f"<{part['Ref']}>" for part in resolved["Fn::Join"][1])
+
+
+def _check_names(*, apps: Sequence[str], env: str) -> None:
+    if not ENV_NAME.fullmatch(env):
+        raise ValueError(
+            f"DeployDocument: env {env!r} is not an environment name; use lowercase letters and digits "
+            "starting with a letter, e.g. 'staging'"
+        )
+    if not apps:
+        raise ValueError("DeployDocument: apps is empty; pass the names of the environment's apps")
+    for app in apps:
+        if not APP_NAME.fullmatch(app):
+            raise ValueError(
+                f"DeployDocument: app {app!r} is not an app name; use 2 to 32 lowercase letters, digits and -, "
+                "starting with a letter"
+            )
+    if len(set(apps)) != len(apps):
+        raise ValueError(f"DeployDocument: apps has duplicate names {sorted(apps)}; pass each app once")
+
+
+class DeployDocument(Construct):
+    """The ``Platform-<env>-Deploy`` SSM Command document and the log group for its output.
+
+    The document runs ``/home/deploy/bin/deploy <release URL>`` on an instance; its one
+    parameter only admits releases of this environment's apps in its release bucket.
+    Command output goes to :attr:`log_group` when the sender asks for it
+    (``CloudWatchOutputConfig``), which :meth:`grant_output` lets instances write.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        env_name: str,
+        apps: Sequence[str],
+        release_store: ReleaseStore,
+        output_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+    ) -> None:
+        super().__init__(scope, id_)
+        _check_names(apps=apps, env=env_name)
+        self._env_name = env_name
+        self._apps = tuple(apps)
+        self._document_name = document_name(env_name)
+        self._document = ssm.CfnDocument(
+            self,
+            "Document",
+            name=self._document_name,
+            document_type="Command",
+            document_format="JSON",
+            content=deploy_document_content(
+                bucket_pattern=bucket_name_pattern(release_store.bucket.bucket_name), apps=apps, env=env_name
+            ),
+            # The name is fixed (rollouts and operators address it): a changed content
+            # must become a new version of the same document, not a replacement.
+            update_method="NewVersion",
+        )
+        # Who deployed what is in the rollout's history; this is what the deploy program said.
+        self._log_group = logs.LogGroup(self, "Output", retention=output_retention)
+
+    @property
+    def document_name(self) -> str:
+        """The document's name, ``Platform-<env>-Deploy`` (``DocumentName`` of ``SendCommand``)."""
+        return self._document_name
+
+    @property
+    def document_arn(self) -> str:
+        """The document's ARN."""
+        return Stack.of(self).format_arn(service="ssm", resource="document", resource_name=self._document.ref)
+
+    @property
+    def log_group(self) -> logs.ILogGroup:
+        """Where instances write command output (``CloudWatchOutputConfig.CloudWatchLogGroupName``)."""
+        return self._log_group
+
+    def grant_send(self, grantee: iam.IRole) -> iam.Policy:
+        """Let ``grantee`` (the rollout's role) run this document on the platform's instances and read results.
+
+        ``ssm:SendCommand`` names this document, and instances only when they are tagged
+        ``slipway:env`` = this environment and ``slipway:app`` = one of its apps: an
+        instance of another environment, or an untagged one, is refused. Reading
+        invocations (``ssm:GetCommandInvocation``, ``ssm:ListCommandInvocations``) has no
+        resource to restrict it to. The statements form their own policy, returned, so
+        that their acknowledgments cover nothing else of ``grantee``.
+        """
+        stack = Stack.of(self)
+        instances = stack.format_arn(service="ec2", resource="instance", resource_name="*")
+        policy = iam.Policy(
+            self,
+            f"Send{Names.node_unique_id(grantee.node)}",
+            roles=[grantee],
+            statements=[
+                iam.PolicyStatement(actions=["ssm:SendCommand"], resources=[self.document_arn]),
+                iam.PolicyStatement(
+                    actions=["ssm:SendCommand"],
+                    resources=[instances],
+                    conditions={
+                        "StringEquals": {
+                            "ssm:resourceTag/slipway:env": self._env_name,
+                            "ssm:resourceTag/slipway:app": list(self._apps),
+                        }
+                    },
+                ),
+                iam.PolicyStatement(
+                    actions=["ssm:GetCommandInvocation", "ssm:ListCommandInvocations"], resources=["*"]
+                ),
+            ],
+        )
+        acknowledge(
+            policy,
+            f"AwsSolutions-IAM5[Resource::{_as_nag_shows(stack, instances)}]",
+            f"Instances come and go with their Auto Scaling groups and cannot be listed; SendCommand reaches "
+            f"only those tagged slipway:env={self._env_name} and slipway:app={'|'.join(self._apps)}, "
+            f"and only with {self._document_name}.",
+        )
+        acknowledge(
+            policy,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ssm:GetCommandInvocation and ssm:ListCommandInvocations support no resource-level "
+            "permissions; they only read the status and output of commands.",
+        )
+        return policy
+
+    def grant_output(self, grantee: iam.IGrantable) -> None:
+        """Let ``grantee`` (an instance role) write command output to :attr:`log_group`, and nothing else."""
+        self._log_group.grant(grantee, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")

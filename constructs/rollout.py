@@ -1,0 +1,271 @@
+"""The rollout state machine: a health-gated, batch-by-batch deploy with automatic rollback."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_stepfunctions_tasks as tasks
+
+from constructs import Construct
+from constructs.acknowledge import acknowledge
+from constructs.release_store import ReleaseStore
+
+TASK_HANDLER = "slipway.rollout.tasks.handler"
+# A rollout waits for commands and health checks; Lambda retries only what AWS throttled.
+RETRYABLE = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+
+
+class RolloutStateMachine(Construct):
+    """A Standard workflow whose every task is the one rollout Lambda (``slipway.rollout.tasks``).
+
+    lock → plan (surge first if the fleet is too small) → per batch: detach (standby +
+    deregister, drain) → send the deploy command → wait for every invocation → attach →
+    wait for healthy targets → bake, then check alarms → next batch → promote ``current``
+    (compare-and-swap) → converge instances launched meanwhile → unsurge → unlock. Any
+    failure rolls the changed instances back to the previous release, leaves ``current``
+    alone, unlocks, and fails with the failing instance and its output.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        env_name: str,
+        code: lambda_.Code,
+        release_store: ReleaseStore,
+        apps: Sequence[str],
+    ) -> None:
+        super().__init__(scope, id_)
+        if not apps:
+            raise ValueError("RolloutStateMachine: give the apps whose fleets it deploys")
+        log_group = logs.LogGroup(self, "TaskLogs", retention=logs.RetentionDays.ONE_MONTH)
+        # Its own role: writes only its own log group (no AWSLambdaBasicExecutionRole).
+        role = iam.Role(
+            self,
+            "TasksRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"Slipway rollout tasks ({env_name})",
+        )
+        log_group.grant_write(role)
+        self._function = lambda_.Function(
+            self,
+            "Tasks",
+            runtime=lambda_.Runtime.PYTHON_3_13,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=TASK_HANDLER,
+            code=code,
+            memory_size=512,
+            timeout=Duration.seconds(60),
+            log_group=log_group,
+            role=role,
+            description=f"Slipway rollout tasks ({env_name})",
+        )
+        self._role = role
+        self._grant_tasks(release_store, env_name, apps)
+        definition = self._definition()
+        self._machine = sfn.StateMachine(
+            self,
+            "StateMachine",
+            state_machine_type=sfn.StateMachineType.STANDARD,
+            definition_body=sfn.DefinitionBody.from_chainable(definition),
+            timeout=Duration.hours(6),
+            tracing_enabled=True,
+            logs=sfn.LogOptions(
+                destination=logs.LogGroup(self, "ExecutionLogs", retention=logs.RetentionDays.ONE_YEAR),
+                # Every state's input and output: the rollout's step-by-step audit trail.
+                level=sfn.LogLevel.ALL,
+                include_execution_data=True,
+            ),
+        )
+        acknowledge(
+            self._machine,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray tracing and CloudWatch Logs delivery of the state machine need their actions on *: IAM has no "
+            "resource level for xray:PutTraceSegments or logs:CreateLogDelivery.",
+        )
+        function_resource = self._function.node.default_child
+        assert isinstance(function_resource, lambda_.CfnFunction)
+        acknowledge(
+            self._machine,
+            f"AwsSolutions-IAM5[Resource::<{Stack.of(self).get_logical_id(function_resource)}.Arn>:*]",
+            "Step Functions may invoke any version of the rollout Lambda it created (CDK's grant), nothing else.",
+        )
+        acknowledge(
+            self._function,
+            "AwsSolutions-L1",
+            "Python 3.13 is pinned on purpose: the control plane's code is tested on it and shares the runtime "
+            "with the API function; moving to a newer runtime is a deliberate change of both.",
+        )
+
+    def _task(self, name: str, id_: str | None = None) -> tasks.LambdaInvoke:
+        """The rollout Lambda running task ``name`` (state id ``id_``, default from the name)."""
+        task = tasks.LambdaInvoke(
+            self,
+            id_ or name.title().replace("_", ""),
+            lambda_function=self._function,
+            payload=sfn.TaskInput.from_object(
+                {"task": name, "state": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.execution_id}
+            ),
+            payload_response_only=True,
+            retry_on_service_exceptions=False,
+        )
+        task.add_retry(errors=RETRYABLE, interval=Duration.seconds(2), max_attempts=3, backoff_rate=2)
+        return task
+
+    def _wait(self, name: str, seconds_path: str = "$.timing.poll_seconds") -> sfn.Wait:
+        return sfn.Wait(self, name, time=sfn.WaitTime.seconds_path(seconds_path))
+
+    @staticmethod
+    def _verdict(state: str) -> sfn.Condition:
+        return sfn.Condition.string_equals("$.verdict", state)
+
+    def _poll(self, name: str, task: str, *, on_ready: sfn.IChainable, on_failed: sfn.IChainable) -> sfn.Chain:
+        """Wait, check, and go on, wait again or fail, by the check's verdict."""
+        wait = self._wait(f"Wait{name}")
+        check = self._caught(self._task(task, f"Check{name}"), on_failed)
+        choice = (
+            sfn.Choice(self, f"{name}?")
+            .when(self._verdict("WAIT"), wait)
+            .when(self._verdict("FAILED"), on_failed)
+            .otherwise(on_ready)
+        )
+        return wait.next(check).next(choice)
+
+    @staticmethod
+    def _caught(task: tasks.LambdaInvoke, handler: sfn.IChainable) -> tasks.LambdaInvoke:
+        """Route any error of ``task`` to ``handler`` with the error under ``$.error``."""
+        task.add_catch(handler, errors=["States.ALL"], result_path="$.error")
+        return task
+
+    def _definition(self) -> sfn.IChainable:
+        failed = sfn.Fail(self, "RolledBack", error="RolloutFailed", cause_path="$.failure.reason")
+        refused = sfn.Fail(self, "Refused", error="LockHeld", cause_path="$.error.Cause")
+        succeeded = sfn.Succeed(self, "Deployed")
+
+        # Rollback: previous release onto the changed instances, then unsurge and unlock.
+        rollback_unlock = self._task("unlock", "UnlockAfterRollback").next(failed)
+        rollback_unsurge = self._task("unsurge", "UnsurgeAfterRollback").next(rollback_unlock)
+        rollback = self._task("rollback")
+        rollback_wait = self._poll(
+            "RollbackCommand", "command_done", on_ready=rollback_unsurge, on_failed=rollback_unsurge
+        )
+        rollback.next(
+            sfn.Choice(self, "RollbackSent?").when(self._verdict("WAIT"), rollback_wait).otherwise(rollback_unsurge)
+        )
+
+        # After the last batch.
+        unlock = self._task("unlock").next(succeeded)
+        unsurge = self._caught(self._task("unsurge"), rollback)
+        unsurge.next(unlock)
+        converge = self._caught(self._task("converge"), rollback)
+        converge_wait = self._poll("ConvergeCommand", "command_done", on_ready=unsurge, on_failed=unsurge)
+        converge.next(sfn.Choice(self, "Converging?").when(self._verdict("WAIT"), converge_wait).otherwise(unsurge))
+        promote = self._caught(self._task("promote"), rollback).next(converge)
+
+        # One batch.
+        advance = self._task("advance")
+        detach = self._caught(self._task("detach"), rollback)
+        advance.next(
+            sfn.Choice(self, "MoreBatches?")
+            .when(sfn.Condition.boolean_equals("$.more", True), detach)
+            .otherwise(promote)
+        )
+        alarms = self._caught(self._task("alarms"), rollback)
+        alarms.next(sfn.Choice(self, "AlarmsQuiet?").when(self._verdict("FAILED"), rollback).otherwise(advance))
+        bake = self._wait("Bake", "$.bake_seconds").next(alarms)
+        attach = self._caught(self._task("attach"), rollback)
+        attach.next(self._poll("Healthy", "healthy", on_ready=bake, on_failed=rollback))
+        send = self._caught(self._task("send"), rollback)
+        send.next(self._poll("Command", "command_done", on_ready=attach, on_failed=rollback))
+        detach.next(self._poll("Drained", "drained", on_ready=send, on_failed=rollback))
+
+        # Lock and plan.
+        plan = self._caught(self._task("plan"), rollback)
+        plan_wait = self._wait("WaitSurge").next(plan)
+        plan.next(
+            sfn.Choice(self, "Planned?")
+            .when(self._verdict("WAIT"), plan_wait)
+            .when(sfn.Condition.is_present("$.batches[0]"), detach)
+            .otherwise(promote)
+        )
+        lock = self._task("lock")
+        lock.add_catch(refused, errors=["LockRefused"], result_path="$.error")
+        return lock.next(plan)
+
+    def _grant_tasks(self, release_store: ReleaseStore, env_name: str, apps: Sequence[str]) -> None:
+        role = self._role
+        for app in apps:
+            release_store.grant_rollout(role, app=app, env=env_name)
+            acknowledge(
+                role,
+                f"AwsSolutions-IAM5[Resource::<ReleaseBucket.Arn>/{app}/{env_name}/*]",
+                f"Rollouts read every release of {app} in {env_name} (manifests) and only those; they write only "
+                "its current pointer and deploy lock.",
+            )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Auto Scaling standby and capacity changes are conditioned on the slipway:env tag; the Describe* and "
+            "GetCommandInvocation calls it also grants on * (groups, target health, alarms, command results) have "
+            "no resource level in IAM.",
+        )
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::arn:{Stack.of(self).partition}:elasticloadbalancing:{Stack.of(self).region}"
+            ":<AWS::AccountId>:targetgroup/*]",
+            f"Target registration is limited by the slipway:env={env_name} tag to this environment's target groups, "
+            "whose names CloudFormation generates.",
+        )
+        tagged = {"StringEquals": {"autoscaling:ResourceTag/slipway:env": env_name}}
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["autoscaling:EnterStandby", "autoscaling:ExitStandby", "autoscaling:SetDesiredCapacity"],
+                resources=["*"],
+                conditions=tagged,
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "elasticloadbalancing:DescribeTargetHealth",
+                    "cloudwatch:DescribeAlarms",
+                    "ssm:GetCommandInvocation",
+                ],
+                resources=["*"],
+            )
+        )
+        stack = Stack.of(self)
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
+                resources=[stack.format_arn(service="elasticloadbalancing", resource="targetgroup", resource_name="*")],
+                conditions={"StringEquals": {"aws:ResourceTag/slipway:env": env_name}},
+            )
+        )
+
+    @property
+    def role(self) -> iam.IRole:
+        """The role every task runs with."""
+        return self._role
+
+    @property
+    def function(self) -> lambda_.IFunction:
+        """The Lambda that runs every task."""
+        return self._function
+
+    @property
+    def state_machine(self) -> sfn.IStateMachine:
+        """The Standard workflow; one execution per rollout, its history the audit log."""
+        return self._machine

@@ -1,0 +1,156 @@
+"""Health gates of a rollout as small pure decisions, in the shape of cdk-nag's rules. No AWS calls.
+
+Each function takes what AWS reported (target health, command invocations, alarm states)
+and returns a :class:`Decision`: ``HEALTHY`` (go on), ``WAIT`` (ask again later) or
+``FAILED`` (roll back), with a one-line reason naming the instance or alarm at fault.
+The state machine routes on the verdict's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import NamedTuple
+
+
+class Verdict(Enum):
+    """Where a health gate stands."""
+
+    HEALTHY = "healthy"
+    WAIT = "wait"
+    FAILED = "failed"
+
+
+class Decision(NamedTuple):
+    """A verdict, the reason a person reads, and the instances (or alarms) it is about."""
+
+    verdict: Verdict
+    reason: str
+    subjects: tuple[str, ...] = ()
+
+
+# Elastic Load Balancing target states (DescribeTargetHealth): healthy passes; every
+# "unhealthy*" state (also "unhealthy.draining") fails; initial, draining, unused and
+# unavailable are on their way and are waited for.
+TARGET_HEALTHY = "healthy"
+
+# SSM command invocation statuses (Status and StatusDetails of ListCommandInvocations).
+COMMAND_SUCCESS = "Success"
+COMMAND_PENDING = {"Pending", "InProgress", "Delayed"}
+COMMAND_FAILED = {
+    "Failed",
+    "TimedOut",
+    "Cancelled",
+    "Cancelling",
+    "Undeliverable",
+    "Terminated",
+    "DeliveryTimedOut",
+    "ExecutionTimedOut",
+}
+
+
+def _listing(items: Iterable[str]) -> str:
+    return ", ".join(items)
+
+
+def targets_verdict(
+    states: Mapping[str, str],
+    instance_ids: Iterable[str],
+    *,
+    waited_seconds: float,
+    timeout_seconds: float,
+    reasons: Mapping[str, str] | None = None,
+) -> Decision:
+    """Are ``instance_ids`` healthy in the target group, given ``states`` (instance id → state)?
+
+    ``reasons`` (instance id → ELB's reason and description) goes into a failure's message.
+    An unhealthy target fails at once: the deploy agent checked the app locally before the
+    instance went back into service, so an unhealthy target will not recover by itself.
+    Targets still registering or draining are waited for until ``timeout_seconds``.
+    """
+    reasons = reasons or {}
+    wanted = sorted(set(instance_ids))
+    if not wanted:
+        return Decision(Verdict.HEALTHY, "no targets to check")
+
+    def described(instance: str) -> str:
+        why = reasons.get(instance)
+        return f"{instance} ({states.get(instance, 'not registered')}{': ' + why if why else ''})"
+
+    unhealthy = [i for i in wanted if states.get(i, "").startswith("unhealthy")]
+    if unhealthy:
+        return Decision(
+            Verdict.FAILED,
+            f"unhealthy in the target group: {_listing(described(i) for i in unhealthy)}",
+            tuple(unhealthy),
+        )
+    waiting = [i for i in wanted if states.get(i) != TARGET_HEALTHY]
+    if not waiting:
+        return Decision(Verdict.HEALTHY, f"{len(wanted)} target(s) healthy")
+    if waited_seconds >= timeout_seconds:
+        return Decision(
+            Verdict.FAILED,
+            f"not healthy after {waited_seconds:.0f}s (timeout {timeout_seconds:.0f}s): "
+            f"{_listing(described(i) for i in waiting)}",
+            tuple(waiting),
+        )
+    # Unknown states are waited for too: the timeout still bounds them.
+    return Decision(
+        Verdict.WAIT,
+        f"waiting for {len(waiting)} of {len(wanted)} target(s): {_listing(described(i) for i in waiting)}",
+        tuple(waiting),
+    )
+
+
+def command_verdict(invocations: Mapping[str, str], *, waited: float, timeout: float) -> Decision:
+    """Has the deploy command succeeded on every instance, given ``invocations`` (instance id → status)?
+
+    A failed invocation fails at once; pending ones are waited for until ``timeout``. An
+    unknown status fails: SSM's terminal statuses are a closed list, so a status outside it
+    cannot be taken for success.
+    """
+    if not invocations:
+        if waited >= timeout:
+            return Decision(
+                Verdict.FAILED, f"no command invocation listed after {waited:.0f}s (timeout {timeout:.0f}s)"
+            )
+        return Decision(Verdict.WAIT, "no command invocation listed yet")
+    ordered = sorted(invocations.items())
+    failed = [(i, s) for i, s in ordered if s != COMMAND_SUCCESS and s not in COMMAND_PENDING]
+    if failed:
+        described = _listing(f"{i} {s}" if s in COMMAND_FAILED else f"{i} (unexpected status {s!r})" for i, s in failed)
+        return Decision(Verdict.FAILED, f"the deploy command failed on {described}", tuple(i for i, _ in failed))
+    pending = [i for i, s in ordered if s in COMMAND_PENDING]
+    if not pending:
+        return Decision(Verdict.HEALTHY, f"the deploy command succeeded on {len(ordered)} instance(s)")
+    described = _listing(f"{i} {invocations[i]}" for i in pending)
+    if waited >= timeout:
+        return Decision(
+            Verdict.FAILED,
+            f"the deploy command did not finish in {timeout:.0f}s on {described}",
+            tuple(pending),
+        )
+    return Decision(
+        Verdict.WAIT, f"waiting for the deploy command on {len(pending)} of {len(ordered)}: {described}", tuple(pending)
+    )
+
+
+ALARM_FIRING = "ALARM"
+ALARM_QUIET = {"OK", "INSUFFICIENT_DATA"}
+
+
+def alarms_verdict(alarm_states: Mapping[str, str]) -> Decision:
+    """Is any of the fleet's alarms firing, given ``alarm_states`` (alarm name → state value)?
+
+    ``INSUFFICIENT_DATA`` passes: an error-rate alarm has no data when nothing failed. An
+    unknown state fails, naming the alarm, rather than hide a firing alarm.
+    """
+    ordered = sorted(alarm_states.items())
+    firing = [name for name, state in ordered if state == ALARM_FIRING]
+    if firing:
+        return Decision(Verdict.FAILED, f"alarm firing: {_listing(firing)}", tuple(firing))
+    unknown = [(name, state) for name, state in ordered if state not in ALARM_QUIET]
+    if unknown:
+        described = _listing(f"{name} ({state!r})" for name, state in unknown)
+        return Decision(Verdict.FAILED, f"alarm in an unexpected state: {described}", tuple(n for n, _ in unknown))
+    return Decision(Verdict.HEALTHY, f"{len(ordered)} alarm(s) quiet" if ordered else "no alarms to watch")

@@ -1,0 +1,270 @@
+"""DeployDocument: the SSM Command document rollouts deploy through, its allowed pattern and its IAM."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_iam as iam
+from aws_cdk.assertions import Template
+from cdk_nag import AwsSolutionsChecks
+
+from constructs.deploy_document import (
+    DeployDocument,
+    bucket_name_pattern,
+    deploy_document_content,
+    release_url_pattern,
+)
+from constructs.release_store import ReleaseStore
+
+BUCKET = "platform-staging-releasebucket-1a2b3c4d5e6f"
+# The apps of cdk.json, in its order.
+APPS = ["web", "billing"]
+ARN = ["arn:", {"Ref": "AWS::Partition"}]
+
+
+def _one(template: Template, resource_type: str, prefix: str) -> tuple[str, dict[str, Any]]:
+    found = {k: v for k, v in template.find_resources(resource_type).items() if k.startswith(prefix)}
+    assert len(found) == 1, f"expected one {resource_type} named {prefix}*, found {list(found)}"
+    return next(iter(found.items()))
+
+
+def test_document_content_exact_text() -> None:
+    assert deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=APPS, env="staging") == {
+        "schemaVersion": "2.2",
+        "description": "Slipway deploy in staging: runs /home/deploy/bin/deploy with a release URL.",
+        "parameters": {
+            "ReleaseUrl": {
+                "type": "String",
+                "description": "The release to deploy: s3://<release bucket>/<app>/staging/r<N> or .../current",
+                "allowedPattern": (
+                    "^s3://platform\\-staging\\-releasebucket\\-1a2b3c4d5e6f/(web|billing)/staging/"
+                    "(r[1-9][0-9]{0,8}|current)$"
+                ),
+            }
+        },
+        "mainSteps": [
+            {
+                "action": "aws:runShellScript",
+                "name": "Deploy",
+                "inputs": {"runCommand": ["/home/deploy/bin/deploy {{ ReleaseUrl }}"], "timeoutSeconds": "900"},
+            }
+        ],
+    }
+
+
+GOOD_URLS = [
+    f"s3://{BUCKET}/web/staging/r1",
+    f"s3://{BUCKET}/web/staging/r7",
+    f"s3://{BUCKET}/web/staging/r123456789",
+    f"s3://{BUCKET}/web/staging/current",
+    f"s3://{BUCKET}/billing/staging/r42",
+    f"s3://{BUCKET}/billing/staging/current",
+]
+
+BAD_URLS = [
+    # not a release id
+    f"s3://{BUCKET}/web/staging/r0",
+    f"s3://{BUCKET}/web/staging/r01",
+    f"s3://{BUCKET}/web/staging/r1234567890",
+    f"s3://{BUCKET}/web/staging/r",
+    f"s3://{BUCKET}/web/staging/R1",
+    f"s3://{BUCKET}/web/staging/currently",
+    f"s3://{BUCKET}/web/staging/",
+    f"s3://{BUCKET}/web/staging/current/",
+    f"s3://{BUCKET}/web/staging/r1/release.json",
+    # path traversal
+    f"s3://{BUCKET}/web/staging/../production/current",
+    f"s3://{BUCKET}/web/staging/r1/../../../billing/production/current",
+    f"s3://{BUCKET}/web/../production/current",
+    f"s3://{BUCKET}/../web/staging/current",
+    # other environments, apps and buckets
+    f"s3://{BUCKET}/web/production/current",
+    f"s3://{BUCKET}/web/staging2/current",
+    f"s3://{BUCKET}/shop/staging/current",
+    f"s3://{BUCKET}/webx/staging/current",
+    f"s3://{BUCKET}/web|billing/staging/current",
+    f"s3://{BUCKET}//staging/current",
+    f"s3://{BUCKET}/uploads/web/staging/current",
+    "s3://platform-production-releasebucket-999/web/staging/current",
+    f"s3://{BUCKET}-evil/web/staging/current",
+    f"s3://evil-{BUCKET}/web/staging/current",
+    f"s3://{BUCKET}.evil.example.com/web/staging/current",
+    f"https://{BUCKET}.s3.amazonaws.com/web/staging/current",
+    f"S3://{BUCKET}/web/staging/current",
+    f"file:///{BUCKET}/web/staging/current",
+    # shell text around a good URL
+    f"s3://{BUCKET}/web/staging/current; rm -rf /",
+    f"s3://{BUCKET}/web/staging/current && curl evil.example.com",
+    f"s3://{BUCKET}/web/staging/current | sh",
+    f"s3://{BUCKET}/web/staging/r1$(reboot)",
+    f"s3://{BUCKET}/web/staging/`reboot`",
+    f"s3://{BUCKET}/web/staging/current\nreboot",
+    f"s3://{BUCKET}/web/staging/current\rreboot",
+    f"s3://{BUCKET}/web/staging/current --max-unpacked-bytes 1",
+    f"s3://{BUCKET}/web/staging/current ",
+    f" s3://{BUCKET}/web/staging/current",
+    f"'s3://{BUCKET}/web/staging/current'",
+    f"s3://{BUCKET}/web/staging/current>/etc/passwd",
+    f"-h s3://{BUCKET}/web/staging/current",
+    f"s3://{BUCKET}/web/staging/current\x00",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def pattern() -> re.Pattern[str]:
+    return re.compile(release_url_pattern(bucket_pattern=re.escape(BUCKET), apps=APPS, env="staging"))
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_allowed_pattern_admits_releases_of_the_environments_apps(pattern: re.Pattern[str], url: str) -> None:
+    assert pattern.search(url)
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_allowed_pattern_refuses_anything_else(pattern: re.Pattern[str], url: str) -> None:
+    # search, not fullmatch: the pattern must anchor itself, whatever way SSM applies it.
+    assert pattern.search(url) is None
+
+
+def test_dots_in_a_bucket_name_match_only_dots() -> None:
+    stack = cdk.Stack()
+    bucket_pattern = stack.resolve(bucket_name_pattern("releases.example.com"))
+    assert bucket_pattern == "releases\\.example\\.com"
+    pattern = re.compile(release_url_pattern(bucket_pattern=bucket_pattern, apps=["web"], env="staging"))
+    assert pattern.search("s3://releases.example.com/web/staging/current")
+    assert pattern.search("s3://releasesXexampleYcom/web/staging/current") is None
+
+
+@pytest.mark.parametrize(
+    "apps, env, message",
+    [
+        (["web"], "Staging", "env 'Staging' is not an environment name"),
+        (["web"], "staging/..", "env 'staging/..' is not an environment name"),
+        (["web"], "staging\n", "env 'staging\\\\n' is not an environment name"),
+        ([], "staging", "apps is empty"),
+        (["web\n"], "staging", "app 'web\\\\n' is not an app name"),
+        (["web", "a|b"], "staging", "app 'a|b' is not an app name"),
+        (["web", ".*"], "staging", r"app '\.\*' is not an app name"),
+        (["web", "web"], "staging", "duplicate names"),
+    ],
+)
+def test_bad_names_are_refused_with_the_fix(apps: list[str], env: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=apps, env=env)
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_each_environment_has_its_named_document(templates: dict[str, dict[str, Any]], env: str) -> None:
+    template = Template.from_json(templates[f"Platform-{env}"])
+    props = _one(template, "AWS::SSM::Document", "DeployDocument")[1]["Properties"]
+    assert (props["Name"], props["DocumentType"], props["DocumentFormat"]) == (
+        f"Platform-{env}-Deploy",
+        "Command",
+        "JSON",
+    )
+    # A fixed name: a changed content becomes a new version, not a replacement that would collide.
+    assert props["UpdateMethod"] == "NewVersion"
+    content = props["Content"]
+    parameter = content["parameters"]["ReleaseUrl"]
+    # The bucket is this stack's release bucket, its dots escaped at deploy time.
+    assert parameter["allowedPattern"] == {
+        "Fn::Join": [
+            "",
+            [
+                "^s3://",
+                {"Fn::Join": ["\\.", {"Fn::Split": [".", {"Ref": "ReleaseBucket"}]}]},
+                f"/(web|billing)/{env}/(r[1-9][0-9]{{0,8}}|current)$",
+            ],
+        ]
+    }
+    # The rest is exactly the pure function's content, and the deployed pattern is the tested one.
+    expected = deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=APPS, env=env)
+    deployed_pattern = "".join(
+        re.escape(BUCKET) if isinstance(part, dict) else part for part in parameter.pop("allowedPattern")["Fn::Join"][1]
+    )
+    assert deployed_pattern == expected["parameters"]["ReleaseUrl"].pop("allowedPattern")
+    assert content == expected
+
+
+def test_command_output_is_kept_a_year(staging: Template) -> None:
+    props = _one(staging, "AWS::Logs::LogGroup", "DeployDocumentOutput")[1]["Properties"]
+    assert props == {"RetentionInDays": 365}
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_instances_write_command_output_to_its_log_group_only(staging: Template, app: str) -> None:
+    output_group = _one(staging, "AWS::Logs::LogGroup", "DeployDocumentOutput")[0]
+    policy = _one(staging, "AWS::IAM::Policy", f"App{app}InstanceRole")[1]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    logs_statements = [s for s in statements if json.dumps(s["Action"]).count("logs:")]
+    assert logs_statements == [
+        {
+            "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+            "Effect": "Allow",
+            "Resource": {"Fn::GetAtt": [output_group, "Arn"]},
+        }
+    ]
+
+
+@pytest.fixture(scope="module")
+def sender(tmp_path_factory: pytest.TempPathFactory) -> tuple[Template, Path]:
+    """A stack with the document and a role it is granted to, checked by cdk-nag."""
+    outdir = tmp_path_factory.mktemp("grant-send")
+    app = cdk.App(outdir=str(outdir))
+    stack = cdk.Stack(app, "Sender", env=cdk.Environment(region="eu-west-1"))
+    document = DeployDocument(
+        stack, "Deploy", env_name="staging", apps=APPS, release_store=ReleaseStore(stack, "Releases")
+    )
+    role = iam.Role(stack, "Rollout", assumed_by=iam.ServicePrincipal("states.amazonaws.com"))
+    document.grant_send(role)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
+    assembly = app.synth()  # raises on any unacknowledged finding
+    return Template.from_json(assembly.get_stack_by_name("Sender").template), outdir
+
+
+def test_sender_may_run_only_this_document_on_the_environments_tagged_instances(
+    sender: tuple[Template, Path],
+) -> None:
+    template = sender[0]
+    document = _one(template, "AWS::SSM::Document", "DeployDocument")[0]
+    _, policy = _one(template, "AWS::IAM::Policy", "DeploySend")
+    assert policy["Properties"]["Roles"] == [{"Ref": _one(template, "AWS::IAM::Role", "Rollout")[0]}]
+    account = {"Ref": "AWS::AccountId"}
+    assert policy["Properties"]["PolicyDocument"]["Statement"] == [
+        {
+            "Action": "ssm:SendCommand",
+            "Effect": "Allow",
+            "Resource": {"Fn::Join": ["", [*ARN, ":ssm:eu-west-1:", account, ":document/", {"Ref": document}]]},
+        },
+        {
+            "Action": "ssm:SendCommand",
+            "Condition": {
+                "StringEquals": {"ssm:resourceTag/slipway:env": "staging", "ssm:resourceTag/slipway:app": APPS}
+            },
+            "Effect": "Allow",
+            "Resource": {"Fn::Join": ["", [*ARN, ":ec2:eu-west-1:", account, ":instance/*"]]},
+        },
+        {
+            "Action": ["ssm:GetCommandInvocation", "ssm:ListCommandInvocations"],
+            "Effect": "Allow",
+            "Resource": "*",
+        },
+    ]
+
+
+def test_sender_policy_acknowledgments_each_match_a_finding(sender: tuple[Template, Path]) -> None:
+    report = json.loads((sender[1] / "validation-report.json").read_text())
+    [nag] = [plugin for plugin in report["pluginReports"] if plugin["pluginName"] == "AwsSolutions"]
+    assert nag["violations"] == []
+    suppressed = {(s["acknowledgedAt"], s["acknowledgedId"]) for s in nag["suppressedViolations"]}
+    policy_path = next(path for path, _ in suppressed if "/Deploy/Send" in path)
+    assert {rule for path, rule in suppressed if path == policy_path} == {
+        "AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:eu-west-1:<AWS::AccountId>:instance/*]",
+        "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
+    }

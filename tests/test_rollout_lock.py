@@ -1,0 +1,333 @@
+"""The deploy lock: its JSON, the decision and refusal (pure), and DeployLock on a local
+S3 (moto server on loopback, a versioned bucket as in production)."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from moto.server import ThreadedMotoServer
+
+from slipway.rollout.lock import DeployLock, Lock, LockHeld, LockLost, decide, lock_key, refusal
+from slipway.store import Bucket
+
+BUCKET = "releases"
+T0 = datetime(2025, 3, 4, 10, 0, 0, tzinfo=UTC)
+TTL = timedelta(minutes=30)
+
+
+def held(execution: str = "exec-1", owner: str = "alice", release: str = "r7", at: datetime = T0) -> Lock:
+    return Lock(owner=owner, execution=execution, release=release, acquired_at=at, expires_at=at + TTL)
+
+
+# Pure: JSON, decide, refusal --------------------------------------------------------------------------
+
+moments = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+
+
+@given(st.text(), st.text(), st.text(), moments, moments)
+def test_a_lock_round_trips_through_json(
+    owner: str, execution: str, release: str, acquired: datetime, expires: datetime
+) -> None:
+    lock = Lock(owner=owner, execution=execution, release=release, acquired_at=acquired, expires_at=expires)
+    assert Lock.from_json(lock.to_json()) == lock
+
+
+def test_the_stored_json_is_plain_and_in_utc() -> None:
+    local = datetime(2025, 3, 4, 11, 0, 0, tzinfo=datetime.fromisoformat("2025-01-01T00:00+01:00").tzinfo)
+    lock = Lock(owner="alice", execution="exec-1", release="r7", acquired_at=local, expires_at=local + TTL)
+    assert lock.to_json() == (
+        b'{"acquired_at": "2025-03-04T10:00:00Z", "execution": "exec-1", '
+        b'"expires_at": "2025-03-04T10:30:00Z", "owner": "alice", "release": "r7"}'
+    )
+
+
+BAD_BODIES = {
+    "not json": b"locked",
+    "missing expiry": b'{"owner": "a", "execution": "e", "release": "r1", "acquired_at": "2025-03-04T10:00:00Z"}',
+    "owner not text": (
+        b'{"owner": 1, "execution": "e", "release": "r1", "acquired_at": "2025-03-04T10:00:00Z", '
+        b'"expires_at": "2025-03-04T10:00:00Z"}'
+    ),
+    "no time zone": (
+        b'{"owner": "a", "execution": "e", "release": "r1", "acquired_at": "2025-03-04T10:00:00", '
+        b'"expires_at": "2025-03-04T10:00:00Z"}'
+    ),
+}
+
+
+@pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_a_body_that_is_not_a_lock_says_what_to_do(body: bytes) -> None:
+    with pytest.raises(ValueError, match=r"the deploy lock is not a valid lock .*; if no rollout is running, delete"):
+        Lock.from_json(body)
+
+
+def test_decide() -> None:
+    lock = held()
+    assert decide(None, now=T0) == "acquire"
+    assert decide(lock, now=T0) == "refuse"
+    assert decide(lock, now=T0 + TTL - timedelta(seconds=1)) == "refuse"
+    assert decide(lock, now=T0 + TTL) == "take_over"  # expired: its execution died
+    assert decide(lock, now=T0, execution="exec-2") == "refuse"
+    assert decide(lock, now=T0, execution="exec-1") == "take_over"  # a retried task re-takes its own lock
+
+
+def test_decide_wants_an_aware_time() -> None:
+    with pytest.raises(ValueError, match="now must carry a time zone"):
+        decide(held(), now=datetime(2025, 3, 4, 10, 0, 0))
+
+
+def test_the_refusal_names_who_what_since_and_until_when_and_what_to_do() -> None:
+    assert refusal(held(), T0 + timedelta(minutes=4, seconds=10)) == (
+        "a rollout of r7 by alice holds the deploy lock (execution exec-1) since 2025-03-04 10:00:00 UTC "
+        "(4m 10s ago); wait for it to finish or, if that execution died, the lock expires at "
+        "2025-03-04 10:30:00 UTC (in 25m 50s) and the next deploy takes it over"
+    )
+
+
+@pytest.mark.parametrize(
+    "elapsed, words",
+    [
+        (timedelta(0), "(0s ago)"),
+        (timedelta(seconds=-5), "(0s ago)"),  # a holder's clock slightly ahead of ours
+        (timedelta(hours=2, minutes=5, seconds=9), "(2h 5m ago)"),
+        (timedelta(days=3, hours=1, seconds=1), "(3d 1h ago)"),
+        (timedelta(days=1, seconds=7), "(1d 7s ago)"),
+    ],
+)
+def test_durations_are_short(elapsed: timedelta, words: str) -> None:
+    assert words in refusal(held(), T0 + elapsed)
+
+
+# DeployLock on moto ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh, versioned release bucket."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_server,
+    }.items():
+        monkeypatch.setenv(name, value)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).close()
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    return client
+
+
+@pytest.fixture
+def locks(s3: Any) -> DeployLock:
+    return DeployLock(Bucket(s3, BUCKET))
+
+
+def stored(s3: Any) -> Lock | None:
+    try:
+        body = s3.get_object(Bucket=BUCKET, Key=lock_key("web", "staging"))["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return None
+    return Lock.from_json(body)
+
+
+def acquire(locks: DeployLock, execution: str, now: datetime = T0, owner: str = "alice", release: str = "r7") -> Lock:
+    return locks.acquire("web", "staging", owner=owner, execution=execution, release=release, ttl=TTL, now=now)
+
+
+def test_a_free_lock_is_acquired_and_stored_at_app_env_lock(s3: Any, locks: DeployLock) -> None:
+    lock = acquire(locks, "exec-1")
+    assert lock == held()
+    assert stored(s3) == lock
+    assert lock_key("web", "staging") == "web/staging/lock"
+
+
+def test_a_live_lock_is_refused_with_the_exact_message(s3: Any, locks: DeployLock) -> None:
+    acquire(locks, "exec-1")
+    with pytest.raises(LockHeld) as raised:
+        acquire(locks, "exec-2", now=T0 + timedelta(minutes=1), owner="bob", release="r8")
+    assert str(raised.value) == (
+        "cannot deploy web/staging: a rollout of r7 by alice holds the deploy lock (execution exec-1) since "
+        "2025-03-04 10:00:00 UTC (1m ago); wait for it to finish or, if that execution died, the lock expires "
+        "at 2025-03-04 10:30:00 UTC (in 29m) and the next deploy takes it over"
+    )
+    assert raised.value.holder == held()
+    assert stored(s3) == held()
+
+
+def test_an_expired_lock_is_taken_over(s3: Any, locks: DeployLock) -> None:
+    acquire(locks, "exec-1")
+    later = T0 + TTL + timedelta(seconds=1)
+    lock = acquire(locks, "exec-2", now=later, owner="bob", release="r8")
+    assert lock == Lock(owner="bob", execution="exec-2", release="r8", acquired_at=later, expires_at=later + TTL)
+    assert stored(s3) == lock
+
+
+def test_the_same_execution_acquiring_again_keeps_the_lock(s3: Any, locks: DeployLock) -> None:
+    acquire(locks, "exec-1")
+    again = acquire(locks, "exec-1", now=T0 + timedelta(seconds=20))
+    assert stored(s3) == again and again.acquired_at == T0 + timedelta(seconds=20)
+
+
+def test_concurrent_acquires_exactly_one_wins_and_the_others_name_it(s3: Any, locks: DeployLock) -> None:
+    racers = 8
+    barrier = threading.Barrier(racers)
+    results: list[Lock | LockHeld | None] = [None] * racers
+
+    def race(n: int) -> None:
+        barrier.wait()
+        try:
+            results[n] = acquire(locks, f"exec-{n}", owner=f"user{n}", release=f"r{n + 1}")
+        except LockHeld as refused:
+            results[n] = refused
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [r for r in results if isinstance(r, Lock)]
+    refused = [r for r in results if isinstance(r, LockHeld)]
+    assert len(winners) == 1 and len(refused) == racers - 1, results
+    [winner] = winners
+    assert stored(s3) == winner
+    for refusal_ in refused:
+        assert refusal_.holder == winner
+        assert f"a rollout of {winner.release} by {winner.owner} holds the deploy lock" in str(refusal_)
+        assert f"(execution {winner.execution})" in str(refusal_)
+
+
+def test_concurrent_take_overs_of_an_expired_lock_exactly_one_wins(s3: Any, locks: DeployLock) -> None:
+    acquire(locks, "dead")
+    racers = 6
+    later = T0 + TTL
+    barrier = threading.Barrier(racers)
+    results: list[Lock | LockHeld | None] = [None] * racers
+
+    def race(n: int) -> None:
+        barrier.wait()
+        try:
+            results[n] = acquire(locks, f"exec-{n}", now=later, owner=f"user{n}")
+        except LockHeld as refused:
+            results[n] = refused
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [r for r in results if isinstance(r, Lock)]
+    assert len(winners) == 1, results
+    assert all(isinstance(r, LockHeld) and r.holder == winners[0] for r in results if r is not winners[0])
+    assert stored(s3) == winners[0]
+
+
+def test_losing_the_race_to_a_lock_released_meanwhile_asks_to_deploy_again(
+    s3: Any, locks: DeployLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between our read and our create, another rollout takes the lock and releases it.
+    def create(key: str, body: bytes) -> bool:
+        return False
+
+    monkeypatch.setattr(locks.bucket, "create", create)
+    with pytest.raises(LockHeld, match="another rollout took and released the deploy lock meanwhile; deploy again"):
+        acquire(locks, "exec-1")
+
+
+def test_the_owner_releases_its_lock_and_the_next_rollout_acquires(s3: Any, locks: DeployLock) -> None:
+    acquire(locks, "exec-1")
+    assert locks.release("web", "staging", execution="exec-1") is True
+    assert stored(s3) is None
+    assert acquire(locks, "exec-2", owner="bob") == held("exec-2", owner="bob")
+
+
+def test_release_by_a_non_owner_does_nothing(s3: Any, locks: DeployLock) -> None:
+    acquire(locks, "exec-1")
+    assert locks.release("web", "staging", execution="exec-2") is False
+    assert stored(s3) == held()
+
+
+def test_release_of_no_lock_does_nothing(locks: DeployLock) -> None:
+    assert locks.release("web", "staging", execution="exec-1") is False
+
+
+def test_release_never_removes_a_lock_taken_over_since_it_was_read(
+    s3: Any, locks: DeployLock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acquire(locks, "exec-1")
+    real_read = locks.bucket.read
+
+    def read_then_lose_it(key: str) -> Any:
+        # exec-1 reads its own lock; then exec-2 takes it over (expired) before the delete.
+        found = real_read(key)
+        monkeypatch.setattr(locks.bucket, "read", real_read)
+        acquire(locks, "exec-2", now=T0 + TTL, owner="bob")
+        return found
+
+    monkeypatch.setattr(locks.bucket, "read", read_then_lose_it)
+    assert locks.release("web", "staging", execution="exec-1") is False
+    survivor = stored(s3)
+    assert survivor is not None and survivor.execution == "exec-2"
+
+
+def test_renew_extends_only_the_expiry(s3: Any, locks: DeployLock) -> None:
+    acquire(locks, "exec-1")
+    later = T0 + timedelta(minutes=25)
+    renewed = locks.renew("web", "staging", execution="exec-1", ttl=TTL, now=later)
+    assert renewed == Lock(owner="alice", execution="exec-1", release="r7", acquired_at=T0, expires_at=later + TTL)
+    assert stored(s3) == renewed
+    with pytest.raises(LockHeld):
+        acquire(locks, "exec-2", now=T0 + TTL + timedelta(minutes=1))
+
+
+def test_renew_of_a_lock_taken_over_or_gone_is_lost(s3: Any, locks: DeployLock) -> None:
+    acquire(locks, "exec-1")
+    acquire(locks, "exec-2", now=T0 + TTL, owner="bob", release="r8")
+    with pytest.raises(LockLost, match="execution exec-1 lost the deploy lock of web/staging: a rollout of r8 by bob"):
+        locks.renew("web", "staging", execution="exec-1", ttl=TTL, now=T0 + TTL)
+    locks.release("web", "staging", execution="exec-2")
+    with pytest.raises(LockLost, match="the deploy lock of web/staging is gone: execution exec-2 no longer holds it"):
+        locks.renew("web", "staging", execution="exec-2", ttl=TTL, now=T0 + TTL)
+
+
+def test_renew_that_loses_a_race_is_lost(s3: Any, locks: DeployLock, monkeypatch: pytest.MonkeyPatch) -> None:
+    acquire(locks, "exec-1")
+
+    def replace(key: str, body: bytes, *, etag: str) -> bool:
+        return False
+
+    monkeypatch.setattr(locks.bucket, "replace", replace)
+    with pytest.raises(LockLost, match="changed while execution exec-1 renewed it"):
+        locks.renew("web", "staging", execution="exec-1", ttl=TTL, now=T0)
+
+
+@pytest.mark.parametrize("ttl", [timedelta(0), timedelta(seconds=-1)])
+def test_a_lock_must_expire_in_the_future(locks: DeployLock, ttl: timedelta) -> None:
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        locks.acquire("web", "staging", owner="a", execution="e", release="r1", ttl=ttl, now=T0)
+    with pytest.raises(ValueError, match="ttl must be positive"):
+        locks.renew("web", "staging", execution="e", ttl=ttl, now=T0)
+
+
+def test_a_corrupt_lock_object_is_reported_not_overwritten(s3: Any, locks: DeployLock) -> None:
+    s3.put_object(Bucket=BUCKET, Key="web/staging/lock", Body=b"garbage")
+    with pytest.raises(ValueError, match="delete the lock object and deploy again"):
+        acquire(locks, "exec-1")
+    assert s3.get_object(Bucket=BUCKET, Key="web/staging/lock")["Body"].read() == b"garbage"
