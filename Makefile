@@ -69,6 +69,7 @@ bench: $(VENV)/.dev instance-packages
 	$(PYTHON) benchmarks/synth.py
 	$(PYTHON) benchmarks/agent.py
 	$(PYTHON) benchmarks/publish.py
+	$(PYTHON) benchmarks/rollout.py
 
 ENV ?= staging
 local: $(VENV)/.dev

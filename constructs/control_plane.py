@@ -8,13 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aws_cdk import CfnOutput, Duration, RemovalPolicy
+from aws_cdk import ArnFormat, CfnOutput, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
+from aws_cdk import aws_stepfunctions as sfn
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
@@ -363,3 +364,41 @@ class ControlPlane(Construct):
     def credentials_secret(self) -> secretsmanager.ISecret:
         """The API's users and passwords, ``{"<user>": "<password>"}``."""
         return self._secret
+
+    def enable_deploys(self, *, state_machine: sfn.IStateMachine, fleets: Mapping[str, Mapping[str, Any]]) -> None:
+        """Let the API start and read rollouts of ``state_machine`` over ``fleets``.
+
+        ``fleets`` maps each app to what a rollout needs of its fleet (``group``,
+        ``target_group``, ``alarms``, ``document``, ``bucket``, ``output_log_group``); it
+        reaches the function as ``FLEETS_JSON``.
+        """
+        function = self._api_function
+        function.add_environment("STATE_MACHINE_ARN", state_machine.state_machine_arn)
+        function.add_environment("FLEETS_JSON", Stack.of(self).to_json_string(dict(fleets)))
+        state_machine.grant_start_execution(function)
+        # Reading deploys: list the machine's executions, describe them and read their history.
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["states:ListExecutions"], resources=[state_machine.state_machine_arn])
+        )
+        stack = Stack.of(self)
+        machine = state_machine.node.default_child
+        assert isinstance(machine, sfn.CfnStateMachine)
+        name = {"Fn::Select": [6, {"Fn::Split": [":", {"Ref": stack.get_logical_id(machine)}]}]}
+        executions = stack.format_arn(
+            service="states",
+            resource="execution",
+            resource_name=f"{Fn.select(6, Fn.split(':', state_machine.state_machine_arn))}:*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["states:DescribeExecution", "states:GetExecutionHistory"], resources=[executions]
+            )
+        )
+        acknowledge(
+            function.role or function,
+            f"AwsSolutions-IAM5[Resource::arn:{stack.partition}:states:{stack.region}:<AWS::AccountId>:execution:"
+            f"{json.dumps(name, separators=(',', ':'))}:*]",
+            "Deploys are executions of this environment's rollout state machine, created one per deploy: the API "
+            "reads any of them (status, progress, output) and nothing else of Step Functions.",
+        )

@@ -131,6 +131,20 @@ class PlatformStack(Stack):
                 apps=[app.name for app in config.apps],
             )
             self.deploy_document.grant_send(self.rollout.role)
+            self.control_plane.enable_deploys(
+                state_machine=self.rollout.state_machine,
+                fleets={
+                    name: {
+                        "group": fleet.auto_scaling_group.auto_scaling_group_name,
+                        "target_group": fleet.target_group.target_group_arn,
+                        "alarms": list(self.monitoring[name].alarm_names),
+                        "document": self.deploy_document.document_name,
+                        "output_log_group": self.deploy_document.log_group.log_group_name,
+                        "bucket": self.release_store.bucket.bucket_name,
+                    }
+                    for name, fleet in self.fleets.items()
+                },
+            )
         if environment.base_image.pipeline:
             architectures = frozenset(
                 ec2.InstanceType(app.settings_for(environment.name).instance_type).architecture for app in config.apps

@@ -123,7 +123,7 @@ class ReleaseStore(Construct):
 
     def grant_rollout(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
         """Let ``grantee`` (the rollout tasks) read ``<app>/<env>/`` and write only its ``current``
-        pointer and its deploy ``lock`` (which it also deletes to unlock)."""
+        and ``previous`` pointers and its deploy ``lock`` (which it also deletes to unlock)."""
         prefix = f"{app}/{env}/"
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(f"{prefix}*")])
@@ -131,7 +131,7 @@ class ReleaseStore(Construct):
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["s3:PutObject", "s3:DeleteObject"],
-                resources=[self._bucket.arn_for_objects(f"{prefix}{name}") for name in ("current", "lock")],
+                resources=[self._bucket.arn_for_objects(f"{prefix}{name}") for name in ("current", "previous", "lock")],
             )
         )
         grantee.grant_principal.add_to_principal_policy(

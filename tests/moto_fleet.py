@@ -54,7 +54,7 @@ class Faults:
 class World:
     """A fleet on moto: ASG over three zones behind a target group, a release bucket, alarms."""
 
-    def __init__(self, instances: int, min_size: int) -> None:
+    def __init__(self, instances: int, min_size: int, max_size: int = 20) -> None:
         self.ec2 = boto3.client("ec2", region_name=REGION)
         self.asg = boto3.client("autoscaling", region_name=REGION)
         self.elb = boto3.client("elbv2", region_name=REGION)
@@ -73,7 +73,7 @@ class World:
             AutoScalingGroupName="web-staging",
             LaunchConfigurationName="web",
             MinSize=min_size,
-            MaxSize=20,
+            MaxSize=max_size,
             DesiredCapacity=instances,
             VPCZoneIdentifier=",".join(subnets),
             TargetGroupARNs=[self.target_group],
@@ -241,8 +241,39 @@ class Execution:
     events: list[dict[str, Any]]
 
 
+class Runner:
+    """Runs executions of the state machine ``arn`` against a world; ``runner(world, **state)``."""
+
+    def __init__(self, arn: str, sfn: Any, real: Callable[[str], Any]) -> None:
+        self.arn, self.sfn, self.real = arn, sfn, real
+
+    def start(self, world: World, state: dict[str, Any]) -> str:
+        return str(self.sfn.start_execution(stateMachineArn=self.arn, input=json.dumps(state))["executionArn"])
+
+    def wait(self, execution_arn: str) -> Execution:
+        deadline = time.monotonic() + 120
+        while True:
+            described = self.sfn.describe_execution(executionArn=execution_arn)
+            if described["status"] != "RUNNING" or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        output = json.loads(described.get("output") or "{}")
+        if described["status"] == "FAILED":
+            output = {"error": described.get("error"), "cause": described.get("cause")}
+        events = self.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+        return Execution(described["status"], output, events)
+
+    def faulty(self, world: World) -> Any:
+        """Route the tasks' AWS clients through ``world``'s faults (a context manager)."""
+        return mock.patch.object(tasks, "_client", FaultyClients(world, self.real))
+
+    def __call__(self, world: World, **state: Any) -> Execution:
+        with self.faulty(world):
+            return self.wait(self.start(world, world.state(**state)))
+
+
 @contextmanager
-def rollout_machine(template: dict[str, Any]) -> Iterator[Callable[..., Execution]]:
+def rollout_machine(template: dict[str, Any]) -> Iterator[Runner]:
     """Inside a moto mock: create the state machine from ``template``; yield run(world, **state)."""
     with mock.patch.object(LambdaSimpleBackend, "invoke", _invoke), mock_aws(config=MOTO_CONFIG):
         real = tasks._client
@@ -264,22 +295,8 @@ def rollout_machine(template: dict[str, Any]) -> Iterator[Callable[..., Executio
             "stateMachineArn"
         ]
 
-        def run(world: World, **state: Any) -> Execution:
-            with mock.patch.object(tasks, "_client", FaultyClients(world, real)):
-                execution = sfn.start_execution(stateMachineArn=arn, input=json.dumps(world.state(**state)))
-                deadline = time.monotonic() + 120
-                while True:
-                    described = sfn.describe_execution(executionArn=execution["executionArn"])
-                    if described["status"] != "RUNNING" or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.02)
-            output = json.loads(described.get("output") or "{}")
-            if described["status"] == "FAILED":
-                output = {"error": described.get("error"), "cause": described.get("cause")}
-            events = sfn.get_execution_history(executionArn=execution["executionArn"], maxResults=1000)["events"]
-            return Execution(described["status"], output, events)
-
+        runner = Runner(arn, sfn, real)
         try:
-            yield run
+            yield runner
         finally:
             real.cache_clear()

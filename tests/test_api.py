@@ -3,7 +3,6 @@ API Gateway REST proxy events (tests/events/) and real presigned-URL uploads."""
 
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 import io
@@ -19,6 +18,7 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
+from api_events import call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from moto.server import ThreadedMotoServer
@@ -35,15 +35,6 @@ APPS = {
     "web": {"port": 5000, "health_check_path": "/health", "formation": {"web": 1}},
     "billing": {"port": 8080, "health_check_path": "/healthz", "formation": {"web": 1, "worker": 2}},
 }
-
-
-class Context:
-    """The attributes of a Lambda context object that Powertools' logger reads."""
-
-    function_name = "Platform-staging-Api"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:Platform-staging-Api"
-    aws_request_id = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
 
 
 @pytest.fixture(scope="session")
@@ -76,23 +67,6 @@ def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     client.create_bucket(Bucket=BUCKET)
     client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     return client
-
-
-def call(
-    method: str, path: str, body: object = None, query: dict[str, str] | None = None, user: str | None = "alice"
-) -> tuple[int, Any]:
-    """Send one request through the handler as API Gateway would."""
-    event = copy.deepcopy(json.loads((EVENTS / "api_gateway_rest_proxy.json").read_text()))
-    event.update(
-        httpMethod=method, path=path, queryStringParameters=query, body=None if body is None else json.dumps(body)
-    )
-    event["requestContext"].update(httpMethod=method, path=f"/api{path}")
-    if user is None:
-        del event["requestContext"]["authorizer"]["user"]
-    else:
-        event["requestContext"]["authorizer"].update(principalId=user, user=user)
-    response = api.handler(event, Context())
-    return response["statusCode"], json.loads(response["body"]) if response["body"] else None
 
 
 def source_tarball(files: dict[str, bytes] | None = None) -> bytes:

@@ -107,7 +107,19 @@ def test_api_function_reads_and_writes_only_its_environments_prefixes(staging: T
             ],
         },
         {"Action": "s3:ListBucket", "Effect": "Allow", "Resource": bucket_arn},
+        # Deploys: start and list executions of this environment's rollout machine, read any of them.
+        {
+            "Action": ["states:ListExecutions", "states:StartExecution"],
+            "Effect": "Allow",
+            "Resource": {"Ref": _logical_id(staging, "AWS::StepFunctions::StateMachine", "RolloutStateMachine")},
+        },
+        {
+            "Action": ["states:DescribeExecution", "states:GetExecutionHistory"],
+            "Effect": "Allow",
+            "Resource": statements[-1]["Resource"],
+        },
     ]
+    assert ":execution:" in json.dumps(statements[-1]["Resource"])
 
 
 # The IAM action each S3 operation of the API function's bucket adapter needs.

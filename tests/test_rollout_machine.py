@@ -137,3 +137,11 @@ def test_fleet_at_its_minimum_surges_first_and_gives_the_capacity_back(machine: 
     # Three instances were deployed one at a time, never leaving fewer than two in service.
     assert [len(instances) for instances, _ in world.sent] == [1, 1, 1]
     assert world.current() == "r2"
+
+
+def test_fleet_at_its_maximum_cannot_surge_and_says_what_to_change(machine: Callable[..., Any]) -> None:
+    world = World(instances=2, min_size=2, max_size=2)
+    status, output = machine(world)
+    assert status == "FAILED"
+    assert "the fleet's maximum is 2; raise max_capacity or lower min_capacity" in output["cause"]
+    assert world.sent == [] and world.current() == "r1"

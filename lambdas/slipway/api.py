@@ -3,14 +3,18 @@
 
 Configuration comes from the function's environment: ``RELEASE_BUCKET``, ``PLATFORM_ENV``
 (the one environment this API serves), ``APPS_JSON`` (``{app: {"port",
-"health_check_path", "formation"}}``) and optionally ``MAX_SOURCE_BYTES``. The caller is
-the user the Basic auth authorizer put in the request context.
+"health_check_path", "formation"}}``), optionally ``MAX_SOURCE_BYTES``; for deploys,
+``STATE_MACHINE_ARN`` and ``FLEETS_JSON`` (``{app: {"group", "target_group", "alarms",
+"document", "bucket", "output_log_group"}}``). The caller is the user the Basic auth
+authorizer put in the request context.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -19,8 +23,11 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError, UnauthorizedError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from slipway import deploys
 from slipway.publisher import Publisher
-from slipway.releases import AppRuntime, ReleaseError
+from slipway.releases import AppRuntime, ReleaseError, release_number
+from slipway.rollout.lock import Lock, decide, refusal
+from slipway.rollout.plan import Strategy
 from slipway.store import Bucket
 
 DEFAULT_MAX_SOURCE_BYTES = 1024 * 1024 * 1024
@@ -36,6 +43,23 @@ def _s3() -> Any:
     import boto3  # imported on first use: no client at import time
 
     return boto3.client("s3")
+
+
+@cache
+def _sfn() -> Any:
+    import boto3
+
+    return boto3.client("stepfunctions")
+
+
+# Rollout pacing on AWS: checks every 5 s, a deploy command may take 15 min, targets 5 min
+# to turn healthy, and a lock outlives a dead execution by at most an hour. ROLLOUT_TIMING
+# (JSON) overrides it where waiting makes no sense: the local platform and tests.
+TIMING = {"poll_seconds": 5, "command_timeout": 900, "healthy_timeout": 300, "lock_minutes": 60}
+
+
+def _timing() -> dict[str, int]:
+    return {**TIMING, **json.loads(os.environ.get("ROLLOUT_TIMING") or "{}")}
 
 
 @cache
@@ -146,6 +170,94 @@ def update_config(app_name: str, env: str) -> Response[str]:
     # Names only: values may be secrets.
     logger.info("config changed", extra={"app": app_name, "env": env, "names": sorted({*set_vars, *map(str, unset)})})
     return _json(200, changed)
+
+
+def _deploying(app_name: str, env: str) -> tuple[Publisher, dict[str, Any], str]:
+    publisher = _publisher(app_name, env)
+    machine = os.environ.get("STATE_MACHINE_ARN")
+    fleets = json.loads(os.environ.get("FLEETS_JSON") or "{}")
+    if not machine or app_name not in fleets:
+        raise ReleaseError(503, f"deploys are not set up for {app_name} in {env}; deploy the Platform-{env} stack")
+    return publisher, fleets[app_name], machine
+
+
+def _start(app_name: str, env: str, release: str, kind: str, strategy: object) -> Response[str]:
+    publisher, fleet, machine = _deploying(app_name, env)
+    if strategy is not None and not isinstance(strategy, dict):
+        raise ReleaseError(400, 'strategy must be an object, e.g. {"batch_percent": 50, "bake_seconds": 60}')
+    try:
+        chosen = Strategy.parse(strategy, Strategy())
+    except ValueError as error:
+        raise ReleaseError(400, str(error)) from None
+    publisher.show(release)  # 404 for a release that does not exist
+    held = publisher.bucket.read(f"{app_name}/{env}/lock")
+    now = datetime.now(UTC)
+    if held is not None:
+        try:
+            existing = Lock.from_json(held.body)
+        except ValueError as error:
+            raise ReleaseError(409, str(error)) from None
+        if decide(existing, now=now) == "refuse":
+            raise ReleaseError(409, f"cannot deploy {app_name} in {env}: {refusal(existing, now)}")
+    name = deploys.deploy_id(app_name, release, now, secrets.token_hex(2))
+    request = deploys.execution_input(
+        app=app_name,
+        env=env,
+        release=release,
+        user=_user(),
+        kind=kind,
+        fleet=fleet,
+        strategy=chosen.as_dict(),
+        timing=_timing(),
+    )
+    started = _sfn().start_execution(stateMachineArn=machine, name=name, input=json.dumps(request))
+    logger.info("deploy started", extra={"app": app_name, "env": env, "release": release, "kind": kind, "by": _user()})
+    description = {"name": name, "status": "RUNNING", "input": json.dumps(request), "startDate": started["startDate"]}
+    return _json(202, deploys.view(description, []))
+
+
+@app.post(f"{APP}/deploys")
+def start_deploy(app_name: str, env: str) -> Response[str]:
+    body = _body()
+    release = body.get("release")
+    if not isinstance(release, str):
+        raise ReleaseError(400, 'send {"release": "r7"}: the release to deploy (see `slipway releases`)')
+    release_number(release)
+    return _start(app_name, env, release, "deploy", body.get("strategy"))
+
+
+@app.post(f"{APP}/rollback")
+def rollback(app_name: str, env: str) -> Response[str]:
+    body = _body() if app.current_event.body else {}
+    publisher, _, _ = _deploying(app_name, env)
+    previous = publisher.bucket.read(f"{app_name}/{env}/previous")
+    if previous is None:
+        raise ReleaseError(409, f"{app_name} in {env} has no earlier deployed release to roll back to")
+    return _start(app_name, env, previous.body.decode().strip(), "rollback", body.get("strategy"))
+
+
+@app.get(f"{APP}/deploys")
+def list_deploys(app_name: str, env: str) -> Response[str]:
+    _, _, machine = _deploying(app_name, env)
+    executions = _sfn().list_executions(stateMachineArn=machine, maxResults=100)["executions"]
+    mine = [e for e in executions if e["name"].startswith(f"{app_name}-r")]
+    shown = [deploys.view(_sfn().describe_execution(executionArn=e["executionArn"]), []) for e in mine[:20]]
+    return _json(200, {"deploys": sorted(shown, key=lambda d: d["started_at"] or "", reverse=True)})
+
+
+@app.get(f"{APP}/deploys/<deploy>")
+def show_deploy(app_name: str, env: str, deploy: str) -> Response[str]:
+    _, _, machine = _deploying(app_name, env)
+    if not deploys.DEPLOY_ID.match(deploy) or not deploy.startswith(f"{app_name}-r"):
+        raise NotFoundError(f"{deploy!r} is not a deploy of {app_name}; list them with `slipway deploys`")
+    arn = machine.replace(":stateMachine:", ":execution:") + f":{deploy}"
+    sfn = _sfn()
+    try:
+        description = sfn.describe_execution(executionArn=arn)
+    except sfn.exceptions.ExecutionDoesNotExist:
+        raise NotFoundError(f"no deploy {deploy} of {app_name} in {env}") from None
+    events = sfn.get_paginator("get_execution_history").paginate(executionArn=arn)
+    return _json(200, deploys.view(description, (e for page in events for e in page["events"])))
 
 
 @logger.inject_lambda_context(log_event=False)

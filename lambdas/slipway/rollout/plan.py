@@ -3,8 +3,9 @@
 A rollout replaces the release on a fleet batch by batch (ARCHITECTURE.md section 6): a
 canary of one instance first, then batches by count or percent, spread across availability
 zones, never so large that the fleet drops below its minimum healthy count. A fleet too
-small to take even one instance out is first grown ("surge"): the new instances boot into
-the new release, so they are in no batch.
+small to take even one instance out is first grown ("surge"): the state machine adds the
+instances, waits until they serve (they boot the old ``current``), and plans again over
+the larger fleet, so they are deployed in a batch like the others.
 """
 
 from __future__ import annotations

@@ -120,19 +120,31 @@ def _in_service(group: str) -> tuple[list[Instance], Mapping[str, Any]]:
 def plan(state: State) -> State:
     """Plan the batches over the in-service instances; surge first if the fleet is too small."""
     instances, asg = _in_service(state["fleet"]["group"])
-    if len(instances) < asg["DesiredCapacity"]:
-        return {**state, "verdict": "WAIT", "reason": f"{len(instances)} of {asg['DesiredCapacity']} in service"}
+    if len(instances) < asg["DesiredCapacity"] or (state["surged"] and not _serving(state, instances)):
+        if state["surged"] and _elapsed(state, "surge_started") > _surge_timeout(state):
+            raise RolloutError(
+                f"the {state['surged']} instance(s) added to keep {asg['MinSize']} in service did not pass the load "
+                "balancer's health check in time; see the fleet's launch activity and the instances' boot log"
+            )
+        return {**state, "verdict": "WAIT", "reason": f"{len(instances)} of {asg['DesiredCapacity']} serving"}
     strategy = Strategy.parse(state.get("strategy"), Strategy())
     rollout = plan_batches(instances, strategy=strategy, min_healthy=asg["MinSize"])
     if rollout.surge:
+        wanted = asg["DesiredCapacity"] + rollout.surge
+        if wanted > asg["MaxSize"]:
+            raise RolloutError(
+                f"keeping {asg['MinSize']} instances in service needs {rollout.surge} more during the rollout, but "
+                f"the fleet's maximum is {asg['MaxSize']}; raise max_capacity or lower min_capacity in cdk.json"
+            )
         _client("autoscaling").set_desired_capacity(
             AutoScalingGroupName=state["fleet"]["group"],
-            DesiredCapacity=asg["DesiredCapacity"] + rollout.surge,
+            DesiredCapacity=wanted,
         )
         return {
             **state,
             "verdict": "WAIT",
             "surged": state["surged"] + rollout.surge,
+            "surge_started": _now().isoformat(),
             "reason": f"surging by {rollout.surge} to keep {asg['MinSize']} in service",
         }
     return {
@@ -143,6 +155,19 @@ def plan(state: State) -> State:
         "bake_seconds": strategy.bake_seconds,
         "planned": sorted(i.id for i in instances),
     }
+
+
+def _serving(state: State, instances: list[Instance]) -> bool:
+    """Are all in-service instances healthy in the target group (a surge instance counts only once it is)?"""
+    health = _client("elbv2").describe_target_health(TargetGroupArn=state["fleet"]["target_group"])
+    states = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in health["TargetHealthDescriptions"]}
+    return all(states.get(i.id) == "healthy" for i in instances)
+
+
+def _surge_timeout(state: State) -> float:
+    # A new instance boots, provisions, deploys `current`, then passes the health check.
+    timing = state["timing"]
+    return float(timing["command_timeout"] + timing["healthy_timeout"])
 
 
 # One batch ------------------------------------------------------------------------------------
@@ -287,10 +312,13 @@ def advance(state: State) -> State:
 
 def promote(state: State) -> State:
     """Every batch is on the release: move ``current`` (compare-and-swap against the rollout's start)."""
+    publisher = _publisher(state)
     try:
-        _publisher(state).move_current(state["release"], expected=state["previous"])
+        publisher.move_current(state["release"], expected=state["previous"])
     except ReleaseError as error:
         raise RolloutError(str(error)) from None
+    if state["previous"]:  # what `slipway rollback` goes back to
+        publisher.bucket.put(f"{state['app']}/{state['env']}/previous", f"{state['previous']}\n".encode())
     return state
 
 

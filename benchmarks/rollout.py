@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Modelled wall time of a rollout over fleets of 2, 10 and 100 instances, from real executions on moto.
+
+For each fleet size the synthesized rollout state machine runs on moto's Step Functions
+interpreter with the real task handlers in-process (tests/moto_fleet.py), with every
+Wait (polls, bake) set to 0 so it finishes in seconds. From the execution's history, and
+the AWS calls each task made, the rollout's wall time is then MODELLED with the fixed
+per-step latencies below:
+
+    poll loop of a step taking s seconds: k = ceil(s / POLL_S) iterations, each a Wait, a
+        check Task and a Choice (3 transitions, 1 Lambda invocation), ending at k x POLL_S;
+        the zero-wait run polled each loop once or so, so its iterations are replaced by k
+    waits  = surge loop (if the plan surged) + Σ over batches (drain + command + healthy + bake)
+    control plane = transitions x TRANSITION_S + Lambda invocations x LAMBDA_S
+    modelled wall time = waits + control plane;  overhead = control plane / wall time
+
+The 2-instance fleet sits at its minimum size (2), so the plan must surge by one
+instance before it can take any out of service; larger fleets have half their size as
+the minimum, so the batch percent, not the minimum healthy, sizes the batches.
+
+Run: `make bench` or `.venv/bin/python benchmarks/rollout.py [--fleets 2 10 100] [--batch-percent 25]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # moto_fleet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lambdas"))  # slipway
+# app.py, and this repository's constructs/ ahead of the pip package of that name
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from moto_fleet import REGION, World, rollout_machine  # type: ignore[import-not-found]
+
+from app import build_app, cdk_json_context
+from slipway.rollout import tasks
+
+# Simulated latencies (seconds), fixed.
+DRAIN_S = 15.0  # the target group's default deregistration delay (constructs/config.py)
+COMMAND_S = 20.0  # the deploy command on an instance, send to Success
+HEALTHY_S = 10.0  # back in the target group to healthy: 2 checks x 5 s interval (constructs/fleet.py)
+BAKE_S = 30.0  # the default strategy's bake time (slipway.rollout.plan.Strategy)
+SURGE_S = 60.0  # a surge instance from SetDesiredCapacity to InService (the fleet's instance warmup)
+POLL_S = 5.0  # timing.poll_seconds: every check loop waits this long between checks
+TRANSITION_S = 0.05  # one Step Functions state transition
+LAMBDA_S = 0.1  # one Lambda task invocation, the AWS calls it makes included
+API_CALL_S = 0.03  # one AWS API call: not in the model above, only in its sensitivity column
+
+STATES_PER_POLL = 3  # Wait, check Task, Choice
+OVERHEAD_LIMIT = 0.05
+FLAT_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class PollLoop:
+    """A Wait → check → Choice loop of the state machine and how long its step takes."""
+
+    start: str  # the state after which a run of the loop begins
+    wait: str
+    check: str
+    seconds: float
+    per_batch: bool
+
+
+LOOPS = (
+    PollLoop(start="Lock", wait="WaitSurge", check="Plan", seconds=SURGE_S, per_batch=False),
+    PollLoop(start="Detach", wait="WaitDrained", check="CheckDrained", seconds=DRAIN_S, per_batch=True),
+    PollLoop(start="Send", wait="WaitCommand", check="CheckCommand", seconds=COMMAND_S, per_batch=True),
+    PollLoop(start="Attach", wait="WaitHealthy", check="CheckHealthy", seconds=HEALTHY_S, per_batch=True),
+)
+FIRST_BATCH_STATE, LAST_BATCH_STATE = "Detach", "MoreBatches?"
+
+
+def min_size(instances: int) -> int:
+    """The fleet's minimum size: at its minimum up to 2 instances (surge), else half of it."""
+    return instances if instances <= 2 else instances // 2
+
+
+@dataclass
+class Step:
+    """One state entered by the execution; for a Task, the AWS calls its Lambda invocation made."""
+
+    name: str
+    task: bool
+    calls: int = 0
+
+
+@dataclass
+class Measured:
+    """What one execution on moto did."""
+
+    status: str
+    output: dict[str, Any]
+    steps: list[Step]
+    batch_sizes: list[int]
+    calls: int
+    surges: int
+    moto_s: float
+
+
+@dataclass
+class Modelled:
+    """The same rollout with real latencies."""
+
+    transitions: int
+    invocations: int
+    calls: int
+    surge_s: float
+    batch_s: float  # one batch, its control plane included
+    fixed_s: float  # the control plane outside batches, the surge loop's polls included
+    control_s: float
+    wall_s: float
+
+    @property
+    def overhead(self) -> float:
+        return self.control_s / self.wall_s
+
+    def overhead_with_api(self) -> float:
+        """The overhead if every AWS call also took API_CALL_S, in series with the rest."""
+        api = self.calls * API_CALL_S
+        return (self.control_s + api) / (self.wall_s + api)
+
+
+@contextmanager
+def counted_tasks(world: Any, log: list[tuple[str, int]]) -> Iterator[None]:
+    """Record (task, AWS calls it made) for every task the state machine runs, in order."""
+
+    def counting(name: str, task: Callable[[tasks.State], tasks.State]) -> Callable[[tasks.State], tasks.State]:
+        def run(state: tasks.State) -> tasks.State:
+            before = sum(world.calls.values())
+            try:
+                return task(state)
+            finally:
+                log.append((name, sum(world.calls.values()) - before))
+
+        return run
+
+    with mock.patch.dict(tasks.TASKS, {name: counting(name, task) for name, task in tasks.TASKS.items()}):
+        yield
+
+
+def execute(template: dict[str, Any], instances: int, batch_percent: int) -> Measured:
+    """A clean rollout of r2 over a fresh moto fleet of ``instances``, every wait 0."""
+    with rollout_machine(template) as run:
+        world = World(instances=instances, min_size=min_size(instances))
+        log: list[tuple[str, int]] = []
+        started = time.perf_counter()
+        with counted_tasks(world, log):
+            execution = run(world, strategy={"canary": True, "batch_percent": batch_percent, "bake_seconds": 0})
+        moto_s = time.perf_counter() - started
+    entered = [e for e in execution.events if e["type"].endswith("StateEntered")]
+    task_states = [e for e in entered if e["type"] == "TaskStateEntered"]
+    if len(task_states) != len(log):
+        raise SystemExit(f"{instances} instances: {len(task_states)} Task states in the history, {len(log)} tasks run")
+    calls = iter(log)
+    steps = []
+    for event in entered:
+        is_task = event["type"] == "TaskStateEntered"
+        steps.append(Step(event["stateEnteredEventDetails"]["name"], is_task, next(calls)[1] if is_task else 0))
+    return Measured(
+        status=execution.status,
+        output=execution.output,
+        steps=steps,
+        batch_sizes=[len(sent) for sent, _ in world.sent],
+        calls=sum(world.calls.values()),
+        surges=sum(1 for name, made in log if name == "plan" and made > 1),  # DescribeASG + SetDesiredCapacity
+        moto_s=moto_s,
+    )
+
+
+def model(measured: Measured) -> Modelled:
+    """Replace the zero-wait run's polls by those of the fixed latencies; add up the wall time."""
+    names = [s.name for s in measured.steps]
+    first, last = names.index(FIRST_BATCH_STATE), len(names) - 1 - names[::-1].index(LAST_BATCH_STATE)
+    in_batches = [first <= i <= last for i in range(len(names))]
+    transitions = {True: sum(in_batches), False: len(names) - sum(in_batches)}
+    invocations = {
+        part: sum(1 for s, b in zip(measured.steps, in_batches, strict=True) if s.task and b == part)
+        for part in (True, False)
+    }
+    calls = measured.calls
+    waits = {True: 0.0, False: 0.0}
+    for loop in LOOPS:
+        for polls, final_check_calls in _loop_runs(measured.steps, loop):
+            modelled_polls = math.ceil(loop.seconds / POLL_S)
+            extra = modelled_polls - polls
+            transitions[loop.per_batch] += extra * STATES_PER_POLL
+            invocations[loop.per_batch] += extra
+            calls += extra * final_check_calls
+            waits[loop.per_batch] += modelled_polls * POLL_S
+    batches = len(measured.output["batches"])
+    waits[True] += batches * BAKE_S
+
+    def control(part: bool) -> float:
+        return transitions[part] * TRANSITION_S + invocations[part] * LAMBDA_S
+
+    control_s = control(True) + control(False)
+    surge_s = waits[False]
+    return Modelled(
+        transitions=transitions[True] + transitions[False],
+        invocations=invocations[True] + invocations[False],
+        calls=calls,
+        surge_s=surge_s,
+        batch_s=(waits[True] + control(True)) / batches,
+        fixed_s=control(False),
+        control_s=control_s,
+        wall_s=waits[True] + waits[False] + control_s,
+    )
+
+
+def _loop_runs(steps: list[Step], loop: PollLoop) -> list[tuple[int, int]]:
+    """Each run of ``loop``: how many times it waited, and the AWS calls of its last check.
+
+    A check's calls do not depend on its verdict, so every modelled extra poll makes the
+    calls of the check that found the step done.
+    """
+    runs: list[list[int]] = []
+    current: list[int] | None = None
+    for step in steps:
+        if step.name == loop.start:
+            current = [0, 0]
+            runs.append(current)
+        elif current is not None and step.name == loop.wait:
+            current[0] += 1
+        elif current is not None and step.name == loop.check and current[0]:
+            current[1] = step.calls
+    return [(polls, made) for polls, made in runs if polls]
+
+
+def _batch_sizes(sizes: list[int]) -> str:
+    """Batch sizes in order, repeats folded: ``1+25x3+24``."""
+    runs: list[list[int]] = []
+    for size in sizes:
+        if runs and runs[-1][0] == size:
+            runs[-1][1] += 1
+        else:
+            runs.append([size, 1])
+    return "+".join(f"{size}x{count}" if count > 1 else str(size) for size, count in runs)
+
+
+def synthesize() -> dict[str, Any]:
+    """The Platform-staging template of the repository's configuration."""
+    with tempfile.TemporaryDirectory() as outdir:
+        assembly = build_app(context=cdk_json_context(), outdir=outdir).synth()
+        template: dict[str, Any] = {s.stack_name: s.template for s in assembly.stacks}["Platform-staging"]
+        return template
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fleets", type=int, nargs="+", default=[2, 10, 100], help="fleet sizes (instances)")
+    parser.add_argument("--batch-percent", type=int, default=25, help="batch size after the canary, in percent")
+    args = parser.parse_args()
+    if min(args.fleets) < 1:
+        parser.error("--fleets: give fleet sizes of at least 1 instance")
+    if not 1 <= args.batch_percent <= 100:
+        parser.error("--batch-percent: give a whole percent from 1 to 100, e.g. 25")
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION)
+    os.environ.pop("AWS_ENDPOINT_URL", None)  # moto's in-process mock, never a server
+
+    started = time.perf_counter()
+    template = synthesize()
+    print(f"synthesized Platform-staging in {time.perf_counter() - started:.1f} s")
+    print(
+        f"latencies: drain {DRAIN_S:g} s, command {COMMAND_S:g} s, healthy {HEALTHY_S:g} s, bake {BAKE_S:g} s, "
+        f"surge {SURGE_S:g} s, poll every {POLL_S:g} s; transition {TRANSITION_S:g} s, Lambda {LAMBDA_S:g} s"
+    )
+    print(f"strategy: canary, then {args.batch_percent}% batches; each fleet over 3 zones, min size as shown\n")
+    header = (
+        f"{'inst':>4} {'min':>3} {'surge':>5} {'batches':>7} {'sizes':<16} {'transitions':>11} {'(moto)':>6} "
+        f"{'Lambda':>6} {'API calls':>9} {'(model)':>7} {'wall s':>7} {'surge s':>7} {'per batch s':>11} "
+        f"{'fixed s':>7} {'overhead':>8} {'+API 30ms':>9} {'moto s':>6}"
+    )
+    print(header)
+    rows: list[tuple[int, Modelled]] = []
+    failures: list[str] = []
+    for instances in args.fleets:
+        measured = execute(template, instances, args.batch_percent)
+        if measured.status != "SUCCEEDED":
+            failures.append(f"{instances} instances: the execution ended {measured.status}: {measured.output}")
+            print(f"{instances:>4} {min_size(instances):>3}  FAILED on moto ({measured.status}); not modelled")
+            continue
+        modelled = model(measured)
+        rows.append((instances, modelled))
+        figures = [
+            f"{instances:>4} {min_size(instances):>3} {measured.surges:>5} {len(measured.output['batches']):>7}",
+            f"{_batch_sizes(measured.batch_sizes):<16} {modelled.transitions:>11} {len(measured.steps):>6}",
+            f"{modelled.invocations:>6} {measured.calls:>9} {modelled.calls:>7} {modelled.wall_s:>7.1f}",
+            f"{modelled.surge_s:>7.1f} {modelled.batch_s:>11.2f} {modelled.fixed_s:>7.2f}",
+            f"{modelled.overhead:>8.1%} {modelled.overhead_with_api():>9.1%} {measured.moto_s:>6.1f}",
+        ]
+        print(" ".join(figures))
+    print(
+        "\ntransitions and Lambda invocations are modelled (the moto run's zero-wait polls replaced by "
+        f"ceil(step / {POLL_S:g} s) polls); (moto) is the run's own count. API calls are measured on moto; "
+        "(model) adds those of the modelled extra polls. wall = surge + fixed + batches x per batch."
+    )
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    if not rows:
+        raise SystemExit("no fleet size rolled out on moto; nothing to model")
+    left_out = f"; {len(failures)} fleet size(s) FAILED and are left out" if failures else ""
+    per_batch = [m.batch_s for _, m in rows]
+    spread = max(per_batch) / min(per_batch) - 1
+    if len(rows) < 2:
+        verdict = "CANNOT TELL from one fleet size"
+    else:
+        verdict = "SUPPORTED" if spread <= FLAT_TOLERANCE else "NOT SUPPORTED"
+    print(
+        f"\nclaim 1, wall time is flat in fleet size beyond the batch count: time per batch "
+        f"{min(per_batch):.2f} to {max(per_batch):.2f} s across {', '.join(str(i) for i, _ in rows)} instances "
+        f"(spread {spread:.2%}, tolerance {FLAT_TOLERANCE:.0%}): {verdict}{left_out}"
+    )
+    worst = max(m.overhead for _, m in rows)
+    print(
+        f"claim 2, control-plane overhead under {OVERHEAD_LIMIT:.0%} of the modelled time: at most {worst:.1%}: "
+        f"{'SUPPORTED' if worst < OVERHEAD_LIMIT else 'NOT SUPPORTED'}{left_out}"
+    )
+    worst_api = max(m.overhead_with_api() for _, m in rows)
+    print(
+        f"  (sensitivity, outside the model: if each AWS call also took {API_CALL_S * 1000:.0f} ms in series, "
+        f"the overhead would reach {worst_api:.1%})"
+    )
+    if failures:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

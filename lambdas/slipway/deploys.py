@@ -1,0 +1,120 @@
+"""Deploys as the API shows them: one rollout execution each. Pure: no AWS calls.
+
+A deploy's id is its Step Functions execution name, ``<app>-<release>-<UTC time>-<4 hex>``,
+so deploys of an app list by prefix and read in order. Its view is built from the
+execution's description and the state the last task left in the history.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+DEPLOY_ID = re.compile(r"^[a-z][a-z0-9-]{0,31}-r[1-9][0-9]{0,8}-\d{8}T\d{6}Z-[0-9a-f]{4}$")
+STEP_NAMES = {
+    "Lock": "locking",
+    "Plan": "planning",
+    "WaitSurge": "surging",
+    "Detach": "draining a batch",
+    "CheckDrained": "draining a batch",
+    "Send": "deploying a batch",
+    "CheckCommand": "deploying a batch",
+    "Attach": "putting a batch back",
+    "CheckHealthy": "waiting for healthy targets",
+    "Bake": "baking",
+    "Alarms": "checking alarms",
+    "Advance": "next batch",
+    "Promote": "moving current",
+    "Converge": "converging late instances",
+    "CheckConvergeCommand": "converging late instances",
+    "Rollback": "rolling back",
+    "CheckRollbackCommand": "rolling back",
+}
+
+
+def deploy_id(app: str, release: str, now: datetime, suffix: str) -> str:
+    """The execution name of a deploy started at ``now``."""
+    return f"{app}-{release}-{now.strftime('%Y%m%dT%H%M%SZ')}-{suffix}"
+
+
+def execution_input(
+    *,
+    app: str,
+    env: str,
+    release: str,
+    user: str,
+    kind: str,
+    fleet: Mapping[str, Any],
+    strategy: Mapping[str, Any],
+    timing: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The rollout state machine's input (see :mod:`slipway.rollout.tasks`)."""
+    return {
+        "app": app,
+        "env": env,
+        "release": release,
+        "user": user,
+        "kind": kind,
+        "fleet": dict(fleet),
+        "strategy": dict(strategy),
+        "timing": dict(timing),
+    }
+
+
+def last_state(events: Iterable[Mapping[str, Any]]) -> tuple[str | None, dict[str, Any]]:
+    """The latest state entered, and the latest state a task returned, from an execution history."""
+    entered: str | None = None
+    state: dict[str, Any] = {}
+    for event in events:
+        if event["type"].endswith("StateEntered"):
+            entered = event["stateEnteredEventDetails"]["name"]
+        elif event["type"] == "TaskStateExited":
+            output = event["stateExitedEventDetails"].get("output")
+            if output:
+                state = json.loads(output)
+    return entered, state
+
+
+def view(description: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """What ``GET .../deploys/{id}`` answers: status, progress by batch, the failure if any."""
+    request = json.loads(description.get("input") or "{}")
+    entered, state = last_state(events)
+    batches = state.get("batches") or []
+    done = set(state.get("done") or [])
+    result: dict[str, Any] = {
+        "id": description["name"],
+        "app": request.get("app"),
+        "env": request.get("env"),
+        "release": request.get("release"),
+        "kind": request.get("kind"),
+        "user": request.get("user"),
+        "status": description["status"],
+        "started_at": _time(description.get("startDate")),
+        "stopped_at": _time(description.get("stopDate")),
+        "step": STEP_NAMES.get(entered or "", entered),
+        "previous": state.get("previous"),
+        "batches": [
+            {
+                "instances": batch,
+                "state": "done"
+                if set(batch) <= done
+                else ("current" if i == state.get("cursor") and description["status"] == "RUNNING" else "pending"),
+            }
+            for i, batch in enumerate(batches)
+        ],
+        "converged": state.get("converged") or [],
+        "rolled_back": state.get("rolled_back") or [],
+        "failure": state.get("failure"),
+    }
+    if description["status"] == "FAILED":
+        result["error"] = {"error": description.get("error"), "cause": description.get("cause")}
+    return result
+
+
+def _time(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)

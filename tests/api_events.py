@@ -1,0 +1,38 @@
+"""Calling the API's handler with real API Gateway REST proxy events (tests/events/)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from slipway import api
+
+EVENTS = Path(__file__).parent / "events"
+
+
+class Context:
+    """The attributes of a Lambda context object that Powertools' logger reads."""
+
+    function_name = "Platform-staging-Api"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:Platform-staging-Api"
+    aws_request_id = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+
+
+def call(
+    method: str, path: str, body: object = None, query: dict[str, str] | None = None, user: str | None = "alice"
+) -> tuple[int, Any]:
+    """Send one request through the handler as API Gateway would."""
+    event = copy.deepcopy(json.loads((EVENTS / "api_gateway_rest_proxy.json").read_text()))
+    event.update(
+        httpMethod=method, path=path, queryStringParameters=query, body=None if body is None else json.dumps(body)
+    )
+    event["requestContext"].update(httpMethod=method, path=f"/api{path}")
+    if user is None:
+        del event["requestContext"]["authorizer"]["user"]
+    else:
+        event["requestContext"]["authorizer"].update(principalId=user, user=user)
+    response = api.handler(event, Context())
+    return response["statusCode"], json.loads(response["body"]) if response["body"] else None
