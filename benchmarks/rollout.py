@@ -174,7 +174,8 @@ def execute(template: dict[str, Any], instances: int, batch_percent: int) -> Mea
         steps=steps,
         batch_sizes=[len(sent) for sent, _ in world.sent],
         calls=sum(world.calls.values()),
-        surges=sum(1 for name, made in log if name == "plan" and made > 1),  # DescribeASG + SetDesiredCapacity
+        # Each surge raises desired capacity once; unsurge lowers it once at the end.
+        surges=world.calls.get("autoscaling:set_desired_capacity", 0) // 2,
         moto_s=moto_s,
     )
 
