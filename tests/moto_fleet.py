@@ -18,6 +18,7 @@ import boto3
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
+from slipway.local import run_rollout_task, state_machine_definition
 from slipway.rollout import tasks
 
 REGION = "us-east-1"
@@ -25,21 +26,6 @@ BUCKET = "slipway-staging-releases"
 DOCUMENT = "Platform-staging-Deploy"
 ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
 MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
-
-
-def _definition(template: dict[str, Any], function_arn: str) -> str:
-    """The state machine's definition with the task Lambda's ARN put in for its token."""
-    [machine] = [r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
-    parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
-    rendered = []
-    for part in parts:
-        if isinstance(part, str):
-            rendered.append(part)
-        elif "Fn::GetAtt" in part and part["Fn::GetAtt"][1] == "Arn":
-            rendered.append(function_arn)
-        else:
-            raise AssertionError(f"unexpected token in the definition: {part}")
-    return "".join(rendered)
 
 
 @dataclass
@@ -224,16 +210,6 @@ class _Bent:
         return counted
 
 
-def _invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any) -> bytes:
-    """What Lambda does with the rollout function: run the handler, report an unhandled error."""
-    try:
-        result = tasks.handler(json.loads(body), None)
-    except Exception as error:
-        response_headers["x-amz-function-error"] = "Unhandled"
-        result = {"errorType": type(error).__name__, "errorMessage": str(error)}
-    return json.dumps(result).encode()
-
-
 @dataclass
 class Execution:
     status: str
@@ -275,7 +251,7 @@ class Runner:
 @contextmanager
 def rollout_machine(template: dict[str, Any]) -> Iterator[Runner]:
     """Inside a moto mock: create the state machine from ``template``; yield run(world, **state)."""
-    with mock.patch.object(LambdaSimpleBackend, "invoke", _invoke), mock_aws(config=MOTO_CONFIG):
+    with mock.patch.object(LambdaSimpleBackend, "invoke", run_rollout_task), mock_aws(config=MOTO_CONFIG):
         real = tasks._client
         real.cache_clear()
         iam = boto3.client("iam", region_name=REGION)
@@ -291,9 +267,9 @@ def rollout_machine(template: dict[str, Any]) -> Iterator[Runner]:
             Code={"ZipFile": code.getvalue()},
         )["FunctionArn"]
         sfn = boto3.client("stepfunctions", region_name=REGION)
-        arn = sfn.create_state_machine(name="rollout", roleArn=role, definition=_definition(template, function))[
-            "stateMachineArn"
-        ]
+        arn = sfn.create_state_machine(
+            name="rollout", roleArn=role, definition=state_machine_definition(template, function)
+        )["stateMachineArn"]
 
         runner = Runner(arn, sfn, real)
         try:

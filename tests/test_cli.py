@@ -223,3 +223,40 @@ def test_missing_or_wrong_credentials_get_401_with_a_browser_prompt(
     assert refused.value.code == 401
     assert refused.value.headers["WWW-Authenticate"] == 'Basic realm="Slipway"'
     assert stored() == before  # not even an upload record
+
+
+def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
+    # The local control plane's fleets are moto's simulated instances: this follows the real
+    # rollout state machine and its tasks end to end, not the instance agent.
+    assert slipway("release", "web", "staging", "-m", "one").returncode == 0
+    first = releases(slipway, "web", "staging")[0]["id"]
+    result = slipway("deploy", "web", "staging", first, "--bake", "0", "--interval", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(f"Deploying web {first} to staging (deploy web-{first}-")
+    assert result.stdout.splitlines()[-1] == (
+        f"Deployed web {first} to staging: 2 instance(s) in 2 batch(es); {first} is current"
+    )
+    assert slipway("config", "web", "staging", "set", "GREETING=hi").returncode == 0
+    second = releases(slipway, "web", "staging")[0]["id"]
+    result = slipway("--json", "deploy", "web", "staging", "--bake", "0", "--interval", "0.2")  # the newest
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["release"] == second
+    listed = releases(slipway, "web", "staging")
+    assert [r["id"] for r in listed if r["current"]] == [second]
+
+    result = slipway("rollback", "web", "staging", "--bake", "0", "--interval", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].endswith(f"{first} is current")
+    deploys = slipway("deploys", "web", "staging").stdout.splitlines()
+    assert [line.split()[1:3] for line in deploys[:3]] == [
+        ["SUCCEEDED", "rollback"],
+        ["SUCCEEDED", "deploy"],
+        ["SUCCEEDED", "deploy"],
+    ]
+
+
+def test_deploy_of_a_missing_release_is_one_line(slipway: Run) -> None:
+    result = slipway("deploy", "web", "staging", "r999")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line == "slipway: web has no release r999 in staging (HTTP 404)"

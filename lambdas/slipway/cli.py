@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -301,6 +302,82 @@ def cmd_promote(args: argparse.Namespace, apis: Mapping[str, Api]) -> tuple[Any,
     )
 
 
+def _strategy(args: argparse.Namespace) -> dict[str, Any]:
+    chosen: dict[str, Any] = {}
+    if args.canary is not None:
+        chosen["canary"] = args.canary
+    if args.batch_size is not None:
+        chosen["batch_size"] = args.batch_size
+    if args.batch_percent is not None:
+        chosen["batch_percent"] = args.batch_percent
+    if args.bake is not None:
+        chosen["bake_seconds"] = args.bake
+    return chosen
+
+
+def cmd_deploy(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    release = args.release
+    if release is None:
+        newest = api.call("GET", _path(args.app, args.env, "releases"), query={"limit": "1"})["releases"]
+        if not newest:
+            raise CliError(f"{args.app} has no releases in {args.env}; publish one with `slipway release`")
+        release = newest[0]["id"]
+    started = api.call("POST", _path(args.app, args.env, "deploys"), {"release": release, "strategy": _strategy(args)})
+    return follow(api, args, started)
+
+
+def cmd_rollback(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    started = api.call("POST", _path(args.app, args.env, "rollback"), {"strategy": _strategy(args)})
+    return follow(api, args, started)
+
+
+def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[Any, str]:
+    """Print the deploy's progress as it changes until it ends; fail if it failed."""
+    path = _path(args.app, args.env, "deploys", deploy["id"])
+
+    def say(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    say(f"Deploying {args.app} {deploy['release']} to {args.env} ({deploy['kind']} {deploy['id']})")
+    seen = ""
+    while deploy["status"] == "RUNNING":
+        time.sleep(args.interval)
+        deploy = api.call("GET", path)
+        done = sum(1 for b in deploy["batches"] if b["state"] == "done")
+        line = f"  {deploy['step'] or 'starting'}" + (
+            f" — batch {min(done + 1, len(deploy['batches']))} of {len(deploy['batches'])}" if deploy["batches"] else ""
+        )
+        if line != seen:
+            say(line)
+            seen = line
+    if deploy["status"] != "SUCCEEDED":
+        failure = deploy.get("failure") or {}
+        where = f" on {failure['instance']}" if failure.get("instance") else ""
+        rolled = f"; rolled back {', '.join(deploy['rolled_back'])}" if deploy.get("rolled_back") else ""
+        output = failure.get("output") or ""
+        if output and not args.json:
+            print("\n".join(f"  | {line}" for line in output.splitlines()[-10:]), file=sys.stderr)
+        raise CliError(
+            f"{args.app} {deploy['release']} was not deployed to {args.env}{where}: "
+            f"{failure.get('reason') or (deploy.get('error') or {}).get('cause') or deploy['status']}{rolled}; "
+            f"{deploy.get('previous') or 'the previous release'} is still current"
+        )
+    instances = sum(len(b["instances"]) for b in deploy["batches"]) + len(deploy.get("converged") or [])
+    return deploy, (
+        f"Deployed {args.app} {deploy['release']} to {args.env}: {instances} instance(s) in "
+        f"{len(deploy['batches'])} batch(es); {deploy['release']} is current"
+    )
+
+
+def cmd_deploys(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    listing = api.call("GET", _path(args.app, args.env, "deploys"))
+    lines = [
+        f"{d['id']}  {d['status']:<9} {d['kind']:<8} {d['release']:<6} {d['user'] or ''}" for d in listing["deploys"]
+    ] or [f"{args.app} has no deploys in {args.env}"]
+    return listing, "\n".join(lines)
+
+
 def _download(url: str, path: str, size: int, *, quiet: bool) -> None:
     progress = _Progress(size, "download", quiet)
     try:
@@ -344,6 +421,33 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("action", nargs="?", choices=["set", "unset"])
     config.add_argument("items", nargs="*", metavar="NAME=value | NAME")
 
+    def strategy_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--canary",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="deploy one instance alone first (default on)",
+        )
+        command.add_argument("--batch-size", type=int, help="instances per batch after the canary")
+        command.add_argument("--batch-percent", type=int, help="percent of the fleet per batch (default 25)")
+        command.add_argument("--bake", type=int, metavar="SECONDS", help="watch alarms this long after each batch")
+        command.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+
+    deploy = commands.add_parser("deploy", help="roll a release out over the fleet and follow it to the end")
+    deploy.add_argument("app")
+    deploy.add_argument("env")
+    deploy.add_argument("release", nargs="?", help="default: the newest release")
+    strategy_options(deploy)
+
+    rollback = commands.add_parser("rollback", help="deploy the release that was current before this one")
+    rollback.add_argument("app")
+    rollback.add_argument("env")
+    strategy_options(rollback)
+
+    deploys = commands.add_parser("deploys", help="recent deploys, newest first")
+    deploys.add_argument("app")
+    deploys.add_argument("env")
+
     promote = commands.add_parser("promote", help="copy a release to another environment, with its config")
     promote.add_argument("app")
     promote.add_argument("source", metavar="FROM")
@@ -369,7 +473,14 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         if args.command == "promote":
             result, text = cmd_promote(args, apis)
         else:
-            handler = {"release": cmd_release, "releases": cmd_releases, "config": cmd_config}[args.command]
+            handler = {
+                "release": cmd_release,
+                "releases": cmd_releases,
+                "config": cmd_config,
+                "deploy": cmd_deploy,
+                "rollback": cmd_rollback,
+                "deploys": cmd_deploys,
+            }[args.command]
             result, text = handler(args, apis[args.env])
     except CliError as error:
         print(f"slipway: {error}", file=sys.stderr)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import logging
 import os
 import re
 import secrets
 import sys
+import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -205,6 +208,120 @@ class Front(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def state_machine_definition(template: Mapping[str, Any], function_arn: str) -> str:
+    """The synthesized rollout definition with the task Lambda's ARN put in for its token."""
+    [machine] = [r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
+    rendered = []
+    for part in machine["Properties"]["DefinitionString"]["Fn::Join"][1]:
+        if isinstance(part, str):
+            rendered.append(part)
+        elif "Fn::GetAtt" in part and part["Fn::GetAtt"][1] == "Arn":
+            rendered.append(function_arn)
+        else:
+            raise ValueError(f"unexpected token in the rollout definition: {part}")
+    return "".join(rendered)
+
+
+def run_rollout_task(
+    self: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any
+) -> bytes:
+    """moto's Lambda, for the rollout function: run the real task handler in this process."""
+    from slipway.rollout import tasks
+
+    try:
+        result = tasks.handler(json.loads(body), None)
+    except Exception as error:  # what Lambda reports for an unhandled exception
+        response_headers["x-amz-function-error"] = "Unhandled"
+        result = {"errorType": type(error).__name__, "errorMessage": str(error)}
+    return json.dumps(result).encode()
+
+
+def simulated_fleets(env: str, apps: Mapping[str, Any], template: Mapping[str, Any], bucket: str) -> None:
+    """Fleets on moto for each app (2 simulated instances over two zones behind a target group)
+    and the synthesized rollout state machine, its tasks run in this process.
+
+    The instances are moto's: SSM reports every deploy command a success. They exercise the
+    rollout's orchestration (lock, batches, health gates, promote, rollback), not the agent.
+    """
+    import boto3
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.core.config import default_user_config
+
+    default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    default_user_config["lambda"] = {"use_docker": False}
+    LambdaSimpleBackend.invoke = run_rollout_task  # type: ignore[method-assign]
+    ec2, autoscaling, elb = boto3.client("ec2"), boto3.client("autoscaling"), boto3.client("elbv2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"][
+            "SubnetId"
+        ]
+        for i, zone in enumerate("ab")
+    ]
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    document = f"Platform-{env}-Deploy"
+    boto3.client("ssm").create_document(
+        Name=document,
+        DocumentType="Command",
+        Content=json.dumps(
+            {
+                "schemaVersion": "2.2",
+                "description": "deploy (simulated)",
+                "parameters": {"ReleaseUrl": {"type": "String"}},
+                "mainSteps": [
+                    {
+                        "action": "aws:runShellScript",
+                        "name": "Deploy",
+                        "inputs": {"runCommand": ["/home/deploy/bin/deploy {{ ReleaseUrl }}"]},
+                    }
+                ],
+            }
+        ),
+    )
+    fleets = {}
+    for app in apps:
+        target_group = elb.create_target_group(Name=f"{app}-{env}", Protocol="HTTP", Port=5000, VpcId=vpc)[
+            "TargetGroups"
+        ][0]["TargetGroupArn"]
+        autoscaling.create_launch_configuration(LaunchConfigurationName=app, ImageId=image, InstanceType="t3.small")
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=f"{app}-{env}",
+            LaunchConfigurationName=app,
+            MinSize=1,
+            MaxSize=4,
+            DesiredCapacity=2,
+            VPCZoneIdentifier=",".join(subnets),
+            TargetGroupARNs=[target_group],
+            Tags=[{"Key": "slipway:env", "Value": env, "PropagateAtLaunch": True}],
+        )
+        fleets[app] = {
+            "group": f"{app}-{env}",
+            "target_group": target_group,
+            "alarms": [],
+            "document": document,
+            "bucket": bucket,
+        }
+    role = boto3.client("iam").create_role(RoleName="rollout", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("index.py", "")
+    function = boto3.client("lambda").create_function(
+        FunctionName="rollout-tasks",
+        Runtime="python3.13",
+        Role=role,
+        Handler="slipway.rollout.tasks.handler",
+        Code={"ZipFile": code.getvalue()},
+    )["FunctionArn"]
+    machine = boto3.client("stepfunctions").create_state_machine(
+        name=f"Platform-{env}-Rollout", roleArn=role, definition=state_machine_definition(template, function)
+    )["stateMachineArn"]
+    os.environ.update(
+        STATE_MACHINE_ARN=machine,
+        FLEETS_JSON=json.dumps(fleets),
+        ROLLOUT_TIMING=json.dumps({"poll_seconds": 1, "command_timeout": 120, "healthy_timeout": 60}),
+    )
+
+
 def start(
     *,
     env: str,
@@ -212,6 +329,7 @@ def start(
     users: Mapping[str, str],
     port: int = 0,
     max_source_bytes: int | None = None,
+    template: Mapping[str, Any] | None = None,
 ) -> tuple[ThreadingHTTPServer, Any]:
     """Start moto and the front for ``env``; configure this process as the Lambda would be."""
     import boto3
@@ -227,6 +345,8 @@ def start(
         AWS_SECRET_ACCESS_KEY="local",
         AWS_DEFAULT_REGION=REGION,
         AWS_ENDPOINT_URL=f"http://{host}:{aws_port}",
+        # moto's Step Functions interpreter calls Lambda at localhost:$MOTO_PORT from inside the server.
+        MOTO_PORT=str(aws_port),
         RELEASE_BUCKET=bucket,
         PLATFORM_ENV=env,
         APPS_JSON=json.dumps(apps),
@@ -242,25 +362,33 @@ def start(
         Name=f"slipway-{env}-credentials", SecretString=json.dumps(dict(users))
     )
     os.environ["CREDENTIALS_SECRET_ARN"] = secret["ARN"]
+    if template is not None:
+        simulated_fleets(env, apps, template, bucket)
     Front.table = routes(json.loads(OPENAPI.read_text()))
     server = ThreadingHTTPServer(("127.0.0.1", port), Front)
     return server, aws
 
 
-def apps_of(env: str) -> dict[str, dict[str, Any]]:
-    """The apps of ``env`` as the ControlPlane passes them (``APPS_JSON``), from cdk.json."""
+def apps_of(env: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The apps of ``env`` as the ControlPlane passes them (``APPS_JSON``), from cdk.json, and
+    the synthesized ``Platform-<env>`` template (for its rollout state machine)."""
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root))
-    from app import cdk_json_context  # the same configuration `cdk synth` uses
+    from app import build_app, cdk_json_context  # the same configuration `cdk synth` uses
     from constructs.config import PlatformConfig
 
-    config = PlatformConfig.from_context(cdk_json_context()["platform"])
-    config.environment(env)  # KeyError for an unknown environment
-    return {
+    context = cdk_json_context()
+    config = PlatformConfig.from_context(context["platform"])
+    environment = config.environment(env)  # KeyError for an unknown environment
+    apps = {
         app.name: {"port": s.port, "health_check_path": s.health_check_path, "formation": s.processes}
         for app in config.apps
         for s in [app.settings_for(env)]
     }
+    with tempfile.TemporaryDirectory(prefix="slipway-synth-") as outdir:
+        assembly = build_app(context=context, outdir=outdir).synth()
+        template: dict[str, Any] = assembly.get_stack_by_name(environment.stack_name).template
+    return apps, template
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,12 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password", default=None, help="default: generated and printed")
     args = parser.parse_args(argv)
     try:
-        apps = apps_of(args.env)
+        apps, template = apps_of(args.env)
     except KeyError:
         print(f"local: no environment {args.env!r} in cdk.json", file=sys.stderr)
         return 2
     password = args.password or secrets.token_urlsafe(18)
-    server, aws = start(env=args.env, apps=apps, users={args.user: password}, port=args.port)
+    server, aws = start(env=args.env, apps=apps, users={args.user: password}, port=args.port, template=template)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     print(
         json.dumps(
