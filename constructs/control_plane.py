@@ -132,6 +132,7 @@ class ControlPlane(Construct):
             raise ValueError(f"ControlPlane: apps has duplicate names {sorted(names)}; pass each app once")
         if not routes:
             raise ValueError("ControlPlane: routes is empty; pass routes_from_openapi(<the API's OpenAPI document>)")
+        self._env_name = env_name
         self._secret = self._build_secret(env_name)
         self._authorizer_function = self._build_authorizer_function(code)
         self._api_function = self._build_api_function(code, env_name, apps, release_store)
@@ -379,6 +380,30 @@ class ControlPlane(Construct):
         # Reading deploys: list the machine's executions, describe them and read their history.
         function.add_to_role_policy(
             iam.PolicyStatement(actions=["states:ListExecutions"], resources=[state_machine.state_machine_arn])
+        )
+        # Status and cycling: read the fleets; replace instances only of this environment's groups.
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["autoscaling:StartInstanceRefresh", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+                resources=["*"],
+                conditions={"StringEquals": {"autoscaling:ResourceTag/slipway:env": self._env_name}},
+            )
+        )
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "autoscaling:DescribeInstanceRefreshes",
+                    "elasticloadbalancing:DescribeTargetHealth",
+                ],
+                resources=["*"],
+            )
+        )
+        acknowledge(
+            function.role or function,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Instance refreshes and terminations are conditioned on the slipway:env tag of this environment's "
+            "groups; the Describe* calls (groups, refreshes, target health) have no resource level in IAM.",
         )
         stack = Stack.of(self)
         machine = state_machine.node.default_child

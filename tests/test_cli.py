@@ -260,3 +260,16 @@ def test_deploy_of_a_missing_release_is_one_line(slipway: Run) -> None:
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line == "slipway: web has no release r999 in staging (HTTP 404)"
+
+
+def test_status_and_cycling_one_instance_from_the_cli(slipway: Run) -> None:
+    shown = json.loads(slipway("--json", "status", "billing", "staging").stdout)
+    assert shown["capacity"]["desired"] == 2 and len(shown["instances"]) == 2
+    text = slipway("status", "billing", "staging").stdout.splitlines()
+    assert text[0].startswith("billing in staging: current ") and len(text) == 3
+    victim = shown["instances"][0]["id"]
+    result = slipway("cycle", "billing", "staging", "--instance", victim, "--interval", "0.2", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Replaced {victim}: 2 of 2 instances of billing in staging serve"
+    after = json.loads(slipway("--json", "status", "billing", "staging").stdout)
+    assert victim not in [i["id"] for i in after["instances"]] and len(after["instances"]) == 2

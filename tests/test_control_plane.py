@@ -113,6 +113,22 @@ def test_api_function_reads_and_writes_only_its_environments_prefixes(staging: T
             "Effect": "Allow",
             "Resource": {"Ref": _logical_id(staging, "AWS::StepFunctions::StateMachine", "RolloutStateMachine")},
         },
+        # Status and cycling: only this environment's groups are refreshed or lose an instance.
+        {
+            "Action": ["autoscaling:StartInstanceRefresh", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+            "Condition": {"StringEquals": {"autoscaling:ResourceTag/slipway:env": "staging"}},
+            "Effect": "Allow",
+            "Resource": "*",
+        },
+        {
+            "Action": [
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeInstanceRefreshes",
+                "elasticloadbalancing:DescribeTargetHealth",
+            ],
+            "Effect": "Allow",
+            "Resource": "*",
+        },
         {
             "Action": ["states:DescribeExecution", "states:GetExecutionHistory"],
             "Effect": "Allow",

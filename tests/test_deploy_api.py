@@ -38,13 +38,13 @@ def world(runner: Runner, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("STATE_MACHINE_ARN", runner.arn)
     monkeypatch.setenv("FLEETS_JSON", json.dumps({"web": state["fleet"]}))
     monkeypatch.setenv("ROLLOUT_TIMING", json.dumps({"poll_seconds": 0, "command_timeout": 60, "healthy_timeout": 60}))
-    api._s3.cache_clear()
-    api._sfn.cache_clear()
-    api._settings.cache_clear()
+    clients = (api._s3, api._sfn, api._aws, api._settings)  # a test may replace one; clear the originals
+    for cached in clients:
+        cached.cache_clear()
     with runner.faulty(fleet):
         yield fleet
-    api._s3.cache_clear()
-    api._sfn.cache_clear()
+    for cached in clients:
+        cached.cache_clear()
 
 
 def execution_arn(runner: Runner, deploy: str) -> str:
@@ -132,3 +132,88 @@ def test_a_held_lock_is_refused_before_starting(runner: Runner, world: World) ->
     status, refused = call("POST", "/apps/web/envs/staging/deploys", {"release": "r2"})
     assert status == 409 and "bob" in refused["message"]
     assert runner.sfn.list_executions(stateMachineArn=runner.arn)["executions"] == []
+
+
+def test_status_shows_current_capacity_and_every_instance(runner: Runner, world: World) -> None:
+    status, shown = call("GET", "/apps/web/envs/staging/status")
+    assert status == 200, shown
+    assert (shown["current"], shown["deploying"]) == ("r1", None)
+    assert shown["capacity"] == {"min": 2, "desired": 4, "max": 20}
+    assert sorted(i["id"] for i in shown["instances"]) == world.instances()
+    assert {(i["lifecycle"], i["health"], i["target"]) for i in shown["instances"]} == {
+        ("InService", "Healthy", "healthy")
+    }
+
+
+def test_cycling_one_instance_keeps_capacity(runner: Runner, world: World) -> None:
+    victim = world.instances()[0]
+    status, cycling = call("POST", "/apps/web/envs/staging/cycle", {"instance": victim})
+    assert (status, cycling) == (202, {"kind": "instance", "instance": victim, "status": "replacing"})
+    after = world.instances()
+    assert victim not in after and len(after) == 4  # a replacement, not a smaller fleet
+
+
+def test_cycling_an_unknown_instance_is_refused(runner: Runner, world: World) -> None:
+    status, refused = call("POST", "/apps/web/envs/staging/cycle", {"instance": "i-0123456789abcdef0"})
+    assert status == 404 and "is not an instance of web in staging" in refused["message"]
+    assert len(world.instances()) == 4
+
+
+def test_cycling_the_fleet_starts_a_guarded_instance_refresh(
+    runner: Runner, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # moto has no instance refresh: check the exact request against the AWS model instead.
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client("autoscaling", region_name=REGION)
+    stubber = Stubber(client)
+    real = boto3.client("autoscaling", region_name=REGION)  # moto answers the group's description
+    stubber.add_response(
+        "describe_auto_scaling_groups",
+        real.describe_auto_scaling_groups(AutoScalingGroupNames=["web-staging"]),
+        {"AutoScalingGroupNames": ["web-staging"]},
+    )
+    stubber.add_response(
+        "start_instance_refresh",
+        {"InstanceRefreshId": "6c3a1a2e-9f1b-4c1e-8d3a-0123456789ab"},
+        {
+            "AutoScalingGroupName": "web-staging",
+            "Strategy": "Rolling",
+            "Preferences": {
+                "MinHealthyPercentage": 75,
+                "InstanceWarmup": 60,
+                "SkipMatching": False,
+                "AutoRollback": True,
+                "AlarmSpecification": {"Alarms": ["web-staging-5xx"]},
+            },
+        },
+    )
+    monkeypatch.setattr(api, "_aws", lambda service: client if service == "autoscaling" else real)
+    with stubber:
+        status, cycling = call("POST", "/apps/web/envs/staging/cycle", {"min_healthy_percent": 75})
+    assert (status, cycling) == (
+        202,
+        {"kind": "fleet", "refresh": "6c3a1a2e-9f1b-4c1e-8d3a-0123456789ab", "status": "Pending"},
+    )
+    stubber.assert_no_pending_responses()
+
+
+def test_cycling_is_refused_during_a_rollout(runner: Runner, world: World) -> None:
+    world.s3.put_object(
+        Bucket=BUCKET,
+        Key="web/staging/lock",
+        Body=json.dumps(
+            {
+                "owner": "bob",
+                "execution": "arn:other",
+                "release": "r2",
+                "acquired_at": "2026-11-26T03:00:00Z",
+                "expires_at": "2999-01-01T00:00:00Z",
+            }
+        ).encode(),
+    )
+    status, refused = call("POST", "/apps/web/envs/staging/cycle", {})
+    assert status == 409 and refused["message"].startswith("cannot cycle web in staging: ")
+    status, shown = call("GET", "/apps/web/envs/staging/status")
+    assert shown["deploying"]["by"] == "bob"

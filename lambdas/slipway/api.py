@@ -46,6 +46,13 @@ def _s3() -> Any:
 
 
 @cache
+def _aws(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service)
+
+
+@cache
 def _sfn() -> Any:
     import boto3
 
@@ -190,15 +197,8 @@ def _start(app_name: str, env: str, release: str, kind: str, strategy: object) -
     except ValueError as error:
         raise ReleaseError(400, str(error)) from None
     publisher.show(release)  # 404 for a release that does not exist
-    held = publisher.bucket.read(f"{app_name}/{env}/lock")
+    _refuse_if_locked(publisher, app_name, env, "deploy")
     now = datetime.now(UTC)
-    if held is not None:
-        try:
-            existing = Lock.from_json(held.body)
-        except ValueError as error:
-            raise ReleaseError(409, str(error)) from None
-        if decide(existing, now=now) == "refuse":
-            raise ReleaseError(409, f"cannot deploy {app_name} in {env}: {refusal(existing, now)}")
     name = deploys.deploy_id(app_name, release, now, secrets.token_hex(2))
     request = deploys.execution_input(
         app=app_name,
@@ -258,6 +258,116 @@ def show_deploy(app_name: str, env: str, deploy: str) -> Response[str]:
         raise NotFoundError(f"no deploy {deploy} of {app_name} in {env}") from None
     events = sfn.get_paginator("get_execution_history").paginate(executionArn=arn)
     return _json(200, deploys.view(description, (e for page in events for e in page["events"])))
+
+
+def _refuse_if_locked(publisher: Publisher, app_name: str, env: str, doing: str) -> None:
+    held = publisher.bucket.read(f"{app_name}/{env}/lock")
+    now = datetime.now(UTC)
+    if held is not None:
+        try:
+            existing = Lock.from_json(held.body)
+        except ValueError as error:
+            raise ReleaseError(409, str(error)) from None
+        if decide(existing, now=now) == "refuse":
+            raise ReleaseError(409, f"cannot {doing} {app_name} in {env}: {refusal(existing, now)}")
+
+
+def _group(fleet: dict[str, Any]) -> dict[str, Any]:
+    found = _aws("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[fleet["group"]])
+    if not found["AutoScalingGroups"]:
+        raise ReleaseError(503, f"the fleet's Auto Scaling group {fleet['group']} does not exist; deploy the stack")
+    group: dict[str, Any] = found["AutoScalingGroups"][0]
+    return group
+
+
+@app.get(f"{APP}/status")
+def status(app_name: str, env: str) -> Response[str]:
+    publisher, fleet, _ = _deploying(app_name, env)
+    group = _group(fleet)
+    health = _aws("elbv2").describe_target_health(TargetGroupArn=fleet["target_group"])["TargetHealthDescriptions"]
+    targets = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in health}
+    held = publisher.bucket.read(f"{app_name}/{env}/lock")
+    lock = Lock.from_json(held.body) if held else None
+    return _json(
+        200,
+        {
+            "app": app_name,
+            "env": env,
+            "current": publisher.current(),
+            "deploying": None
+            if lock is None or decide(lock, now=datetime.now(UTC)) != "refuse"
+            else {"release": lock.release, "by": lock.owner, "since": lock.acquired_at.isoformat()},
+            "capacity": {"min": group["MinSize"], "desired": group["DesiredCapacity"], "max": group["MaxSize"]},
+            "instances": [
+                {
+                    "id": i["InstanceId"],
+                    "zone": i["AvailabilityZone"],
+                    "lifecycle": i["LifecycleState"],
+                    "health": i["HealthStatus"],
+                    "target": targets.get(i["InstanceId"], "unregistered"),
+                }
+                for i in sorted(group["Instances"], key=lambda i: (i["AvailabilityZone"], i["InstanceId"]))
+            ],
+        },
+    )
+
+
+@app.post(f"{APP}/cycle")
+def cycle(app_name: str, env: str) -> Response[str]:
+    body = _body() if app.current_event.body else {}
+    publisher, fleet, _ = _deploying(app_name, env)
+    _refuse_if_locked(publisher, app_name, env, "cycle")
+    group = _group(fleet)
+    instance = body.get("instance")
+    autoscaling = _aws("autoscaling")
+    if instance is not None:
+        members = {i["InstanceId"] for i in group["Instances"]}
+        if instance not in members:
+            raise NotFoundError(f"{instance!r} is not an instance of {app_name} in {env}; see `slipway status`")
+        # The group launches a replacement at once: capacity is kept.
+        autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=instance, ShouldDecrementDesiredCapacity=False)
+        logger.info("instance cycled", extra={"app": app_name, "env": env, "instance": instance, "by": _user()})
+        return _json(202, {"kind": "instance", "instance": instance, "status": "replacing"})
+    percent = body.get("min_healthy_percent", 90)
+    if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
+        raise ReleaseError(400, "min_healthy_percent must be a whole number from 0 to 100 (default 90)")
+    refresh = autoscaling.start_instance_refresh(**instance_refresh_request(fleet, percent))
+    logger.info("fleet cycled", extra={"app": app_name, "env": env, "refresh": refresh["InstanceRefreshId"]})
+    return _json(202, {"kind": "fleet", "refresh": refresh["InstanceRefreshId"], "status": "Pending"})
+
+
+def instance_refresh_request(fleet: dict[str, Any], min_healthy_percent: int) -> dict[str, Any]:
+    """The StartInstanceRefresh request that replaces a whole fleet: rolling, never below
+    ``min_healthy_percent`` in service, stopped and rolled back if a fleet alarm fires."""
+    preferences: dict[str, Any] = {
+        "MinHealthyPercentage": min_healthy_percent,
+        "InstanceWarmup": 60,
+        "SkipMatching": False,
+        "AutoRollback": True,
+    }
+    if fleet.get("alarms"):
+        preferences["AlarmSpecification"] = {"Alarms": list(fleet["alarms"])}
+    return {"AutoScalingGroupName": fleet["group"], "Strategy": "Rolling", "Preferences": preferences}
+
+
+@app.get(f"{APP}/cycle/<refresh>")
+def show_cycle(app_name: str, env: str, refresh: str) -> Response[str]:
+    _, fleet, _ = _deploying(app_name, env)
+    found = _aws("autoscaling").describe_instance_refreshes(
+        AutoScalingGroupName=fleet["group"], InstanceRefreshIds=[refresh]
+    )["InstanceRefreshes"]
+    if not found:
+        raise NotFoundError(f"no cycle {refresh} of {app_name} in {env}")
+    shown = found[0]
+    return _json(
+        200,
+        {
+            "refresh": refresh,
+            "status": shown["Status"],
+            "percent": shown.get("PercentageComplete", 0),
+            "reason": shown.get("StatusReason", ""),
+        },
+    )
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -370,6 +370,65 @@ def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[
     )
 
 
+def cmd_status(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    shown = api.call("GET", _path(args.app, args.env, "status"))
+    capacity = shown["capacity"]
+    lines = [
+        f"{args.app} in {args.env}: current {shown['current'] or 'none (nothing deployed yet)'}; "
+        f"{len(shown['instances'])} instance(s), desired {capacity['desired']} (min {capacity['min']}, "
+        f"max {capacity['max']})"
+    ]
+    if shown.get("deploying"):
+        d = shown["deploying"]
+        lines.append(f"  deploying {d['release']} (by {d['by']} since {d['since']})")
+    lines += [
+        f"  {i['id']:<20} {i['zone']:<12} {i['lifecycle']:<12} {i['health']:<9} target {i['target']}"
+        for i in shown["instances"]
+    ]
+    return shown, "\n".join(lines)
+
+
+def cmd_cycle(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    body: dict[str, Any] = {"instance": args.instance} if args.instance else {"min_healthy_percent": args.min_healthy}
+    started = api.call("POST", _path(args.app, args.env, "cycle"), body)
+    if args.instance:
+        return _follow_replacement(api, args, started)
+    path = _path(args.app, args.env, "cycle", started["refresh"])
+    shown, seen = started, ""
+    while shown["status"] in ("Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"):
+        time.sleep(args.interval)
+        shown = api.call("GET", path)
+        line = f"  {shown['status']} {shown.get('percent', 0)}%"
+        if line != seen and not args.json:
+            print(line, flush=True)
+            seen = line
+    if shown["status"] != "Successful":
+        raise CliError(
+            f"cycling {args.app} in {args.env} ended {shown['status']}: {shown.get('reason') or 'no reason'}"
+        )
+    return shown, f"Cycled every instance of {args.app} in {args.env}"
+
+
+def _follow_replacement(api: Api, args: argparse.Namespace, started: dict[str, Any]) -> tuple[Any, str]:
+    """Wait until the instance is gone and the fleet serves at its desired capacity again."""
+    deadline = time.monotonic() + args.timeout
+    while True:
+        shown = api.call("GET", _path(args.app, args.env, "status"))
+        serving = [i for i in shown["instances"] if i["lifecycle"] == "InService" and i["target"] == "healthy"]
+        gone = all(i["id"] != args.instance for i in shown["instances"])
+        if gone and len(serving) >= shown["capacity"]["desired"]:
+            return shown, (
+                f"Replaced {args.instance}: {len(serving)} of {shown['capacity']['desired']} instances "
+                f"of {args.app} in {args.env} serve"
+            )
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"{args.instance} is being replaced, but the fleet did not serve at full capacity within "
+                f"{args.timeout:g} s; see `slipway status {args.app} {args.env}`"
+            )
+        time.sleep(args.interval)
+
+
 def cmd_deploys(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     listing = api.call("GET", _path(args.app, args.env, "deploys"))
     lines = [
@@ -448,6 +507,18 @@ def parser() -> argparse.ArgumentParser:
     deploys.add_argument("app")
     deploys.add_argument("env")
 
+    status = commands.add_parser("status", help="current release, capacity, instances and their health")
+    status.add_argument("app")
+    status.add_argument("env")
+
+    cycle = commands.add_parser("cycle", help="replace one instance, or every instance of the fleet")
+    cycle.add_argument("app")
+    cycle.add_argument("env")
+    cycle.add_argument("--instance", help="replace only this instance (keeps capacity)")
+    cycle.add_argument("--min-healthy", type=int, default=90, help="percent in service while cycling (default 90)")
+    cycle.add_argument("--timeout", type=float, default=900, help="seconds to wait for a replacement")
+    cycle.add_argument("--interval", type=float, default=5.0, help=argparse.SUPPRESS)
+
     promote = commands.add_parser("promote", help="copy a release to another environment, with its config")
     promote.add_argument("app")
     promote.add_argument("source", metavar="FROM")
@@ -480,6 +551,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                 "deploy": cmd_deploy,
                 "rollback": cmd_rollback,
                 "deploys": cmd_deploys,
+                "status": cmd_status,
+                "cycle": cmd_cycle,
             }[args.command]
             result, text = handler(args, apis[args.env])
     except CliError as error:
