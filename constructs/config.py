@@ -327,6 +327,55 @@ class EnvironmentSettings:
         )
 
 
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How `slipway deploy` rolls a release out over the app's fleet, unless a deploy says otherwise.
+
+    ``{"canary": true, "batch_percent": 25, "bake_seconds": 30, "surge": true}`` (the
+    defaults), or ``{"batch_size": 2}`` for a count instead of a percent. ``canary``: one
+    instance alone first; ``bake_seconds``: how long the fleet's alarms are watched after each
+    batch; ``surge``: add instances first when the fleet is too small to take one out.
+    """
+
+    canary: bool = True
+    batch_size: int | None = None
+    batch_percent: int | None = 25
+    bake_seconds: int = 30
+    surge: bool = True
+
+    KEYS = ("canary", "batch_size", "batch_percent", "bake_seconds", "surge")
+
+    @classmethod
+    def parse(cls, raw: object, path: str, base: RolloutSettings) -> RolloutSettings:
+        section = _Section(raw, path, cls.KEYS)
+        if section.has("batch_size") and section.has("batch_percent"):
+            raise ConfigError(
+                section.key("batch_size"), "is given with batch_percent", "give a batch size or a percent, not both"
+            )
+        values: dict[str, Any] = {}
+        for flag in ("canary", "surge"):
+            if section.has(flag):
+                values[flag] = section.flag(flag, True)
+        if section.has("batch_size"):
+            values.update(batch_size=section.number("batch_size", low=1, high=1000), batch_percent=None)
+        if section.has("batch_percent"):
+            values.update(batch_percent=section.number("batch_percent", low=1, high=100), batch_size=None)
+        if section.has("bake_seconds"):
+            values["bake_seconds"] = section.number(
+                "bake_seconds", low=0, high=3600, fix="use 0 to 3600 seconds of alarm watching after each batch"
+            )
+        return replace(base, **values)
+
+    def as_strategy(self) -> dict[str, Any]:
+        """The rollout strategy as the control plane reads it (``slipway.rollout.plan.Strategy``)."""
+        chosen: dict[str, Any] = {"canary": self.canary, "bake_seconds": self.bake_seconds, "surge": self.surge}
+        if self.batch_size is not None:
+            chosen["batch_size"] = self.batch_size
+        else:
+            chosen["batch_percent"] = self.batch_percent
+        return chosen
+
+
 # Whole-number app settings: (lowest, highest, the fix to suggest; empty: the range).
 _WHOLE_NUMBER_SETTINGS = {
     "port": (
@@ -369,6 +418,7 @@ class AppSettings:
     target_cpu_percent: int = 50
     root_volume_gb: int = 16
     certificate_arn: str | None = None
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
 
     # Keys an environment override may set: everything but the app's identity.
     SETTINGS = (
@@ -384,6 +434,7 @@ class AppSettings:
         "target_cpu_percent",
         "root_volume_gb",
         "certificate_arn",
+        "rollout",
     )
 
     @property
@@ -422,6 +473,8 @@ class AppSettings:
                 pattern=CERTIFICATE_ARN,
                 fix="use the ARN of an ACM certificate in the environment's region",
             )
+        if section.has("rollout"):
+            values["rollout"] = RolloutSettings.parse(section.mapping("rollout"), section.key("rollout"), start.rollout)
         return replace(start, **values)
 
     def check(self, path: str) -> None:

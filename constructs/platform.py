@@ -131,6 +131,7 @@ class PlatformStack(Stack):
                 apps=[app.name for app in config.apps],
             )
             self.deploy_document.grant_send(self.rollout.role)
+            app_settings = {app.name: app.settings_for(environment.name) for app in config.apps}
             self.control_plane.enable_deploys(
                 state_machine=self.rollout.state_machine,
                 fleets={
@@ -141,6 +142,7 @@ class PlatformStack(Stack):
                         "document": self.deploy_document.document_name,
                         "output_log_group": self.deploy_document.log_group.log_group_name,
                         "bucket": self.release_store.bucket.bucket_name,
+                        "strategy": app_settings[name].rollout.as_strategy(),
                     }
                     for name, fleet in self.fleets.items()
                 },

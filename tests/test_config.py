@@ -215,6 +215,26 @@ RULES = {
         "platform.environments.staging.base_image.use_baked",
         '"pipeline": true',
     ),
+    "unknown rollout option": (
+        _set("apps.web.rollout", {"canery": True}),
+        "platform.apps.web.rollout.canery",
+        "did you mean 'canary'",
+    ),
+    "batch size and percent together": (
+        _set("apps.web.rollout", {"batch_size": 2, "batch_percent": 50}),
+        "platform.apps.web.rollout.batch_size",
+        "not both",
+    ),
+    "batch percent above 100": (
+        _set("apps.web.rollout", {"batch_percent": 150}),
+        "platform.apps.web.rollout.batch_percent",
+        "1 to 100",
+    ),
+    "bake longer than an hour": (
+        _set("apps.web.rollout", {"bake_seconds": 7200}),
+        "platform.apps.web.rollout.bake_seconds",
+        "0 to 3600",
+    ),
     "apps not an object": (_set("apps", ["web"]), "platform.apps", "{...}"),
 }
 
@@ -259,3 +279,45 @@ def test_port_is_accepted_exactly_in_the_unprivileged_range(port: int) -> None:
     else:
         with pytest.raises(ConfigError, match=r"platform\.apps\.api\.port"):
             PlatformConfig.from_context(raw)
+
+
+def test_rollout_defaults_and_overrides(example_platform: dict[str, Any]) -> None:
+    config = PlatformConfig.from_context(example_platform)
+    apps = {app.name: app for app in config.apps}
+    assert apps["web"].settings_for("staging").rollout.as_strategy() == {
+        "canary": True,
+        "batch_percent": 25,
+        "bake_seconds": 30,
+        "surge": True,
+    }
+    assert apps["billing"].settings_for("production").rollout.as_strategy() == {
+        "canary": True,
+        "batch_percent": 50,
+        "bake_seconds": 60,
+        "surge": True,
+    }
+    platform = copy.deepcopy(example_platform)
+    platform["apps"]["billing"]["environments"]["staging"]["rollout"] = {"batch_size": 1, "canary": False}
+    staging = {a.name: a for a in PlatformConfig.from_context(platform).apps}["billing"].settings_for("staging")
+    # An override changes what it names; the app's bake time stays.
+    assert staging.rollout.as_strategy() == {"canary": False, "batch_size": 1, "bake_seconds": 60, "surge": True}
+
+
+@given(
+    canary=st.booleans(),
+    surge=st.booleans(),
+    bake=st.integers(0, 3600),
+    size=st.one_of(st.none(), st.integers(1, 1000)),
+    percent=st.integers(1, 100),
+)
+def test_every_configured_rollout_is_a_strategy_the_control_plane_accepts(
+    canary: bool, surge: bool, bake: int, size: int | None, percent: int
+) -> None:
+    from slipway.rollout.plan import Strategy
+
+    raw: dict[str, Any] = {"canary": canary, "surge": surge, "bake_seconds": bake}
+    raw.update({"batch_size": size} if size is not None else {"batch_percent": percent})
+    settings = AppSettings.parse("api", {"rollout": raw}, "platform.apps.api").rollout
+    strategy = Strategy.parse(settings.as_strategy(), Strategy())
+    assert (strategy.canary, strategy.surge, strategy.bake_seconds) == (canary, surge, bake)
+    assert (strategy.batch_size, strategy.batch_percent) == ((size, None) if size is not None else (None, percent))

@@ -217,3 +217,16 @@ def test_cycling_is_refused_during_a_rollout(runner: Runner, world: World) -> No
     assert status == 409 and refused["message"].startswith("cannot cycle web in staging: ")
     status, shown = call("GET", "/apps/web/envs/staging/status")
     assert shown["deploying"]["by"] == "bob"
+
+
+def test_the_apps_configured_rollout_is_the_default(
+    runner: Runner, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = {**world.state()["fleet"], "strategy": {"canary": False, "batch_size": 2, "bake_seconds": 0}}
+    monkeypatch.setenv("FLEETS_JSON", json.dumps({"web": fleet}))
+    shown = deploy(runner, "/apps/web/envs/staging/deploys", {"release": "r2"})
+    assert shown["status"] == "SUCCEEDED"
+    assert [len(b["instances"]) for b in shown["batches"]] == [2, 2]  # no canary, pairs
+    # A deploy's own options win over the app's.
+    shown = deploy(runner, "/apps/web/envs/staging/deploys", {"release": "r1", "strategy": {"canary": True}})
+    assert [len(b["instances"]) for b in shown["batches"]] == [1, 2, 1]

@@ -193,7 +193,8 @@ def _start(app_name: str, env: str, release: str, kind: str, strategy: object) -
     if strategy is not None and not isinstance(strategy, dict):
         raise ReleaseError(400, 'strategy must be an object, e.g. {"batch_percent": 50, "bake_seconds": 60}')
     try:
-        chosen = Strategy.parse(strategy, Strategy())
+        # The app's own defaults (cdk.json `rollout`), then this deploy's options.
+        chosen = Strategy.parse(strategy, Strategy.parse(fleet.get("strategy"), Strategy()))
     except ValueError as error:
         raise ReleaseError(400, str(error)) from None
     publisher.show(release)  # 404 for a release that does not exist
