@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,18 @@ def synth_templates(context: dict[str, Any], outdir: Path) -> dict[str, dict[str
     """Synthesize the app for ``context`` (nag included) and return each stack's template."""
     assembly = build_app(context=context, outdir=str(outdir)).synth()
     return {stack.stack_name: stack.template for stack in assembly.stacks}
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on loopback for the whole session; tests reset what they use."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,17 @@ class World:
         self.faults = Faults()
         self.calls: dict[str, int] = {}  # AWS API calls the tasks made, by service:operation
 
+    def hold_lock(self, *, owner: str, execution: str, acquired_at: str, expires_at: str) -> None:
+        """Leave the app's deploy lock as another rollout would (live or dead by ``expires_at``)."""
+        lock = {
+            "owner": owner,
+            "execution": execution,
+            "release": "r2",
+            "acquired_at": acquired_at,
+            "expires_at": expires_at,
+        }
+        self.s3.put_object(Bucket=BUCKET, Key="web/staging/lock", Body=json.dumps(lock).encode())
+
     def instances(self) -> list[str]:
         group = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=["web-staging"])["AutoScalingGroups"][0]
         return sorted(i["InstanceId"] for i in group["Instances"])

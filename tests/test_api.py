@@ -11,7 +11,6 @@ import re
 import tarfile
 import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import pytest
 from api_events import call
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from moto.server import ThreadedMotoServer
 
 from slipway import api, publisher
 from slipway.releases import ReleaseError, change_config
@@ -35,15 +33,6 @@ APPS = {
     "web": {"port": 5000, "health_check_path": "/health", "formation": {"web": 1}},
     "billing": {"port": 8080, "health_check_path": "/healthz", "formation": {"web": 1, "worker": 2}},
 }
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

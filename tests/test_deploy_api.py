@@ -116,18 +116,8 @@ def test_bad_deploy_requests_start_nothing(
 
 
 def test_a_held_lock_is_refused_before_starting(runner: Runner, world: World) -> None:
-    world.s3.put_object(
-        Bucket=BUCKET,
-        Key="web/staging/lock",
-        Body=json.dumps(
-            {
-                "owner": "bob",
-                "execution": "arn:other",
-                "release": "r2",
-                "acquired_at": "2026-11-26T03:00:00Z",
-                "expires_at": "2999-01-01T00:00:00Z",
-            }
-        ).encode(),
+    world.hold_lock(
+        owner="bob", execution="arn:other", acquired_at="2026-11-26T03:00:00Z", expires_at="2999-01-01T00:00:00Z"
     )
     status, refused = call("POST", "/apps/web/envs/staging/deploys", {"release": "r2"})
     assert status == 409 and "bob" in refused["message"]
@@ -200,18 +190,8 @@ def test_cycling_the_fleet_starts_a_guarded_instance_refresh(
 
 
 def test_cycling_is_refused_during_a_rollout(runner: Runner, world: World) -> None:
-    world.s3.put_object(
-        Bucket=BUCKET,
-        Key="web/staging/lock",
-        Body=json.dumps(
-            {
-                "owner": "bob",
-                "execution": "arn:other",
-                "release": "r2",
-                "acquired_at": "2026-11-26T03:00:00Z",
-                "expires_at": "2999-01-01T00:00:00Z",
-            }
-        ).encode(),
+    world.hold_lock(
+        owner="bob", execution="arn:other", acquired_at="2026-11-26T03:00:00Z", expires_at="2999-01-01T00:00:00Z"
     )
     status, refused = call("POST", "/apps/web/envs/staging/cycle", {})
     assert status == 409 and refused["message"].startswith("cannot cycle web in staging: ")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +12,6 @@ import boto3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from moto.server import ThreadedMotoServer
 
 from slipway.rollout.lock import DeployLock, Lock, LockHeld, LockLost, decide, lock_key, refusal
 from slipway.store import Bucket
@@ -107,15 +105,6 @@ def test_durations_are_short(elapsed: timedelta, words: str) -> None:
 
 
 # DeployLock on moto ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ with the real task handlers run in-process for every Lambda invocation (tests/mo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -71,18 +70,11 @@ def test_unhealthy_target_in_batch_two_rolls_back_batches_one_and_two(machine: C
 
 def test_second_concurrent_deploy_is_refused(machine: Callable[..., Any]) -> None:
     world = World(instances=2, min_size=1)
-    world.s3.put_object(
-        Bucket=BUCKET,
-        Key="web/staging/lock",
-        Body=json.dumps(
-            {
-                "owner": "bob",
-                "execution": "arn:other",
-                "release": "r2",
-                "acquired_at": "2026-11-26T03:00:00+00:00",
-                "expires_at": "2999-01-01T00:00:00+00:00",
-            }
-        ).encode(),
+    world.hold_lock(
+        owner="bob",
+        execution="arn:other",
+        acquired_at="2026-11-26T03:00:00+00:00",
+        expires_at="2999-01-01T00:00:00+00:00",
     )
     status, output = machine(world)
     assert status == "FAILED"
@@ -92,18 +84,11 @@ def test_second_concurrent_deploy_is_refused(machine: Callable[..., Any]) -> Non
 
 def test_stale_lock_is_taken_over(machine: Callable[..., Any]) -> None:
     world = World(instances=2, min_size=1)
-    world.s3.put_object(
-        Bucket=BUCKET,
-        Key="web/staging/lock",
-        Body=json.dumps(
-            {
-                "owner": "bob",
-                "execution": "arn:dead",
-                "release": "r2",
-                "acquired_at": "2026-11-25T03:00:00+00:00",
-                "expires_at": "2026-11-25T03:30:00+00:00",
-            }
-        ).encode(),
+    world.hold_lock(
+        owner="bob",
+        execution="arn:dead",
+        acquired_at="2026-11-25T03:00:00+00:00",
+        expires_at="2026-11-25T03:30:00+00:00",
     )
     status, output = machine(world)
     assert status == "SUCCEEDED", output
