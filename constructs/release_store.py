@@ -123,7 +123,8 @@ class ReleaseStore(Construct):
 
     def grant_rollout(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
         """Let ``grantee`` (the rollout tasks) read ``<app>/<env>/`` and write only its ``current``
-        and ``previous`` pointers and its deploy ``lock`` (which it also deletes to unlock)."""
+        and ``previous`` pointers, its deploy ``lock`` (which it also deletes to unlock) and the
+        release each instance runs (``instances/<id>``)."""
         prefix = f"{app}/{env}/"
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(f"{prefix}*")])
@@ -131,7 +132,10 @@ class ReleaseStore(Construct):
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["s3:PutObject", "s3:DeleteObject"],
-                resources=[self._bucket.arn_for_objects(f"{prefix}{name}") for name in ("current", "previous", "lock")],
+                resources=[
+                    self._bucket.arn_for_objects(f"{prefix}{name}")
+                    for name in ("current", "previous", "lock", "instances/*")
+                ],
             )
         )
         grantee.grant_principal.add_to_principal_policy(

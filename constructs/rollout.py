@@ -213,6 +213,12 @@ class RolloutStateMachine(Construct):
                 f"Rollouts read every release of {app} in {env_name} (manifests) and only those; they write only "
                 "its current pointer and deploy lock.",
             )
+            acknowledge(
+                role,
+                f"AwsSolutions-IAM5[Resource::<ReleaseBucket.Arn>/{app}/{env_name}/instances/*]",
+                f"Rollouts note which release each instance of {app} in {env_name} runs, one object per instance "
+                "id, which comes and goes with the Auto Scaling group.",
+            )
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",

@@ -78,16 +78,22 @@ def test_deploy_then_follow_it_to_the_end(runner: Runner, world: World) -> None:
 
 def test_rollback_deploys_the_previous_release(runner: Runner, world: World) -> None:
     deploy(runner, "/apps/web/envs/staging/deploys", {"release": "r2", "strategy": {"bake_seconds": 0}})
+    assert {i["release"] for i in call("GET", "/apps/web/envs/staging/status")[1]["instances"]} == {"r2"}
     shown = deploy(runner, "/apps/web/envs/staging/rollback", {"strategy": {"bake_seconds": 0}})
     assert (shown["status"], shown["release"], shown["kind"]) == ("SUCCEEDED", "r1", "rollback")
     assert world.current() == "r1"
     assert set(world.deployed().values()) == {"r1"}
+    assert {i["release"] for i in call("GET", "/apps/web/envs/staging/status")[1]["instances"]} == {"r1"}
 
 
 def test_failed_deploy_shows_the_instance_and_its_output(runner: Runner, world: World) -> None:
-    world.faults.on_send = lambda instances, url: (
-        world.faults.command_fails_on.update(instances) if url.endswith("/r2") and len(world.sent) == 1 else None
-    )
+    def fail_r2_on_the_canary(instances: list[str], url: str) -> None:
+        if url.endswith("/r2") and len(world.sent) == 1:
+            world.faults.command_fails_on.update(instances)
+        else:  # the previous release deploys fine: the rollback succeeds
+            world.faults.command_fails_on.difference_update(instances)
+
+    world.faults.on_send = fail_r2_on_the_canary
     shown = deploy(runner, "/apps/web/envs/staging/deploys", {"release": "r2", "strategy": {"bake_seconds": 0}})
     assert shown["status"] == "FAILED"
     [canary] = world.sent[0][0]
@@ -95,6 +101,8 @@ def test_failed_deploy_shows_the_instance_and_its_output(runner: Runner, world: 
     assert "r2 failed its preflight" in shown["failure"]["output"]
     assert shown["rolled_back"] == [canary]
     assert world.current() == "r1"
+    fleet = call("GET", "/apps/web/envs/staging/status")[1]["instances"]
+    assert {i["id"]: i["release"] for i in fleet}[canary] == "r1"  # rolled back, and noted
 
 
 @pytest.mark.parametrize(

@@ -306,11 +306,19 @@ def status(app_name: str, env: str) -> Response[str]:
                     "lifecycle": i["LifecycleState"],
                     "health": i["HealthStatus"],
                     "target": targets.get(i["InstanceId"], "unregistered"),
+                    # What the last rollout put there; None for an instance that booted since
+                    # (it runs the `current` of its boot) or whose rollback did not finish.
+                    "release": _instance_release(publisher, app_name, env, i["InstanceId"]),
                 }
                 for i in sorted(group["Instances"], key=lambda i: (i["AvailabilityZone"], i["InstanceId"]))
             ],
         },
     )
+
+
+def _instance_release(publisher: Publisher, app_name: str, env: str, instance: str) -> str | None:
+    stored = publisher.bucket.read(f"{app_name}/{env}/instances/{instance}")
+    return stored.body.decode().strip() if stored else None
 
 
 @app.post(f"{APP}/cycle")

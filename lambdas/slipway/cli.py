@@ -382,7 +382,8 @@ def cmd_status(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
         d = shown["deploying"]
         lines.append(f"  deploying {d['release']} (by {d['by']} since {d['since']})")
     lines += [
-        f"  {i['id']:<20} {i['zone']:<12} {i['lifecycle']:<12} {i['health']:<9} target {i['target']}"
+        f"  {i['id']:<20} {i['zone']:<12} {i.get('release') or '(boot)':<7} {i['lifecycle']:<12} {i['health']:<9} "
+        f"target {i['target']}"
         for i in shown["instances"]
     ]
     return shown, "\n".join(lines)

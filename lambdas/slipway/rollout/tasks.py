@@ -300,8 +300,21 @@ def alarms(state: State) -> State:
     return {**state, **update}
 
 
+def _record(state: State, instances: list[str], release: str | None) -> None:
+    """Note which release each instance runs (``<app>/<env>/instances/<id>``), for status;
+    ``None`` forgets it (the instance's release is not known)."""
+    bucket = Bucket(_client("s3"), state["fleet"]["bucket"])
+    keys = [f"{state['app']}/{state['env']}/instances/{i}" for i in instances]
+    if release is None:
+        bucket.delete(*keys)
+        return
+    for key in keys:
+        bucket.put(key, f"{release}\n".encode())
+
+
 def advance(state: State) -> State:
-    """The batch is done: move to the next one."""
+    """The batch is done: note its release and move to the next batch."""
+    _record(state, _batch(state), state["release"])
     done = [*state["done"], *_batch(state)]
     cursor = state["cursor"] + 1
     return {**state, "done": done, "cursor": cursor, "more": cursor < len(state["batches"])}
@@ -343,6 +356,12 @@ def unsurge(state: State) -> State:
 
 
 def unlock(state: State) -> State:
+    """Note where the late and the rolled-back instances ended up, then release the lock."""
+    failed = state.get("verdict") == "FAILED"  # the last command (converge or rollback) did not succeed
+    if state.get("rolled_back"):
+        _record(state, state["rolled_back"], None if failed else state.get("previous"))
+    elif state.get("converged"):
+        _record(state, state["converged"], None if failed else state["release"])
     DeployLock(Bucket(_client("s3"), state["fleet"]["bucket"])).release(
         state["app"], state["env"], execution=state["execution"]
     )
