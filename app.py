@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,17 @@ def main() -> int:
     try:
         assembly = app.synth()
     except RuntimeError as error:
+        too_many = re.search(
+            r"Number of resources in stack '([^']+)': (\d+) is greater than allowed maximum of (\d+)", str(error)
+        )
+        if too_many:
+            stack, count, limit = too_many.groups()
+            print(
+                f"error: {stack} would hold {count} resources, over CloudFormation's {limit} per stack; "
+                "run fewer apps per environment (each fleet takes about 20)",
+                file=sys.stderr,
+            )
+            return 1
         if "ValidationFailed" not in str(error):
             raise
         print(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Wall time and peak memory of synthesizing the platform with 1, 10 and 30 apps.
+"""Wall time and peak memory of synthesizing the platform with 1, 10 and 20 apps.
 
 Each measurement runs in a fresh process (as `cdk synth` does): two environments
 (the example's staging and production), N apps, cdk-nag included. Peak memory is
@@ -75,7 +75,7 @@ def measure(apps: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--apps", type=int, nargs="+", default=[1, 10, 30])
+    parser.add_argument("--apps", type=int, nargs="+", default=[1, 10, 20])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     print(f"{'apps':>5} {'resources':>9} {'wall s':>7} {'(synth s)':>9} {'peak MiB':>9} {'(py+node)':>13}  runs")

@@ -204,3 +204,24 @@ def test_cdk_cli_synthesizes_the_same_templates(
     assert result.returncode == 0, result.stderr
     for stack in STACKS:
         assert json.loads((tmp_path / f"{stack}.template.json").read_text()) == templates[stack]
+
+
+def test_more_apps_than_one_stack_holds_is_one_clear_line(repo: Path, example_platform: dict[str, Any]) -> None:
+    platform = json.loads(json.dumps(example_platform))
+    platform["apps"] = {f"app{i:02d}": platform["apps"]["billing"] for i in range(30)}
+    result = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env=clean_env(CDK_CONTEXT_JSON=json.dumps({"platform": platform}), CDK_OUTDIR=str(repo / "cdk.out" / "x")),
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"error: Platform-(staging|production) would hold \d+ resources, over CloudFormation's 500 per stack; "
+        r"run fewer apps per environment \(each fleet takes about 20\)",
+        line,
+    ), result.stderr[-2000:]
