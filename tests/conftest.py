@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,26 @@ def synth_templates(context: dict[str, Any], outdir: Path) -> dict[str, dict[str
     """Synthesize the app for ``context`` (nag included) and return each stack's template."""
     assembly = build_app(context=context, outdir=str(outdir)).synth()
     return {stack.stack_name: stack.template for stack in assembly.stacks}
+
+
+@pytest.fixture
+def fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials in us-east-1 and no endpoint: boto3 talks to moto's in-process mock."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
+@pytest.fixture
+def moto_s3(fake_aws: None, moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The session's moto server, reset, as boto3's endpoint."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).close()
+    return moto_server
 
 
 @pytest.fixture(scope="session")

@@ -36,20 +36,15 @@ APPS = {
 
 
 @pytest.fixture
-def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A fresh, versioned release bucket; the API configured for `staging`."""
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_server,
         "RELEASE_BUCKET": BUCKET,
         "PLATFORM_ENV": "staging",
         "APPS_JSON": json.dumps(APPS),
         "MAX_SOURCE_BYTES": str(64 * 1024 * 1024),
     }.items():
         monkeypatch.setenv(name, value)
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).close()
     api._s3.cache_clear()
     api._settings.cache_clear()
     client = boto3.client("s3")

@@ -15,14 +15,7 @@ from slipway import api
 
 
 @pytest.fixture
-def runner(templates: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Iterator[Runner]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+def runner(templates: dict[str, dict[str, Any]], fake_aws: None) -> Iterator[Runner]:
     with rollout_machine(templates["Platform-staging"]) as machine:
         yield machine
 

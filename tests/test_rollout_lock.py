@@ -4,7 +4,6 @@ S3 (moto server on loopback, a versioned bucket as in production)."""
 from __future__ import annotations
 
 import threading
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,16 +107,8 @@ def test_durations_are_short(elapsed: timedelta, words: str) -> None:
 
 
 @pytest.fixture
-def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3(moto_s3: str) -> Any:
     """A fresh, versioned release bucket."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_server,
-    }.items():
-        monkeypatch.setenv(name, value)
-    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).close()
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
     client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})

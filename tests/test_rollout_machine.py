@@ -7,19 +7,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from moto_fleet import BUCKET, REGION, World, rollout_machine
+from moto_fleet import BUCKET, World, rollout_machine
 
 
 @pytest.fixture
-def machine(templates: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+def machine(templates: dict[str, dict[str, Any]], fake_aws: None) -> Iterator[Callable[..., Any]]:
     """run(world, **state) -> (status, output) on the synthesized Platform-staging state machine."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with rollout_machine(templates["Platform-staging"]) as run:
 
         def status_and_output(world: World, **state: Any) -> tuple[str, dict[str, Any]]:
