@@ -28,23 +28,6 @@ BIN = Path(sys.executable).parent
 PASSWORD = "benchmark-password"
 
 
-def start_local() -> tuple[subprocess.Popen[str], dict[str, str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "slipway.local", "--env", "staging", "--password", PASSWORD],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": f"{REPO / 'lambdas'}:{REPO}",
-            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    return process, json.loads(process.stdout.readline())
-
-
 def make_checkout(folder: Path, size_mb: int) -> Path:
     repo = folder / f"app-{size_mb}"
     repo.mkdir()
@@ -75,7 +58,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--publishes", type=int, default=5, help="per client")
     args = parser.parse_args()
-    process, local = start_local()
+    sys.path.insert(0, str(REPO / "lambdas"))
+    from slipway.local import launch
+
+    process, local = launch("staging", PASSWORD)
     try:
         env = {
             **os.environ,

@@ -247,21 +247,7 @@ def test_no_header_value_crashes_the_parser(value: str) -> None:
 
 
 @pytest.fixture
-def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials and region, so nothing can reach a real account."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-@pytest.fixture
-def secrets(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def secrets(fake_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A mocked Secrets Manager holding the users; the authorizer points at the secret."""
     authorizer.reset()
     with mock_aws():

@@ -16,34 +16,16 @@ from typing import Any
 import boto3
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from slipway.local import launch
+
 SLIPWAY = Path(sys.executable).parent / "slipway"
 PASSWORD = "correct-horse-battery"
-
-
-def start_local(env: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "slipway.local", "--env", env, "--password", PASSWORD],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": f"{REPO / 'lambdas'}:{REPO}",
-            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line, "the local control plane did not start"
-    return process, json.loads(line)
 
 
 @pytest.fixture(scope="module")
 def local() -> Iterator[dict[str, dict[str, Any]]]:
     """Local control planes for staging and production, as two separate services."""
-    started = {env: start_local(env) for env in ("staging", "production")}
+    started = {env: launch(env, PASSWORD) for env in ("staging", "production")}
     yield {env: info for env, (_, info) in started.items()}
     for process, _ in started.values():
         process.terminate()

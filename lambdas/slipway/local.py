@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -389,6 +390,31 @@ def apps_of(env: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         assembly = build_app(context=context, outdir=outdir).synth()
         template: dict[str, Any] = assembly.get_stack_by_name(environment.stack_name).template
     return apps, template
+
+
+def launch(env: str, password: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start a local control plane for ``env`` in a child process; return it and what it printed
+    (``url``, ``user``, ``password``, ``aws_endpoint``, ``apps``). The caller terminates it."""
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slipway.local", "--env", env, "--password", password],
+        cwd=root,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{root / 'lambdas'}:{root}",
+            "JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION": "20",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait(timeout=10)
+        raise RuntimeError(f"the local control plane for {env} did not start (exit {process.returncode})")
+    info: dict[str, Any] = json.loads(line)
+    return process, info
 
 
 def main(argv: list[str] | None = None) -> int:
