@@ -27,14 +27,14 @@ INSTANCE_PACKAGES := mmdebstrap systemd-container
 help:
 	@echo "make synth   install what is needed and synthesize every Platform-<env> stack into cdk.out/"
 	@echo "make test    install what is needed and run the whole test suite"
-	@echo "make local   serve a local control plane (moto) for ENV=staging [PASSWORD=...]; prints its URL"
+	@echo "make local   serve ENV=staging [PASSWORD=...] on this machine: its stack deployed into moto; prints the API URL"
 	@echo "make lint    ruff and mypy"
 	@echo "make bench   run the benchmarks under benchmarks/ (synthesis, the instance agent)"
 
-$(VENV)/.runtime: requirements.txt pyproject.toml
+$(VENV)/.runtime: requirements.txt cli/pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e cli
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
@@ -73,7 +73,7 @@ bench: $(VENV)/.dev instance-packages
 
 ENV ?= staging
 local: $(VENV)/.dev
-	$(PYTHON) -m slipway.local --env $(ENV) $(if $(PASSWORD),--password $(PASSWORD))
+	PYTHONPATH=$(CURDIR):$(CURDIR)/lambdas $(PYTHON) -m local --env $(ENV) $(if $(PASSWORD),--password $(PASSWORD))
 
 clean:
 	rm -rf cdk.out $(TOOLS) $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -18,13 +18,20 @@ from typing import Any
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
-from constructs.config import ConfigError, PlatformConfig
-from constructs.control_plane import routes_from_openapi
-from constructs.platform import PlatformStack
+ROOT = Path(__file__).resolve().parent
+# The constructs speak the vocabulary the Lambda code defines (release formats and bucket
+# layout in slipway_release, the rollout's states and strategy in slipway): import it from
+# the Lambda asset's root, as Lambda does.
+if str(ROOT / "lambdas") not in sys.path:
+    sys.path.insert(0, str(ROOT / "lambdas"))
 
-CDK_JSON = Path(__file__).resolve().parent / "cdk.json"
+from constructs.config import ConfigError, PlatformConfig  # noqa: E402
+from constructs.control_plane import routes_from_openapi  # noqa: E402
+from constructs.platform import PlatformStack  # noqa: E402
+
+CDK_JSON = ROOT / "cdk.json"
 # The control plane's API contract: the REST API gets exactly its routes.
-OPENAPI = Path(__file__).resolve().parent / "lambdas" / "slipway" / "openapi.json"
+OPENAPI = ROOT / "lambdas" / "slipway" / "openapi.json"
 # Context the cdk CLI passes to every synthesis; `python app.py` passes the same so
 # both write identical templates.
 CLI_CONTEXT = {"aws:cdk:enable-path-metadata": True, "aws:cdk:enable-asset-metadata": True}

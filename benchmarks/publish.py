@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--publishes", type=int, default=5, help="per client")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "lambdas"))
-    from slipway.local import launch
+    sys.path.insert(0, str(REPO))
+    from local.platform import launch
 
     process, local = launch("staging", PASSWORD)
     try:
@@ -124,17 +124,17 @@ def main() -> None:
 
 def _phases(url: str, checkout: Path) -> dict[str, float]:
     """Where a publish spends its time, through the CLI's own functions."""
-    sys.path.insert(0, str(REPO / "lambdas"))
-    from slipway import cli
+    from slipway_cli.client import Api
+    from slipway_cli.transfer import git_archive, upload_file
 
-    api = cli.Api(url, "admin", PASSWORD)
+    api = Api(url, "admin", PASSWORD)
     marks = [time.perf_counter()]
     here = os.getcwd()
     os.chdir(checkout)
     try:
-        with cli.git_archive("HEAD") as (path, commit):
+        with git_archive("HEAD") as (path, commit):
             marks.append(time.perf_counter())
-            upload_id, parts = cli.upload_file(api, "web", "staging", path, quiet=True)
+            upload_id, parts = upload_file(api, "web", "staging", path, quiet=True)
             marks.append(time.perf_counter())
     finally:
         os.chdir(here)

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Modelled wall time of a rollout over fleets of 2, 10 and 100 instances, from real executions on moto.
 
-For each fleet size the synthesized rollout state machine runs on moto's Step Functions
-interpreter with the real task handlers in-process (tests/moto_fleet.py), with every
-Wait (polls, bake) set to 0 so it finishes in seconds. From the execution's history, and
-the AWS calls each task made, the rollout's wall time is then MODELLED with the fixed
-per-step latencies below:
+For each fleet size the synthesized Platform-staging stack is deployed into moto (the local
+platform's own simulated AWS, local.aws), web's Auto Scaling group resized, and the
+synthesized rollout state machine runs on moto's Step Functions interpreter with the real
+task handlers in-process, with every Wait (polls, bake) set to 0 so it finishes in seconds.
+From the execution's history, and the AWS calls each task made, the rollout's wall time is
+then MODELLED with the fixed per-step latencies below:
 
     poll loop of a step taking s seconds: k = ceil(s / POLL_S) iterations, each a Wait, a
         check Task and a Choice (3 transitions, 1 Lambda invocation), ending at k x POLL_S;
@@ -24,10 +25,10 @@ Run: `make bench` or `.venv/bin/python benchmarks/rollout.py [--fleets 2 10 100]
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,15 +37,19 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # moto_fleet
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lambdas"))  # slipway
-# app.py, and this repository's constructs/ ahead of the pip package of that name
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repository root (app.py, local/, constructs/ ahead of the pip package of that name) and
+# the Lambda asset's root (slipway, slipway_release), as the local platform runs them.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "lambdas")]
 
-from moto_fleet import REGION, World, rollout_machine  # type: ignore[import-not-found]
-
-from app import build_app, cdk_json_context
-from slipway.rollout import tasks
+from local.aws import Deployed, mock_platform  # noqa: E402
+from local.platform import synthesize  # noqa: E402
+from local.template import REGION  # noqa: E402
+from slipway import aws, deploys  # noqa: E402
+from slipway.rollout import tasks  # noqa: E402
+from slipway.rollout.strategy import Strategy  # noqa: E402
+from slipway.settings import Timing  # noqa: E402
+from slipway_release.layout import AppKeys  # noqa: E402
 
 # Simulated latencies (seconds), fixed.
 DRAIN_S = 15.0  # the target group's default deregistration delay (constructs/config.py)
@@ -132,33 +137,88 @@ class Modelled:
         return (self.control_s + api) / (self.wall_s + api)
 
 
+class CountingClients:
+    """:func:`slipway.aws.client`, every call the tasks make counted by service:operation."""
+
+    def __init__(self, real: Callable[[str], Any]) -> None:
+        self.real = real
+        self.calls: dict[str, int] = {}
+
+    def __call__(self, service: str) -> Any:
+        client, calls = self.real(service), self.calls
+
+        class Counted:
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(client, name)
+                if not callable(method) or name.startswith("_") or name in ("exceptions", "meta"):
+                    return method
+
+                def counted(*args: Any, **kwargs: Any) -> Any:
+                    calls[f"{service}:{name}"] = calls.get(f"{service}:{name}", 0) + 1
+                    return method(*args, **kwargs)
+
+                return counted
+
+        return Counted()
+
+    def cache_clear(self) -> None:
+        self.real.cache_clear()  # type: ignore[attr-defined]
+
+
 @contextmanager
-def counted_tasks(world: Any, log: list[tuple[str, int]]) -> Iterator[None]:
+def counted_tasks(counting: CountingClients, log: list[tuple[str, int]]) -> Iterator[None]:
     """Record (task, AWS calls it made) for every task the state machine runs, in order."""
 
-    def counting(name: str, task: Callable[[tasks.State], tasks.State]) -> Callable[[tasks.State], tasks.State]:
+    def counted(name: str, task: Callable[[tasks.State], tasks.State]) -> Callable[[tasks.State], tasks.State]:
         def run(state: tasks.State) -> tasks.State:
-            before = sum(world.calls.values())
+            before = sum(counting.calls.values())
             try:
                 return task(state)
             finally:
-                log.append((name, sum(world.calls.values()) - before))
+                log.append((name, sum(counting.calls.values()) - before))
 
         return run
 
-    with mock.patch.dict(tasks.TASKS, {name: counting(name, task) for name, task in tasks.TASKS.items()}):
+    with (
+        mock.patch.dict(tasks.TASKS, {name: counted(name, task) for name, task in tasks.TASKS.items()}),
+        mock.patch.object(aws, "client", counting),
+    ):
         yield
+
+
+def _fleet(deployed: Deployed, instances: int) -> None:
+    """web's group at ``instances`` (minimum as :func:`min_size`), releases r1 (current) and r2."""
+    deployed.resize("web", desired=instances, minimum=min_size(instances), maximum=max(4, instances * 2))
+    keys, bucket = AppKeys("web", "staging"), deployed.fleet("web").bucket
+    for release in ("r1", "r2"):
+        body = json.dumps({"id": release, "app": "web", "env": "staging"}).encode()
+        deployed.clients.s3.put_object(Bucket=bucket, Key=keys.release(release, "release.json"), Body=body)
+    deployed.clients.s3.put_object(Bucket=bucket, Key=keys.current, Body=b"r1\n")
 
 
 def execute(template: dict[str, Any], instances: int, batch_percent: int) -> Measured:
     """A clean rollout of r2 over a fresh moto fleet of ``instances``, every wait 0."""
-    with rollout_machine(template) as run:
-        world = World(instances=instances, min_size=min_size(instances))
+    with mock_platform(template) as deployed:
+        os.environ.update(deployed.environment)
+        aws.client.cache_clear()
+        _fleet(deployed, instances)
+        state = deploys.execution_input(
+            app="web",
+            env="staging",
+            release="r2",
+            user="bench",
+            kind="deploy",
+            fleet=deployed.fleet("web"),
+            strategy=Strategy.parse({"canary": True, "batch_percent": batch_percent, "bake_seconds": 0}),
+            timing=Timing(poll_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30),
+        )
+        counting = CountingClients(aws.client)
         log: list[tuple[str, int]] = []
         started = time.perf_counter()
-        with counted_tasks(world, log):
-            execution = run(world, strategy={"canary": True, "batch_percent": batch_percent, "bake_seconds": 0})
+        with counted_tasks(counting, log):
+            execution = deployed.wait(deployed.start(state))
         moto_s = time.perf_counter() - started
+        aws.client.cache_clear()
     entered = [e for e in execution.events if e["type"].endswith("StateEntered")]
     task_states = [e for e in entered if e["type"] == "TaskStateEntered"]
     if len(task_states) != len(log):
@@ -172,10 +232,10 @@ def execute(template: dict[str, Any], instances: int, batch_percent: int) -> Mea
         status=execution.status,
         output=execution.output,
         steps=steps,
-        batch_sizes=[len(sent) for sent, _ in world.sent],
-        calls=sum(world.calls.values()),
+        batch_sizes=[len(batch) for batch in execution.output.get("batches", [])],
+        calls=sum(counting.calls.values()),
         # Each surge raises desired capacity once; unsurge lowers it once at the end.
-        surges=world.calls.get("autoscaling:set_desired_capacity", 0) // 2,
+        surges=counting.calls.get("autoscaling:set_desired_capacity", 0) // 2,
         moto_s=moto_s,
     )
 
@@ -250,14 +310,6 @@ def _batch_sizes(sizes: list[int]) -> str:
     return "+".join(f"{size}x{count}" if count > 1 else str(size) for size, count in runs)
 
 
-def synthesize() -> dict[str, Any]:
-    """The Platform-staging template of the repository's configuration."""
-    with tempfile.TemporaryDirectory() as outdir:
-        assembly = build_app(context=cdk_json_context(), outdir=outdir).synth()
-        template: dict[str, Any] = {s.stack_name: s.template for s in assembly.stacks}["Platform-staging"]
-        return template
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleets", type=int, nargs="+", default=[2, 10, 100], help="fleet sizes (instances)")
@@ -271,13 +323,16 @@ def main() -> None:
     os.environ.pop("AWS_ENDPOINT_URL", None)  # moto's in-process mock, never a server
 
     started = time.perf_counter()
-    template = synthesize()
+    template = synthesize("staging")
     print(f"synthesized Platform-staging in {time.perf_counter() - started:.1f} s")
     print(
         f"latencies: drain {DRAIN_S:g} s, command {COMMAND_S:g} s, healthy {HEALTHY_S:g} s, bake {BAKE_S:g} s, "
         f"surge {SURGE_S:g} s, poll every {POLL_S:g} s; transition {TRANSITION_S:g} s, Lambda {LAMBDA_S:g} s"
     )
-    print(f"strategy: canary, then {args.batch_percent}% batches; each fleet over 3 zones, min size as shown\n")
+    print(
+        f"strategy: canary, then {args.batch_percent}% batches; each fleet over the staging stack's two zones, "
+        "min size as shown\n"
+    )
     header = (
         f"{'inst':>4} {'min':>3} {'surge':>5} {'batches':>7} {'sizes':<16} {'transitions':>11} {'(moto)':>6} "
         f"{'Lambda':>6} {'API calls':>9} {'(model)':>7} {'wall s':>7} {'surge s':>7} {'per batch s':>11} "

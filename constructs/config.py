@@ -36,9 +36,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-APP_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
-ENV_NAME = re.compile(r"^[a-z][a-z0-9]{0,19}$")
-PROCESS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
+from slipway.rollout.strategy import Strategy, StrategyError, describe_json
+from slipway_release import names
+from slipway_release.procfile import PROCESS_TYPE, RELEASE, WEB
+
 REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ACCOUNT = re.compile(r"^\d{12}$")
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
@@ -62,7 +63,7 @@ class _Section:
 
     def __init__(self, raw: object, path: str, known: tuple[str, ...]) -> None:
         if not isinstance(raw, Mapping):
-            raise ConfigError(path, f"expected an object, got {_json_type(raw)}", "write it as {...}")
+            raise ConfigError(path, f"expected an object, got {describe_json(raw)}", "write it as {...}")
         self.raw, self.path = raw, path
         for key in raw:
             if key not in known:
@@ -81,7 +82,7 @@ class _Section:
     ) -> str:
         value = self._get(name, default)
         if not isinstance(value, str):
-            raise ConfigError(self.key(name), f"expected a string, got {_json_type(value)}", fix or "quote it")
+            raise ConfigError(self.key(name), f"expected a string, got {describe_json(value)}", fix or "quote it")
         if pattern is not None and not pattern.fullmatch(value):
             raise ConfigError(self.key(name), f"{value!r} is not valid", fix)
         return value
@@ -97,7 +98,7 @@ class _Section:
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(
                 self.key(name),
-                f"expected a whole number, got {_json_type(value)}",
+                f"expected a whole number, got {describe_json(value)}",
                 f"use a number from {low} to {high}",
             )
         if not low <= value <= high:
@@ -108,14 +109,16 @@ class _Section:
         value = self._get(name, default)
         if not isinstance(value, bool):
             raise ConfigError(
-                self.key(name), f"expected true or false, got {_json_type(value)}", "write true or false without quotes"
+                self.key(name),
+                f"expected true or false, got {describe_json(value)}",
+                "write true or false without quotes",
             )
         return value
 
     def mapping(self, name: str) -> Mapping[str, Any]:
         value = self._get(name, {})
         if not isinstance(value, Mapping):
-            raise ConfigError(self.key(name), f"expected an object, got {_json_type(value)}", "write it as {...}")
+            raise ConfigError(self.key(name), f"expected an object, got {describe_json(value)}", "write it as {...}")
         return value
 
     def _get(self, name: str, default: object) -> object:
@@ -124,22 +127,6 @@ class _Section:
         if default is None:
             raise ConfigError(self.key(name), "is required", "add it")
         return default
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return type(value).__name__
 
 
 @dataclass(frozen=True)
@@ -214,7 +201,7 @@ def _availability_zones(section: _Section, region: str) -> tuple[str, ...]:
     value = section.raw["availability_zones"]
     fix = f'list at least two zones of {region}, e.g. ["{region}a", "{region}b"]'
     if not isinstance(value, list) or not all(isinstance(zone, str) for zone in value):
-        raise ConfigError(path, f"expected a list of zone names, got {_json_type(value)}", fix)
+        raise ConfigError(path, f"expected a list of zone names, got {describe_json(value)}", fix)
     if len(value) < 2 or len(set(value)) != len(value):
         raise ConfigError(path, "needs at least two different zones", fix)
     for zone in value:
@@ -306,12 +293,8 @@ class EnvironmentSettings:
 
     @classmethod
     def parse(cls, name: str, raw: object, path: str) -> EnvironmentSettings:
-        if not ENV_NAME.fullmatch(name):
-            raise ConfigError(
-                path,
-                f"{name!r} is not a valid environment name",
-                "use lowercase letters and digits, starting with a letter, at most 20",
-            )
+        if not names.is_env_name(name):
+            raise ConfigError(path, f"{name!r} is not a valid environment name", f"use {names.ENV_NAME_RULE}")
         section = _Section(raw, path, cls.KEYS)
         region = section.text("region", pattern=REGION, fix='use an AWS region code such as "us-east-1"')
         account = section.optional_text(
@@ -327,53 +310,17 @@ class EnvironmentSettings:
         )
 
 
-@dataclass(frozen=True)
-class RolloutSettings:
-    """How `slipway deploy` rolls a release out over the app's fleet, unless a deploy says otherwise.
+def _rollout(raw: Mapping[str, Any], path: str, base: Strategy) -> Strategy:
+    """An app's ``rollout`` settings: the control plane's own strategy model, checked here at synth.
 
-    ``{"canary": true, "batch_percent": 25, "bake_seconds": 30, "surge": true}`` (the
-    defaults), or ``{"batch_size": 2}`` for a count instead of a percent. ``canary``: one
-    instance alone first; ``bake_seconds``: how long the fleet's alarms are watched after each
-    batch; ``surge``: add instances first when the fleet is too small to take one out.
+    ``{"canary": true, "batch_percent": 25, "bake_seconds": 30, "surge": true}`` (the defaults),
+    or ``{"batch_size": 2}`` for a count instead of a percent; an environment's override
+    changes only the options it names.
     """
-
-    canary: bool = True
-    batch_size: int | None = None
-    batch_percent: int | None = 25
-    bake_seconds: int = 30
-    surge: bool = True
-
-    KEYS = ("canary", "batch_size", "batch_percent", "bake_seconds", "surge")
-
-    @classmethod
-    def parse(cls, raw: object, path: str, base: RolloutSettings) -> RolloutSettings:
-        section = _Section(raw, path, cls.KEYS)
-        if section.has("batch_size") and section.has("batch_percent"):
-            raise ConfigError(
-                section.key("batch_size"), "is given with batch_percent", "give a batch size or a percent, not both"
-            )
-        values: dict[str, Any] = {}
-        for flag in ("canary", "surge"):
-            if section.has(flag):
-                values[flag] = section.flag(flag, True)
-        if section.has("batch_size"):
-            values.update(batch_size=section.number("batch_size", low=1, high=1000), batch_percent=None)
-        if section.has("batch_percent"):
-            values.update(batch_percent=section.number("batch_percent", low=1, high=100), batch_size=None)
-        if section.has("bake_seconds"):
-            values["bake_seconds"] = section.number(
-                "bake_seconds", low=0, high=3600, fix="use 0 to 3600 seconds of alarm watching after each batch"
-            )
-        return replace(base, **values)
-
-    def as_strategy(self) -> dict[str, Any]:
-        """The rollout strategy as the control plane reads it (``slipway.rollout.plan.Strategy``)."""
-        chosen: dict[str, Any] = {"canary": self.canary, "bake_seconds": self.bake_seconds, "surge": self.surge}
-        if self.batch_size is not None:
-            chosen["batch_size"] = self.batch_size
-        else:
-            chosen["batch_percent"] = self.batch_percent
-        return chosen
+    try:
+        return Strategy.parse(raw, base)
+    except StrategyError as error:
+        raise ConfigError(f"{path}.{error.option}" if error.option else path, error.problem, error.fix) from None
 
 
 # Whole-number app settings: (lowest, highest, the fix to suggest; empty: the range).
@@ -418,7 +365,7 @@ class AppSettings:
     target_cpu_percent: int = 50
     root_volume_gb: int = 16
     certificate_arn: str | None = None
-    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    rollout: Strategy = field(default_factory=Strategy)
 
     # Keys an environment override may set: everything but the app's identity.
     SETTINGS = (
@@ -474,7 +421,7 @@ class AppSettings:
                 fix="use the ARN of an ACM certificate in the environment's region",
             )
         if section.has("rollout"):
-            values["rollout"] = RolloutSettings.parse(section.mapping("rollout"), section.key("rollout"), start.rollout)
+            values["rollout"] = _rollout(section.mapping("rollout"), section.key("rollout"), start.rollout)
         return replace(start, **values)
 
     def check(self, path: str) -> None:
@@ -497,28 +444,28 @@ class AppSettings:
 def _formation(raw: Mapping[str, Any], path: str) -> tuple[tuple[str, int], ...]:
     processes: list[tuple[str, int]] = []
     for process, count in raw.items():
-        if process == "release":
+        if process == RELEASE:
             raise ConfigError(
-                f"{path}.release",
+                f"{path}.{RELEASE}",
                 "'release' runs once per deploy, not as a service",
                 "remove it from formation; the Procfile's release: line still runs",
             )
-        if not PROCESS_NAME.fullmatch(process):
+        if not PROCESS_TYPE.fullmatch(process):
             raise ConfigError(
                 f"{path}.{process}",
                 "is not a valid process type",
-                "use lowercase letters, digits and _, starting with a letter (as in the Procfile)",
+                "use letters, digits and _, at most 30 (as in the Procfile)",
             )
         if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 20:
             raise ConfigError(
                 f"{path}.{process}",
-                f"{_json_type(count)} is not a process count",
+                f"{describe_json(count)} is not a process count",
                 "use a whole number of processes per instance from 0 to 20",
             )
         processes.append((process, count))
-    if dict(processes).get("web", 0) != 1:
+    if dict(processes).get(WEB, 0) != 1:
         raise ConfigError(
-            f"{path}.web",
+            f"{path}.{WEB}",
             "every app runs exactly one web process per instance, on PORT behind its load balancer",
             'set "web": 1 and scale web with min_capacity and max_capacity',
         )
@@ -578,12 +525,8 @@ class PlatformConfig:
 
 
 def _app(name: str, raw: object, path: str, env_names: tuple[str, ...]) -> AppDefinition:
-    if not APP_NAME.fullmatch(name):
-        raise ConfigError(
-            path,
-            f"{name!r} is not a valid app name",
-            "use 2 to 32 lowercase letters, digits and -, starting with a letter",
-        )
+    if not names.is_app_name(name):
+        raise ConfigError(path, f"{name!r} is not a valid app name", f"use {names.APP_NAME_RULE}")
     section = _Section(raw, path, (*AppSettings.SETTINGS, "environments"))
     own = {key: value for key, value in section.raw.items() if key != "environments"}
     settings = AppSettings.parse(name, own, path)

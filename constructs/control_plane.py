@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aws_cdk import ArnFormat, CfnOutput, Duration, Fn, RemovalPolicy, Stack
@@ -19,9 +19,11 @@ from aws_cdk import aws_stepfunctions as sfn
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
-from constructs.config import ENV_NAME, AppSettings
+from constructs.config import AppSettings
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
-from constructs.release_store import UPLOADS_PREFIX, ReleaseStore
+from constructs.release_store import ReleaseStore
+from slipway.settings import AppRuntime, ControlPlaneSettings, FleetSettings
+from slipway_release import layout, names
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 # Powertools publishes each layer version's ARN as a public SSM parameter per runtime
@@ -89,17 +91,6 @@ def routes_from_openapi(document: Mapping[str, Any]) -> tuple[ApiRoute, ...]:
     return tuple(sorted(routes))
 
 
-def apps_setting(apps: Sequence[AppSettings]) -> dict[str, dict[str, Any]]:
-    """What the control plane knows of each app in its environment (``APPS_JSON``).
-
-    ``{"billing": {"port": 8080, "health_check_path": "/healthz", "formation": {"web": 1, "worker": 2}}}``
-    """
-    return {
-        app.name: {"port": app.port, "health_check_path": app.health_check_path, "formation": app.processes}
-        for app in apps
-    }
-
-
 class ControlPlane(Construct):
     """The release API of one environment.
 
@@ -122,14 +113,13 @@ class ControlPlane(Construct):
         routes: Sequence[ApiRoute],
     ) -> None:
         super().__init__(scope, id_)
-        if not ENV_NAME.match(env_name):
+        if not names.is_env_name(env_name):
             raise ValueError(
-                f"ControlPlane: env_name {env_name!r} is not an environment name; use lowercase letters and "
-                "digits starting with a letter, e.g. 'staging'"
+                f"ControlPlane: env_name {env_name!r} is not an environment name; use {names.ENV_NAME_RULE}"
             )
-        names = [app.name for app in apps]
-        if len(set(names)) != len(names):
-            raise ValueError(f"ControlPlane: apps has duplicate names {sorted(names)}; pass each app once")
+        app_names = [app.name for app in apps]
+        if len(set(app_names)) != len(app_names):
+            raise ValueError(f"ControlPlane: apps has duplicate names {sorted(app_names)}; pass each app once")
         if not routes:
             raise ValueError("ControlPlane: routes is empty; pass routes_from_openapi(<the API's OpenAPI document>)")
         self._env_name = env_name
@@ -233,17 +223,20 @@ class ControlPlane(Construct):
         powertools = lambda_.LayerVersion.from_layer_version_arn(
             self, "Powertools", ssm.StringParameter.value_for_string_parameter(self, POWERTOOLS_LAYER_PARAMETER)
         )
+        self._settings = ControlPlaneSettings(
+            bucket=release_store.bucket.bucket_name,
+            env=env_name,
+            apps={
+                app.name: AppRuntime(port=app.port, health_check_path=app.health_check_path, formation=app.processes)
+                for app in apps
+            },
+        )
         function = self._build_function(
             "ApiFunction",
             code=code,
             handler="slipway.api.handler",
             description=f"Slipway release API of {env_name}",
-            environment={
-                "RELEASE_BUCKET": release_store.bucket.bucket_name,
-                "PLATFORM_ENV": env_name,
-                "APPS_JSON": json.dumps(apps_setting(apps), sort_keys=True, separators=(",", ":")),
-                "POWERTOOLS_SERVICE_NAME": "slipway",
-            },
+            environment={**self._settings.environment(), "POWERTOOLS_SERVICE_NAME": "slipway"},
             memory_size=1024,
             timeout=Duration.seconds(60),
             layers=[powertools],
@@ -251,7 +244,8 @@ class ControlPlane(Construct):
         release_store.grant_publish(function, apps=[app.name for app in apps], env=env_name)
         assert function.role is not None
         for app in apps:
-            for prefix in (f"{app.name}/{env_name}/", f"{UPLOADS_PREFIX}{app.name}/{env_name}/"):
+            keys = layout.AppKeys(app.name, env_name)
+            for prefix in (keys.prefix, keys.uploads):
                 acknowledge(
                     function.role,
                     f"AwsSolutions-IAM5[Resource::<{RELEASE_BUCKET_ID}.Arn>/{prefix}*]",
@@ -366,16 +360,16 @@ class ControlPlane(Construct):
         """The API's users and passwords, ``{"<user>": "<password>"}``."""
         return self._secret
 
-    def enable_deploys(self, *, state_machine: sfn.IStateMachine, fleets: Mapping[str, Mapping[str, Any]]) -> None:
+    def enable_deploys(self, *, state_machine: sfn.IStateMachine, fleets: Mapping[str, FleetSettings]) -> None:
         """Let the API start and read rollouts of ``state_machine`` over ``fleets``.
 
-        ``fleets`` maps each app to what a rollout needs of its fleet (``group``,
-        ``target_group``, ``alarms``, ``document``, ``bucket``, ``output_log_group``); it
-        reaches the function as ``FLEETS_JSON``.
+        ``fleets`` maps each app to what a rollout needs of its fleet; with the state machine
+        it reaches the function in the variables of :class:`slipway.settings.ControlPlaneSettings`.
         """
         function = self._api_function
-        function.add_environment("STATE_MACHINE_ARN", state_machine.state_machine_arn)
-        function.add_environment("FLEETS_JSON", Stack.of(self).to_json_string(dict(fleets)))
+        self._settings = replace(self._settings, fleets=dict(fleets), state_machine=state_machine.state_machine_arn)
+        for variable, value in self._settings.environment(to_json=Stack.of(self).to_json_string).items():
+            function.add_environment(variable, value)
         state_machine.grant_start_execution(function)
         # Reading deploys: list the machine's executions, describe them and read their history.
         function.add_to_role_policy(

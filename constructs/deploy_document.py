@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,17 +12,14 @@ from aws_cdk import aws_ssm as ssm
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
-from constructs.config import APP_NAME, ENV_NAME
 from constructs.fleet import DEPLOY_PROGRAM
 from constructs.release_store import ReleaseStore
+from slipway.rollout.commands import RELEASE_URL_PARAMETER
+from slipway_release import layout, names
 
 # Long enough for a cold deploy (download, unpack, the Procfile's release step, health
 # check, switch); the deploy program's own steps time out well within it.
 DEPLOY_TIMEOUT_SECONDS = 900
-# The only value a rollout passes; SSM substitutes it into the shell command as text.
-RELEASE_URL_PARAMETER = "ReleaseUrl"
-# Release ids as the deploy program accepts them (image/slipway_agent/cli.py RELEASE_ID).
-RELEASE_TARGET_PATTERN = "(r[1-9][0-9]{0,8}|current)"
 
 
 def document_name(env: str) -> str:
@@ -45,15 +41,13 @@ def release_url_pattern(*, bucket_pattern: str, apps: Sequence[str], env: str) -
 
     ``bucket_pattern`` is a regular expression matching the bucket's name exactly
     (``re.escape(name)``, or :func:`bucket_name_pattern` for a token). The pattern
-    admits ``s3://<bucket>/<app>/<env>/r<N>`` and ``.../current`` only: no other
-    bucket, app or environment, no ``..``, spaces, quotes or other shell text (SSM
-    substitutes the value into a shell command). It uses only what SSM, Java, Python
-    and RE2 agree on; in Java and Python ``$`` also admits one trailing newline, which
-    ends the command line and adds nothing to it.
+    (:func:`slipway_release.layout.release_url_pattern`) admits ``s3://<bucket>/<app>/<env>/r<N>``
+    and ``.../current`` only: no other bucket, app or environment, no ``..``, spaces, quotes
+    or other shell text (SSM substitutes the value into a shell command). In Java and Python
+    ``$`` also admits one trailing newline, which ends the command line and adds nothing to it.
     """
     _check_names(apps=apps, env=env)
-    alternatives = "|".join(re.escape(app) for app in apps)
-    return f"^s3://{bucket_pattern}/({alternatives})/{re.escape(env)}/{RELEASE_TARGET_PATTERN}$"
+    return layout.release_url_pattern(bucket_pattern=bucket_pattern, apps=apps, env=env)
 
 
 def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: str) -> dict[str, Any]:
@@ -94,19 +88,13 @@ def _as_nag_shows(stack: Stack, arn: str) -> str:
 
 
 def _check_names(*, apps: Sequence[str], env: str) -> None:
-    if not ENV_NAME.fullmatch(env):
-        raise ValueError(
-            f"DeployDocument: env {env!r} is not an environment name; use lowercase letters and digits "
-            "starting with a letter, e.g. 'staging'"
-        )
+    if not names.is_env_name(env):
+        raise ValueError(f"DeployDocument: env {env!r} is not an environment name; use {names.ENV_NAME_RULE}")
     if not apps:
         raise ValueError("DeployDocument: apps is empty; pass the names of the environment's apps")
     for app in apps:
-        if not APP_NAME.fullmatch(app):
-            raise ValueError(
-                f"DeployDocument: app {app!r} is not an app name; use 2 to 32 lowercase letters, digits and -, "
-                "starting with a letter"
-            )
+        if not names.is_app_name(app):
+            raise ValueError(f"DeployDocument: app {app!r} is not an app name; use {names.APP_NAME_RULE}")
     if len(set(apps)) != len(apps):
         raise ValueError(f"DeployDocument: apps has duplicate names {sorted(apps)}; pass each app once")
 

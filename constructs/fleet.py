@@ -17,6 +17,8 @@ from constructs.base_image import grant_read_image, parameter_name
 from constructs.config import AppSettings, LogSettings
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
+from slipway_release.layout import AppKeys, release_url
+from slipway_release.names import CURRENT
 
 DEPLOY_PROGRAM = "/home/deploy/bin/deploy"
 IMAGE_ON_INSTANCE = "/opt/slipway/image"
@@ -44,7 +46,7 @@ def boot_commands(
     the stack update back instead of replacing healthy instances.
     """
     q = shlex.quote
-    current_key = f"{app}/{env}/current"
+    current_key = AppKeys(app, env).current
     provision_env = " ".join(
         [
             f"SLIPWAY_APP={q(app)}",
@@ -68,7 +70,7 @@ def boot_commands(
         # "None" (an empty listing) means nothing was published yet: the first rollout deploys.
         f"current=$(aws s3api list-objects-v2 --bucket {q(bucket)} --prefix {q(current_key)}"
         " --query 'Contents[].Key' --output text)",
-        f'if [ "$current" = {q(current_key)} ]; then {DEPLOY_PROGRAM} {q(f"s3://{bucket}/{current_key}")}; fi',
+        f'if [ "$current" = {q(current_key)} ]; then {DEPLOY_PROGRAM} {q(release_url(bucket, app, env, CURRENT))}; fi',
         "signal 0",
     ]
 

@@ -20,17 +20,16 @@ from constructs.fleet_monitoring import FleetMonitoring
 from constructs.network import Network
 from constructs.release_store import ReleaseStore
 from constructs.rollout import RolloutStateMachine
+from slipway.settings import FleetSettings
 
 # The base image (provisioning script and deploy program) ships to instances as an asset.
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "image"
-# The control plane's one Lambda asset. Its symlinks into image/ (the agent's release
-# schema and modules the control plane shares) must be copied, not kept as links.
+# The control plane's one Lambda asset: every file in lambdas/ runs in Lambda. Its link into
+# image/ (slipway_release, the formats it shares with the agent) is copied, not kept as a link.
 LAMBDAS_DIR = Path(__file__).resolve().parent.parent / "lambdas"
 # Bytecode and tool caches (.ruff_cache, .mypy_cache) are not part of an asset: they would
 # change its hash, and so the template, whenever someone runs a linter.
 ASSET_EXCLUDE = ["__pycache__", "*.pyc", ".*_cache"]
-# Code under lambdas/ that never runs in Lambda: the CLI, the local front, packaging metadata.
-LOCAL_ONLY = ["slipway/cli.py", "slipway/local.py", "*.egg-info", "README.md"]
 
 
 class PlatformStack(Stack):
@@ -109,7 +108,7 @@ class PlatformStack(Stack):
             for fleet in self.fleets.values():
                 self.deploy_document.grant_output(fleet.instance_role)
         control_plane_code = lambda_.Code.from_asset(
-            str(LAMBDAS_DIR), exclude=[*ASSET_EXCLUDE, *LOCAL_ONLY], follow_symlinks=SymlinkFollowMode.ALWAYS
+            str(LAMBDAS_DIR), exclude=ASSET_EXCLUDE, follow_symlinks=SymlinkFollowMode.ALWAYS
         )
         self.control_plane = ControlPlane(
             self,
@@ -135,15 +134,15 @@ class PlatformStack(Stack):
             self.control_plane.enable_deploys(
                 state_machine=self.rollout.state_machine,
                 fleets={
-                    name: {
-                        "group": fleet.auto_scaling_group.auto_scaling_group_name,
-                        "target_group": fleet.target_group.target_group_arn,
-                        "alarms": list(self.monitoring[name].alarm_names),
-                        "document": self.deploy_document.document_name,
-                        "output_log_group": self.deploy_document.log_group.log_group_name,
-                        "bucket": self.release_store.bucket.bucket_name,
-                        "strategy": app_settings[name].rollout.as_strategy(),
-                    }
+                    name: FleetSettings(
+                        group=fleet.auto_scaling_group.auto_scaling_group_name,
+                        target_group=fleet.target_group.target_group_arn,
+                        alarms=tuple(self.monitoring[name].alarm_names),
+                        document=self.deploy_document.document_name,
+                        output_log_group=self.deploy_document.log_group.log_group_name,
+                        bucket=self.release_store.bucket.bucket_name,
+                        strategy=app_settings[name].rollout,
+                    )
                     for name, fleet in self.fleets.items()
                 },
             )

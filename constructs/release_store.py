@@ -10,12 +10,11 @@ from aws_cdk import aws_s3 as s3
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
+from slipway_release.layout import UPLOADS, AppKeys
 
 # The bucket holds every release ever published: its logical ID must never change,
 # or CloudFormation would create a new, empty bucket and orphan the old one.
 BUCKET_LOGICAL_ID = "ReleaseBucket"
-# Where sources wait, per app and environment, until they are finalized into a release.
-UPLOADS_PREFIX = "uploads/"
 
 
 class ReleaseStore(Construct):
@@ -48,7 +47,7 @@ class ReleaseStore(Construct):
                 # Sources on their way in: a publish finishes within the hour its URLs last.
                 s3.LifecycleRule(
                     id="ExpireUploads",
-                    prefix=UPLOADS_PREFIX,
+                    prefix=UPLOADS,
                     expiration=Duration.days(1),
                     noncurrent_version_expiration=Duration.days(1),
                     abort_incomplete_multipart_upload_after=Duration.days(1),
@@ -73,7 +72,7 @@ class ReleaseStore(Construct):
 
     def grant_read_app(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
         """Let ``grantee`` read and list ``<app>/<env>/`` and nothing else of the bucket."""
-        prefix = f"{app}/{env}/"
+        prefix = AppKeys(app, env).prefix
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(f"{prefix}*")])
         )
@@ -98,8 +97,8 @@ class ReleaseStore(Construct):
         """
         objects = [
             self._bucket.arn_for_objects(key)
-            for app in apps
-            for key in (f"{app}/{env}/*", f"{UPLOADS_PREFIX}{app}/{env}/*")
+            for keys in (AppKeys(app, env) for app in apps)
+            for key in (f"{keys.prefix}*", f"{keys.uploads}*")
         ]
         if objects:
             grantee.grant_principal.add_to_principal_policy(
@@ -125,17 +124,14 @@ class ReleaseStore(Construct):
         """Let ``grantee`` (the rollout tasks) read ``<app>/<env>/`` and write only its ``current``
         and ``previous`` pointers, its deploy ``lock`` (which it also deletes to unlock) and the
         release each instance runs (``instances/<id>``)."""
-        prefix = f"{app}/{env}/"
+        keys = AppKeys(app, env)
         grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(f"{prefix}*")])
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(f"{keys.prefix}*")])
         )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["s3:PutObject", "s3:DeleteObject"],
-                resources=[
-                    self._bucket.arn_for_objects(f"{prefix}{name}")
-                    for name in ("current", "previous", "lock", "instances/*")
-                ],
+                resources=[self._bucket.arn_for_objects(key) for key in keys.rollout_keys()],
             )
         )
         grantee.grant_principal.add_to_principal_policy(

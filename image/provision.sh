@@ -31,8 +31,6 @@ LOG_DESTINATION="${SLIPWAY_LOG_DESTINATION:-}"
 LOG_TLS="${SLIPWAY_LOG_TLS:-false}"
 
 if [[ -n "$APP$ENV_NAME$BUCKET" ]]; then
-    [[ "$APP" =~ ^[a-z][a-z0-9-]{0,39}$ ]] || die "SLIPWAY_APP='$APP' must be lowercase letters, digits and '-'"
-    [[ "$ENV_NAME" =~ ^[a-z][a-z0-9-]{0,39}$ ]] || die "SLIPWAY_ENV='$ENV_NAME' must be lowercase letters, digits and '-'"
     [[ -n "$BUCKET" ]] || die "SLIPWAY_BUCKET is empty; set it to the release bucket's name"
 fi
 if [[ -n "$LOG_DESTINATION" ]]; then
@@ -87,21 +85,41 @@ if ! id deploy >/dev/null 2>&1; then
 fi
 # Root owns the home and everything the agent installs: apps run as deploy and must not be
 # able to change the program root runs, nor their own release code.
-install -d -m 0755 -o root -g root /home/deploy /home/deploy/bin /home/deploy/apps "$AGENT_DIR" "$AGENT_DIR/slipway_agent"
+install -d -m 0755 -o root -g root /home/deploy /home/deploy/bin /home/deploy/apps "$AGENT_DIR"
 install_file "$HERE/deploy" "$AGENT_DIR/deploy" 0755 >/dev/null
-install_file "$HERE/release.schema.json" "$AGENT_DIR/release.schema.json" 0644 >/dev/null
-for module in "$HERE"/slipway_agent/*.py; do
-    install_file "$module" "$AGENT_DIR/slipway_agent/$(basename "$module")" 0644 >/dev/null
+# The agent, and the release formats it shares with the control plane.
+for package in slipway_agent slipway_release; do
+    install -d -m 0755 -o root -g root "$AGENT_DIR/$package"
+    for file in "$HERE/$package"/*.py "$HERE/$package"/*.json; do
+        [[ -e "$file" ]] || continue
+        install_file "$file" "$AGENT_DIR/$package/$(basename "$file")" 0644 >/dev/null
+    done
+    # Files removed from the image disappear from the instance too.
+    for installed in "$AGENT_DIR/$package"/*; do
+        [[ -e "$HERE/$package/$(basename "$installed")" ]] || rm -rf "$installed"
+    done
 done
-# Modules removed from the image disappear from the instance too.
-for installed in "$AGENT_DIR"/slipway_agent/*.py; do
-    [[ -e "$HERE/slipway_agent/$(basename "$installed")" ]] || rm -f "$installed"
-done
-rm -rf "$AGENT_DIR/slipway_agent/__pycache__"
+# Earlier images kept the schema beside the packages.
+rm -f "$AGENT_DIR/release.schema.json"
 ln -sfn "$AGENT_DIR/deploy" /home/deploy/bin/deploy
 log "deploy program at /home/deploy/bin/deploy"
 
 # --- instance identity ----------------------------------------------------------------------
+# App and environment names as the whole platform defines them (slipway_release.names).
+name_rule() {  # name_rule app|env NAME: prints nothing if NAME is valid, else the rule it breaks
+    python3 -I - "$AGENT_DIR" "$1" "$2" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from slipway_release import names
+kind, name = sys.argv[2], sys.argv[3]
+if not getattr(names, f"is_{kind}_name")(name):
+    print(getattr(names, f"{kind.upper()}_NAME_RULE"))
+PY
+}
+if [[ -n "$APP$ENV_NAME" ]]; then
+    rule="$(name_rule app "$APP")"; [[ -z "$rule" ]] || die "SLIPWAY_APP='$APP' must be $rule"
+    rule="$(name_rule env "$ENV_NAME")"; [[ -z "$rule" ]] || die "SLIPWAY_ENV='$ENV_NAME' must be $rule"
+fi
 if [[ -n "$APP" ]]; then
     install -d -m 0755 /etc/slipway
     printf 'SLIPWAY_APP=%s\nSLIPWAY_ENV=%s\nSLIPWAY_BUCKET=%s\n' "$APP" "$ENV_NAME" "$BUCKET" > /etc/slipway/instance.env.new

@@ -122,6 +122,16 @@ def synth_variant(
     return synth
 
 
+@pytest.fixture
+def deployed(templates: dict[str, dict[str, Any]], fake_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The synthesized Platform-staging stack deployed into moto's in-process mock, as the local
+    platform deploys it; this process configured as its functions are (tests/moto_fleet.py)."""
+    from moto_fleet import platform
+
+    with platform(templates["Platform-staging"], monkeypatch) as stack:
+        yield stack
+
+
 def resources_of_type(template: Template, resource_type: str) -> dict[str, Any]:
     found: dict[str, Any] = template.find_resources(resource_type)
     return found

@@ -1,31 +1,31 @@
-"""A fleet on moto and the synthesized rollout state machine running on moto's Step
-Functions interpreter, with the real task handlers run in-process for every Lambda
-invocation. Shared by tests/test_rollout_machine.py and benchmarks/rollout.py."""
+"""The synthesized ``Platform-staging`` stack on moto (the local platform's own simulated AWS,
+:func:`local.aws.mock_platform`), with faults a test chooses: a command that fails on an
+instance, a target that turns unhealthy, something that happens when a command is sent.
+
+The web fleet is resized per test; releases r1 and r2 of web exist and r1 is current. The
+rollout tasks' AWS clients (:func:`slipway.aws.client`) are bent by the faults and count
+every call."""
 
 from __future__ import annotations
 
-import io
 import json
-import time
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
-import boto3
-from moto import mock_aws
-from moto.awslambda_simple.models import LambdaSimpleBackend
+import pytest
 
-from slipway.local import run_rollout_task, state_machine_definition
-from slipway.rollout import tasks
+from local.aws import Deployed, Execution, mock_platform
+from slipway import aws, deploys
+from slipway.rollout.strategy import Strategy
+from slipway.settings import ROLLOUT_TIMING, Timing
+from slipway_release.layout import AppKeys
 
-REGION = "us-east-1"
-BUCKET = "slipway-staging-releases"
-DOCUMENT = "Platform-staging-Deploy"
-ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
-MOTO_CONFIG = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
+APP, ENV = "web", "staging"
+KEYS = AppKeys(APP, ENV)
+TIMING = Timing(poll_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30)
 
 
 @dataclass
@@ -38,74 +38,27 @@ class Faults:
 
 
 class World:
-    """A fleet on moto: ASG over three zones behind a target group, a release bucket, alarms."""
+    """The deployed stack, web's fleet sized for one test, and what the rollout sent."""
 
-    def __init__(self, instances: int, min_size: int, max_size: int = 20) -> None:
-        self.ec2 = boto3.client("ec2", region_name=REGION)
-        self.asg = boto3.client("autoscaling", region_name=REGION)
-        self.elb = boto3.client("elbv2", region_name=REGION)
-        self.s3 = boto3.client("s3", region_name=REGION)
-        vpc = self.ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnets = [
-            self.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=zone)["Subnet"]["SubnetId"]
-            for i, zone in enumerate(ZONES)
-        ]
-        self.target_group = self.elb.create_target_group(
-            Name="web-staging", Protocol="HTTP", Port=5000, VpcId=vpc, TargetType="instance"
-        )["TargetGroups"][0]["TargetGroupArn"]
-        image = self.ec2.describe_images()["Images"][0]["ImageId"]
-        self.asg.create_launch_configuration(LaunchConfigurationName="web", ImageId=image, InstanceType="t3.small")
-        self.asg.create_auto_scaling_group(
-            AutoScalingGroupName="web-staging",
-            LaunchConfigurationName="web",
-            MinSize=min_size,
-            MaxSize=max_size,
-            DesiredCapacity=instances,
-            VPCZoneIdentifier=",".join(subnets),
-            TargetGroupARNs=[self.target_group],
-            Tags=[{"Key": "slipway:env", "Value": "staging", "PropagateAtLaunch": True}],
-        )
-        self.s3.create_bucket(Bucket=BUCKET)
-        self.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    def __init__(self, deployed: Deployed, *, instances: int, min_size: int, max_size: int = 20) -> None:
+        self.deployed_stack = deployed
+        self.clients = deployed.clients
+        self.fleet = deployed.fleet(APP)
+        self.bucket = self.fleet.bucket
+        deployed.resize(APP, desired=instances, minimum=min_size, maximum=max_size)
         for release in ("r1", "r2"):
-            self.s3.put_object(
-                Bucket=BUCKET,
-                Key=f"web/staging/{release}/release.json",
-                Body=json.dumps({"id": release, "app": "web", "env": "staging"}).encode(),
+            manifest = {"id": release, "app": APP, "env": ENV}
+            self.clients.s3.put_object(
+                Bucket=self.bucket, Key=KEYS.release(release, "release.json"), Body=json.dumps(manifest).encode()
             )
-        self.s3.put_object(Bucket=BUCKET, Key="web/staging/current", Body=b"r1\n")
-        self.cloudwatch = boto3.client("cloudwatch", region_name=REGION)
-        self.cloudwatch.put_metric_alarm(
-            AlarmName="web-staging-5xx",
-            MetricName="HTTPCode_Target_5XX_Count",
-            Namespace="AWS/ApplicationELB",
-            Statistic="Sum",
-            Period=60,
-            EvaluationPeriods=1,
-            Threshold=5,
-            ComparisonOperator="GreaterThanThreshold",
-        )
-        boto3.client("ssm", region_name=REGION).create_document(
-            Name=DOCUMENT,
-            DocumentType="Command",
-            Content=json.dumps(
-                {
-                    "schemaVersion": "2.2",
-                    "description": "deploy",
-                    "parameters": {"ReleaseUrl": {"type": "String"}},
-                    "mainSteps": [
-                        {
-                            "action": "aws:runShellScript",
-                            "name": "deploy",
-                            "inputs": {"runCommand": ["/home/deploy/bin/deploy {{ ReleaseUrl }}"]},
-                        }
-                    ],
-                }
-            ),
-        )
+        self.clients.s3.put_object(Bucket=self.bucket, Key=KEYS.current, Body=b"r1\n")
         self.sent: list[tuple[list[str], str]] = []
         self.faults = Faults()
-        self.calls: dict[str, int] = {}  # AWS API calls the tasks made, by service:operation
+        self.calls: dict[str, int] = {}  # AWS API calls through slipway.aws.client, by service:operation
+
+    @property
+    def group(self) -> str:
+        return self.fleet.group
 
     def hold_lock(self, *, owner: str, execution: str, acquired_at: str, expires_at: str) -> None:
         """Leave the app's deploy lock as another rollout would (live or dead by ``expires_at``)."""
@@ -116,14 +69,13 @@ class World:
             "acquired_at": acquired_at,
             "expires_at": expires_at,
         }
-        self.s3.put_object(Bucket=BUCKET, Key="web/staging/lock", Body=json.dumps(lock).encode())
+        self.clients.s3.put_object(Bucket=self.bucket, Key=KEYS.lock, Body=json.dumps(lock).encode())
 
     def instances(self) -> list[str]:
-        group = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=["web-staging"])["AutoScalingGroups"][0]
-        return sorted(i["InstanceId"] for i in group["Instances"])
+        return self.deployed_stack.instances(APP)
 
     def current(self) -> str:
-        return self.s3.get_object(Bucket=BUCKET, Key="web/staging/current")["Body"].read().decode().strip()
+        return self.clients.s3.get_object(Bucket=self.bucket, Key=KEYS.current)["Body"].read().decode().strip()
 
     def deployed(self) -> dict[str, str]:
         """The release each instance got last, by the commands sent."""
@@ -134,27 +86,27 @@ class World:
         return last
 
     def state(self, **overrides: Any) -> dict[str, Any]:
-        return {
-            "app": "web",
-            "env": "staging",
-            "release": "r2",
-            "user": "alice",
-            "kind": "deploy",
-            "fleet": {
-                "group": "web-staging",
-                "target_group": self.target_group,
-                "alarms": ["web-staging-5xx"],
-                "document": DOCUMENT,
-                "bucket": BUCKET,
-            },
-            "strategy": {"canary": True, "batch_percent": 50, "bake_seconds": 0},
-            "timing": {"poll_seconds": 0, "command_timeout": 60, "healthy_timeout": 60, "lock_minutes": 30},
-            **overrides,
-        }
+        """A rollout's input, as the API builds it, for r2 of web by alice."""
+        strategy = Strategy.parse(overrides.pop("strategy", {"batch_percent": 50, "bake_seconds": 0}))
+        state = deploys.execution_input(
+            app=APP,
+            env=ENV,
+            release="r2",
+            user="alice",
+            kind="deploy",
+            fleet=self.fleet,
+            strategy=strategy,
+            timing=TIMING,
+        )
+        return {**state, **overrides}
+
+    def run(self, **state: Any) -> Execution:
+        """One rollout to its end, with the world's faults."""
+        return self.deployed_stack.wait(self.deployed_stack.start(self.state(**state)))
 
 
 class FaultyClients:
-    """tasks._client with SSM and ELB answers bent by the world's faults."""
+    """:func:`slipway.aws.client` with SSM and ELB answers bent by the world's faults."""
 
     def __init__(self, world: World, real: Callable[[str], Any]) -> None:
         self.world, self.real = world, real
@@ -177,6 +129,9 @@ class FaultyClients:
 
             return _Bent(client, world.calls, describe_target_health=health)
         return _Bent(client, world.calls)
+
+    def cache_clear(self) -> None:
+        self.real.cache_clear()  # type: ignore[attr-defined]
 
     def _send(self, client: Any) -> Callable[..., Any]:
         def send(**kwargs: Any) -> Any:
@@ -221,69 +176,27 @@ class _Bent:
         return counted
 
 
-@dataclass
-class Execution:
-    status: str
-    output: dict[str, Any]
-    events: list[dict[str, Any]]
+@contextmanager
+def platform(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployed]:
+    """The staging stack deployed into moto; this process configured as its functions are."""
+    with mock_platform(template) as deployed:
+        for name, value in deployed.environment.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv(ROLLOUT_TIMING, json.dumps(TIMING.to_json()))
+        aws.client.cache_clear()
+        from slipway import api
 
-
-class Runner:
-    """Runs executions of the state machine ``arn`` against a world; ``runner(world, **state)``."""
-
-    def __init__(self, arn: str, sfn: Any, real: Callable[[str], Any]) -> None:
-        self.arn, self.sfn, self.real = arn, sfn, real
-
-    def start(self, world: World, state: dict[str, Any]) -> str:
-        return str(self.sfn.start_execution(stateMachineArn=self.arn, input=json.dumps(state))["executionArn"])
-
-    def wait(self, execution_arn: str) -> Execution:
-        deadline = time.monotonic() + 120
-        while True:
-            described = self.sfn.describe_execution(executionArn=execution_arn)
-            if described["status"] != "RUNNING" or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        output = json.loads(described.get("output") or "{}")
-        if described["status"] == "FAILED":
-            output = {"error": described.get("error"), "cause": described.get("cause")}
-        events = self.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
-        return Execution(described["status"], output, events)
-
-    def faulty(self, world: World) -> Any:
-        """Route the tasks' AWS clients through ``world``'s faults (a context manager)."""
-        return mock.patch.object(tasks, "_client", FaultyClients(world, self.real))
-
-    def __call__(self, world: World, **state: Any) -> Execution:
-        with self.faulty(world):
-            return self.wait(self.start(world, world.state(**state)))
+        api.settings.cache_clear()
+        try:
+            yield deployed
+        finally:
+            aws.client.cache_clear()
+            api.settings.cache_clear()
 
 
 @contextmanager
-def rollout_machine(template: dict[str, Any]) -> Iterator[Runner]:
-    """Inside a moto mock: create the state machine from ``template``; yield run(world, **state)."""
-    with mock.patch.object(LambdaSimpleBackend, "invoke", run_rollout_task), mock_aws(config=MOTO_CONFIG):
-        real = tasks._client
-        real.cache_clear()
-        iam = boto3.client("iam", region_name=REGION)
-        role = iam.create_role(RoleName="tasks", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as archive:
-            archive.writestr("index.py", "")
-        function = boto3.client("lambda", region_name=REGION).create_function(
-            FunctionName="rollout-tasks",
-            Runtime="python3.13",
-            Role=role,
-            Handler="index.handler",
-            Code={"ZipFile": code.getvalue()},
-        )["FunctionArn"]
-        sfn = boto3.client("stepfunctions", region_name=REGION)
-        arn = sfn.create_state_machine(
-            name="rollout", roleArn=role, definition=state_machine_definition(template, function)
-        )["stateMachineArn"]
-
-        runner = Runner(arn, sfn, real)
-        try:
-            yield runner
-        finally:
-            real.cache_clear()
+def faulty(world: World) -> Iterator[World]:
+    """Route every AWS client of the control plane through the world's faults."""
+    real = aws.client
+    with mock.patch.object(aws, "client", FaultyClients(world, real)):
+        yield world

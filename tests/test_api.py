@@ -21,12 +21,12 @@ from api_events import call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slipway import api, publisher
+from slipway import api, aws, publisher
 from slipway.releases import ReleaseError, change_config
-from slipway_agent.envfile import parse_env
+from slipway_release.envfile import parse_env
 
 EVENTS = Path(__file__).parent / "events"
-SCHEMA = json.loads((Path(__file__).parent.parent / "image" / "release.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).parent.parent / "image" / "slipway_release" / "release.schema.json").read_text())
 BUCKET = "releases"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 APPS = {
@@ -45,8 +45,8 @@ def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
         "MAX_SOURCE_BYTES": str(64 * 1024 * 1024),
     }.items():
         monkeypatch.setenv(name, value)
-    api._s3.cache_clear()
-    api._settings.cache_clear()
+    aws.client.cache_clear()
+    api.settings.cache_clear()
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
     client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -146,11 +146,39 @@ def test_concurrent_publishes_get_distinct_ids_and_none_is_lost(s3: Any) -> None
         assert stored == sources[i]
 
 
+def tarball_of(entries: list[tuple[str, bytes, str]]) -> bytes:
+    """A gzip tar of (name, tar type, file data or link target) entries, as a hostile uploader makes it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.addfile(tarfile.TarInfo("Procfile"), io.BytesIO(b""))
+        for name, kind, payload in entries:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            data = payload.encode() if kind == tarfile.REGTYPE else b""
+            if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = payload
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 BAD_SOURCES = {
-    "not gzip": (b"just some text", "not a gzip-compressed tar"),
-    "gzip but not tar": (gzip.compress(b"x" * 4096), "not a gzip-compressed tar"),
+    "not gzip": (b"just some text", "not a readable gzip tar archive"),
+    "gzip but not tar": (gzip.compress(b"x" * 4096), "not a readable gzip tar archive"),
     "no Procfile at the root": (source_tarball({"app/Procfile": b"web: x\n"}), "no Procfile at its root"),
     "Procfile is a directory": (source_tarball({"Procfile/x": b""}), "no Procfile at its root"),
+    "Procfile without processes": (source_tarball({"Procfile": b"# nothing\n"}), "Procfile defines no process"),
+    "Procfile line without a command": (source_tarball({"Procfile": b"web:\n"}), "process type 'web' has no command"),
+    # What the instance agent refuses when it unpacks, refused here first, by the same rules.
+    "absolute path": (tarball_of([("/etc/cron.d/x", tarfile.REGTYPE, "x")]), "has an absolute path"),
+    "climbing out": (tarball_of([("../../etc/x", tarfile.REGTYPE, "x")]), "climbs out with '..'"),
+    "escaping symlink": (tarball_of([("logs", tarfile.SYMTYPE, "../../var/log")]), "resolves outside the release"),
+    "device": (tarball_of([("disk", tarfile.BLKTYPE, "")]), "is a block device"),
+    "FIFO": (tarball_of([("pipe", tarfile.FIFOTYPE, "")]), "is a FIFO"),
+    "duplicate entry": (
+        tarball_of([("app.py", tarfile.REGTYPE, "1"), ("app.py", tarfile.REGTYPE, "2")]),
+        "'app.py' appears twice",
+    ),
 }
 
 
@@ -159,6 +187,28 @@ def test_bad_source_is_refused_and_nothing_is_written(s3: Any, data: bytes, mess
     status, body = publish(data)
     assert status == 422
     assert message in body["message"]
+    assert keys(s3, "web/") == []
+
+
+def test_a_source_whose_procfile_lacks_a_process_the_formation_runs_is_refused(s3: Any) -> None:
+    # billing runs two workers per instance (cdk.json formation): its Procfile must define worker.
+    status, body = publish(source_tarball({"Procfile": b"web: python app.py\n"}), app="billing")
+    assert status == 422
+    assert "formation names process type 'worker', which the Procfile does not define" in body["message"]
+    assert keys(s3, "billing/") == []
+    status, _ = publish(source_tarball({"Procfile": b"web: python app.py\nworker: python work.py\n"}), app="billing")
+    assert status == 201
+
+
+def test_a_gzip_bomb_is_refused_from_its_headers(s3: Any) -> None:
+    """The unpacked size comes from the tar headers: an entry declaring 3 GiB (over the agent's
+    2 GiB limit) is refused at its header, before any of its data would be inflated."""
+    header = tarfile.TarInfo("zeros")
+    header.size = 3 * 1024**3
+    procfile = tarfile.TarInfo("Procfile")
+    body = procfile.tobuf() + header.tobuf() + bytes(64 * 1024)  # the rest never arrives
+    status, refused = publish(gzip.compress(body))
+    assert status == 422 and f"unpacks to more than {2 * 1024**3} bytes" in refused["message"]
     assert keys(s3, "web/") == []
 
 
@@ -343,7 +393,7 @@ def test_bad_config_changes_are_refused_and_change_nothing(s3: Any, change: dict
 )
 @settings(max_examples=200)
 def test_any_carriable_config_round_trips_through_the_env_file(values: dict[str, str]) -> None:
-    from slipway_agent.envfile import render_env
+    from slipway_release.envfile import render_env
 
     assert parse_env(render_env(change_config({}, set_vars=values, unset=[]))) == values
 

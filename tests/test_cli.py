@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
-from slipway.local import launch
+from local.platform import launch
 
 SLIPWAY = Path(sys.executable).parent / "slipway"
 PASSWORD = "correct-horse-battery"
@@ -37,7 +37,8 @@ def checkout(tmp_path: Path) -> Path:
     """A git repository of a small app, as a developer has it."""
     repo = tmp_path / "app"
     repo.mkdir()
-    (repo / "Procfile").write_text("web: python3 app.py\n")
+    # billing's formation (cdk.json) runs workers: its Procfile must define them.
+    (repo / "Procfile").write_text("web: python3 app.py\nworker: python3 app.py --work\n")
     (repo / "app.py").write_text("print('hello')\n")
     git = ["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
@@ -190,7 +191,7 @@ def test_missing_or_wrong_credentials_get_401_with_a_browser_prompt(
     )
 
     def stored() -> list[str]:
-        return [o["Key"] for o in s3.list_objects_v2(Bucket="slipway-staging-releases").get("Contents", [])]
+        return [o["Key"] for o in s3.list_objects_v2(Bucket=local["staging"]["bucket"]).get("Contents", [])]
 
     before = stored()
     headers = {"Content-Type": "application/json"} | ({"Authorization": authorization} if authorization else {})
@@ -208,8 +209,9 @@ def test_missing_or_wrong_credentials_get_401_with_a_browser_prompt(
 
 
 def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
-    # The local control plane's fleets are moto's simulated instances: this follows the real
-    # rollout state machine and its tasks end to end, not the instance agent.
+    # The local platform's fleets are the stack's Auto Scaling groups with moto's instances: this
+    # follows the real rollout state machine and its tasks end to end, not the instance agent.
+    # web in staging runs 1 to 2 instances: the rollout surges to 2 and deploys them one by one.
     assert slipway("release", "web", "staging", "-m", "one").returncode == 0
     first = releases(slipway, "web", "staging")[0]["id"]
     result = slipway("deploy", "web", "staging", first, "--bake", "0", "--interval", "0.2")
@@ -245,13 +247,14 @@ def test_deploy_of_a_missing_release_is_one_line(slipway: Run) -> None:
 
 
 def test_status_and_cycling_one_instance_from_the_cli(slipway: Run) -> None:
+    # billing in staging runs 1 to 2 instances (cdk.json): the stack's group starts at its minimum.
     shown = json.loads(slipway("--json", "status", "billing", "staging").stdout)
-    assert shown["capacity"]["desired"] == 2 and len(shown["instances"]) == 2
+    assert shown["capacity"] == {"min": 1, "desired": 1, "max": 2} and len(shown["instances"]) == 1
     text = slipway("status", "billing", "staging").stdout.splitlines()
-    assert text[0].startswith("billing in staging: current ") and len(text) == 3
+    assert text[0].startswith("billing in staging: current ") and len(text) == 2
     victim = shown["instances"][0]["id"]
     result = slipway("cycle", "billing", "staging", "--instance", victim, "--interval", "0.2", "--timeout", "30")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"Replaced {victim}: 2 of 2 instances of billing in staging serve"
+    assert result.stdout.strip() == f"Replaced {victim}: 1 of 1 instances of billing in staging serve"
     after = json.loads(slipway("--json", "status", "billing", "staging").stdout)
-    assert victim not in [i["id"] for i in after["instances"]] and len(after["instances"]) == 2
+    assert victim not in [i["id"] for i in after["instances"]] and len(after["instances"]) == 1

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from constructs.config import AppSettings, ConfigError, PlatformConfig
+from slipway.rollout.strategy import Strategy, StrategyError
 
 
 def test_example_configuration_parses(example_platform: dict[str, Any]) -> None:
@@ -284,40 +285,24 @@ def test_port_is_accepted_exactly_in_the_unprivileged_range(port: int) -> None:
 def test_rollout_defaults_and_overrides(example_platform: dict[str, Any]) -> None:
     config = PlatformConfig.from_context(example_platform)
     apps = {app.name: app for app in config.apps}
-    assert apps["web"].settings_for("staging").rollout.as_strategy() == {
-        "canary": True,
-        "batch_percent": 25,
-        "bake_seconds": 30,
-        "surge": True,
-    }
-    assert apps["billing"].settings_for("production").rollout.as_strategy() == {
-        "canary": True,
-        "batch_percent": 50,
-        "bake_seconds": 60,
-        "surge": True,
-    }
+    assert apps["web"].settings_for("staging").rollout == Strategy()
+    assert apps["billing"].settings_for("production").rollout == Strategy(batch_percent=50, bake_seconds=60)
     platform = copy.deepcopy(example_platform)
     platform["apps"]["billing"]["environments"]["staging"]["rollout"] = {"batch_size": 1, "canary": False}
     staging = {a.name: a for a in PlatformConfig.from_context(platform).apps}["billing"].settings_for("staging")
     # An override changes what it names; the app's bake time stays.
-    assert staging.rollout.as_strategy() == {"canary": False, "batch_size": 1, "bake_seconds": 60, "surge": True}
+    assert staging.rollout == Strategy(canary=False, batch_size=1, batch_percent=None, bake_seconds=60)
 
 
-@given(
-    canary=st.booleans(),
-    surge=st.booleans(),
-    bake=st.integers(0, 3600),
-    size=st.one_of(st.none(), st.integers(1, 1000)),
-    percent=st.integers(1, 100),
+@pytest.mark.parametrize(
+    "raw",
+    [{"batch_size": 0}, {"batch_size": 1001}, {"batch_percent": 0}, {"bake_seconds": -1}, {"canary": "yes"}, {"x": 1}],
 )
-def test_every_configured_rollout_is_a_strategy_the_control_plane_accepts(
-    canary: bool, surge: bool, bake: int, size: int | None, percent: int
-) -> None:
-    from slipway.rollout.plan import Strategy
-
-    raw: dict[str, Any] = {"canary": canary, "surge": surge, "bake_seconds": bake}
-    raw.update({"batch_size": size} if size is not None else {"batch_percent": percent})
-    settings = AppSettings.parse("api", {"rollout": raw}, "platform.apps.api").rollout
-    strategy = Strategy.parse(settings.as_strategy(), Strategy())
-    assert (strategy.canary, strategy.surge, strategy.bake_seconds) == (canary, surge, bake)
-    assert (strategy.batch_size, strategy.batch_percent) == ((size, None) if size is not None else (None, percent))
+def test_rollout_settings_are_refused_exactly_where_the_control_plane_refuses_a_strategy(raw: dict[str, Any]) -> None:
+    """One model: the configuration's error is the strategy's own, at the configuration's key path."""
+    with pytest.raises(StrategyError) as refused:
+        Strategy.parse(raw)
+    with pytest.raises(ConfigError) as raised:
+        AppSettings.parse("api", {"rollout": raw}, "platform.apps.api")
+    assert raised.value.path == f"platform.apps.api.rollout.{refused.value.option}"
+    assert str(raised.value) == f"{raised.value.path}: {refused.value.problem}; {refused.value.fix}"

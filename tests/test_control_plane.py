@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,10 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk.assertions import Match, Template
 
 from constructs.config import AppSettings
-from constructs.control_plane import ApiRoute, ControlPlane, apps_setting, routes_from_openapi
+from constructs.control_plane import ApiRoute, ControlPlane, routes_from_openapi
 from constructs.release_store import ReleaseStore
+from slipway.rollout.strategy import Strategy
+from slipway.settings import ControlPlaneSettings, FleetSettings
 
 LAYER_PARAMETER = "/aws/service/powertools/python/arm64/python3.13/3.37.0"
 
@@ -75,6 +79,33 @@ def test_api_function_environment(staging: Template, production: Template) -> No
         "web": {"port": 5000, "health_check_path": "/health", "formation": {"web": 1}},
     }
     assert _function(production, "Api")["Environment"]["Variables"]["PLATFORM_ENV"] == "production"
+
+
+def test_api_function_environment_parses_into_the_settings_the_api_reads(staging: Template) -> None:
+    """What synthesis hands the control plane is the typed settings, round trip: every fleet field
+    is set (none carried for nothing), the app's rollout from cdk.json included."""
+    variables = _function(staging, "Api")["Environment"]["Variables"]
+    resolved = {
+        name: value if isinstance(value, str) else json.dumps(value)  # tokens stay tokens; only their shape matters
+        for name, value in variables.items()
+    }
+    fleets = json.loads(_join_text(variables["FLEETS_JSON"]))
+    assert set(fleets) == {"web", "billing"}
+    assert set(fleets["billing"]) == {f.name for f in dataclasses.fields(FleetSettings)}
+    assert fleets["billing"]["strategy"] == {"canary": True, "batch_percent": 50, "bake_seconds": 60, "surge": True}
+    assert fleets["web"]["strategy"] == Strategy().as_dict()
+    assert "STATE_MACHINE_ARN" in resolved
+    settings = ControlPlaneSettings.from_environ({**resolved, "FLEETS_JSON": _join_text(variables["FLEETS_JSON"])})
+    assert settings.fleets["billing"].strategy == Strategy(batch_percent=50, bake_seconds=60)
+    assert settings.apps["billing"].formation == {"web": 1, "worker": 2}
+
+
+def _join_text(value: Any) -> str:
+    """A ``Fn::Join`` as text, every token replaced by a placeholder string."""
+    if isinstance(value, str):
+        return value
+    parts = value["Fn::Join"][1]
+    return "".join(p if isinstance(p, str) else "TOKEN" for p in parts)
 
 
 def test_api_function_reads_and_writes_only_its_environments_prefixes(staging: Template) -> None:
@@ -145,6 +176,7 @@ S3_ACTIONS = {
     "put_object": {"s3:PutObject"},
     "copy_object": {"s3:GetObject", "s3:PutObject"},
     "delete_objects": {"s3:DeleteObject"},
+    "delete_object": {"s3:DeleteObject"},
     "list_objects_v2": {"s3:ListBucket"},
     "create_multipart_upload": {"s3:PutObject"},
     "upload_part": {"s3:PutObject"},
@@ -363,18 +395,33 @@ def test_outputs_give_the_url_and_how_to_read_the_password(staging: Template) ->
     assert "aws secretsmanager get-secret-value" in secret["Description"]
 
 
-def test_lambda_asset_follows_symlinks_and_leaves_out_bytecode_and_caches(
-    staging: Template, assembly_dir: Path
-) -> None:
-    _, function = _one(staging, "AWS::Lambda::Function", "ControlPlaneApiFunction")
-    asset = assembly_dir / function["Metadata"]["aws:asset:path"]
-    # The control plane imports the agent's modules and schema through symlinks in lambdas/.
-    assert (asset / "slipway_agent").is_dir() and not (asset / "slipway_agent").is_symlink()
-    assert (asset / "release.schema.json").is_file() and not (asset / "release.schema.json").is_symlink()
-    assert (asset / "slipway" / "authorizer.py").is_file()
-    assert not [p for p in asset.rglob("*") if p.name.endswith(("__pycache__", "_cache")) or p.suffix == ".pyc"]
-    # The CLI and the local front never run in Lambda.
-    assert not (asset / "slipway" / "cli.py").exists() and not (asset / "slipway" / "local.py").exists()
+def _files(root: Path) -> list[str]:
+    """Every file under ``root``, links followed, bytecode and tool caches left out."""
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if d != "__pycache__" and not d.endswith("_cache")]
+        found += [str((Path(folder) / n).relative_to(root)) for n in names if not n.endswith(".pyc")]
+    return sorted(found)
+
+
+def test_lambda_asset_is_exactly_the_lambda_code(staging: Template, assembly_dir: Path, repo: Path) -> None:
+    """Both functions' asset is lambdas/ as it is, its link to the shared release formats copied in:
+    nothing of the CLI, the local platform or the tests, no bytecode, and nothing that imports moto."""
+    for name in ("ControlPlaneApiFunction", "RolloutTasks"):
+        _, function = _one(staging, "AWS::Lambda::Function", name)
+        asset = assembly_dir / function["Metadata"]["aws:asset:path"]
+        files = _files(asset)
+        assert files == _files(repo / "lambdas")
+        assert {f.split("/")[0] for f in files} == {"slipway", "slipway_release"}
+        assert (asset / "slipway_release").is_dir() and not (asset / "slipway_release").is_symlink()
+        imports = [
+            line.split()[1]
+            for f in files
+            if f.endswith(".py")
+            for line in (asset / f).read_text().splitlines()
+            if line.lstrip().startswith(("import ", "from "))
+        ]
+        assert not [m for m in imports if m.split(".")[0] in ("moto", "local", "slipway_cli", "tests", "pytest")]
 
 
 # Pure parts and validation.
@@ -409,13 +456,6 @@ def test_routes_from_openapi_takes_operations_and_skips_path_parameters() -> Non
 def test_routes_from_openapi_rejects_documents_api_gateway_cannot_serve(document: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         routes_from_openapi(document)
-
-
-def test_apps_setting_is_what_the_api_function_needs_to_know() -> None:
-    apps = [AppSettings(name="billing", port=8080, formation=(("web", 1), ("worker", 2)))]
-    assert apps_setting(apps) == {
-        "billing": {"port": 8080, "health_check_path": "/", "formation": {"web": 1, "worker": 2}}
-    }
 
 
 def _control_plane(**overrides: Any) -> ControlPlane:

@@ -1,61 +1,54 @@
-"""Deploys through the API: start, follow and roll back, on the synthesized state machine
-running on moto (tests/moto_fleet.py), with real API Gateway events (tests/api_events.py)."""
+"""Deploys through the API: start, follow and roll back, on the synthesized stack deployed
+into moto and its state machine (tests/moto_fleet.py), with real API Gateway events
+(tests/api_events.py). The API is configured exactly as the stack configured its function."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from api_events import call
-from moto_fleet import BUCKET, REGION, Runner, World, rollout_machine
+from moto_fleet import World, faulty
 
-from slipway import api
-
-
-@pytest.fixture
-def runner(templates: dict[str, dict[str, Any]], fake_aws: None) -> Iterator[Runner]:
-    with rollout_machine(templates["Platform-staging"]) as machine:
-        yield machine
+from local.aws import Deployed
+from slipway import aws
+from slipway_release.layout import AppKeys
 
 
 @pytest.fixture
-def world(runner: Runner, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    """A 4-instance fleet, and the API configured for it as the stack configures it."""
-    fleet = World(instances=4, min_size=2)
-    state = fleet.state()
-    monkeypatch.setenv("RELEASE_BUCKET", BUCKET)
-    monkeypatch.setenv("PLATFORM_ENV", "staging")
-    monkeypatch.setenv("APPS_JSON", json.dumps({"web": {"port": 5000, "health_check_path": "/", "formation": {}}}))
-    monkeypatch.setenv("STATE_MACHINE_ARN", runner.arn)
-    monkeypatch.setenv("FLEETS_JSON", json.dumps({"web": state["fleet"]}))
-    monkeypatch.setenv("ROLLOUT_TIMING", json.dumps({"poll_seconds": 0, "command_timeout": 60, "healthy_timeout": 60}))
-    clients = (api._s3, api._sfn, api._aws, api._settings)  # a test may replace one; clear the originals
-    for cached in clients:
-        cached.cache_clear()
-    with runner.faulty(fleet):
+def world(deployed: Deployed) -> Iterator[World]:
+    """A 4-instance web fleet (2 to 20), its faults on every control-plane client."""
+    fleet = World(deployed, instances=4, min_size=2)
+    with faulty(fleet):
         yield fleet
-    for cached in clients:
-        cached.cache_clear()
 
 
-def execution_arn(runner: Runner, deploy: str) -> str:
-    return runner.arn.replace(":stateMachine:", ":execution:") + f":{deploy}"
+def execution_arn(world: World, deploy: str) -> str:
+    machine = world.deployed_stack.settings.state_machine
+    assert machine is not None
+    return machine.replace(":stateMachine:", ":execution:") + f":{deploy}"
 
 
-def deploy(runner: Runner, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def executions(world: World) -> list[Any]:
+    machine = world.deployed_stack.settings.state_machine
+    return list(world.clients.stepfunctions.list_executions(stateMachineArn=machine)["executions"])
+
+
+def deploy(world: World, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     status, started = call("POST", path, body)
     assert status == 202, started
-    runner.wait(execution_arn(runner, started["id"]))
+    world.deployed_stack.wait(execution_arn(world, started["id"]))
     status, shown = call("GET", f"/apps/web/envs/staging/deploys/{started['id']}")
     assert status == 200, shown
     return dict(shown)
 
 
-def test_deploy_then_follow_it_to_the_end(runner: Runner, world: World) -> None:
+def test_deploy_then_follow_it_to_the_end(world: World) -> None:
     shown = deploy(
-        runner,
+        world,
         "/apps/web/envs/staging/deploys",
         {"release": "r2", "strategy": {"bake_seconds": 0, "batch_percent": 50}},
     )
@@ -69,17 +62,17 @@ def test_deploy_then_follow_it_to_the_end(runner: Runner, world: World) -> None:
     assert status == 200 and [d["id"] for d in listed["deploys"]] == [shown["id"]]
 
 
-def test_rollback_deploys_the_previous_release(runner: Runner, world: World) -> None:
-    deploy(runner, "/apps/web/envs/staging/deploys", {"release": "r2", "strategy": {"bake_seconds": 0}})
+def test_rollback_deploys_the_previous_release(world: World) -> None:
+    deploy(world, "/apps/web/envs/staging/deploys", {"release": "r2", "strategy": {"bake_seconds": 0}})
     assert {i["release"] for i in call("GET", "/apps/web/envs/staging/status")[1]["instances"]} == {"r2"}
-    shown = deploy(runner, "/apps/web/envs/staging/rollback", {"strategy": {"bake_seconds": 0}})
+    shown = deploy(world, "/apps/web/envs/staging/rollback", {"strategy": {"bake_seconds": 0}})
     assert (shown["status"], shown["release"], shown["kind"]) == ("SUCCEEDED", "r1", "rollback")
     assert world.current() == "r1"
     assert set(world.deployed().values()) == {"r1"}
     assert {i["release"] for i in call("GET", "/apps/web/envs/staging/status")[1]["instances"]} == {"r1"}
 
 
-def test_failed_deploy_shows_the_instance_and_its_output(runner: Runner, world: World) -> None:
+def test_failed_deploy_shows_the_instance_and_its_output(world: World) -> None:
     def fail_r2_on_the_canary(instances: list[str], url: str) -> None:
         if url.endswith("/r2") and len(world.sent) == 1:
             world.faults.command_fails_on.update(instances)
@@ -87,7 +80,7 @@ def test_failed_deploy_shows_the_instance_and_its_output(runner: Runner, world: 
             world.faults.command_fails_on.difference_update(instances)
 
     world.faults.on_send = fail_r2_on_the_canary
-    shown = deploy(runner, "/apps/web/envs/staging/deploys", {"release": "r2", "strategy": {"bake_seconds": 0}})
+    shown = deploy(world, "/apps/web/envs/staging/deploys", {"release": "r2", "strategy": {"bake_seconds": 0}})
     assert shown["status"] == "FAILED"
     [canary] = world.sent[0][0]
     assert shown["failure"]["instance"] == canary
@@ -104,28 +97,28 @@ def test_failed_deploy_shows_the_instance_and_its_output(runner: Runner, world: 
         ("/apps/web/envs/staging/deploys", {}, 400, 'send {"release": "r7"}'),
         ("/apps/web/envs/staging/deploys", {"release": "r9"}, 404, "no release r9"),
         ("/apps/web/envs/staging/deploys", {"release": "r2", "strategy": {"batch_pct": 5}}, 400, "batch_pct"),
-        ("/apps/web/envs/staging/deploys", {"release": "r2", "strategy": 5}, 400, "strategy must be an object"),
+        ("/apps/web/envs/staging/deploys", {"release": "r2", "strategy": 5}, 400, "strategy: expected an object"),
         ("/apps/web/envs/staging/rollback", {}, 409, "no earlier deployed release"),
     ],
 )
 def test_bad_deploy_requests_start_nothing(
-    runner: Runner, world: World, path: str, body: dict[str, Any], status: int, message: str
+    world: World, path: str, body: dict[str, Any], status: int, message: str
 ) -> None:
     answer, refused = call("POST", path, body)
     assert answer == status and message in refused["message"], refused
-    assert runner.sfn.list_executions(stateMachineArn=runner.arn)["executions"] == []
+    assert executions(world) == []
 
 
-def test_a_held_lock_is_refused_before_starting(runner: Runner, world: World) -> None:
+def test_a_held_lock_is_refused_before_starting(world: World) -> None:
     world.hold_lock(
         owner="bob", execution="arn:other", acquired_at="2026-11-26T03:00:00Z", expires_at="2999-01-01T00:00:00Z"
     )
     status, refused = call("POST", "/apps/web/envs/staging/deploys", {"release": "r2"})
     assert status == 409 and "bob" in refused["message"]
-    assert runner.sfn.list_executions(stateMachineArn=runner.arn)["executions"] == []
+    assert executions(world) == []
 
 
-def test_status_shows_current_capacity_and_every_instance(runner: Runner, world: World) -> None:
+def test_status_shows_current_capacity_and_every_instance(world: World) -> None:
     status, shown = call("GET", "/apps/web/envs/staging/status")
     assert status == 200, shown
     assert (shown["current"], shown["deploying"]) == ("r1", None)
@@ -136,7 +129,7 @@ def test_status_shows_current_capacity_and_every_instance(runner: Runner, world:
     }
 
 
-def test_cycling_one_instance_keeps_capacity(runner: Runner, world: World) -> None:
+def test_cycling_one_instance_keeps_capacity(world: World) -> None:
     victim = world.instances()[0]
     status, cycling = call("POST", "/apps/web/envs/staging/cycle", {"instance": victim})
     assert (status, cycling) == (202, {"kind": "instance", "instance": victim, "status": "replacing"})
@@ -144,43 +137,43 @@ def test_cycling_one_instance_keeps_capacity(runner: Runner, world: World) -> No
     assert victim not in after and len(after) == 4  # a replacement, not a smaller fleet
 
 
-def test_cycling_an_unknown_instance_is_refused(runner: Runner, world: World) -> None:
+def test_cycling_an_unknown_instance_is_refused(world: World) -> None:
     status, refused = call("POST", "/apps/web/envs/staging/cycle", {"instance": "i-0123456789abcdef0"})
     assert status == 404 and "is not an instance of web in staging" in refused["message"]
     assert len(world.instances()) == 4
 
 
-def test_cycling_the_fleet_starts_a_guarded_instance_refresh(
-    runner: Runner, world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cycling_the_fleet_starts_a_guarded_instance_refresh(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     # moto has no instance refresh: check the exact request against the AWS model instead.
     import boto3
     from botocore.stub import Stubber
 
-    client = boto3.client("autoscaling", region_name=REGION)
+    client = boto3.client("autoscaling", region_name="us-east-1")
     stubber = Stubber(client)
-    real = boto3.client("autoscaling", region_name=REGION)  # moto answers the group's description
+    real = world.clients.autoscaling  # moto answers the group's description
     stubber.add_response(
         "describe_auto_scaling_groups",
-        real.describe_auto_scaling_groups(AutoScalingGroupNames=["web-staging"]),
-        {"AutoScalingGroupNames": ["web-staging"]},
+        real.describe_auto_scaling_groups(AutoScalingGroupNames=[world.group]),
+        {"AutoScalingGroupNames": [world.group]},
     )
     stubber.add_response(
         "start_instance_refresh",
         {"InstanceRefreshId": "6c3a1a2e-9f1b-4c1e-8d3a-0123456789ab"},
         {
-            "AutoScalingGroupName": "web-staging",
+            "AutoScalingGroupName": world.group,
             "Strategy": "Rolling",
             "Preferences": {
                 "MinHealthyPercentage": 75,
                 "InstanceWarmup": 60,
                 "SkipMatching": False,
                 "AutoRollback": True,
-                "AlarmSpecification": {"Alarms": ["web-staging-5xx"]},
+                # The fleet's three alarms, under the names the stack gave them.
+                "AlarmSpecification": {"Alarms": list(world.fleet.alarms)},
             },
         },
     )
-    monkeypatch.setattr(api, "_aws", lambda service: client if service == "autoscaling" else real)
+    other = aws.client
+    monkeypatch.setattr(aws, "client", lambda service: client if service == "autoscaling" else other(service))
     with stubber:
         status, cycling = call("POST", "/apps/web/envs/staging/cycle", {"min_healthy_percent": 75})
     assert (status, cycling) == (
@@ -190,7 +183,7 @@ def test_cycling_the_fleet_starts_a_guarded_instance_refresh(
     stubber.assert_no_pending_responses()
 
 
-def test_cycling_is_refused_during_a_rollout(runner: Runner, world: World) -> None:
+def test_cycling_is_refused_during_a_rollout(world: World) -> None:
     world.hold_lock(
         owner="bob", execution="arn:other", acquired_at="2026-11-26T03:00:00Z", expires_at="2999-01-01T00:00:00Z"
     )
@@ -200,14 +193,43 @@ def test_cycling_is_refused_during_a_rollout(runner: Runner, world: World) -> No
     assert shown["deploying"]["by"] == "bob"
 
 
-def test_the_apps_configured_rollout_is_the_default(
-    runner: Runner, world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fleet = {**world.state()["fleet"], "strategy": {"canary": False, "batch_size": 2, "bake_seconds": 0}}
-    monkeypatch.setenv("FLEETS_JSON", json.dumps({"web": fleet}))
-    shown = deploy(runner, "/apps/web/envs/staging/deploys", {"release": "r2"})
+def test_the_apps_configured_rollout_is_the_default(world: World) -> None:
+    """billing's rollout in cdk.json (50 % batches, 60 s bake) reaches its deploys through the stack."""
+    keys = AppKeys("billing", "staging")
+    for release in ("r1", "r2"):
+        body = json.dumps({"id": release, "app": "billing", "env": "staging"}).encode()
+        world.clients.s3.put_object(Bucket=world.bucket, Key=keys.release(release, "release.json"), Body=body)
+    world.clients.s3.put_object(Bucket=world.bucket, Key=keys.current, Body=b"r1\n")
+    world.deployed_stack.resize("billing", desired=4, minimum=2, maximum=4)
+    status, started = call("POST", "/apps/billing/envs/staging/deploys", {"release": "r2"})
+    assert status == 202, started
+    assert started["strategy"] == {"canary": True, "batch_percent": 50, "bake_seconds": 60, "surge": True}
+    arn = execution_arn(world, started["id"])
+    baking = wait_for_state(world, arn, "Bake")
+    assert baking["bake_seconds"] == 60
+    assert [len(batch) for batch in baking["batches"]] == [1, 2, 1]  # the canary, then 50 % of 4
+    world.clients.stepfunctions.stop_execution(executionArn=arn)
+
+
+def test_a_deploys_own_options_win_over_the_apps(world: World) -> None:
+    shown = deploy(
+        world,
+        "/apps/web/envs/staging/deploys",
+        {"release": "r2", "strategy": {"canary": False, "batch_size": 2, "bake_seconds": 0}},
+    )
     assert shown["status"] == "SUCCEEDED"
+    assert shown["strategy"] == {"canary": False, "batch_size": 2, "bake_seconds": 0, "surge": True}
     assert [len(b["instances"]) for b in shown["batches"]] == [2, 2]  # no canary, pairs
-    # A deploy's own options win over the app's.
-    shown = deploy(runner, "/apps/web/envs/staging/deploys", {"release": "r1", "strategy": {"canary": True}})
-    assert [len(b["instances"]) for b in shown["batches"]] == [1, 2, 1]
+
+
+def wait_for_state(world: World, arn: str, name: str, timeout: float = 60) -> dict[str, Any]:
+    """The input of state ``name`` once the execution enters it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = world.clients.stepfunctions.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+        for event in events:
+            details = event.get("stateEnteredEventDetails")
+            if details and details["name"] == name:
+                return dict(json.loads(details["input"]))
+        time.sleep(0.05)
+    raise AssertionError(f"the execution did not reach {name} within {timeout} s")

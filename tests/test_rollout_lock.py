@@ -4,6 +4,7 @@ S3 (moto server on loopback, a versioned bucket as in production)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,8 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slipway.rollout.lock import DeployLock, Lock, LockHeld, LockLost, decide, lock_key, refusal
+from slipway import aws
+from slipway.rollout import tasks
+from slipway.rollout.lock import DeployLock, Lock, LockHeld, LockLost, decide, refusal
+from slipway.settings import FleetSettings, Timing
 from slipway.store import Bucket
+from slipway_release.layout import AppKeys
 
 BUCKET = "releases"
 T0 = datetime(2025, 3, 4, 10, 0, 0, tzinfo=UTC)
@@ -122,7 +127,7 @@ def locks(s3: Any) -> DeployLock:
 
 def stored(s3: Any) -> Lock | None:
     try:
-        body = s3.get_object(Bucket=BUCKET, Key=lock_key("web", "staging"))["Body"].read()
+        body = s3.get_object(Bucket=BUCKET, Key=AppKeys("web", "staging").lock)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return None
     return Lock.from_json(body)
@@ -136,7 +141,7 @@ def test_a_free_lock_is_acquired_and_stored_at_app_env_lock(s3: Any, locks: Depl
     lock = acquire(locks, "exec-1")
     assert lock == held()
     assert stored(s3) == lock
-    assert lock_key("web", "staging") == "web/staging/lock"
+    assert AppKeys("web", "staging").lock == "web/staging/lock"
 
 
 def test_a_live_lock_is_refused_with_the_exact_message(s3: Any, locks: DeployLock) -> None:
@@ -311,3 +316,58 @@ def test_a_corrupt_lock_object_is_reported_not_overwritten(s3: Any, locks: Deplo
     with pytest.raises(ValueError, match="delete the lock object and deploy again"):
         acquire(locks, "exec-1")
     assert s3.get_object(Bucket=BUCKET, Key="web/staging/lock")["Body"].read() == b"garbage"
+
+
+# The rollout keeps its lock ----------------------------------------------------------------------
+
+
+def rollout_state(execution: str, expires: datetime, **extra: Any) -> dict[str, Any]:
+    fleet = FleetSettings(group="g", target_group="tg", alarms=(), document="d", output_log_group="o", bucket=BUCKET)
+    return {
+        "app": "web",
+        "env": "staging",
+        "execution": execution,
+        "fleet": fleet.to_json(),
+        "timing": Timing(lock_minutes=int(TTL.total_seconds() // 60)).to_json(),
+        "lock_expires_at": expires.isoformat(),
+        **extra,
+    }
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[datetime], None]:
+    """Set the tasks' clock."""
+    aws.client.cache_clear()
+
+    def at(moment: datetime) -> None:
+        monkeypatch.setattr(tasks, "_now", lambda: moment)
+
+    return at
+
+
+def test_a_rollout_renews_its_lock_once_half_its_time_is_gone(
+    s3: Any, locks: DeployLock, clock: Callable[[datetime], None]
+) -> None:
+    held_lock = acquire(locks, "exec-1")
+    clock(T0 + TTL / 4)
+    early = rollout_state("exec-1", held_lock.expires_at)
+    assert tasks.keep_lock(early) == early  # three quarters left: nothing to do, no S3 call
+    clock(T0 + TTL * 3 / 4)
+    renewed = tasks.keep_lock(early)
+    assert datetime.fromisoformat(renewed["lock_expires_at"]) == T0 + TTL * 3 / 4 + TTL
+    assert stored(s3) is not None and stored(s3).expires_at == T0 + TTL * 3 / 4 + TTL  # type: ignore[union-attr]
+    # Every task but taking and releasing the lock keeps it: the handler renews before each one.
+    assert set(tasks.TASKS) - {"lock", "unlock"} == tasks._HOLDING_LOCK
+
+
+def test_a_rollout_that_lost_its_lock_stops_unless_it_is_already_rolling_back(
+    s3: Any, locks: DeployLock, clock: Callable[[datetime], None]
+) -> None:
+    mine = acquire(locks, "exec-1")
+    clock(T0 + TTL * 2)
+    acquire(locks, "exec-2", now=T0 + TTL * 2)  # mine expired; another rollout took it over
+    with pytest.raises(tasks.RolloutError, match="execution exec-1 lost the deploy lock of web/staging"):
+        tasks.keep_lock(rollout_state("exec-1", mine.expires_at))
+    rolling_back = rollout_state("exec-1", mine.expires_at, rolled_back=["i-1"])
+    assert tasks.keep_lock(rolling_back) == rolling_back
+    assert stored(s3).execution == "exec-2"  # type: ignore[union-attr]

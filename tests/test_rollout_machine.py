@@ -1,29 +1,38 @@
-"""The synthesized rollout state machine, executed by moto's Step Functions interpreter,
-with the real task handlers run in-process for every Lambda invocation (tests/moto_fleet.py)."""
+"""The synthesized rollout state machine, executed by moto's Step Functions interpreter over
+the synthesized stack deployed into moto, with the real task handlers run in-process for
+every Lambda invocation (tests/moto_fleet.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from moto_fleet import BUCKET, World, rollout_machine
+from moto_fleet import World, faulty
+
+from local.aws import Deployed
 
 
 @pytest.fixture
-def machine(templates: dict[str, dict[str, Any]], fake_aws: None) -> Iterator[Callable[..., Any]]:
+def fleet(deployed: Deployed) -> Callable[..., World]:
+    """world(instances=, min_size=, max_size=): the web fleet of that shape."""
+    return lambda **shape: World(deployed, **shape)
+
+
+@pytest.fixture
+def machine() -> Callable[..., Any]:
     """run(world, **state) -> (status, output) on the synthesized Platform-staging state machine."""
-    with rollout_machine(templates["Platform-staging"]) as run:
 
-        def status_and_output(world: World, **state: Any) -> tuple[str, dict[str, Any]]:
-            execution = run(world, **state)
-            return execution.status, execution.output
+    def status_and_output(world: World, **state: Any) -> tuple[str, dict[str, Any]]:
+        with faulty(world):
+            execution = world.run(**state)
+        return execution.status, execution.output
 
-        yield status_and_output
+    return status_and_output
 
 
-def test_clean_rollout_over_five_instances(machine: Callable[..., Any]) -> None:
-    world = World(instances=5, min_size=2)
+def test_clean_rollout_over_five_instances(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
+    world = fleet(instances=5, min_size=2)
     status, output = machine(world)
     assert status == "SUCCEEDED", output
     assert world.current() == "r2"
@@ -33,8 +42,8 @@ def test_clean_rollout_over_five_instances(machine: Callable[..., Any]) -> None:
     assert sorted(i for b in batches for i in b) == world.instances()  # every instance exactly once
 
 
-def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any]) -> None:
-    world = World(instances=5, min_size=2)
+def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
+    world = fleet(instances=5, min_size=2)
     world.faults.on_send = lambda instances, url: (
         world.faults.command_fails_on.update(instances) if url.endswith("/r2") and len(world.sent) == 1 else None
     )
@@ -44,25 +53,27 @@ def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any]) -
     [canary] = world.sent[0][0]
     assert canary in output["cause"]
     assert world.current() == "r1"  # current untouched
-    assert world.sent[-1] == ([canary], f"s3://{BUCKET}/web/staging/r1")  # rolled back to r1
+    assert world.sent[-1] == ([canary], f"s3://{world.bucket}/web/staging/r1")  # rolled back to r1
     assert world.deployed() == {canary: "r1"}
 
 
-def test_unhealthy_target_in_batch_two_rolls_back_batches_one_and_two(machine: Callable[..., Any]) -> None:
-    world = World(instances=5, min_size=2)
+def test_unhealthy_target_in_batch_two_rolls_back_batches_one_and_two(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=5, min_size=2)
     world.faults.on_send = lambda instances, url: (
         world.faults.unhealthy.update(instances) if url.endswith("/r2") and len(world.sent) == 2 else None
     )
     status, output = machine(world)
     assert status == "FAILED", output
     changed = sorted(world.sent[0][0] + world.sent[1][0])
-    assert world.sent[-1] == (changed, f"s3://{BUCKET}/web/staging/r1")
+    assert world.sent[-1] == (changed, f"s3://{world.bucket}/web/staging/r1")
     assert world.current() == "r1"
     assert set(world.deployed().values()) == {"r1"}
 
 
-def test_second_concurrent_deploy_is_refused(machine: Callable[..., Any]) -> None:
-    world = World(instances=2, min_size=1)
+def test_second_concurrent_deploy_is_refused(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
+    world = fleet(instances=2, min_size=1)
     world.hold_lock(
         owner="bob",
         execution="arn:other",
@@ -75,8 +86,8 @@ def test_second_concurrent_deploy_is_refused(machine: Callable[..., Any]) -> Non
     assert world.sent == [] and world.current() == "r1"
 
 
-def test_stale_lock_is_taken_over(machine: Callable[..., Any]) -> None:
-    world = World(instances=2, min_size=1)
+def test_stale_lock_is_taken_over(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
+    world = fleet(instances=2, min_size=1)
     world.hold_lock(
         owner="bob",
         execution="arn:dead",
@@ -88,14 +99,16 @@ def test_stale_lock_is_taken_over(machine: Callable[..., Any]) -> None:
     assert world.current() == "r2"
 
 
-def test_instance_launched_mid_rollout_is_converged(machine: Callable[..., Any]) -> None:
-    world = World(instances=3, min_size=1)
+def test_instance_launched_mid_rollout_is_converged(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
+    world = fleet(instances=3, min_size=1)
 
     def scale_out(instances: list[str], url: str) -> None:
         if len(world.sent) == 1:  # while the canary deploys, the fleet scales out by one
-            group = world.asg.describe_auto_scaling_groups(AutoScalingGroupNames=["web-staging"])
+            group = world.clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[world.group])
             desired = group["AutoScalingGroups"][0]["DesiredCapacity"]
-            world.asg.set_desired_capacity(AutoScalingGroupName="web-staging", DesiredCapacity=desired + 1)
+            world.clients.autoscaling.set_desired_capacity(
+                AutoScalingGroupName=world.group, DesiredCapacity=desired + 1
+            )
 
     world.faults.on_send = scale_out
     status, output = machine(world)
@@ -106,19 +119,25 @@ def test_instance_launched_mid_rollout_is_converged(machine: Callable[..., Any])
     assert len(late) == 1 and late[0] not in [i for b, _ in world.sent[:-1] for i in b]  # converged separately
 
 
-def test_fleet_at_its_minimum_surges_first_and_gives_the_capacity_back(machine: Callable[..., Any]) -> None:
-    world = World(instances=2, min_size=2)
+def test_fleet_at_its_minimum_surges_first_and_gives_the_capacity_back(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=2, min_size=2)
     status, output = machine(world)
     assert status == "SUCCEEDED", output
-    group = world.asg.describe_auto_scaling_groups(AutoScalingGroupNames=["web-staging"])["AutoScalingGroups"][0]
+    group = world.clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[world.group])[
+        "AutoScalingGroups"
+    ][0]
     assert group["DesiredCapacity"] == 2  # the surge instance is given back
     # Three instances were deployed one at a time, never leaving fewer than two in service.
     assert [len(instances) for instances, _ in world.sent] == [1, 1, 1]
     assert world.current() == "r2"
 
 
-def test_fleet_at_its_maximum_cannot_surge_and_says_what_to_change(machine: Callable[..., Any]) -> None:
-    world = World(instances=2, min_size=2, max_size=2)
+def test_fleet_at_its_maximum_cannot_surge_and_says_what_to_change(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=2, min_size=2, max_size=2)
     status, output = machine(world)
     assert status == "FAILED"
     assert "the fleet's maximum is 2; raise max_capacity or lower min_capacity" in output["cause"]

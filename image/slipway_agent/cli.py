@@ -3,45 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .archive import DEFAULT_MAX_UNPACKED_BYTES
+from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
+from slipway_release.layout import USAGE, ReleaseUrl, parse_release_url
 
-NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
-RELEASE_ID = re.compile(r"r[1-9][0-9]{0,8}")
-BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-CURRENT = "current"
-
-USAGE_EXAMPLE = "deploy s3://<bucket>/<app>/<env>/r7  (or .../current)"
+USAGE_EXAMPLE = f"deploy {USAGE}"
 
 
 class UsageError(ValueError):
     """The command line is wrong; the message says how to call ``deploy``."""
-
-
-@dataclass(frozen=True)
-class ReleaseUrl:
-    """``s3://<bucket>/<app>/<env>/<target>`` with target ``r<N>`` or ``current``."""
-
-    bucket: str
-    app: str
-    env: str
-    target: str
-
-    @property
-    def prefix(self) -> str:
-        """The app/env prefix in the bucket, ``<app>/<env>/``."""
-        return f"{self.app}/{self.env}/"
-
-    def key(self, release_id: str, name: str) -> str:
-        """Key of one file of a release, e.g. ``billing/staging/r7/release.json``."""
-        return f"{self.prefix}{release_id}/{name}"
-
-    def url(self, target: str) -> str:
-        """The URL of ``target`` under the same app/env."""
-        return f"s3://{self.bucket}/{self.prefix}{target}"
 
 
 @dataclass(frozen=True)
@@ -52,25 +24,12 @@ class DeployArgs:
     max_unpacked_bytes: int
 
 
-def parse_release_url(url: str) -> ReleaseUrl:
-    """Parse a release URL; raise :class:`UsageError` naming the bad part."""
-    if not url.startswith("s3://"):
-        raise UsageError(f"release URL {url!r} must start with s3://; usage: {USAGE_EXAMPLE}")
-    parts = url[len("s3://") :].split("/")
-    if len(parts) != 4:
-        raise UsageError(f"release URL {url!r} must have 4 parts after s3://; usage: {USAGE_EXAMPLE}")
-    bucket, app, env, target = parts
-    if not BUCKET.fullmatch(bucket):
-        raise UsageError(f"release URL {url!r}: {bucket!r} is not a valid S3 bucket name")
-    for what, value in (("app", app), ("env", env)):
-        if not NAME.fullmatch(value):
-            raise UsageError(
-                f"release URL {url!r}: {what} {value!r} must be lowercase letters, digits and '-', "
-                "starting with a letter"
-            )
-    if target != CURRENT and not RELEASE_ID.fullmatch(target):
-        raise UsageError(f"release URL {url!r}: the last part must be a release id like r7, or 'current'")
-    return ReleaseUrl(bucket, app, env, target)
+def parse_url(url: str) -> ReleaseUrl:
+    """The release URL argument; :class:`UsageError` naming the bad part."""
+    try:
+        return parse_release_url(url)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -110,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str]) -> DeployArgs:
     """Parse ``deploy`` arguments; raise :class:`UsageError` with the fix."""
     namespace = build_parser().parse_args(list(argv))
-    return DeployArgs(release=parse_release_url(namespace.url), max_unpacked_bytes=namespace.max_unpacked_bytes)
+    return DeployArgs(release=parse_url(namespace.url), max_unpacked_bytes=namespace.max_unpacked_bytes)
 
 
 def s3_endpoint(environ: Mapping[str, str]) -> str | None:

@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from slipway_release.archive import MAX_PROCFILE_BYTES, UnsafeArchive
+from slipway_release.envfile import check_carriable, parse_env, render_environment_file
+from slipway_release.layout import ENV_FILE, MANIFEST, SOURCE, ReleaseUrl
+from slipway_release.manifest import Manifest, load_schema, parse_manifest
+from slipway_release.names import CURRENT, is_release_id, newest_first
+from slipway_release.procfile import RELEASE, WEB, parse_procfile, resolve_formation
+
 from . import host
-from .archive import UnsafeArchive, unpack
-from .cli import CURRENT, RELEASE_ID, DeployArgs, ReleaseUrl, UsageError, parse_args, s3_endpoint
-from .envfile import check_carriable, parse_env, render_environment_file
-from .manifest import Manifest, load_schema, parse_manifest
-from .procfile import RELEASE, WEB, parse_procfile, resolve_formation
+from .cli import DeployArgs, UsageError, parse_args, s3_endpoint
 from .s3 import ReleaseStore, sha256_file
 from .units import (
     UNIT_DIR,
@@ -38,12 +41,12 @@ from .units import (
     systemctl,
     verify_command,
 )
+from .unpack import unpack
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
 KEEP_RELEASES = 5
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_ENV_FILE_BYTES = 2 * 1024 * 1024
-MAX_PROCFILE_BYTES = 64 * 1024
 
 
 class DeployFailed(Exception):
@@ -55,8 +58,7 @@ def releases_to_prune(names: list[str], keep: int, protect: set[str]) -> list[st
 
     Names that are not release ids (``r<N>``) are never pruned here.
     """
-    ids = sorted((n for n in names if RELEASE_ID.fullmatch(n)), key=lambda n: int(n[1:]), reverse=True)
-    return [n for n in ids[keep:] if n not in protect]
+    return [n for n in newest_first(names)[keep:] if n not in protect]
 
 
 def result_line(
@@ -177,20 +179,20 @@ class Deployment:
     def _resolve_target(self) -> str:
         if self.url.target != CURRENT:
             return self.url.target
-        key = f"{self.url.prefix}{CURRENT}"
+        key = self.url.keys.current
         body = self.store.read(key, limit=64).decode("utf-8", errors="replace").strip()
-        if not RELEASE_ID.fullmatch(body):
-            raise DeployFailed(f"s3://{self.url.bucket}/{key} holds {body[:20]!r}, not a release id like r7")
-        self.report.step(f"{self.url.url(CURRENT)} is {body}")
+        if not is_release_id(body):
+            raise DeployFailed(f"{self.url} holds {body[:20]!r}, not a release id like r7")
+        self.report.step(f"{self.url} is {body}")
         return body
 
     def _deploy(self, release_id: str) -> None:
-        self.report.step(f"Deploying {self.url.url(release_id)}" + (f" over {self.previous}" if self.previous else ""))
+        self.report.step(f"Deploying {self.url.of(release_id)}" + (f" over {self.previous}" if self.previous else ""))
         with self.report.phase("download"):
             manifest = self._fetch_manifest(release_id)
-            archive = os.path.join(self.layout.downloads_dir, "source.tar.gz")
-            self.store.download(self.url.key(release_id, "source.tar.gz"), archive, manifest.source_size)
-            env_bytes = self.store.read(self.url.key(release_id, "env"), limit=MAX_ENV_FILE_BYTES)
+            archive = os.path.join(self.layout.downloads_dir, SOURCE)
+            self.store.download(self.url.keys.release(release_id, SOURCE), archive, manifest.source_size)
+            env_bytes = self.store.read(self.url.keys.release(release_id, ENV_FILE), limit=MAX_ENV_FILE_BYTES)
         self.report.detail(f"downloaded {manifest.source_size} bytes of source")
         with self.report.phase("verify"):
             self._verify(manifest, archive, env_bytes)
@@ -220,12 +222,12 @@ class Deployment:
     # Steps ----------------------------------------------------------------------------------------
 
     def _fetch_manifest(self, release_id: str) -> Manifest:
-        key = self.url.key(release_id, "release.json")
+        key = self.url.keys.release(release_id, MANIFEST)
         manifest = parse_manifest(self.store.read(key, limit=MAX_MANIFEST_BYTES), self.schema)
         expected = (release_id, self.url.app, self.url.env)
         if (manifest.id, manifest.app, manifest.env) != expected:
             raise DeployFailed(
-                f"s3://{self.url.bucket}/{key} describes {manifest.app}/{manifest.env}/{manifest.id}, not "
+                f"{self.url.of(release_id)}/{MANIFEST} describes {manifest.app}/{manifest.env}/{manifest.id}, not "
                 f"{'/'.join(expected[1:])}/{release_id}; the bucket was written by hand, republish the release"
             )
         if not re.fullmatch(r"/[\x21-\x7e]*", manifest.health_check.path):

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .procfile import WEB
+from slipway_release.procfile import WEB
 
 APPS_ROOT = "/home/deploy/apps"
 UNIT_DIR = "/etc/systemd/system"

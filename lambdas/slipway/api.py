@@ -1,11 +1,8 @@
 """The control plane's REST API (``openapi.json``) behind API Gateway: thin routes over
-:mod:`slipway.publisher`.
+:mod:`slipway.publisher` and the rollout state machine.
 
-Configuration comes from the function's environment: ``RELEASE_BUCKET``, ``PLATFORM_ENV``
-(the one environment this API serves), ``APPS_JSON`` (``{app: {"port",
-"health_check_path", "formation"}}``), optionally ``MAX_SOURCE_BYTES``; for deploys,
-``STATE_MACHINE_ARN`` and ``FLEETS_JSON`` (``{app: {"group", "target_group", "alarms",
-"document", "bucket", "output_log_group"}}``). The caller is the user the Basic auth
+Configuration is :class:`slipway.settings.ControlPlaneSettings`, parsed once from the
+function's environment as the constructs wrote it. The caller is the user the Basic auth
 authorizer put in the request context.
 """
 
@@ -23,14 +20,13 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError, UnauthorizedError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from slipway import deploys
+from slipway import aws, deploys
 from slipway.publisher import Publisher
-from slipway.releases import AppRuntime, ReleaseError, release_number
+from slipway.releases import ReleaseError, release_number
 from slipway.rollout.lock import Lock, decide, refusal
-from slipway.rollout.plan import Strategy
+from slipway.rollout.strategy import Strategy, StrategyError
+from slipway.settings import ControlPlaneSettings, FleetSettings
 from slipway.store import Bucket
-
-DEFAULT_MAX_SOURCE_BYTES = 1024 * 1024 * 1024
 
 logger = Logger()  # never logs request bodies: they carry config values
 app = APIGatewayRestResolver()
@@ -39,54 +35,25 @@ APP = "/apps/<app_name>/envs/<env>"
 
 
 @cache
-def _s3() -> Any:
-    import boto3  # imported on first use: no client at import time
-
-    return boto3.client("s3")
-
-
-@cache
-def _aws(service: str) -> Any:
-    import boto3
-
-    return boto3.client(service)
-
-
-@cache
-def _sfn() -> Any:
-    import boto3
-
-    return boto3.client("stepfunctions")
-
-
-# Rollout pacing on AWS: checks every 5 s, a deploy command may take 15 min, targets 5 min
-# to turn healthy, and a lock outlives a dead execution by at most an hour. ROLLOUT_TIMING
-# (JSON) overrides it where waiting makes no sense: the local platform and tests.
-TIMING = {"poll_seconds": 5, "command_timeout": 900, "healthy_timeout": 300, "lock_minutes": 60}
-
-
-def _timing() -> dict[str, int]:
-    return {**TIMING, **json.loads(os.environ.get("ROLLOUT_TIMING") or "{}")}
-
-
-@cache
-def _settings() -> tuple[str, str, dict[str, AppRuntime], int]:
-    apps = {
-        name: AppRuntime(port=v["port"], health_check_path=v["health_check_path"], formation=v["formation"])
-        for name, v in json.loads(os.environ["APPS_JSON"]).items()
-    }
-    limit = int(os.environ.get("MAX_SOURCE_BYTES", DEFAULT_MAX_SOURCE_BYTES))
-    return os.environ["RELEASE_BUCKET"], os.environ["PLATFORM_ENV"], apps, limit
+def settings() -> ControlPlaneSettings:
+    """This function's configuration, parsed once per execution environment."""
+    return ControlPlaneSettings.from_environ(os.environ)
 
 
 def _publisher(app_name: str, env: str) -> Publisher:
-    bucket, platform_env, apps, limit = _settings()
-    if env != platform_env:
-        raise NotFoundError(f"this API serves the {platform_env} environment, not {env!r}; use {env}'s API URL")
-    if app_name not in apps:
-        known = ", ".join(sorted(apps)) or "none"
+    config = settings()
+    if env != config.env:
+        raise NotFoundError(f"this API serves the {config.env} environment, not {env!r}; use {env}'s API URL")
+    if app_name not in config.apps:
+        known = ", ".join(sorted(config.apps)) or "none"
         raise NotFoundError(f"no app {app_name!r} in {env} (apps: {known}); add it to cdk.json and deploy the stack")
-    return Publisher(Bucket(_s3(), bucket), app=app_name, env=env, runtime=apps[app_name], max_source_bytes=limit)
+    return Publisher(
+        Bucket(aws.client("s3"), config.bucket),
+        app=app_name,
+        env=env,
+        runtime=config.apps[app_name],
+        max_source_bytes=config.max_source_bytes,
+    )
 
 
 def _user() -> str:
@@ -179,23 +146,21 @@ def update_config(app_name: str, env: str) -> Response[str]:
     return _json(200, changed)
 
 
-def _deploying(app_name: str, env: str) -> tuple[Publisher, dict[str, Any], str]:
+def _deploying(app_name: str, env: str) -> tuple[Publisher, FleetSettings, str]:
     publisher = _publisher(app_name, env)
-    machine = os.environ.get("STATE_MACHINE_ARN")
-    fleets = json.loads(os.environ.get("FLEETS_JSON") or "{}")
-    if not machine or app_name not in fleets:
+    config = settings()
+    fleet = config.fleets.get(app_name)
+    if config.state_machine is None or fleet is None:
         raise ReleaseError(503, f"deploys are not set up for {app_name} in {env}; deploy the Platform-{env} stack")
-    return publisher, fleets[app_name], machine
+    return publisher, fleet, config.state_machine
 
 
 def _start(app_name: str, env: str, release: str, kind: str, strategy: object) -> Response[str]:
     publisher, fleet, machine = _deploying(app_name, env)
-    if strategy is not None and not isinstance(strategy, dict):
-        raise ReleaseError(400, 'strategy must be an object, e.g. {"batch_percent": 50, "bake_seconds": 60}')
     try:
         # The app's own defaults (cdk.json `rollout`), then this deploy's options.
-        chosen = Strategy.parse(strategy, Strategy.parse(fleet.get("strategy"), Strategy()))
-    except ValueError as error:
+        chosen = Strategy.parse(strategy, fleet.strategy)
+    except StrategyError as error:
         raise ReleaseError(400, str(error)) from None
     publisher.show(release)  # 404 for a release that does not exist
     _refuse_if_locked(publisher, app_name, env, "deploy")
@@ -208,10 +173,10 @@ def _start(app_name: str, env: str, release: str, kind: str, strategy: object) -
         user=_user(),
         kind=kind,
         fleet=fleet,
-        strategy=chosen.as_dict(),
-        timing=_timing(),
+        strategy=chosen,
+        timing=settings().timing,
     )
-    started = _sfn().start_execution(stateMachineArn=machine, name=name, input=json.dumps(request))
+    started = aws.client("stepfunctions").start_execution(stateMachineArn=machine, name=name, input=json.dumps(request))
     logger.info("deploy started", extra={"app": app_name, "env": env, "release": release, "kind": kind, "by": _user()})
     description = {"name": name, "status": "RUNNING", "input": json.dumps(request), "startDate": started["startDate"]}
     return _json(202, deploys.view(description, []))
@@ -231,28 +196,29 @@ def start_deploy(app_name: str, env: str) -> Response[str]:
 def rollback(app_name: str, env: str) -> Response[str]:
     body = _body() if app.current_event.body else {}
     publisher, _, _ = _deploying(app_name, env)
-    previous = publisher.bucket.read(f"{app_name}/{env}/previous")
+    previous = publisher.previous()
     if previous is None:
         raise ReleaseError(409, f"{app_name} in {env} has no earlier deployed release to roll back to")
-    return _start(app_name, env, previous.body.decode().strip(), "rollback", body.get("strategy"))
+    return _start(app_name, env, previous, "rollback", body.get("strategy"))
 
 
 @app.get(f"{APP}/deploys")
 def list_deploys(app_name: str, env: str) -> Response[str]:
     _, _, machine = _deploying(app_name, env)
-    executions = _sfn().list_executions(stateMachineArn=machine, maxResults=100)["executions"]
-    mine = [e for e in executions if e["name"].startswith(f"{app_name}-r")]
-    shown = [deploys.view(_sfn().describe_execution(executionArn=e["executionArn"]), []) for e in mine[:20]]
+    sfn = aws.client("stepfunctions")
+    executions = sfn.list_executions(stateMachineArn=machine, maxResults=100)["executions"]
+    mine = [e for e in executions if (deploys.deploy_of(e["name"]) or ("",))[0] == app_name]
+    shown = [deploys.view(sfn.describe_execution(executionArn=e["executionArn"]), []) for e in mine[:20]]
     return _json(200, {"deploys": sorted(shown, key=lambda d: d["started_at"] or "", reverse=True)})
 
 
 @app.get(f"{APP}/deploys/<deploy>")
 def show_deploy(app_name: str, env: str, deploy: str) -> Response[str]:
     _, _, machine = _deploying(app_name, env)
-    if not deploys.DEPLOY_ID.match(deploy) or not deploy.startswith(f"{app_name}-r"):
+    if (deploys.deploy_of(deploy) or ("",))[0] != app_name:
         raise NotFoundError(f"{deploy!r} is not a deploy of {app_name}; list them with `slipway deploys`")
     arn = machine.replace(":stateMachine:", ":execution:") + f":{deploy}"
-    sfn = _sfn()
+    sfn = aws.client("stepfunctions")
     try:
         description = sfn.describe_execution(executionArn=arn)
     except sfn.exceptions.ExecutionDoesNotExist:
@@ -262,7 +228,7 @@ def show_deploy(app_name: str, env: str, deploy: str) -> Response[str]:
 
 
 def _refuse_if_locked(publisher: Publisher, app_name: str, env: str, doing: str) -> None:
-    held = publisher.bucket.read(f"{app_name}/{env}/lock")
+    held = publisher.bucket.read(publisher.keys.lock)
     now = datetime.now(UTC)
     if held is not None:
         try:
@@ -273,10 +239,10 @@ def _refuse_if_locked(publisher: Publisher, app_name: str, env: str, doing: str)
             raise ReleaseError(409, f"cannot {doing} {app_name} in {env}: {refusal(existing, now)}")
 
 
-def _group(fleet: dict[str, Any]) -> dict[str, Any]:
-    found = _aws("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[fleet["group"]])
+def _group(fleet: FleetSettings) -> dict[str, Any]:
+    found = aws.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[fleet.group])
     if not found["AutoScalingGroups"]:
-        raise ReleaseError(503, f"the fleet's Auto Scaling group {fleet['group']} does not exist; deploy the stack")
+        raise ReleaseError(503, f"the fleet's Auto Scaling group {fleet.group} does not exist; deploy the stack")
     group: dict[str, Any] = found["AutoScalingGroups"][0]
     return group
 
@@ -285,9 +251,9 @@ def _group(fleet: dict[str, Any]) -> dict[str, Any]:
 def status(app_name: str, env: str) -> Response[str]:
     publisher, fleet, _ = _deploying(app_name, env)
     group = _group(fleet)
-    health = _aws("elbv2").describe_target_health(TargetGroupArn=fleet["target_group"])["TargetHealthDescriptions"]
+    health = aws.client("elbv2").describe_target_health(TargetGroupArn=fleet.target_group)["TargetHealthDescriptions"]
     targets = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in health}
-    held = publisher.bucket.read(f"{app_name}/{env}/lock")
+    held = publisher.bucket.read(publisher.keys.lock)
     lock = Lock.from_json(held.body) if held else None
     return _json(
         200,
@@ -308,17 +274,12 @@ def status(app_name: str, env: str) -> Response[str]:
                     "target": targets.get(i["InstanceId"], "unregistered"),
                     # What the last rollout put there; None for an instance that booted since
                     # (it runs the `current` of its boot) or whose rollback did not finish.
-                    "release": _instance_release(publisher, app_name, env, i["InstanceId"]),
+                    "release": publisher.instance_release(i["InstanceId"]),
                 }
                 for i in sorted(group["Instances"], key=lambda i: (i["AvailabilityZone"], i["InstanceId"]))
             ],
         },
     )
-
-
-def _instance_release(publisher: Publisher, app_name: str, env: str, instance: str) -> str | None:
-    stored = publisher.bucket.read(f"{app_name}/{env}/instances/{instance}")
-    return stored.body.decode().strip() if stored else None
 
 
 @app.post(f"{APP}/cycle")
@@ -328,7 +289,7 @@ def cycle(app_name: str, env: str) -> Response[str]:
     _refuse_if_locked(publisher, app_name, env, "cycle")
     group = _group(fleet)
     instance = body.get("instance")
-    autoscaling = _aws("autoscaling")
+    autoscaling = aws.client("autoscaling")
     if instance is not None:
         members = {i["InstanceId"] for i in group["Instances"]}
         if instance not in members:
@@ -345,7 +306,7 @@ def cycle(app_name: str, env: str) -> Response[str]:
     return _json(202, {"kind": "fleet", "refresh": refresh["InstanceRefreshId"], "status": "Pending"})
 
 
-def instance_refresh_request(fleet: dict[str, Any], min_healthy_percent: int) -> dict[str, Any]:
+def instance_refresh_request(fleet: FleetSettings, min_healthy_percent: int) -> dict[str, Any]:
     """The StartInstanceRefresh request that replaces a whole fleet: rolling, never below
     ``min_healthy_percent`` in service, stopped and rolled back if a fleet alarm fires."""
     preferences: dict[str, Any] = {
@@ -354,16 +315,16 @@ def instance_refresh_request(fleet: dict[str, Any], min_healthy_percent: int) ->
         "SkipMatching": False,
         "AutoRollback": True,
     }
-    if fleet.get("alarms"):
-        preferences["AlarmSpecification"] = {"Alarms": list(fleet["alarms"])}
-    return {"AutoScalingGroupName": fleet["group"], "Strategy": "Rolling", "Preferences": preferences}
+    if fleet.alarms:
+        preferences["AlarmSpecification"] = {"Alarms": list(fleet.alarms)}
+    return {"AutoScalingGroupName": fleet.group, "Strategy": "Rolling", "Preferences": preferences}
 
 
 @app.get(f"{APP}/cycle/<refresh>")
 def show_cycle(app_name: str, env: str, refresh: str) -> Response[str]:
     _, fleet, _ = _deploying(app_name, env)
-    found = _aws("autoscaling").describe_instance_refreshes(
-        AutoScalingGroupName=fleet["group"], InstanceRefreshIds=[refresh]
+    found = aws.client("autoscaling").describe_instance_refreshes(
+        AutoScalingGroupName=fleet.group, InstanceRefreshIds=[refresh]
     )["InstanceRefreshes"]
     if not found:
         raise NotFoundError(f"no cycle {refresh} of {app_name} in {env}")

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from slipway import aws
+
 logger = logging.getLogger(__name__)
 logger.setLevel(logging.INFO)
 
@@ -171,17 +173,6 @@ def authorize(event: Mapping[str, Any], users: Mapping[str, str]) -> dict[str, A
 # I/O: the users, read from Secrets Manager and kept for CREDENTIALS_CACHE_SECONDS.
 
 _cache: dict[str, tuple[float, dict[str, str]]] = {}
-_client: Any = None
-
-
-def _secrets_client() -> Any:
-    # Created on first use, never at import, so tests can start their mock first.
-    global _client
-    if _client is None:
-        import boto3
-
-        _client = boto3.client("secretsmanager")
-    return _client
 
 
 def load_users(secret_arn: str, *, now: float | None = None) -> dict[str, str]:
@@ -190,17 +181,16 @@ def load_users(secret_arn: str, *, now: float | None = None) -> dict[str, str]:
     cached = _cache.get(secret_arn)
     if cached is not None and now - cached[0] < CREDENTIALS_CACHE_SECONDS:
         return cached[1]
-    response = _secrets_client().get_secret_value(SecretId=secret_arn)
+    response = aws.client("secretsmanager").get_secret_value(SecretId=secret_arn)
     users = parse_users(response["SecretString"])
     _cache[secret_arn] = (now, users)
     return users
 
 
 def reset() -> None:
-    """Forget the cached users and client (tests, and a fresh start after a mock)."""
-    global _client
+    """Forget the cached users and clients (tests, and a fresh start after a mock)."""
     _cache.clear()
-    _client = None
+    aws.client.cache_clear()
 
 
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:

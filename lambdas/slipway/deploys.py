@@ -13,31 +13,29 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-DEPLOY_ID = re.compile(r"^[a-z][a-z0-9-]{0,31}-r[1-9][0-9]{0,8}-\d{8}T\d{6}Z-[0-9a-f]{4}$")
-STEP_NAMES = {
-    "Lock": "locking",
-    "Plan": "planning",
-    "WaitSurge": "surging",
-    "Detach": "draining a batch",
-    "CheckDrained": "draining a batch",
-    "Send": "deploying a batch",
-    "CheckCommand": "deploying a batch",
-    "Attach": "putting a batch back",
-    "CheckHealthy": "waiting for healthy targets",
-    "Bake": "baking",
-    "Alarms": "checking alarms",
-    "Advance": "next batch",
-    "Promote": "moving current",
-    "Converge": "converging late instances",
-    "CheckConvergeCommand": "converging late instances",
-    "Rollback": "rolling back",
-    "CheckRollbackCommand": "rolling back",
-}
+from slipway.rollout.steps import step
+from slipway.rollout.strategy import Strategy
+from slipway.settings import FleetSettings, Timing
+from slipway_release import names
+
+_STARTED = "[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}"  # UTC start, then 4 random hex digits
+# As documents spell it (the OpenAPI document's deploy parameter); the parser below names its parts.
+DEPLOY_ID_PATTERN = f"{names.APP_NAME}-{names.RELEASE_ID}-{_STARTED}"
+DEPLOY_ID = re.compile(f"(?P<app>{names.APP_NAME})-(?P<release>{names.RELEASE_ID})-{_STARTED}")
 
 
 def deploy_id(app: str, release: str, now: datetime, suffix: str) -> str:
     """The execution name of a deploy started at ``now``."""
     return f"{app}-{release}-{now.strftime('%Y%m%dT%H%M%SZ')}-{suffix}"
+
+
+def deploy_of(deploy: str) -> tuple[str, str] | None:
+    """The (app, release) a deploy id names, or ``None`` if it is not a deploy id.
+
+    Unambiguous although app names may hold ``-r1``: only one split leaves a time stamp after the release.
+    """
+    match = DEPLOY_ID.fullmatch(deploy)
+    return (match.group("app"), match.group("release")) if match else None
 
 
 def execution_input(
@@ -47,9 +45,9 @@ def execution_input(
     release: str,
     user: str,
     kind: str,
-    fleet: Mapping[str, Any],
-    strategy: Mapping[str, Any],
-    timing: Mapping[str, Any],
+    fleet: FleetSettings,
+    strategy: Strategy,
+    timing: Timing,
 ) -> dict[str, Any]:
     """The rollout state machine's input (see :mod:`slipway.rollout.tasks`)."""
     return {
@@ -58,9 +56,9 @@ def execution_input(
         "release": release,
         "user": user,
         "kind": kind,
-        "fleet": dict(fleet),
-        "strategy": dict(strategy),
-        "timing": dict(timing),
+        "fleet": fleet.to_json(),
+        "strategy": strategy.as_dict(),
+        "timing": timing.to_json(),
     }
 
 
@@ -91,10 +89,11 @@ def view(description: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) ->
         "release": request.get("release"),
         "kind": request.get("kind"),
         "user": request.get("user"),
+        "strategy": request.get("strategy"),
         "status": description["status"],
         "started_at": _time(description.get("startDate")),
         "stopped_at": _time(description.get("stopDate")),
-        "step": STEP_NAMES.get(entered or "", entered),
+        "step": step(entered),
         "previous": state.get("previous"),
         "batches": [
             {

@@ -17,24 +17,22 @@ from typing import Any
 from slipway.releases import (
     SHA256,
     UPLOAD_ID,
-    AppRuntime,
     ReleaseError,
     build_manifest,
     change_config,
     check_description,
     check_git,
     check_source,
-    newest_first,
-    next_release_id,
     page,
-    prefix,
     read_config,
-    release_key,
     release_number,
-    upload_key,
 )
+from slipway.settings import AppRuntime
 from slipway.store import Bucket
-from slipway_agent.envfile import render_env
+from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
+from slipway_release.envfile import render_env
+from slipway_release.layout import ENV_FILE, MANIFEST, SOURCE, UPLOAD_RECORD, AppKeys
+from slipway_release.names import newest_first, next_release_id
 
 # Uploads larger than one part go multipart; the CLI sends parts in parallel.
 PART_SIZE = 16 * 1024 * 1024
@@ -50,8 +48,75 @@ def _timestamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Publisher:
-    """Releases, config and the ``current`` pointer of ``app`` in ``env``."""
+class AppReleases:
+    """The releases of ``app`` in ``env`` as rollouts and readers see them: manifests, the
+    ``current`` pointer (moved only by compare-and-swap), and what each instance runs."""
+
+    def __init__(self, bucket: Bucket, *, app: str, env: str) -> None:
+        self.bucket, self.app, self.env = bucket, app, env
+        self.keys = AppKeys(app, env)
+
+    def show(self, release_id: str) -> dict[str, Any]:
+        """A release's manifest with whether it is current; 404 if there is no such release."""
+        return self._with_current(self._manifest(release_id))
+
+    def _manifest(self, release_id: str) -> dict[str, Any]:
+        release_number(release_id)
+        stored = self.bucket.read(self.keys.release(release_id, MANIFEST))
+        if stored is None:
+            raise ReleaseError(404, f"{self.app} has no release {release_id} in {self.env}")
+        manifest: dict[str, Any] = json.loads(stored.body)
+        return manifest
+
+    def _with_current(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return {**manifest, "current": manifest["id"] == self.current()}
+
+    def _pointer(self, key: str) -> str | None:
+        stored = self.bucket.read(key)
+        return stored.body.decode().strip() if stored else None
+
+    def current(self) -> str | None:
+        return self._pointer(self.keys.current)
+
+    def previous(self) -> str | None:
+        """The release that was current before the last rollout moved it (what a rollback deploys)."""
+        return self._pointer(self.keys.previous)
+
+    def move_current(self, release_id: str, *, expected: str | None) -> None:
+        """Point ``current`` at ``release_id`` if it still points at ``expected`` (compare-and-swap),
+        and note ``expected`` as the previous release."""
+        self._manifest(release_id)
+        key = self.keys.current
+        stored = self.bucket.read(key)
+        found = stored.body.decode().strip() if stored else None
+        if found != expected:
+            raise ReleaseError(
+                409, f"current is {found or 'unset'}, not {expected or 'unset'}; another deploy moved it"
+            )
+        body = f"{release_id}\n".encode()
+        moved = self.bucket.create(key, body) if stored is None else self.bucket.replace(key, body, etag=stored.etag)
+        if not moved:
+            raise ReleaseError(409, f"current moved while switching to {release_id}; another deploy moved it")
+        if expected:
+            self.bucket.put(self.keys.previous, f"{expected}\n".encode())
+
+    def instance_release(self, instance: str) -> str | None:
+        """What the last rollout put on ``instance``; ``None`` if unknown (it booted since, or a
+        rollback did not finish)."""
+        return self._pointer(self.keys.instance(instance))
+
+    def record_instances(self, instances: list[str], release: str | None) -> None:
+        """Note that ``instances`` run ``release``; ``None`` forgets what they run."""
+        keys = [self.keys.instance(i) for i in instances]
+        if release is None:
+            self.bucket.delete(*keys)
+            return
+        for key in keys:
+            self.bucket.put(key, f"{release}\n".encode())
+
+
+class Publisher(AppReleases):
+    """Publishing releases and config of ``app`` in ``env`` (what the API does beyond reading)."""
 
     def __init__(
         self,
@@ -63,8 +128,8 @@ class Publisher:
         max_source_bytes: int,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
-        self.bucket, self.app, self.env, self.runtime = bucket, app, env, runtime
-        self.max_source_bytes, self.clock = max_source_bytes, clock
+        super().__init__(bucket, app=app, env=env)
+        self.runtime, self.max_source_bytes, self.clock = runtime, max_source_bytes, clock
 
     # Uploads ------------------------------------------------------------------------------------
 
@@ -77,7 +142,7 @@ class Publisher:
         if not isinstance(sha256, str) or not SHA256.match(sha256):
             raise ReleaseError(400, "sha256 must be the source's sha256 as 64 lowercase hex digits")
         upload_id = uuid.uuid4().hex
-        key = upload_key(self.app, self.env, upload_id, "source.tar.gz")
+        key = self.keys.upload(upload_id, SOURCE)
         count = -(-size // PART_SIZE)
         record: dict[str, Any] = {"size": size, "sha256": sha256, "created_by": user}
         if count == 1:
@@ -91,7 +156,7 @@ class Publisher:
                 }
                 for n in range(1, count + 1)
             ]
-        self.bucket.put(upload_key(self.app, self.env, upload_id, "upload.json"), json.dumps(record).encode())
+        self.bucket.put(self.keys.upload(upload_id, UPLOAD_RECORD), json.dumps(record).encode())
         return {
             "upload_id": upload_id,
             "expires_at": _timestamp(self.clock() + timedelta(seconds=URL_LIFETIME)),
@@ -120,20 +185,27 @@ class Publisher:
             origin = f"promoted from {promoted_from['env']} {promoted_from['release']}"
             note = f"{origin}: {note}" if note else origin
             check_description(note)
-        record_key = upload_key(self.app, self.env, upload_id, "upload.json")
+        record_key = self.keys.upload(upload_id, UPLOAD_RECORD)
         stored = self.bucket.read(record_key)
         if stored is None:
             raise ReleaseError(422, f"upload {upload_id} does not exist or has expired; start a new upload")
         record = json.loads(stored.body)
         if "release" in record:
             raise ReleaseError(409, f"upload {upload_id} was already published as {record['release']}")
-        source = upload_key(self.app, self.env, upload_id, "source.tar.gz")
+        source = self.keys.upload(upload_id, SOURCE)
         if "multipart_upload_id" in record:
             self._complete(source, record["multipart_upload_id"], parts)
         body = self.bucket.stream(source)
         if body is None:
             raise ReleaseError(422, f"nothing was uploaded for upload {upload_id}; PUT the source to its URL first")
-        check_source(body, sha256=record["sha256"], size=record["size"], limit=self.max_source_bytes)
+        check_source(
+            body,
+            sha256=record["sha256"],
+            size=record["size"],
+            limit=self.max_source_bytes,
+            max_unpacked_bytes=DEFAULT_MAX_UNPACKED_BYTES,
+            formation=self.runtime.formation,
+        )
         env_text = self._canonical_env()[0]
         manifest = self._publish(
             source_key=source,
@@ -175,7 +247,7 @@ class Publisher:
     ) -> dict[str, Any]:
         """Claim the next id by creating its release.json, then add the source and env."""
         for _ in range(CLAIM_ATTEMPTS):
-            existing = list(self.bucket.child_names(prefix(self.app, self.env)))
+            existing = list(self.bucket.child_names(self.keys.prefix))
             release_id = next_release_id(existing)
             parent = newest_first(existing)[0] if newest_first(existing) else None
             manifest = build_manifest(
@@ -193,11 +265,11 @@ class Publisher:
                 runtime=self.runtime,
                 parent=parent,
             )
-            key = release_key(self.app, self.env, release_id, "release.json")
+            key = self.keys.release(release_id, MANIFEST)
             if self.bucket.create(key, (json.dumps(manifest, indent=2) + "\n").encode()):
                 try:
-                    self.bucket.copy(source_key, release_key(self.app, self.env, release_id, "source.tar.gz"))
-                    self.bucket.put(release_key(self.app, self.env, release_id, "env"), env_text.encode())
+                    self.bucket.copy(source_key, self.keys.release(release_id, SOURCE))
+                    self.bucket.put(self.keys.release(release_id, ENV_FILE), env_text.encode())
                 except Exception:
                     # A release without its files must not stay visible: give the id back.
                     self.bucket.delete(key)
@@ -206,20 +278,17 @@ class Publisher:
         raise ReleaseError(503, f"{CLAIM_ATTEMPTS} publishers raced for a release id; try again")
 
     def list_releases(self, *, limit: int, before: str | None) -> dict[str, Any]:
-        ids, next_before = page(self.bucket.child_names(prefix(self.app, self.env)), limit=limit, before=before)
+        ids, next_before = page(self.bucket.child_names(self.keys.prefix), limit=limit, before=before)
         current = self.current()
         return {
             "releases": [{**self._manifest(r), "current": r == current} for r in ids],
             "next_before": next_before,
         }
 
-    def show(self, release_id: str) -> dict[str, Any]:
-        return self._with_current(self._manifest(release_id))
-
     def download(self, release_id: str) -> dict[str, Any]:
         """A presigned URL for a release's source, for promotion to another environment."""
         manifest = self._manifest(release_id)
-        key = release_key(self.app, self.env, release_id, "source.tar.gz")
+        key = self.keys.release(release_id, SOURCE)
         return {
             "url": self.bucket.presigned_get(key, URL_LIFETIME),
             "expires_at": _timestamp(self.clock() + timedelta(seconds=URL_LIFETIME)),
@@ -227,42 +296,10 @@ class Publisher:
             "sha256": manifest["source"]["sha256"],
         }
 
-    def _manifest(self, release_id: str) -> dict[str, Any]:
-        release_number(release_id)
-        stored = self.bucket.read(release_key(self.app, self.env, release_id, "release.json"))
-        if stored is None:
-            raise ReleaseError(404, f"{self.app} has no release {release_id} in {self.env}")
-        manifest: dict[str, Any] = json.loads(stored.body)
-        return manifest
-
-    def _with_current(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        return {**manifest, "current": manifest["id"] == self.current()}
-
-    # The current pointer ------------------------------------------------------------------------
-
-    def current(self) -> str | None:
-        stored = self.bucket.read(f"{prefix(self.app, self.env)}current")
-        return stored.body.decode().strip() if stored else None
-
-    def move_current(self, release_id: str, *, expected: str | None) -> None:
-        """Point ``current`` at ``release_id`` if it still points at ``expected`` (compare-and-swap)."""
-        self._manifest(release_id)
-        key = f"{prefix(self.app, self.env)}current"
-        stored = self.bucket.read(key)
-        found = stored.body.decode().strip() if stored else None
-        if found != expected:
-            raise ReleaseError(
-                409, f"current is {found or 'unset'}, not {expected or 'unset'}; another deploy moved it"
-            )
-        body = f"{release_id}\n".encode()
-        moved = self.bucket.create(key, body) if stored is None else self.bucket.replace(key, body, etag=stored.etag)
-        if not moved:
-            raise ReleaseError(409, f"current moved while switching to {release_id}; another deploy moved it")
-
     # Config -------------------------------------------------------------------------------------
 
     def _canonical_env(self) -> tuple[str, str | None]:
-        stored = self.bucket.read(f"{prefix(self.app, self.env)}env")
+        stored = self.bucket.read(self.keys.env_file)
         return (stored.body.decode(), stored.etag) if stored else ("", None)
 
     def config(self) -> dict[str, str]:
@@ -276,7 +313,7 @@ class Publisher:
         text, etag = self._canonical_env()
         values = change_config(read_config(text), set_vars=set_vars, unset=unset)
         new_text = render_env(values)
-        key = f"{prefix(self.app, self.env)}env"
+        key = self.keys.env_file
         written = (
             self.bucket.create(key, new_text.encode())
             if etag is None
@@ -289,12 +326,12 @@ class Publisher:
         return {"vars": values, "release": release}
 
     def _release_config(self, env_text: str, description: str, user: str) -> dict[str, Any] | None:
-        newest = newest_first(self.bucket.child_names(prefix(self.app, self.env)))
+        newest = newest_first(self.bucket.child_names(self.keys.prefix))
         if not newest:
             return None  # nothing published yet: the first release picks the config up
         base = self._manifest(newest[0])
         manifest = self._publish(
-            source_key=release_key(self.app, self.env, base["id"], "source.tar.gz"),
+            source_key=self.keys.release(base["id"], SOURCE),
             source_sha256=base["source"]["sha256"],
             source_size=base["source"]["size"],
             git=(base["git"]["ref"], base["git"]["commit"]),

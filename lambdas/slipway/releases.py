@@ -1,33 +1,25 @@
-"""Releases as data: ids, keys, manifests, source checks and config changes. No AWS calls.
+"""Releases as data: ids, manifests, source checks and config changes. No AWS calls.
 
-The layout of the release bucket (ARCHITECTURE.md section 4)::
-
-    <app>/<env>/env                  canonical config for new releases
-    <app>/<env>/current              body = id of the current release
-    <app>/<env>/r<N>/source.tar.gz   immutable release files
-    <app>/<env>/r<N>/env
-    <app>/<env>/r<N>/release.json
-    uploads/<app>/<env>/<id>/...     sources on their way in (expire after a day)
-
-Formats shared with the instance (the env file, ``release.schema.json``) come from the
-deploy agent's own modules, so the publisher and the agent cannot disagree.
+The bucket's layout is :mod:`slipway_release.layout`; the formats shared with the
+instance (release ids, the env file, the Procfile, ``release.schema.json``, the rules for
+source archives) come from :mod:`slipway_release`, the modules the deploy agent uses, so
+the publisher and the agent cannot disagree.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import re
-import tarfile
-import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import IO, Any
 
-from slipway_agent.envfile import EnvFileError, check_carriable, parse_env, render_env
-from slipway_agent.manifest import load_schema, schema_errors
+from slipway.settings import AppRuntime
+from slipway_release import names
+from slipway_release.archive import UnsafeArchive, scan
+from slipway_release.envfile import EnvFileError, check_carriable, parse_env, render_env
+from slipway_release.manifest import load_schema, schema_errors
+from slipway_release.procfile import ProcfileError, parse_procfile, resolve_formation
 
-RELEASE_ID = re.compile(r"^r([1-9][0-9]{0,8})$")
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GIT_COMMIT = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
@@ -43,54 +35,22 @@ class ReleaseError(ValueError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class AppRuntime:
-    """What a release of an app records from the platform configuration."""
-
-    port: int
-    health_check_path: str
-    formation: Mapping[str, int]
-
-
 def release_number(release_id: str) -> int:
-    match = RELEASE_ID.match(release_id)
-    if not match:
-        raise ReleaseError(400, f"{release_id!r} is not a release id; release ids look like r7")
-    return int(match.group(1))
-
-
-def newest_first(release_ids: Iterable[str]) -> list[str]:
-    """Release ids sorted newest first, by number (r10 is newer than r9)."""
-    return sorted((r for r in release_ids if RELEASE_ID.match(r)), key=release_number, reverse=True)
-
-
-def next_release_id(release_ids: Iterable[str]) -> str:
-    """The id after the newest one, ``r1`` for the first release."""
-    newest = newest_first(release_ids)
-    return f"r{release_number(newest[0]) + 1}" if newest else "r1"
+    """The number of ``release_id``; 400 naming the syntax for anything that is not one."""
+    try:
+        return names.release_number(release_id)
+    except ValueError as error:
+        raise ReleaseError(400, str(error)) from None
 
 
 def page(release_ids: Iterable[str], *, limit: int, before: str | None) -> tuple[list[str], str | None]:
     """One page of ids newest first, older than ``before``; and the token of the next page."""
-    ordered = newest_first(release_ids)
+    ordered = names.newest_first(release_ids)
     if before is not None:
         cutoff = release_number(before)
         ordered = [r for r in ordered if release_number(r) < cutoff]
     chosen = ordered[:limit]
     return chosen, (chosen[-1] if len(ordered) > limit else None)
-
-
-def prefix(app: str, env: str) -> str:
-    return f"{app}/{env}/"
-
-
-def release_key(app: str, env: str, release_id: str, name: str) -> str:
-    """Key of one file (``source.tar.gz``, ``env``, ``release.json``) of a release."""
-    return f"{app}/{env}/{release_id}/{name}"
-
-
-def upload_key(app: str, env: str, upload_id: str, name: str) -> str:
-    return f"uploads/{app}/{env}/{upload_id}/{name}"
 
 
 def build_manifest(
@@ -172,23 +132,21 @@ class _Hashing:
             pass
 
 
-def check_source(stream: IO[bytes], *, sha256: str, size: int, limit: int) -> None:
-    """Read the whole uploaded source once: a gzip tar with a ``Procfile`` at its root,
-    exactly ``size`` bytes with digest ``sha256``, at most ``limit`` bytes.
+def check_source(
+    stream: IO[bytes], *, sha256: str, size: int, limit: int, max_unpacked_bytes: int, formation: Mapping[str, int]
+) -> None:
+    """Read the whole uploaded source once, with the rules the instance applies when it unpacks:
+    a gzip tar of only files, directories and links that stay inside, no duplicates, under
+    ``max_unpacked_bytes`` unpacked; exactly ``size`` bytes with digest ``sha256``, at most
+    ``limit``; a ``Procfile`` at its root that parses and defines the types ``formation`` runs.
 
     Raises :class:`ReleaseError` (422) naming the first problem found.
     """
     hashing = _Hashing(stream, limit)
-    procfile = False
     try:
-        with tarfile.open(fileobj=hashing, mode="r|gz") as archive:  # type: ignore[call-overload]
-            for member in archive:
-                if member.name in ("Procfile", "./Procfile") and member.isfile():
-                    procfile = True
-    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError, OSError) as error:
-        raise ReleaseError(
-            422, f"the source is not a gzip-compressed tar ({error}); upload `git archive --format=tar.gz` output"
-        ) from None
+        scanned = scan(hashing, max_unpacked_bytes)  # type: ignore[arg-type]
+    except UnsafeArchive as error:
+        raise ReleaseError(422, f"refusing the source: {error}; upload `git archive --format=tar.gz` output") from None
     hashing.drain()
     actual = hashing.digest.hexdigest()
     if hashing.size != size or actual != sha256:
@@ -197,10 +155,16 @@ def check_source(stream: IO[bytes], *, sha256: str, size: int, limit: int) -> No
             f"the uploaded source has {hashing.size} bytes and sha256 {actual[:12]}…, but {size} bytes and "
             f"{sha256[:12]}… were declared; upload the file again",
         )
-    if not procfile:
+    if scanned.procfile is None:
         raise ReleaseError(
             422, "the source has no Procfile at its root; add one (e.g. `web: python app.py`) and publish again"
         )
+    try:
+        resolve_formation(parse_procfile(scanned.procfile), formation)
+    except ProcfileError as error:
+        raise ReleaseError(
+            422, f"{error}; fix the Procfile (or the app's formation in cdk.json) and publish again"
+        ) from None
 
 
 def change_config(

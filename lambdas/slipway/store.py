@@ -12,6 +12,8 @@ from typing import IO, Any
 
 # S3's own answers to a conditional write that lost the race.
 _CONFLICTS = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+# ... and to a conditional delete that found the object changed or gone.
+_GONE = {*_CONFLICTS, "NoSuchKey", "404"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,17 @@ class Bucket:
 
     def put(self, key: str, body: bytes) -> None:
         self.client.put_object(Bucket=self.name, Key=key, Body=body)
+
+    def delete_if_unchanged(self, key: str, *, etag: str) -> bool:
+        """Delete ``key`` only if it still has ``etag`` (S3's conditional delete); ``False`` if it
+        changed or is gone, and nothing was deleted."""
+        try:
+            self.client.delete_object(Bucket=self.name, Key=key, IfMatch=etag)
+        except self.client.exceptions.ClientError as error:
+            if _code(error) in _GONE:
+                return False
+            raise
+        return True
 
     def copy(self, source: str, destination: str) -> None:
         """Copy within the bucket (server side, up to 5 GB)."""

@@ -1,208 +1,26 @@
-"""A real instance for tests and benchmarks: Debian 12 with systemd in systemd-nspawn.
-
-The root filesystem is built once with mmdebstrap and cached under
-/var/cache/slipway-test/rootfs-<hash of its inputs>; each session boots a
-copy. The container shares the host network, so it reaches moto's S3 on
-127.0.0.1, and its apps answer on 127.0.0.1 too (all traffic stays on
-loopback). Commands run inside through ``nsenter`` into the container's
-namespaces, which needs no systemd on the host.
-"""
+"""What the instance tests need beside a booted instance (local.instance): a moto S3 server,
+releases written to it as the publisher writes them, a syslog sink, an HTTP poller."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGE = REPO / "image"
-CACHE = Path("/var/cache/slipway-test")
-SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
-PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-boto3,rsyslog,rsyslog-gnutls,ca-certificates,iproute2"
-HOST_TOOLS = {"mmdebstrap": "mmdebstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
+from local.instance import free_port
+
 BUCKET = "slipway-test-releases"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def missing_prerequisites() -> str | None:
-    """Why an instance cannot be booted here, or ``None`` if it can."""
-    if os.geteuid() != 0:
-        return "needs root (systemd-nspawn and mmdebstrap)"
-    absent = [package for tool, package in HOST_TOOLS.items() if shutil.which(tool) is None]
-    if absent:
-        return f"needs host packages: apt-get install {' '.join(sorted(set(absent)))}"
-    return None
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def rootfs() -> Path:
-    """The cached Debian root filesystem, built on first use (about 30 s)."""
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {PACKAGES} minbase v1".encode()).hexdigest()[:16]
-    cached = CACHE / f"rootfs-{key}"
-    if cached.is_dir():
-        return cached
-    CACHE.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=CACHE, prefix=".build-"))
-    target = building / "root"
-    subprocess.run(
-        ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(target), MIRROR],
-        check=True,
-    )
-    try:
-        os.rename(target, cached)
-    except OSError:
-        if not cached.is_dir():  # another session finished first otherwise
-            raise
-    shutil.rmtree(building, ignore_errors=True)
-    return cached
-
-
-@dataclass
-class Instance:
-    """One booted container; ``run`` executes a command inside it."""
-
-    directory: Path
-    name: str
-    process: subprocess.Popen[bytes]
-    leader: int
-    console: Path
-
-    def run(
-        self, argv: list[str], env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside the container as root with a clean environment."""
-        environment = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
-        environment += [f"{key}={value}" for key, value in (env or {}).items()]
-        result = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-a", "env", "-i", *environment, *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"{argv} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def popen(self, argv: list[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
-        """Start ``argv`` inside the container without waiting."""
-        environment = [f"{key}={value}" for key, value in env.items()]
-        return subprocess.Popen(
-            [
-                "nsenter",
-                "-t",
-                str(self.leader),
-                "-a",
-                "env",
-                "-i",
-                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-                *environment,
-                *argv,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def path(self, inside: str) -> Path:
-        """The host path of a file inside the container."""
-        return self.directory / inside.lstrip("/")
-
-
-@contextmanager
-def booted_instance(workdir: Path) -> Iterator[Instance]:
-    """Copy the cached rootfs into ``workdir``, boot it, and always shut it down."""
-    directory = workdir / "root"
-    subprocess.run(["cp", "-a", "--reflink=auto", str(rootfs()), str(directory)], check=True)
-    name = f"slipway-test-{os.getpid()}"
-    console = workdir / "console.log"
-    with open(console, "wb") as output:
-        process = subprocess.Popen(
-            [
-                "systemd-nspawn",
-                "--quiet",
-                "--boot",
-                "--register=no",
-                "--keep-unit",
-                "--resolv-conf=off",
-                f"--machine={name}",
-                f"--directory={directory}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        instance = Instance(directory, name, process, _leader(process, console), console)
-        _wait_booted(instance)
-        yield instance
-    finally:
-        _shutdown(process)
-
-
-def _leader(process: subprocess.Popen[bytes], console: Path) -> int:
-    """PID (on the host) of the container's systemd."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"systemd-nspawn exited {process.returncode}: {console.read_text()[-3000:]}")
-        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-        for child in children:
-            try:
-                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
-                    return int(child)
-            except FileNotFoundError:
-                continue
-        time.sleep(0.1)
-    raise AssertionError("the container's systemd did not start within 60s")
-
-
-def _wait_booted(instance: Instance) -> None:
-    # Until systemd has set up the container, entering it or asking systemd can fail: retry.
-    deadline = time.monotonic() + 120
-    while True:
-        state = instance.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=120)
-        if state.stdout.strip() in ("running", "degraded"):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"container did not boot: {state.stdout}{state.stderr}\n{instance.console.read_text()[-3000:]}"
-            )
-        time.sleep(0.2)
-
-
-def _shutdown(process: subprocess.Popen[bytes]) -> None:
-    """Ask nspawn to halt the container (SIGTERM), then kill it if it hangs."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @contextmanager
@@ -312,14 +130,6 @@ class Publisher:
         """Point ``current`` at a release; return the ``current`` URL."""
         self.client.put_object(Bucket=self.bucket, Key=f"{self.app}/{self.env}/current", Body=release_id.encode())
         return f"s3://{self.bucket}/{self.app}/{self.env}/current"
-
-
-def provision(instance: Instance, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    """Copy image/ into the instance (as user data does) and run provision.sh."""
-    target = instance.path("/root/slipway-image")
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(IMAGE, target, ignore=shutil.ignore_patterns("__pycache__"))
-    return instance.run(["bash", "/root/slipway-image/provision.sh"], env=env)
 
 
 class SyslogSink:

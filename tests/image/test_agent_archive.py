@@ -1,4 +1,6 @@
-"""Tar safety: the pure member rule, and real unpacking into a fresh directory."""
+"""Tar safety: the pure member rule, the whole-archive rules, and real unpacking into a fresh
+directory. Every unsafe archive is refused the same way by the publisher's one-pass scan and
+by the agent's unpacker: they apply the same rules (slipway_release.archive)."""
 
 import io
 import os
@@ -8,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slipway_agent.archive import (
+from slipway_agent.unpack import unpack
+from slipway_release.archive import (
     DIRECTORY,
     FILE,
     HARDLINK,
@@ -18,7 +21,7 @@ from slipway_agent.archive import (
     check_member,
     is_inside,
     normalize_name,
-    unpack,
+    scan,
 )
 
 segments = st.text(st.characters(blacklist_characters="/\x00"), min_size=1, max_size=8)
@@ -133,10 +136,14 @@ def test_unpacks_files_directories_and_links_inside(tmp_path):
         ([("l1", tarfile.SYMTYPE, "."), ("l2", tarfile.SYMTYPE, "l1/..")], "'l2' -> 'l1/..' resolves outside"),
         ([("a/b/l", tarfile.SYMTYPE, "../../.."), ("x", tarfile.REGTYPE, b"1")], "resolves outside"),
         # A file written under a symlinked directory would land wherever the link points.
-        ([("d", tarfile.SYMTYPE, "."), ("d/f", tarfile.REGTYPE, b"1")], "appears twice"),
+        ([("d", tarfile.SYMTYPE, "."), ("d/f", tarfile.REGTYPE, b"1")], "lies under 'd', which is not a directory"),
+        ([("d/", tarfile.DIRTYPE, ""), ("d", tarfile.SYMTYPE, "..")], "appears twice"),
         ([("f", tarfile.REGTYPE, b"1"), ("f", tarfile.REGTYPE, b"2")], "appears twice"),
         ([("f", tarfile.REGTYPE, b"1"), ("f/g", tarfile.REGTYPE, b"2")], "which is not a directory"),
-        ([("h", tarfile.LNKTYPE, "missing")], "not a file unpacked before it"),
+        ([("h", tarfile.LNKTYPE, "missing")], "not a file listed before it"),
+        ([("d/", tarfile.DIRTYPE, ""), ("h", tarfile.LNKTYPE, "d")], "not a file listed before it"),
+        # A loop of links resolves nowhere.
+        ([("a", tarfile.SYMTYPE, "b"), ("b", tarfile.SYMTYPE, "a")], "'a' -> 'b' resolves outside"),
         ([("fifo", tarfile.FIFOTYPE, "")], "FIFO"),
         ([("big", tarfile.REGTYPE, b"x" * 2000)], "unpacks to more than 1000 bytes"),
     ],
@@ -148,6 +155,25 @@ def test_unsafe_archives_write_nothing_outside(tmp_path, entries, message):
         unpack(archive, tmp_path / "release", 1000)
     created_outside = {p for p in tree(tmp_path) - before if p != "release" and not p.startswith("release/")}
     assert created_outside == set()
+    # The publisher's scan of the same upload refuses it for the same reason.
+    with open(archive, "rb") as stream, pytest.raises(UnsafeArchive, match=message):
+        scan(stream, 1000)
+
+
+def test_the_scan_reads_the_root_procfile_and_counts_like_the_unpacker(tmp_path):
+    entries = [
+        ("./", tarfile.DIRTYPE, ""),
+        ("./Procfile", tarfile.REGTYPE, b"web: x\n"),
+        ("lib/a", tarfile.REGTYPE, b"1"),
+    ]
+    archive = build(tmp_path / "ok.tar.gz", entries)
+    with open(archive, "rb") as stream:
+        scanned = scan(stream, 10_000)
+    assert (scanned.entries, scanned.unpacked_bytes, scanned.procfile) == (3, 8, "web: x\n")
+    assert unpack(archive, tmp_path / "release", 10_000) == (3, 8)
+    without = build(tmp_path / "none.tar.gz", [("sub/Procfile", tarfile.REGTYPE, b"web: x\n")])
+    with open(without, "rb") as stream:
+        assert scan(stream, 10_000).procfile is None
 
 
 def test_not_a_gzip_tarball(tmp_path):
@@ -155,3 +181,5 @@ def test_not_a_gzip_tarball(tmp_path):
     archive.write_bytes(b"not gzip")
     with pytest.raises(UnsafeArchive, match="not a readable gzip tar archive"):
         unpack(archive, tmp_path / "release", 1000)
+    with open(archive, "rb") as stream, pytest.raises(UnsafeArchive, match="not a readable gzip tar archive"):
+        scan(stream, 1000)

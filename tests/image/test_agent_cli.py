@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from slipway_agent.archive import DEFAULT_MAX_UNPACKED_BYTES
-from slipway_agent.cli import DeployArgs, ReleaseUrl, UsageError, parse_args, s3_endpoint
+from slipway_agent.cli import DeployArgs, UsageError, parse_args, s3_endpoint
 from slipway_agent.deploy import releases_to_prune, result_line
+from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
+from slipway_release.layout import ReleaseUrl
 
 
 def test_parse_release_and_current_urls():
@@ -15,8 +16,8 @@ def test_parse_release_and_current_urls():
     )
     args = parse_args(["--max-unpacked-bytes", "1000", "s3://b.x-1/api/production/current"])
     assert args == DeployArgs(ReleaseUrl("b.x-1", "api", "production", "current"), 1000)
-    assert args.release.key("r3", "env") == "api/production/r3/env"
-    assert args.release.url("r3") == "s3://b.x-1/api/production/r3"
+    assert args.release.keys.release("r3", "env") == "api/production/r3/env"
+    assert str(args.release.of("r3")) == "s3://b.x-1/api/production/r3"
 
 
 @pytest.mark.parametrize(
@@ -26,10 +27,11 @@ def test_parse_release_and_current_urls():
         (["http://b/a/e/r1"], "must start with s3://"),
         (["s3://b/a/e"], "must have 4 parts"),
         (["s3://B_/a/e/r1"], "is not a valid S3 bucket name"),
-        (["s3://bkt/App/e/r1"], "app 'App' must be lowercase"),
-        (["s3://bkt/a/e/r0"], "a release id like r7, or 'current'"),
-        (["s3://bkt/a/e/r1/"], "must have 4 parts"),
-        (["--max-unpacked-bytes", "0", "s3://bkt/a/e/r1"], "positive number of bytes"),
+        (["s3://bkt/App/e/r1"], "app 'App' must be 2 to 32 lowercase"),
+        (["s3://bkt/ab/e/r0"], "a release id like r7, or 'current'"),
+        (["s3://bkt/ab/e-1/r1"], "env 'e-1' must be lowercase letters and digits"),
+        (["s3://bkt/ab/e/r1/"], "must have 4 parts"),
+        (["--max-unpacked-bytes", "0", "s3://bkt/ab/e/r1"], "positive number of bytes"),
     ],
 )
 def test_usage_errors(argv, message):

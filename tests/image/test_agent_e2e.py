@@ -10,21 +10,9 @@ import json
 import time
 
 import pytest
-from instance_harness import (
-    BUCKET,
-    Poller,
-    Publisher,
-    SyslogSink,
-    agent_env,
-    booted_instance,
-    free_port,
-    get,
-    missing_prerequisites,
-    moto_s3,
-    provision,
-    s3_client,
-    tarball,
-)
+from instance_harness import BUCKET, Poller, Publisher, SyslogSink, agent_env, get, moto_s3, s3_client, tarball
+
+from local.instance import booted_instance, free_port, missing_prerequisites, provision
 
 pytestmark = pytest.mark.e2e
 if missing_prerequisites():

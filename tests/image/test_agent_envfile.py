@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slipway_agent.envfile import (
+from slipway_release.envfile import (
     MAX_ASSIGNMENT_BYTES,
     EnvFileError,
     check_carriable,

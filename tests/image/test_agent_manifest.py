@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slipway_agent.manifest import (
+from slipway_release.manifest import (
     SCHEMA_PATH,
     HealthCheck,
     ManifestError,

@@ -4,7 +4,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slipway_agent.procfile import ProcfileError, parse_procfile, resolve_formation
 from slipway_agent.units import (
     AppLayout,
     UnitChanges,
@@ -17,6 +16,7 @@ from slipway_agent.units import (
     systemd_quote,
     verify_command,
 )
+from slipway_release.procfile import ProcfileError, parse_procfile, resolve_formation
 
 LAYOUT = AppLayout("billing")
 

@@ -18,14 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from slipway.store import Bucket
-
-# S3's answers to a conditional delete that found the object changed or gone.
-_LOST = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey", "404"}
-
-
-def lock_key(app: str, env: str) -> str:
-    """Where the lock of ``app`` in ``env`` lives in the release bucket."""
-    return f"{app}/{env}/lock"
+from slipway_release.layout import AppKeys
 
 
 def _stamp(moment: datetime) -> str:
@@ -137,7 +130,7 @@ class DeployLock:
         self.bucket = bucket
 
     def _read(self, app: str, env: str) -> tuple[Lock | None, str]:
-        stored = self.bucket.read(lock_key(app, env))
+        stored = self.bucket.read(AppKeys(app, env).lock)
         if stored is None:
             return None, ""
         return Lock.from_json(stored.body), stored.etag
@@ -152,7 +145,7 @@ class DeployLock:
         if ttl <= timedelta(0):
             raise ValueError(f"ttl must be positive, e.g. timedelta(minutes=30); got {ttl}")
         now = _utc(now, "now")
-        key = lock_key(app, env)
+        key = AppKeys(app, env).lock
         mine = Lock(owner=owner, execution=execution, release=release, acquired_at=now, expires_at=now + ttl)
         existing, etag = self._read(app, env)
         action = decide(existing, now=now, execution=execution)
@@ -184,20 +177,7 @@ class DeployLock:
         existing, etag = self._read(app, env)
         if existing is None or existing.execution != execution:
             return False
-        return self._delete_if_unchanged(lock_key(app, env), etag)
-
-    def _delete_if_unchanged(self, key: str, etag: str) -> bool:
-        # S3 deletes conditionally (If-Match) in general purpose buckets since 2025-09;
-        # slipway.store.Bucket has no conditional delete, so the call is made here.
-        client = self.bucket.client
-        try:
-            client.delete_object(Bucket=self.bucket.name, Key=key, IfMatch=etag)
-        except client.exceptions.ClientError as error:
-            code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
-            if code in _LOST:
-                return False
-            raise
-        return True
+        return self.bucket.delete_if_unchanged(AppKeys(app, env).lock, etag=etag)
 
     def renew(self, app: str, env: str, *, execution: str, ttl: timedelta, now: datetime) -> Lock:
         """Extend the lock of ``execution`` to ``now + ttl`` for a long rollout.
@@ -220,6 +200,6 @@ class DeployLock:
             acquired_at=existing.acquired_at,
             expires_at=now + ttl,
         )
-        if not self.bucket.replace(lock_key(app, env), renewed.to_json(), etag=etag):
+        if not self.bucket.replace(AppKeys(app, env).lock, renewed.to_json(), etag=etag):
             raise LockLost(f"the deploy lock of {app}/{env} changed while execution {execution} renewed it")
         return renewed

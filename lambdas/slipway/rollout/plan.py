@@ -10,15 +10,12 @@ the larger fleet, so they are deployed in a batch like the others.
 
 from __future__ import annotations
 
-import difflib
-import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain, zip_longest
-from typing import Any, TypeGuard
 
-MAX_BAKE_SECONDS = 3600
+from slipway.rollout.strategy import Strategy
 
 
 @dataclass(frozen=True)
@@ -27,90 +24,6 @@ class Instance:
 
     id: str
     zone: str
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    # bool is an int subclass: `"batch_size": true` must not mean one instance.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_field(key: str, value: object) -> None:
-    """Raise ``ValueError`` naming ``strategy.<key>`` and a valid example if ``value`` is wrong for it."""
-    if key in ("canary", "surge"):
-        if not isinstance(value, bool):
-            raise ValueError(f"strategy.{key} must be true or false; got {value!r}")
-    elif key == "batch_size":
-        if value is not None and (not _is_int(value) or value < 1):
-            raise ValueError(f"strategy.batch_size must be a number of instances of at least 1, e.g. 2; got {value!r}")
-    elif key == "batch_percent":
-        if value is not None and (not _is_int(value) or not 1 <= value <= 100):
-            raise ValueError(f"strategy.batch_percent must be a whole percent from 1 to 100, e.g. 25; got {value!r}")
-    elif key == "bake_seconds" and (not _is_int(value) or not 0 <= value <= MAX_BAKE_SECONDS):
-        raise ValueError(
-            f"strategy.bake_seconds must be whole seconds from 0 to {MAX_BAKE_SECONDS}, e.g. 30; got {value!r}"
-        )
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """How a rollout proceeds; per app in the configuration, overridable per deploy.
-
-    Example request options: ``{"canary": true, "batch_percent": 25, "bake_seconds": 30}``
-    or ``{"batch_size": 2, "surge": false}``. ``batch_size`` (a count) wins over
-    ``batch_percent`` (of the fleet) when both are set on the dataclass; a request may
-    give only one of them.
-    """
-
-    canary: bool = True
-    batch_size: int | None = None
-    batch_percent: int | None = 25
-    bake_seconds: int = 30
-    surge: bool = True
-
-    def __post_init__(self) -> None:
-        for key, value in asdict(self).items():
-            _check_field(key, value)
-        if self.batch_size is None and self.batch_percent is None:
-            raise ValueError("strategy needs batch_size (instances per batch) or batch_percent (of the fleet)")
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any] | None, defaults: Strategy) -> Strategy:
-        """``defaults`` with the options of a request applied; ``ValueError`` names a wrong option.
-
-        Giving ``batch_size`` clears the default ``batch_percent`` and vice versa, so the
-        request's choice is the one that applies.
-        """
-        if raw is None:
-            return defaults
-        if not isinstance(raw, Mapping):
-            raise ValueError(f'strategy must be an object such as {{"batch_percent": 25}}; got {raw!r}')
-        known = sorted(asdict(defaults))
-        for key in raw:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean {close[0]}? " if close else ""
-                raise ValueError(f"strategy has no option {key!r}; {hint}the options are {', '.join(known)}")
-        for key, value in raw.items():
-            _check_field(key, value)
-        changes = dict(raw)
-        if raw.get("batch_size") is not None and raw.get("batch_percent") is not None:
-            raise ValueError("strategy gives both batch_size and batch_percent; give only one of them")
-        if raw.get("batch_size") is not None:
-            changes.setdefault("batch_percent", None)
-        if raw.get("batch_percent") is not None:
-            changes.setdefault("batch_size", None)
-        return replace(defaults, **changes)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The options as JSON data; ``Strategy.parse(s.as_dict(), Strategy()) == s``."""
-        return asdict(self)
-
-    def batch_count(self, fleet: int) -> int:
-        """Instances per batch (after the canary) for a fleet of ``fleet`` in-service instances."""
-        if self.batch_size is not None:
-            return self.batch_size
-        assert self.batch_percent is not None  # __post_init__ guarantees one of the two
-        return max(1, math.ceil(self.batch_percent * fleet / 100))
 
 
 @dataclass(frozen=True)

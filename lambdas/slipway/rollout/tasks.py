@@ -9,10 +9,10 @@ states route on (``WAIT`` loops through a Wait state, ``FAILED`` rolls back).
 State fields (set by the API that starts the execution, or by earlier tasks)::
 
     app, env, release, user, execution      who deploys what
-    fleet: {group, target_group, alarms, document, bucket}
-    strategy: {...}                          plan.Strategy options
-    timing: {poll_seconds, command_timeout, healthy_timeout, lock_minutes}
-    previous                                 current before the rollout (lock)
+    fleet: {...}                             slipway.settings.FleetSettings (as JSON)
+    strategy: {...}                          slipway.rollout.strategy.Strategy options
+    timing: {...}                            slipway.settings.Timing
+    previous, lock_expires_at                current before the rollout, and the lock's expiry (lock)
     batches, cursor, done                    the plan and progress (plan, advance)
     command: {id, instances, sent_at}        the command being waited for
     checked_at, verdict, reason, failure     the latest check's outcome
@@ -24,15 +24,19 @@ import contextlib
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any
 
-from slipway.publisher import Publisher
-from slipway.releases import AppRuntime, ReleaseError
+from slipway import aws
+from slipway.publisher import AppReleases
+from slipway.releases import ReleaseError
+from slipway.rollout.commands import send_deploy_request
 from slipway.rollout.health import alarms_verdict, command_verdict, targets_verdict
-from slipway.rollout.lock import DeployLock, LockHeld
-from slipway.rollout.plan import Instance, Strategy, plan_batches
+from slipway.rollout.lock import DeployLock, LockHeld, LockLost
+from slipway.rollout.plan import Instance, plan_batches
+from slipway.rollout.strategy import Strategy
+from slipway.settings import FleetSettings, Timing
 from slipway.store import Bucket
+from slipway_release.layout import release_url
 
 State = dict[str, Any]
 OUTPUT_TAIL = 2000
@@ -46,13 +50,6 @@ class LockRefused(Exception):
     """Another rollout holds the app's lock: refuse without touching anything."""
 
 
-@cache
-def _client(service: str) -> Any:
-    import boto3  # imported on first use: no client at import time
-
-    return boto3.client(service)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -61,20 +58,24 @@ def _elapsed(state: State, key: str) -> float:
     return (_now() - datetime.fromisoformat(state[key])).total_seconds()
 
 
-def _publisher(state: State) -> Publisher:
-    # Rollouts never publish: the runtime settings only matter to new releases.
-    runtime = AppRuntime(port=0, health_check_path="/", formation={})
-    return Publisher(
-        Bucket(_client("s3"), state["fleet"]["bucket"]),
-        app=state["app"],
-        env=state["env"],
-        runtime=runtime,
-        max_source_bytes=0,
-    )
+def _fleet(state: State) -> FleetSettings:
+    return FleetSettings.from_json(state["fleet"])
+
+
+def _timing(state: State) -> Timing:
+    return Timing.from_json(state["timing"])
+
+
+def _releases(state: State) -> AppReleases:
+    return AppReleases(Bucket(aws.client("s3"), _fleet(state).bucket), app=state["app"], env=state["env"])
+
+
+def _deploy_lock(state: State) -> DeployLock:
+    return DeployLock(Bucket(aws.client("s3"), _fleet(state).bucket))
 
 
 def _release_url(state: State, release: str) -> str:
-    return f"s3://{state['fleet']['bucket']}/{state['app']}/{state['env']}/{release}"
+    return release_url(_fleet(state).bucket, state["app"], state["env"], release)
 
 
 # Lock and plan --------------------------------------------------------------------------------
@@ -82,30 +83,60 @@ def _release_url(state: State, release: str) -> str:
 
 def lock(state: State) -> State:
     """Take the app's deploy lock; note the current release to roll back to."""
-    deploy_lock = DeployLock(Bucket(_client("s3"), state["fleet"]["bucket"]))
+    deploy_lock = _deploy_lock(state)
     try:
-        deploy_lock.acquire(
+        held = deploy_lock.acquire(
             state["app"],
             state["env"],
             owner=state["user"],
             execution=state["execution"],
             release=state["release"],
-            ttl=timedelta(minutes=state["timing"]["lock_minutes"]),
+            ttl=timedelta(minutes=_timing(state).lock_minutes),
             now=_now(),
         )
-    except (LockHeld, ValueError) as held:  # ValueError: a corrupt lock object, whose message says what to do
-        raise LockRefused(str(held)) from None
-    publisher = _publisher(state)
+    except (LockHeld, ValueError) as refused:  # ValueError: a corrupt lock object, whose message says what to do
+        raise LockRefused(str(refused)) from None
+    releases = _releases(state)
     try:
-        publisher.show(state["release"])  # refuse a release that does not exist, before touching instances
+        releases.show(state["release"])  # refuse a release that does not exist, before touching instances
     except ReleaseError as error:
         deploy_lock.release(state["app"], state["env"], execution=state["execution"])
         raise LockRefused(str(error)) from None
-    return {**state, "previous": publisher.current(), "started_at": _now().isoformat(), "done": [], "surged": 0}
+    return {
+        **state,
+        "previous": releases.current(),
+        "started_at": _now().isoformat(),
+        "lock_expires_at": held.expires_at.isoformat(),
+        "done": [],
+        "surged": 0,
+    }
+
+
+def keep_lock(state: State) -> State:
+    """Renew the deploy lock once half its time is gone, so a long rollout keeps the app to itself.
+
+    ``LockLost`` (the lock expired and another rollout took it, or it was removed) stops
+    this rollout: it no longer has the app to itself.
+    """
+    expires = state.get("lock_expires_at")
+    if not expires:
+        return state
+    ttl = timedelta(minutes=_timing(state).lock_minutes)
+    if datetime.fromisoformat(expires) - _now() > ttl / 2:
+        return state
+    try:
+        renewed = _deploy_lock(state).renew(
+            state["app"], state["env"], execution=state["execution"], ttl=ttl, now=_now()
+        )
+    except LockLost as lost:
+        if "error" in state or "rolled_back" in state:
+            return state  # already rolling back: finish putting the instances back
+        raise RolloutError(str(lost)) from None
+    return {**state, "lock_expires_at": renewed.expires_at.isoformat()}
 
 
 def _in_service(group: str) -> tuple[list[Instance], Mapping[str, Any]]:
-    described = _client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    described = aws.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     if not described["AutoScalingGroups"]:
         raise RolloutError(f"the fleet's Auto Scaling group {group} does not exist; deploy the stack")
     asg = described["AutoScalingGroups"][0]
@@ -119,7 +150,8 @@ def _in_service(group: str) -> tuple[list[Instance], Mapping[str, Any]]:
 
 def plan(state: State) -> State:
     """Plan the batches over the in-service instances; surge first if the fleet is too small."""
-    instances, asg = _in_service(state["fleet"]["group"])
+    fleet = _fleet(state)
+    instances, asg = _in_service(fleet.group)
     if len(instances) < asg["DesiredCapacity"] or (state["surged"] and not _serving(state, instances)):
         if state["surged"] and _elapsed(state, "surge_started") > _surge_timeout(state):
             raise RolloutError(
@@ -127,7 +159,7 @@ def plan(state: State) -> State:
                 "balancer's health check in time; see the fleet's launch activity and the instances' boot log"
             )
         return {**state, "verdict": "WAIT", "reason": f"{len(instances)} of {asg['DesiredCapacity']} serving"}
-    strategy = Strategy.parse(state.get("strategy"), Strategy())
+    strategy = Strategy.parse(state.get("strategy"))
     rollout = plan_batches(instances, strategy=strategy, min_healthy=asg["MinSize"])
     if rollout.surge:
         wanted = asg["DesiredCapacity"] + rollout.surge
@@ -136,10 +168,7 @@ def plan(state: State) -> State:
                 f"keeping {asg['MinSize']} instances in service needs {rollout.surge} more during the rollout, but "
                 f"the fleet's maximum is {asg['MaxSize']}; raise max_capacity or lower min_capacity in cdk.json"
             )
-        _client("autoscaling").set_desired_capacity(
-            AutoScalingGroupName=state["fleet"]["group"],
-            DesiredCapacity=wanted,
-        )
+        aws.client("autoscaling").set_desired_capacity(AutoScalingGroupName=fleet.group, DesiredCapacity=wanted)
         return {
             **state,
             "verdict": "WAIT",
@@ -159,15 +188,15 @@ def plan(state: State) -> State:
 
 def _serving(state: State, instances: list[Instance]) -> bool:
     """Are all in-service instances healthy in the target group (a surge instance counts only once it is)?"""
-    health = _client("elbv2").describe_target_health(TargetGroupArn=state["fleet"]["target_group"])
+    health = aws.client("elbv2").describe_target_health(TargetGroupArn=_fleet(state).target_group)
     states = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in health["TargetHealthDescriptions"]}
     return all(states.get(i.id) == "healthy" for i in instances)
 
 
 def _surge_timeout(state: State) -> float:
     # A new instance boots, provisions, deploys `current`, then passes the health check.
-    timing = state["timing"]
-    return float(timing["command_timeout"] + timing["healthy_timeout"])
+    timing = _timing(state)
+    return float(timing.command_timeout + timing.healthy_timeout)
 
 
 # One batch ------------------------------------------------------------------------------------
@@ -180,27 +209,23 @@ def _batch(state: State) -> list[str]:
 
 def detach(state: State) -> State:
     """Take the batch out of traffic: standby (no replacement launched) and deregistration (draining)."""
-    batch = _batch(state)
-    _client("autoscaling").enter_standby(
-        AutoScalingGroupName=state["fleet"]["group"],
-        InstanceIds=batch,
-        ShouldDecrementDesiredCapacity=True,
+    batch, fleet = _batch(state), _fleet(state)
+    aws.client("autoscaling").enter_standby(
+        AutoScalingGroupName=fleet.group, InstanceIds=batch, ShouldDecrementDesiredCapacity=True
     )
-    _client("elbv2").deregister_targets(
-        TargetGroupArn=state["fleet"]["target_group"], Targets=[{"Id": i} for i in batch]
-    )
+    aws.client("elbv2").deregister_targets(TargetGroupArn=fleet.target_group, Targets=[{"Id": i} for i in batch])
     return {**state, "standby": batch, "checked_at": _now().isoformat()}
 
 
 def drained(state: State) -> State:
     """Has the load balancer finished draining the batch?"""
-    health = _client("elbv2").describe_target_health(TargetGroupArn=state["fleet"]["target_group"])
+    health = aws.client("elbv2").describe_target_health(TargetGroupArn=_fleet(state).target_group)
     still = [
         t["Target"]["Id"]
         for t in health["TargetHealthDescriptions"]
         if t["Target"]["Id"] in state["standby"] and t["TargetHealth"]["State"] != "unused"
     ]
-    verdict = "WAIT" if still and _elapsed(state, "checked_at") < state["timing"]["healthy_timeout"] else "READY"
+    verdict = "WAIT" if still and _elapsed(state, "checked_at") < _timing(state).healthy_timeout else "READY"
     return {**state, "verdict": verdict, "reason": f"draining {', '.join(still)}" if still else "drained"}
 
 
@@ -210,15 +235,15 @@ def send(state: State) -> State:
 
 
 def _send(state: State, instances: list[str], url: str) -> State:
-    command = _client("ssm").send_command(
-        DocumentName=state["fleet"]["document"],
-        InstanceIds=instances,
-        Parameters={"ReleaseUrl": [url]},
-        Comment=f"slipway {state['kind']} {state['app']} {state['env']} {url.rsplit('/', 1)[1]} by {state['user']}"[
-            :100
-        ],
-        TimeoutSeconds=state["timing"]["command_timeout"],
-    )["Command"]
+    request = send_deploy_request(
+        _fleet(state),
+        instances=instances,
+        url=url,
+        kind=state["kind"],
+        user=state["user"],
+        timeout_seconds=_timing(state).command_timeout,
+    )
+    command = aws.client("ssm").send_command(**request)["Command"]
     return {
         **state,
         "command": {"id": command["CommandId"], "instances": instances, "url": url},
@@ -231,7 +256,7 @@ def command_done(state: State) -> State:
     command = state["command"]
     invocations = {i: _invocation(command["id"], i) for i in command["instances"]}
     statuses = {i: invocation["Status"] for i, invocation in invocations.items()}
-    result = command_verdict(statuses, waited=_elapsed(state, "checked_at"), timeout=state["timing"]["command_timeout"])
+    result = command_verdict(statuses, waited=_elapsed(state, "checked_at"), timeout=_timing(state).command_timeout)
     update: State = {"verdict": result.verdict.name, "reason": result.reason}
     if result.verdict.name == "FAILED":
         failed = result.subjects[0] if result.subjects else command["instances"][0]
@@ -245,7 +270,7 @@ def command_done(state: State) -> State:
 
 
 def _invocation(command_id: str, instance: str) -> dict[str, Any]:
-    ssm = _client("ssm")
+    ssm = aws.client("ssm")
     try:
         found: dict[str, Any] = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance)
     except ssm.exceptions.InvocationDoesNotExist:
@@ -257,17 +282,16 @@ def attach(state: State) -> State:
     """Put the batch back: out of standby, registered with the target group."""
     batch = state.get("standby") or []
     if batch:
-        _client("autoscaling").exit_standby(AutoScalingGroupName=state["fleet"]["group"], InstanceIds=batch)
-        _client("elbv2").register_targets(
-            TargetGroupArn=state["fleet"]["target_group"], Targets=[{"Id": i} for i in batch]
-        )
+        fleet = _fleet(state)
+        aws.client("autoscaling").exit_standby(AutoScalingGroupName=fleet.group, InstanceIds=batch)
+        aws.client("elbv2").register_targets(TargetGroupArn=fleet.target_group, Targets=[{"Id": i} for i in batch])
     return {**state, "standby": [], "attached": batch, "checked_at": _now().isoformat()}
 
 
 def healthy(state: State) -> State:
     """Are the batch's targets healthy in the target group?"""
-    health = _client("elbv2").describe_target_health(
-        TargetGroupArn=state["fleet"]["target_group"], Targets=[{"Id": i} for i in state["attached"]]
+    health = aws.client("elbv2").describe_target_health(
+        TargetGroupArn=_fleet(state).target_group, Targets=[{"Id": i} for i in state["attached"]]
     )
     described = health["TargetHealthDescriptions"]
     states = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in described}
@@ -279,7 +303,7 @@ def healthy(state: State) -> State:
         states,
         state["attached"],
         waited_seconds=_elapsed(state, "checked_at"),
-        timeout_seconds=state["timing"]["healthy_timeout"],
+        timeout_seconds=_timing(state).healthy_timeout,
         reasons=reasons,
     )
     update: State = {"verdict": result.verdict.name, "reason": result.reason}
@@ -291,8 +315,8 @@ def healthy(state: State) -> State:
 
 def alarms(state: State) -> State:
     """After the bake time: is any of the fleet's alarms firing?"""
-    names = state["fleet"].get("alarms") or []
-    found = _client("cloudwatch").describe_alarms(AlarmNames=names)["MetricAlarms"] if names else []
+    names = list(_fleet(state).alarms)
+    found = aws.client("cloudwatch").describe_alarms(AlarmNames=names)["MetricAlarms"] if names else []
     result = alarms_verdict({a["AlarmName"]: a["StateValue"] for a in found})
     update: State = {"verdict": result.verdict.name, "reason": result.reason}
     if result.verdict.name == "FAILED":
@@ -300,21 +324,9 @@ def alarms(state: State) -> State:
     return {**state, **update}
 
 
-def _record(state: State, instances: list[str], release: str | None) -> None:
-    """Note which release each instance runs (``<app>/<env>/instances/<id>``), for status;
-    ``None`` forgets it (the instance's release is not known)."""
-    bucket = Bucket(_client("s3"), state["fleet"]["bucket"])
-    keys = [f"{state['app']}/{state['env']}/instances/{i}" for i in instances]
-    if release is None:
-        bucket.delete(*keys)
-        return
-    for key in keys:
-        bucket.put(key, f"{release}\n".encode())
-
-
 def advance(state: State) -> State:
     """The batch is done: note its release and move to the next batch."""
-    _record(state, _batch(state), state["release"])
+    _releases(state).record_instances(_batch(state), state["release"])
     done = [*state["done"], *_batch(state)]
     cursor = state["cursor"] + 1
     return {**state, "done": done, "cursor": cursor, "more": cursor < len(state["batches"])}
@@ -325,19 +337,16 @@ def advance(state: State) -> State:
 
 def promote(state: State) -> State:
     """Every batch is on the release: move ``current`` (compare-and-swap against the rollout's start)."""
-    publisher = _publisher(state)
     try:
-        publisher.move_current(state["release"], expected=state["previous"])
+        _releases(state).move_current(state["release"], expected=state["previous"])
     except ReleaseError as error:
         raise RolloutError(str(error)) from None
-    if state["previous"]:  # what `slipway rollback` goes back to
-        publisher.bucket.put(f"{state['app']}/{state['env']}/previous", f"{state['previous']}\n".encode())
     return state
 
 
 def converge(state: State) -> State:
     """Instances launched during the rollout booted the old ``current``: deploy the release to them."""
-    instances, _ = _in_service(state["fleet"]["group"])
+    instances, _ = _in_service(_fleet(state).group)
     late = sorted(i.id for i in instances if i.id not in state["done"])
     if not late:
         return {**state, "verdict": "READY", "converged": []}
@@ -347,10 +356,10 @@ def converge(state: State) -> State:
 def unsurge(state: State) -> State:
     """Give back the capacity added for the rollout."""
     if state.get("surged"):
-        _, asg = _in_service(state["fleet"]["group"])
-        _client("autoscaling").set_desired_capacity(
-            AutoScalingGroupName=state["fleet"]["group"],
-            DesiredCapacity=max(asg["MinSize"], asg["DesiredCapacity"] - state["surged"]),
+        group = _fleet(state).group
+        _, asg = _in_service(group)
+        aws.client("autoscaling").set_desired_capacity(
+            AutoScalingGroupName=group, DesiredCapacity=max(asg["MinSize"], asg["DesiredCapacity"] - state["surged"])
         )
     return {**state, "surged": 0}
 
@@ -358,13 +367,12 @@ def unsurge(state: State) -> State:
 def unlock(state: State) -> State:
     """Note where the late and the rolled-back instances ended up, then release the lock."""
     failed = state.get("verdict") == "FAILED"  # the last command (converge or rollback) did not succeed
+    releases = _releases(state)
     if state.get("rolled_back"):
-        _record(state, state["rolled_back"], None if failed else state.get("previous"))
+        releases.record_instances(state["rolled_back"], None if failed else state.get("previous"))
     elif state.get("converged"):
-        _record(state, state["converged"], None if failed else state["release"])
-    DeployLock(Bucket(_client("s3"), state["fleet"]["bucket"])).release(
-        state["app"], state["env"], execution=state["execution"]
-    )
+        releases.record_instances(state["converged"], None if failed else state["release"])
+    _deploy_lock(state).release(state["app"], state["env"], execution=state["execution"])
     return state
 
 
@@ -407,8 +415,15 @@ TASKS: dict[str, Callable[[State], State]] = {
 }
 
 
+# Tasks that run while the rollout holds the lock and must keep it: all but taking and releasing it.
+_HOLDING_LOCK = set(TASKS) - {"lock", "unlock"}
+
+
 def handler(event: Mapping[str, Any], context: Any) -> State:
     """The Lambda entry point: ``{"task": "<name>", "state": {...}}``."""
     state = dict(event["state"])
     state.setdefault("execution", event.get("execution", ""))
-    return TASKS[event["task"]](state)
+    task = event["task"]
+    if task in _HOLDING_LOCK:
+        state = keep_lock(state)
+    return TASKS[task](state)

@@ -105,7 +105,7 @@ def parse_env(text: str) -> dict[str, str]:
     return dict(values)
 
 
-def _skip_blank(text: str, pos: int, line: int):
+def _skip_blank(text: str, pos: int, line: int) -> tuple[int, int]:
     while pos < len(text) and text[pos] in " \t\n":
         if text[pos] == "\n":
             line += 1
@@ -136,7 +136,7 @@ def _excerpt(text: str, pos: int) -> str:
     return text[pos : _end_of_line(text, pos)][:40]
 
 
-def _read_word(text: str, pos: int, line: int, name: str):
+def _read_word(text: str, pos: int, line: int, name: str) -> tuple[str, int, int]:
     """Read one shell word starting at ``pos``; return (value, pos, line)."""
     out = []
     length = len(text)
@@ -175,7 +175,7 @@ def _read_word(text: str, pos: int, line: int, name: str):
     return "".join(out), pos, line
 
 
-def _read_double_quoted(text: str, pos: int, line: int, name: str, out: list):
+def _read_double_quoted(text: str, pos: int, line: int, name: str, out: list[str]) -> tuple[int, int]:
     length = len(text)
     while pos < length:
         char = text[pos]
@@ -200,7 +200,7 @@ def _read_double_quoted(text: str, pos: int, line: int, name: str, out: list):
     raise EnvFileError(f"env file line {line}: {name}: double quote is never closed")
 
 
-def _expect_end_of_assignment(text: str, pos: int, line: int, name: str):
+def _expect_end_of_assignment(text: str, pos: int, line: int, name: str) -> tuple[int, int]:
     """After a value only blanks and a comment may follow on its line."""
     length = len(text)
     while pos < length and text[pos] in " \t":

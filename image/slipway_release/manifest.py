@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "release.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parent / "release.schema.json"
 SUPPORTED_VERSION = 1
 DEFAULT_PORT = 5000
 DEFAULT_HEALTH_TIMEOUT = 30.0
@@ -48,9 +48,10 @@ class SchemaError(Exception):
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Read the release manifest JSON Schema shipped beside the agent."""
+    """Read the release manifest JSON Schema shipped beside this module."""
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        schema: dict[str, Any] = json.load(handle)
+    return schema
 
 
 def schema_errors(instance: Any, schema: Mapping[str, Any], where: str = "") -> list[str]:
@@ -65,7 +66,7 @@ def schema_errors(instance: Any, schema: Mapping[str, Any], where: str = "") -> 
     if unknown:
         raise SchemaError(
             f"schema at {where or '/'} uses {sorted(unknown)}, which the agent's validator does not "
-            "implement; extend slipway_agent.manifest or keep the schema to the supported keywords"
+            "implement; extend slipway_release.manifest or keep the schema to the supported keywords"
         )
     here = where or "/"
     errors: list[str] = []
@@ -140,7 +141,7 @@ def _is_number(value: Any) -> bool:
 def _has_type(value: Any, expected: Any) -> bool:
     if isinstance(expected, list):
         return any(_has_type(value, one) for one in expected)
-    checks = {
+    checks: dict[str, Callable[[Any], bool]] = {
         "object": lambda v: isinstance(v, dict),
         "array": lambda v: isinstance(v, list),
         "string": lambda v: isinstance(v, str),
@@ -159,8 +160,8 @@ def _json_equal(left: Any, right: Any) -> bool:
     if isinstance(left, bool) or isinstance(right, bool):
         return isinstance(left, bool) and isinstance(right, bool) and left == right
     if _is_number(left) and _is_number(right):
-        return left == right
-    return type(left) is type(right) and left == right
+        return bool(left == right)
+    return type(left) is type(right) and bool(left == right)
 
 
 def _type_words(expected: Any) -> str:
@@ -174,7 +175,8 @@ def _describe(value: Any) -> str:
         return "boolean"
     if _is_number(value):
         return "number"
-    return {str: "string", dict: "object", list: "array"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "string", dict: "object", list: "array"}
+    return names.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)

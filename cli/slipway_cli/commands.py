@@ -1,0 +1,241 @@
+"""One function per command: each calls the API and returns (the result as JSON, the text to print)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from slipway_cli import output, transfer
+from slipway_cli.client import Api
+from slipway_cli.client import path as api_path
+from slipway_cli.errors import CliError
+
+
+def cmd_release(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    with transfer.git_archive(args.ref) as (path, commit):
+        upload_id, parts = transfer.upload_file(api, args.app, args.env, path, quiet=args.json)
+        size = os.path.getsize(path)
+    body: dict[str, Any] = {"upload_id": upload_id, "git": {"ref": args.ref, "commit": commit}}
+    if args.message:
+        body["description"] = args.message
+    if parts:
+        body["parts"] = parts
+    release = api.call("POST", api_path(args.app, args.env, "releases"), body)
+    return (
+        release,
+        f"Published {args.app} {release['id']} to {args.env} ({args.ref} @ {commit[:10]}, {output.human_size(size)})",
+    )
+
+
+def cmd_releases(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    listing = api.call("GET", api_path(args.app, args.env, "releases"), query={"limit": str(args.limit)})
+    lines = [f"{args.app} in {args.env}:"] if listing["releases"] else [f"{args.app} has no releases in {args.env}"]
+    for r in listing["releases"]:
+        mark = "*" if r.get("current") else " "
+        lines.append(
+            f"{mark} {r['id']:>5}  {r['created_at']}  {r['created_by']:<12}  {r['git']['ref']} @ "
+            f"{r['git']['commit'][:10]}  {r['description']}".rstrip()
+        )
+    if listing.get("next_before"):
+        lines.append(f"  … older releases: --limit {args.limit * 2}")
+    return listing, "\n".join(lines)
+
+
+def cmd_config(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    path = api_path(args.app, args.env, "config")
+    if args.action is None:
+        config = api.call("GET", path)
+        text = (
+            "\n".join(f"{k}={output.shown(v)}" for k, v in config["vars"].items()) or f"{args.app} has no config vars"
+        )
+        return config, text
+    if args.action == "set":
+        assignments = {}
+        for item in args.items:
+            name, equals, value = item.partition("=")
+            if not equals:
+                raise CliError(f"{item!r} is not NAME=value; write e.g. DATABASE_URL=postgres://…")
+            assignments[name] = value
+        change: dict[str, Any] = {"set": assignments}
+    else:
+        change = {"unset": list(args.items)}
+    changed = api.call("PATCH", path, change)
+    names = ", ".join(sorted(change.get("set", {})) or change.get("unset", []))
+    release = changed.get("release")
+    made = f"; released as {release['id']}" if release else "; the first release will use it"
+    return changed, f"{'Set' if args.action == 'set' else 'Unset'} {names} for {args.app} in {args.env}{made}"
+
+
+def cmd_promote(args: argparse.Namespace, apis: Mapping[str, Api]) -> tuple[Any, str]:
+    source, target = apis[args.source], apis[args.target]
+    release_id = args.release
+    if release_id is None:
+        listing = source.call("GET", api_path(args.app, args.source, "releases"), query={"limit": "100"})
+        if not listing["releases"]:
+            raise CliError(f"{args.app} has no releases in {args.source} to promote")
+        current = [r for r in listing["releases"] if r.get("current")]
+        release_id = (current or listing["releases"])[0]["id"]
+    manifest = source.call("GET", api_path(args.app, args.source, "releases", release_id))
+    download = source.call("GET", api_path(args.app, args.source, "releases", release_id, "source"))
+    with tempfile.TemporaryDirectory(prefix="slipway-") as folder:
+        path = os.path.join(folder, "source.tar.gz")
+        transfer.download(download["url"], path, int(download["size"]), quiet=args.json)
+        if transfer.sha256(path) != manifest["source"]["sha256"]:
+            raise CliError(f"the source of {args.source} {release_id} did not download intact; run promote again")
+        upload_id, parts = transfer.upload_file(target, args.app, args.target, path, quiet=args.json)
+    body: dict[str, Any] = {
+        "upload_id": upload_id,
+        "git": manifest["git"],
+        "description": args.message or manifest.get("description", ""),
+        "promoted_from": {"env": args.source, "release": release_id},
+    }
+    if parts:
+        body["parts"] = parts
+    release = target.call("POST", api_path(args.app, args.target, "releases"), body)
+    return release, (
+        f"Promoted {args.app} {args.source} {release_id} to {args.target} as {release['id']} "
+        f"(same source, {args.target}'s config)"
+    )
+
+
+def _strategy(args: argparse.Namespace) -> dict[str, Any]:
+    chosen: dict[str, Any] = {}
+    if args.canary is not None:
+        chosen["canary"] = args.canary
+    if args.batch_size is not None:
+        chosen["batch_size"] = args.batch_size
+    if args.batch_percent is not None:
+        chosen["batch_percent"] = args.batch_percent
+    if args.bake is not None:
+        chosen["bake_seconds"] = args.bake
+    return chosen
+
+
+def cmd_deploy(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    release = args.release
+    if release is None:
+        newest = api.call("GET", api_path(args.app, args.env, "releases"), query={"limit": "1"})["releases"]
+        if not newest:
+            raise CliError(f"{args.app} has no releases in {args.env}; publish one with `slipway release`")
+        release = newest[0]["id"]
+    started = api.call(
+        "POST", api_path(args.app, args.env, "deploys"), {"release": release, "strategy": _strategy(args)}
+    )
+    return follow(api, args, started)
+
+
+def cmd_rollback(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    started = api.call("POST", api_path(args.app, args.env, "rollback"), {"strategy": _strategy(args)})
+    return follow(api, args, started)
+
+
+def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[Any, str]:
+    """Print the deploy's progress as it changes until it ends; fail if it failed."""
+    path = api_path(args.app, args.env, "deploys", deploy["id"])
+
+    def say(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    say(f"Deploying {args.app} {deploy['release']} to {args.env} ({deploy['kind']} {deploy['id']})")
+    seen = ""
+    while deploy["status"] == "RUNNING":
+        time.sleep(args.interval)
+        deploy = api.call("GET", path)
+        done = sum(1 for b in deploy["batches"] if b["state"] == "done")
+        line = f"  {deploy['step'] or 'starting'}" + (
+            f" — batch {min(done + 1, len(deploy['batches']))} of {len(deploy['batches'])}" if deploy["batches"] else ""
+        )
+        if line != seen:
+            say(line)
+            seen = line
+    if deploy["status"] != "SUCCEEDED":
+        failure = deploy.get("failure") or {}
+        where = f" on {failure['instance']}" if failure.get("instance") else ""
+        rolled = f"; rolled back {', '.join(deploy['rolled_back'])}" if deploy.get("rolled_back") else ""
+        output = failure.get("output") or ""
+        if output and not args.json:
+            print("\n".join(f"  | {line}" for line in output.splitlines()[-10:]), file=sys.stderr)
+        raise CliError(
+            f"{args.app} {deploy['release']} was not deployed to {args.env}{where}: "
+            f"{failure.get('reason') or (deploy.get('error') or {}).get('cause') or deploy['status']}{rolled}; "
+            f"{deploy.get('previous') or 'the previous release'} is still current"
+        )
+    instances = sum(len(b["instances"]) for b in deploy["batches"]) + len(deploy.get("converged") or [])
+    return deploy, (
+        f"Deployed {args.app} {deploy['release']} to {args.env}: {instances} instance(s) in "
+        f"{len(deploy['batches'])} batch(es); {deploy['release']} is current"
+    )
+
+
+def cmd_status(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    shown = api.call("GET", api_path(args.app, args.env, "status"))
+    capacity = shown["capacity"]
+    lines = [
+        f"{args.app} in {args.env}: current {shown['current'] or 'none (nothing deployed yet)'}; "
+        f"{len(shown['instances'])} instance(s), desired {capacity['desired']} (min {capacity['min']}, "
+        f"max {capacity['max']})"
+    ]
+    if shown.get("deploying"):
+        d = shown["deploying"]
+        lines.append(f"  deploying {d['release']} (by {d['by']} since {d['since']})")
+    lines += [
+        f"  {i['id']:<20} {i['zone']:<12} {i.get('release') or '(boot)':<7} {i['lifecycle']:<12} {i['health']:<9} "
+        f"target {i['target']}"
+        for i in shown["instances"]
+    ]
+    return shown, "\n".join(lines)
+
+
+def cmd_cycle(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    body: dict[str, Any] = {"instance": args.instance} if args.instance else {"min_healthy_percent": args.min_healthy}
+    started = api.call("POST", api_path(args.app, args.env, "cycle"), body)
+    if args.instance:
+        return _follow_replacement(api, args, started)
+    path = api_path(args.app, args.env, "cycle", started["refresh"])
+    shown, seen = started, ""
+    while shown["status"] in ("Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"):
+        time.sleep(args.interval)
+        shown = api.call("GET", path)
+        line = f"  {shown['status']} {shown.get('percent', 0)}%"
+        if line != seen and not args.json:
+            print(line, flush=True)
+            seen = line
+    if shown["status"] != "Successful":
+        raise CliError(
+            f"cycling {args.app} in {args.env} ended {shown['status']}: {shown.get('reason') or 'no reason'}"
+        )
+    return shown, f"Cycled every instance of {args.app} in {args.env}"
+
+
+def _follow_replacement(api: Api, args: argparse.Namespace, started: dict[str, Any]) -> tuple[Any, str]:
+    """Wait until the instance is gone and the fleet serves at its desired capacity again."""
+    deadline = time.monotonic() + args.timeout
+    while True:
+        shown = api.call("GET", api_path(args.app, args.env, "status"))
+        serving = [i for i in shown["instances"] if i["lifecycle"] == "InService" and i["target"] == "healthy"]
+        gone = all(i["id"] != args.instance for i in shown["instances"])
+        if gone and len(serving) >= shown["capacity"]["desired"]:
+            return shown, (
+                f"Replaced {args.instance}: {len(serving)} of {shown['capacity']['desired']} instances "
+                f"of {args.app} in {args.env} serve"
+            )
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"{args.instance} is being replaced, but the fleet did not serve at full capacity within "
+                f"{args.timeout:g} s; see `slipway status {args.app} {args.env}`"
+            )
+        time.sleep(args.interval)
+
+
+def cmd_deploys(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    listing = api.call("GET", api_path(args.app, args.env, "deploys"))
+    lines = [
+        f"{d['id']}  {d['status']:<9} {d['kind']:<8} {d['release']:<6} {d['user'] or ''}" for d in listing["deploys"]
+    ] or [f"{args.app} has no deploys in {args.env}"]
+    return listing, "\n".join(lines)

@@ -1,0 +1,124 @@
+"""The ``slipway`` command: its parser, and running one command with one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+
+from slipway_cli import commands
+from slipway_cli.client import Api, api_url, credentials
+from slipway_cli.errors import EXIT_FAILED, CliError
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="slipway", description="Publish and configure releases on Slipway.")
+    main.add_argument("--json", action="store_true", help="print the API's JSON result instead of text")
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    release = commands.add_parser("release", help="publish the app at a git ref as a new release")
+    release.add_argument("app")
+    release.add_argument("env")
+    release.add_argument("--ref", default="HEAD", help="branch, tag or commit to publish (default HEAD)")
+    release.add_argument("-m", "--message", default="", help="why: recorded in the release")
+
+    releases = commands.add_parser("releases", help="list releases, newest first")
+    releases.add_argument("app")
+    releases.add_argument("env")
+    releases.add_argument("--limit", type=int, default=20)
+
+    config = commands.add_parser("config", help="show, set or unset config vars (each change is a release)")
+    config.add_argument("app")
+    config.add_argument("env")
+    config.add_argument("action", nargs="?", choices=["set", "unset"])
+    config.add_argument("items", nargs="*", metavar="NAME=value | NAME")
+
+    def strategy_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--canary",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="deploy one instance alone first (default on)",
+        )
+        command.add_argument("--batch-size", type=int, help="instances per batch after the canary")
+        command.add_argument("--batch-percent", type=int, help="percent of the fleet per batch (default 25)")
+        command.add_argument("--bake", type=int, metavar="SECONDS", help="watch alarms this long after each batch")
+        command.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+
+    deploy = commands.add_parser("deploy", help="roll a release out over the fleet and follow it to the end")
+    deploy.add_argument("app")
+    deploy.add_argument("env")
+    deploy.add_argument("release", nargs="?", help="default: the newest release")
+    strategy_options(deploy)
+
+    rollback = commands.add_parser("rollback", help="deploy the release that was current before this one")
+    rollback.add_argument("app")
+    rollback.add_argument("env")
+    strategy_options(rollback)
+
+    deploys = commands.add_parser("deploys", help="recent deploys, newest first")
+    deploys.add_argument("app")
+    deploys.add_argument("env")
+
+    status = commands.add_parser("status", help="current release, capacity, instances and their health")
+    status.add_argument("app")
+    status.add_argument("env")
+
+    cycle = commands.add_parser("cycle", help="replace one instance, or every instance of the fleet")
+    cycle.add_argument("app")
+    cycle.add_argument("env")
+    cycle.add_argument("--instance", help="replace only this instance (keeps capacity)")
+    cycle.add_argument("--min-healthy", type=int, default=90, help="percent in service while cycling (default 90)")
+    cycle.add_argument("--timeout", type=float, default=900, help="seconds to wait for a replacement")
+    cycle.add_argument("--interval", type=float, default=5.0, help=argparse.SUPPRESS)
+
+    promote = commands.add_parser("promote", help="copy a release to another environment, with its config")
+    promote.add_argument("app")
+    promote.add_argument("source", metavar="FROM")
+    promote.add_argument("target", metavar="TO")
+    promote.add_argument("--release", help="default: FROM's current release, else its newest")
+    promote.add_argument("-m", "--message", default="")
+    return main
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; return the exit status."""
+    environ = os.environ if environ is None else environ
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "config" and args.action and not args.items:
+            wanted = "NAME=value" if args.action == "set" else "NAME"
+            raise CliError(f"config {args.action} needs at least one {wanted}")
+        envs = [args.source, args.target] if args.command == "promote" else [args.env]
+        apis = {}
+        for env in envs:
+            url = api_url(env, environ)
+            apis[env] = Api(url, *credentials(url, environ))
+        if args.command == "promote":
+            result, text = commands.cmd_promote(args, apis)
+        else:
+            handler = {
+                "release": commands.cmd_release,
+                "releases": commands.cmd_releases,
+                "config": commands.cmd_config,
+                "deploy": commands.cmd_deploy,
+                "rollback": commands.cmd_rollback,
+                "deploys": commands.cmd_deploys,
+                "status": commands.cmd_status,
+                "cycle": commands.cmd_cycle,
+            }[args.command]
+            result, text = handler(args, apis[args.env])
+    except CliError as error:
+        print(f"slipway: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("slipway: interrupted; nothing was published unless a release id was printed", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

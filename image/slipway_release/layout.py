@@ -1,0 +1,152 @@
+"""The release bucket's layout: every key, prefix and release URL. Pure; the one place they are spelled.
+
+::
+
+    <app>/<env>/env                       canonical config for new releases
+    <app>/<env>/current                   body = id of the current release, e.g. "r7"
+    <app>/<env>/previous                  body = the release current was before the last rollout
+    <app>/<env>/lock                      the deploy lock (rollouts only)
+    <app>/<env>/instances/<instance id>   body = the release the last rollout put there
+    <app>/<env>/r<N>/source.tar.gz        the release's files: immutable
+    <app>/<env>/r<N>/env
+    <app>/<env>/r<N>/release.json
+    uploads/<app>/<env>/<upload id>/...   sources on their way in (expire after a day)
+
+A release is addressed by URL, ``s3://<bucket>/<app>/<env>/r<N>`` or ``.../current``: what
+rollouts send to instances and what the deploy program takes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .names import APP_NAME, APP_NAME_RULE, CURRENT, ENV_NAME, ENV_NAME_RULE, RELEASE_ID, full, is_release_id
+
+UPLOADS = "uploads/"
+# The files of one release.
+SOURCE = "source.tar.gz"
+ENV_FILE = "env"
+MANIFEST = "release.json"
+# Upload records beside the uploaded source.
+UPLOAD_RECORD = "upload.json"
+# Under <app>/<env>/, beside the releases.
+PREVIOUS, LOCK, INSTANCES = "previous", "lock", "instances/"
+# What only rollouts write under an app's prefix (their IAM grant names these).
+ROLLOUT_KEYS = (CURRENT, PREVIOUS, LOCK, f"{INSTANCES}*")
+
+_BUCKET = full(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_APP, _ENV = full(APP_NAME), full(ENV_NAME)
+USAGE = "s3://<bucket>/<app>/<env>/r7 (or .../current)"
+
+
+@dataclass(frozen=True)
+class AppKeys:
+    """The keys of one app in one environment."""
+
+    app: str
+    env: str
+
+    @property
+    def prefix(self) -> str:
+        """``<app>/<env>/``: everything of the app in the environment."""
+        return f"{self.app}/{self.env}/"
+
+    @property
+    def env_file(self) -> str:
+        """The canonical env file new releases take."""
+        return f"{self.prefix}{ENV_FILE}"
+
+    @property
+    def current(self) -> str:
+        return f"{self.prefix}{CURRENT}"
+
+    @property
+    def previous(self) -> str:
+        return f"{self.prefix}{PREVIOUS}"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.prefix}{LOCK}"
+
+    @property
+    def instances(self) -> str:
+        """The prefix of the per-instance release records."""
+        return f"{self.prefix}{INSTANCES}"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.instances}{instance_id}"
+
+    def release(self, release_id: str, name: str) -> str:
+        """One file (:data:`SOURCE`, :data:`ENV_FILE`, :data:`MANIFEST`) of a release."""
+        return f"{self.prefix}{release_id}/{name}"
+
+    @property
+    def uploads(self) -> str:
+        """``uploads/<app>/<env>/``."""
+        return f"{UPLOADS}{self.prefix}"
+
+    def upload(self, upload_id: str, name: str) -> str:
+        return f"{self.uploads}{upload_id}/{name}"
+
+    def rollout_keys(self) -> tuple[str, ...]:
+        """The keys (and key patterns) only rollouts write."""
+        return tuple(f"{self.prefix}{name}" for name in ROLLOUT_KEYS)
+
+
+@dataclass(frozen=True)
+class ReleaseUrl:
+    """``s3://<bucket>/<app>/<env>/<target>`` with target ``r<N>`` or ``current``."""
+
+    bucket: str
+    app: str
+    env: str
+    target: str
+
+    @property
+    def keys(self) -> AppKeys:
+        return AppKeys(self.app, self.env)
+
+    def of(self, target: str) -> ReleaseUrl:
+        """The URL of ``target`` under the same app and environment."""
+        return ReleaseUrl(self.bucket, self.app, self.env, target)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.app}/{self.env}/{self.target}"
+
+
+def release_url(bucket: str, app: str, env: str, target: str) -> str:
+    """``s3://<bucket>/<app>/<env>/<target>``."""
+    return str(ReleaseUrl(bucket, app, env, target))
+
+
+def parse_release_url(url: str) -> ReleaseUrl:
+    """Parse a release URL; ``ValueError`` naming the part that is wrong."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"release URL {url!r} must start with s3://; use {USAGE}")
+    parts = url[len("s3://") :].split("/")
+    if len(parts) != 4:
+        raise ValueError(f"release URL {url!r} must have 4 parts after s3://; use {USAGE}")
+    bucket, app, env, target = parts
+    if not _BUCKET.fullmatch(bucket):
+        raise ValueError(f"release URL {url!r}: {bucket!r} is not a valid S3 bucket name")
+    if not _APP.fullmatch(app):
+        raise ValueError(f"release URL {url!r}: app {app!r} must be {APP_NAME_RULE}")
+    if not _ENV.fullmatch(env):
+        raise ValueError(f"release URL {url!r}: env {env!r} must be {ENV_NAME_RULE}")
+    if target != CURRENT and not is_release_id(target):
+        raise ValueError(f"release URL {url!r}: the last part must be a release id like r7, or {CURRENT!r}")
+    return ReleaseUrl(bucket, app, env, target)
+
+
+def release_url_pattern(*, bucket_pattern: str, apps: Sequence[str], env: str) -> str:
+    """An anchored regular expression admitting exactly the release URLs of ``apps`` in ``env``.
+
+    ``bucket_pattern`` matches the bucket's name exactly (``re.escape(name)``, or an
+    expression that escapes a CDK token at deploy time). Only ``s3://<bucket>/<app>/<env>/r<N>``
+    and ``.../current`` pass: no other bucket, app or environment, no ``..``, spaces,
+    quotes or other shell text. It uses only what SSM, Java, Python and RE2 agree on.
+    """
+    alternatives = "|".join(re.escape(app) for app in apps)
+    return f"^s3://{bucket_pattern}/({alternatives})/{re.escape(env)}/({RELEASE_ID}|{CURRENT})$"

@@ -1,0 +1,58 @@
+"""What each state of the rollout state machine means to a person following a deploy. Pure.
+
+:data:`STEPS` names every state of the workflow that :mod:`constructs.rollout` builds, in
+words: the API reports the step a deploy is at from the state its execution last entered.
+A test compares these names with the synthesized definition, both ways, so a state added
+or renamed there without its words here fails.
+"""
+
+from __future__ import annotations
+
+STEPS: dict[str, str] = {
+    "Lock": "taking the deploy lock",
+    "Plan": "planning batches",
+    "Planned?": "planning batches",
+    "WaitSurge": "adding instances to keep the fleet's minimum in service",
+    "Detach": "taking a batch out of service",
+    "WaitDrained": "draining connections",
+    "CheckDrained": "draining connections",
+    "Drained?": "draining connections",
+    "Send": "deploying to a batch",
+    "WaitCommand": "deploying to a batch",
+    "CheckCommand": "deploying to a batch",
+    "Command?": "deploying to a batch",
+    "Attach": "putting a batch back into service",
+    "WaitHealthy": "waiting for healthy targets",
+    "CheckHealthy": "waiting for healthy targets",
+    "Healthy?": "waiting for healthy targets",
+    "Bake": "baking (watching alarms)",
+    "Alarms": "checking alarms",
+    "AlarmsQuiet?": "checking alarms",
+    "Advance": "moving to the next batch",
+    "MoreBatches?": "moving to the next batch",
+    "Promote": "moving current",
+    "Converge": "deploying to instances launched meanwhile",
+    "Converging?": "deploying to instances launched meanwhile",
+    "WaitConvergeCommand": "deploying to instances launched meanwhile",
+    "CheckConvergeCommand": "deploying to instances launched meanwhile",
+    "ConvergeCommand?": "deploying to instances launched meanwhile",
+    "Unsurge": "giving back added instances",
+    "Unlock": "releasing the deploy lock",
+    "Deployed": "deployed",
+    "Rollback": "rolling back",
+    "RollbackSent?": "rolling back",
+    "WaitRollbackCommand": "rolling back",
+    "CheckRollbackCommand": "rolling back",
+    "RollbackCommand?": "rolling back",
+    "UnsurgeAfterRollback": "giving back added instances",
+    "UnlockAfterRollback": "releasing the deploy lock",
+    "RolledBack": "rolled back",
+    "Refused": "refused",
+}
+
+
+def step(state: str | None) -> str | None:
+    """The words for ``state`` (``None`` before the first state)."""
+    if state is None:
+        return None
+    return STEPS.get(state, state)

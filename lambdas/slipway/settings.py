@@ -1,0 +1,156 @@
+"""What synthesis hands the control plane, typed once: the apps, their fleets, the rollout's pacing.
+
+The constructs build these same dataclasses (with CDK tokens for the names AWS chooses)
+and write them into the functions' environment as JSON (:meth:`ControlPlaneSettings.environment`);
+the API parses them once (:meth:`ControlPlaneSettings.from_environ`) and hands a fleet's
+settings to each rollout it starts, whose tasks parse them back with :meth:`FleetSettings.from_json`.
+No module reads these variables or keys by hand. Pure: no AWS calls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from slipway.rollout.strategy import Strategy
+
+DEFAULT_MAX_SOURCE_BYTES = 1024 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """The function's configuration is missing or malformed: a deployment problem, not the caller's."""
+
+
+@dataclass(frozen=True)
+class AppRuntime:
+    """What a release of an app records from the platform configuration."""
+
+    port: int
+    health_check_path: str
+    formation: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"port": self.port, "health_check_path": self.health_check_path, "formation": dict(self.formation)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> AppRuntime:
+        return cls(
+            port=int(raw["port"]), health_check_path=str(raw["health_check_path"]), formation=dict(raw["formation"])
+        )
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """What a rollout needs of one app's fleet in one environment."""
+
+    group: str  # the Auto Scaling group's name
+    target_group: str  # the target group's ARN
+    alarms: tuple[str, ...]  # the fleet's alarm names, watched after each batch
+    document: str  # the SSM deploy document's name
+    output_log_group: str  # where deploy commands write their output
+    bucket: str  # the release bucket's name
+    strategy: Strategy = field(default_factory=Strategy)  # the app's default rollout
+
+    def to_json(self) -> dict[str, Any]:
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["alarms"] = list(self.alarms)
+        values["strategy"] = self.strategy.as_dict()
+        return values
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> FleetSettings:
+        try:
+            return cls(
+                group=str(raw["group"]),
+                target_group=str(raw["target_group"]),
+                alarms=tuple(str(name) for name in raw["alarms"]),
+                document=str(raw["document"]),
+                output_log_group=str(raw["output_log_group"]),
+                bucket=str(raw["bucket"]),
+                strategy=Strategy.parse(raw.get("strategy")),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise SettingsError(f"fleet settings are malformed ({type(error).__name__}: {error})") from None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How a rollout paces itself: seconds between checks and how long each wait may take."""
+
+    poll_seconds: int = 5
+    command_timeout: int = 900  # a deploy command: download, unpack, release phase, health check
+    healthy_timeout: int = 300  # targets back to healthy, and draining
+    lock_minutes: int = 60  # a lock outlives a dead execution by at most this
+
+    def to_json(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Timing:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise SettingsError(f"rollout timing has unknown keys {sorted(unknown)}; use {sorted(known)}")
+        return replace(cls(), **{key: int(value) for key, value in raw.items()})
+
+
+# The variables the control plane's functions read, each written by the constructs.
+RELEASE_BUCKET, PLATFORM_ENV, APPS_JSON = "RELEASE_BUCKET", "PLATFORM_ENV", "APPS_JSON"
+STATE_MACHINE_ARN, FLEETS_JSON = "STATE_MACHINE_ARN", "FLEETS_JSON"
+MAX_SOURCE_BYTES = "MAX_SOURCE_BYTES"
+# Only where waiting makes no sense (the local platform, tests): overrides of Timing as JSON.
+ROLLOUT_TIMING = "ROLLOUT_TIMING"
+
+
+@dataclass(frozen=True)
+class ControlPlaneSettings:
+    """The API function's whole configuration."""
+
+    bucket: str
+    env: str
+    apps: Mapping[str, AppRuntime]
+    fleets: Mapping[str, FleetSettings] = field(default_factory=dict)
+    state_machine: str | None = None
+    max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES
+    timing: Timing = field(default_factory=Timing)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> ControlPlaneSettings:
+        """Parse the function's environment; :class:`SettingsError` naming what is missing or wrong."""
+        try:
+            apps = {name: AppRuntime.from_json(raw) for name, raw in json.loads(environ[APPS_JSON]).items()}
+            fleets = {
+                name: FleetSettings.from_json(raw) for name, raw in json.loads(environ.get(FLEETS_JSON) or "{}").items()
+            }
+            return cls(
+                bucket=environ[RELEASE_BUCKET],
+                env=environ[PLATFORM_ENV],
+                apps=apps,
+                fleets=fleets,
+                state_machine=environ.get(STATE_MACHINE_ARN) or None,
+                max_source_bytes=int(environ.get(MAX_SOURCE_BYTES) or DEFAULT_MAX_SOURCE_BYTES),
+                timing=Timing.from_json(json.loads(environ.get(ROLLOUT_TIMING) or "{}")),
+            )
+        except KeyError as missing:
+            raise SettingsError(f"the function's environment has no {missing}; deploy the Platform stack") from None
+        except (TypeError, ValueError) as error:
+            if isinstance(error, SettingsError):
+                raise
+            raise SettingsError(f"the function's environment is malformed ({error})") from None
+
+    def environment(self, to_json: Any = None) -> dict[str, str]:
+        """The variables that carry these settings; ``to_json`` renders JSON (``Stack.to_json_string``
+        when values are CDK tokens)."""
+        render = to_json or (lambda value: json.dumps(value, sort_keys=True, separators=(",", ":")))
+        variables = {
+            RELEASE_BUCKET: self.bucket,
+            PLATFORM_ENV: self.env,
+            APPS_JSON: render({name: app.to_json() for name, app in sorted(self.apps.items())}),
+        }
+        if self.fleets:
+            variables[FLEETS_JSON] = render({name: fleet.to_json() for name, fleet in sorted(self.fleets.items())})
+        if self.state_machine:
+            variables[STATE_MACHINE_ARN] = self.state_machine
+        return variables

@@ -1,0 +1,113 @@
+"""The local platform's simulated AWS: the synthesized templates deployed into moto with only the
+named adaptations (local.template), and API Gateway played from the template (local.gateway)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from moto.cloudformation.parsing import get_model_map
+
+from constructs.config import PlatformConfig
+from constructs.deploy_document import deploy_document_content
+from constructs.release_store import BUCKET_LOGICAL_ID
+from local.aws import Deployed
+from local.gateway import Gateway
+from local.template import ADAPTATIONS, adapt
+from slipway.rollout.strategy import Strategy
+
+STACKS = ["Platform-staging", "Platform-production"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_adapted_template_holds_only_what_moto_deploys(templates: dict[str, dict[str, Any]], stack: str) -> None:
+    adapted = adapt(
+        templates[stack],
+        stack=stack,
+        public_parameters={"/aws/service/powertools/python/arm64/python3.13/3.37.0": "arn"},
+    )
+    kept = {r["Type"] for r in adapted.template["Resources"].values()}
+    assert kept <= set(get_model_map()), f"moto cannot create {sorted(kept - set(get_model_map()))}"
+    # Everything else is either created through its API or named as left out, each with its reason.
+    original = {r["Type"] for r in templates[stack]["Resources"].values()}
+    handled = {d.type for d in adapted.deferred} | {templates[stack]["Resources"][d]["Type"] for d in adapted.dropped}
+    assert original - kept <= handled
+    for kind in handled - {"AWS::Lambda::Function", "AWS::IAM::Role"}:  # the custom resource's provider goes with it
+        assert kind in ADAPTATIONS or any(kind.startswith(k.rstrip("*")) for k in ADAPTATIONS if k.endswith("*")), kind
+    # Nothing refers to what is gone.
+    text = json.dumps(adapted.template)
+    for logical in adapted.dropped + [d.logical_id for d in adapted.deferred]:
+        assert f'"{logical}"' not in text, logical
+
+
+def test_the_deployed_stack_is_the_configuration_of_cdk_json(
+    deployed: Deployed, example_platform: dict[str, Any], templates: dict[str, dict[str, Any]]
+) -> None:
+    config = PlatformConfig.from_context(example_platform)
+    settings = deployed.settings
+    assert settings.env == "staging" and set(settings.apps) == {"web", "billing"}
+    clients = deployed.clients
+    for app in config.apps:
+        wanted = app.settings_for("staging")
+        fleet = settings.fleets[app.name]
+        [group] = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[fleet.group])[
+            "AutoScalingGroups"
+        ]
+        assert (group["MinSize"], group["MaxSize"]) == (wanted.min_capacity, wanted.max_capacity)
+        assert len(group["Instances"]) == group["DesiredCapacity"] == wanted.min_capacity
+        [target_group] = clients.elbv2.describe_target_groups(TargetGroupArns=[fleet.target_group])["TargetGroups"]
+        assert (target_group["Port"], target_group["HealthCheckPath"]) == (wanted.port, wanted.health_check_path)
+        alarms = clients.cloudwatch.describe_alarms(AlarmNames=list(fleet.alarms))["MetricAlarms"]
+        assert sorted(a["AlarmName"] for a in alarms) == sorted(fleet.alarms) and len(alarms) == 3
+        assert fleet.strategy == wanted.rollout
+    assert settings.fleets["billing"].strategy == Strategy(batch_percent=50, bake_seconds=60)
+    # The deploy document's content is the construct's, with the bucket the stack created.
+    document = json.loads(clients.ssm.get_document(Name=settings.fleets["web"].document)["Content"])
+    bucket = deployed.stack.physical(BUCKET_LOGICAL_ID)
+    assert document == deploy_document_content(
+        bucket_pattern=bucket.replace(".", "\\."), apps=["web", "billing"], env="staging"
+    )
+    # The state machine runs the synthesized definition, the task function's ARN filled in.
+    assert settings.state_machine is not None
+    definition = json.loads(
+        clients.stepfunctions.describe_state_machine(stateMachineArn=settings.state_machine)["definition"]
+    )
+    [machine] = [
+        r
+        for r in templates["Platform-staging"]["Resources"].values()
+        if r["Type"] == "AWS::StepFunctions::StateMachine"
+    ]
+    parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
+    assert json.dumps(definition, sort_keys=True) == json.dumps(
+        json.loads("".join(p if isinstance(p, str) else _function_arn(deployed, p) for p in parts)), sort_keys=True
+    )
+
+
+def _function_arn(deployed: Deployed, token: dict[str, Any]) -> str:
+    logical = token["Fn::GetAtt"][0]
+    return str(
+        deployed.clients.lambda_.get_function(FunctionName=deployed.stack.physical(logical))["Configuration"][
+            "FunctionArn"
+        ]
+    )
+
+
+def test_the_front_serves_exactly_the_templates_methods(templates: dict[str, dict[str, Any]], repo: Any) -> None:
+    gateway = Gateway.from_template(templates["Platform-staging"])
+    spec = json.loads((repo / "lambdas" / "slipway" / "openapi.json").read_text())
+    served = {(r.method, r.path) for r in gateway.routes}
+    assert served == {
+        (m.upper(), p)
+        for p, item in spec["paths"].items()
+        for m in item
+        if m in ("get", "post", "patch", "put", "delete")
+    }
+    resources = templates["Platform-staging"]["Resources"]
+    assert {resources[r.function]["Properties"]["Handler"] for r in gateway.routes} == {"slipway.api.handler"}
+    [authorizer] = gateway.authorizers.values()
+    assert resources[authorizer.function]["Properties"]["Handler"] == "slipway.authorizer.handler"
+    assert (authorizer.header, authorizer.ttl_seconds) == ("Authorization", 300)
+    assert all(r.authorizer is not None for r in gateway.routes)
+    assert gateway.responses["UNAUTHORIZED"].headers == {"WWW-Authenticate": 'Basic realm="Slipway"'}
+    assert gateway.stage == "v1"

@@ -1,0 +1,65 @@
+"""What a rollout sends and says, as exact text: the SendCommand request, and the words for
+every state of the synthesized state machine."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from slipway.rollout.commands import send_deploy_request
+from slipway.rollout.steps import STEPS
+from slipway.settings import FleetSettings
+
+FLEET = FleetSettings(
+    group="Platform-staging-AppwebInstancesASG-1",
+    target_group="arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1",
+    alarms=("web-5xx",),
+    document="Platform-staging-Deploy",
+    output_log_group="Platform-staging-DeployDocumentOutput-1",
+    bucket="platform-staging-releasebucket-1",
+)
+
+
+def test_the_deploy_command_request_is_exactly_this() -> None:
+    request = send_deploy_request(
+        FLEET,
+        instances=["i-0a", "i-0b"],
+        url="s3://platform-staging-releasebucket-1/web/staging/r7",
+        kind="deploy",
+        user="alice",
+        timeout_seconds=900,
+    )
+    assert request == {
+        "DocumentName": "Platform-staging-Deploy",
+        "InstanceIds": ["i-0a", "i-0b"],
+        "Parameters": {"ReleaseUrl": ["s3://platform-staging-releasebucket-1/web/staging/r7"]},
+        "Comment": "slipway deploy web staging r7 by alice",
+        "TimeoutSeconds": 900,
+        # The deploy program's output reaches the log group the stack made for it.
+        "CloudWatchOutputConfig": {
+            "CloudWatchLogGroupName": "Platform-staging-DeployDocumentOutput-1",
+            "CloudWatchOutputEnabled": True,
+        },
+    }
+
+
+def test_a_long_comment_is_cut_to_what_ssm_keeps() -> None:
+    request = send_deploy_request(
+        FLEET, instances=["i-0a"], url="s3://bkt/web/staging/r7", kind="rollback", user="x" * 200, timeout_seconds=60
+    )
+    assert len(request["Comment"]) == 100 and request["Comment"].startswith("slipway rollback web staging r7 by xxx")
+
+
+def _states(template: dict[str, Any]) -> set[str]:
+    [machine] = [r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
+    text = "".join(p if isinstance(p, str) else "ARN" for p in machine["Properties"]["DefinitionString"]["Fn::Join"][1])
+    return set(json.loads(text)["States"])
+
+
+def test_every_state_of_the_synthesized_machine_has_its_words_and_no_words_are_for_nothing(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    for template in templates.values():
+        states = _states(template)
+        assert states - set(STEPS) == set(), "states the API would report by their raw names"
+        assert set(STEPS) - states == set(), "words for states the machine does not have"
