@@ -7,10 +7,11 @@
     <app>/<env>/previous                  body = the release current was before the last rollout
     <app>/<env>/lock                      the deploy lock (rollouts only)
     <app>/<env>/instances/<instance id>   body = the release the last rollout put there
-    <app>/<env>/r<N>/source.tar.gz        the release's files: immutable
-    <app>/<env>/r<N>/env
-    <app>/<env>/r<N>/release.json
-    uploads/<app>/<env>/<upload id>/...   sources on their way in (expire after a day)
+    <app>/<env>/r<N>/slug.tar.gz          the release's files, immutable: the built app,
+    <app>/<env>/r<N>/source.tar.gz        the source it was built from (what promotion ships),
+    <app>/<env>/r<N>/env                  the env file frozen into it,
+    <app>/<env>/r<N>/release.json         and its manifest
+    uploads/<app>/<env>/<upload id>/...   sources on their way in and their builds (expire after a day)
 
 A release is addressed by URL, ``s3://<bucket>/<app>/<env>/r<N>`` or ``.../current``: what
 rollouts send to instances and what the deploy program takes.
@@ -26,6 +27,7 @@ from .names import APP_NAME, APP_NAME_RULE, CURRENT, ENV_NAME, ENV_NAME_RULE, RE
 
 UPLOADS = "uploads/"
 # The files of one release.
+SLUG = "slug.tar.gz"
 SOURCE = "source.tar.gz"
 ENV_FILE = "env"
 MANIFEST = "release.json"
@@ -79,7 +81,7 @@ class AppKeys:
         return f"{self.instances}{instance_id}"
 
     def release(self, release_id: str, name: str) -> str:
-        """One file (:data:`SOURCE`, :data:`ENV_FILE`, :data:`MANIFEST`) of a release."""
+        """One file (:data:`SLUG`, :data:`SOURCE`, :data:`ENV_FILE`, :data:`MANIFEST`) of a release."""
         return f"{self.prefix}{release_id}/{name}"
 
     @property
