@@ -10,6 +10,7 @@ from typing import Any
 
 from aws_cdk import ArnFormat, CfnOutput, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
+from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -22,7 +23,7 @@ from constructs.acknowledge import acknowledge
 from constructs.config import AppSettings
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
-from slipway.settings import AppRuntime, ControlPlaneSettings, FleetSettings
+from slipway.settings import AppRuntime, BuildSettings, ControlPlaneSettings, FleetSettings
 from slipway_release import layout, names
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
@@ -360,6 +361,28 @@ class ControlPlane(Construct):
         """The API's users and passwords, ``{"<user>": "<password>"}``."""
         return self._secret
 
+    def enable_builds(
+        self,
+        *,
+        workflow: sfn.IStateMachine,
+        builds: Mapping[str, BuildSettings],
+        build_logs: logs.ILogGroup,
+        projects: Sequence[codebuild.IProject],
+    ) -> None:
+        """Let the API start ``workflow`` for each finalized upload, and follow its build's log."""
+        function = self._api_function
+        self._settings = replace(self._settings, builds=dict(builds), release_workflow=workflow.state_machine_arn)
+        self._apply_settings()
+        workflow.grant_start_execution(function)
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["codebuild:BatchGetBuilds"], resources=[p.project_arn for p in projects])
+        )
+        build_logs.grant(function, "logs:GetLogEvents")
+
+    def _apply_settings(self) -> None:
+        for variable, value in self._settings.environment(to_json=Stack.of(self).to_json_string).items():
+            self._api_function.add_environment(variable, value)
+
     def enable_deploys(self, *, state_machine: sfn.IStateMachine, fleets: Mapping[str, FleetSettings]) -> None:
         """Let the API start and read rollouts of ``state_machine`` over ``fleets``.
 
@@ -368,8 +391,7 @@ class ControlPlane(Construct):
         """
         function = self._api_function
         self._settings = replace(self._settings, fleets=dict(fleets), state_machine=state_machine.state_machine_arn)
-        for variable, value in self._settings.environment(to_json=Stack.of(self).to_json_string).items():
-            function.add_environment(variable, value)
+        self._apply_settings()
         state_machine.grant_start_execution(function)
         # Reading deploys: list the machine's executions, describe them and read their history.
         function.add_to_role_policy(

@@ -12,6 +12,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
 from constructs.base_image import BaseImagePipeline
+from constructs.builder import Builder
 from constructs.config import EnvironmentSettings, PlatformConfig
 from constructs.control_plane import ApiRoute, ControlPlane
 from constructs.deploy_document import DeployDocument
@@ -19,6 +20,7 @@ from constructs.fleet import AppFleet
 from constructs.fleet_monitoring import FleetMonitoring
 from constructs.network import Network
 from constructs.release_store import ReleaseStore
+from constructs.release_workflow import ReleaseWorkflow
 from constructs.rollout import RolloutStateMachine
 from slipway.settings import FleetSettings
 
@@ -119,6 +121,37 @@ class PlatformStack(Stack):
             code=control_plane_code,
             routes=api_routes,
         )
+        self.builder: Builder | None = None
+        self.release_workflow: ReleaseWorkflow | None = None
+        if config.apps:  # an environment with no apps has nothing to build
+            architectures = {
+                app.name: ec2.InstanceType(app.settings_for(environment.name).instance_type).architecture
+                for app in config.apps
+            }
+            self.builder = Builder(
+                self,
+                "Builder",
+                env_name=environment.name,
+                apps=architectures,
+                release_store=self.release_store,
+                image=image,
+            )
+            self.release_workflow = ReleaseWorkflow(
+                self,
+                "ReleaseWorkflow",
+                env_name=environment.name,
+                code=control_plane_code,
+                release_store=self.release_store,
+                apps=[app.name for app in config.apps],
+                projects=self.builder.projects,
+                build_logs=self.builder.log_group,
+            )
+            self.control_plane.enable_builds(
+                workflow=self.release_workflow.state_machine,
+                builds={app.name: self.builder.settings_for(app.name) for app in config.apps},
+                build_logs=self.builder.log_group,
+                projects=self.builder.projects,
+            )
         self.rollout: RolloutStateMachine | None = None
         if self.deploy_document is not None:  # a platform with no apps has nothing to roll out
             self.rollout = RolloutStateMachine(

@@ -120,6 +120,33 @@ class ReleaseStore(Construct):
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
         )
 
+    def grant_release(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
+        """Let ``grantee`` (the release workflow) read ``<app>/<env>/`` and its uploads, write new
+        releases' files (``<app>/<env>/r*``: never ``current``, ``lock``, ``previous`` or
+        ``instances/``) and the uploads' records, and delete a release id it could not complete."""
+        keys = AppKeys(app, env)
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"],
+                resources=[
+                    self._bucket.arn_for_objects(f"{keys.prefix}*"),
+                    self._bucket.arn_for_objects(f"{keys.uploads}*"),
+                ],
+            )
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:DeleteObject"],
+                resources=[
+                    self._bucket.arn_for_objects(keys.releases()),
+                    self._bucket.arn_for_objects(f"{keys.uploads}*"),
+                ],
+            )
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
+        )
+
     def grant_rollout(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
         """Let ``grantee`` (the rollout tasks) read ``<app>/<env>/`` and write only its ``current``
         and ``previous`` pointers, its deploy ``lock`` (which it also deletes to unlock) and the

@@ -7,22 +7,15 @@ from collections.abc import Sequence
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.release_store import ReleaseStore
+from constructs.workflow import WorkflowTasks, standard_workflow
 
 TASK_HANDLER = "slipway.rollout.tasks.handler"
-# A rollout waits for commands and health checks; Lambda retries only what AWS throttled.
-RETRYABLE = [
-    "Lambda.ServiceException",
-    "Lambda.AWSLambdaException",
-    "Lambda.SdkClientException",
-    "Lambda.TooManyRequestsException",
-]
 
 
 class RolloutStateMachine(Construct):
@@ -49,79 +42,19 @@ class RolloutStateMachine(Construct):
         super().__init__(scope, id_)
         if not apps:
             raise ValueError("RolloutStateMachine: give the apps whose fleets it deploys")
-        log_group = logs.LogGroup(self, "TaskLogs", retention=logs.RetentionDays.ONE_MONTH)
-        # Its own role: writes only its own log group (no AWSLambdaBasicExecutionRole).
-        role = iam.Role(
-            self,
-            "TasksRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description=f"Slipway rollout tasks ({env_name})",
+        self._tasks = WorkflowTasks(
+            self, "Tasks", handler=TASK_HANDLER, code=code, description=f"Slipway rollout tasks ({env_name})"
         )
-        log_group.grant_write(role)
-        self._function = lambda_.Function(
-            self,
-            "Tasks",
-            runtime=lambda_.Runtime.PYTHON_3_13,
-            architecture=lambda_.Architecture.ARM_64,
-            handler=TASK_HANDLER,
-            code=code,
-            memory_size=512,
-            timeout=Duration.seconds(60),
-            log_group=log_group,
-            role=role,
-            description=f"Slipway rollout tasks ({env_name})",
-        )
-        self._role = role
+        self._function = self._tasks.function
+        self._role = self._tasks.role
         self._grant_tasks(release_store, env_name, apps)
-        definition = self._definition()
-        self._machine = sfn.StateMachine(
-            self,
-            "StateMachine",
-            state_machine_type=sfn.StateMachineType.STANDARD,
-            definition_body=sfn.DefinitionBody.from_chainable(definition),
-            timeout=Duration.hours(6),
-            tracing_enabled=True,
-            logs=sfn.LogOptions(
-                destination=logs.LogGroup(self, "ExecutionLogs", retention=logs.RetentionDays.ONE_YEAR),
-                # Every state's input and output: the rollout's step-by-step audit trail.
-                level=sfn.LogLevel.ALL,
-                include_execution_data=True,
-            ),
-        )
-        acknowledge(
-            self._machine,
-            "AwsSolutions-IAM5[Resource::*]",
-            "X-Ray tracing and CloudWatch Logs delivery of the state machine need their actions on *: IAM has no "
-            "resource level for xray:PutTraceSegments or logs:CreateLogDelivery.",
-        )
-        function_resource = self._function.node.default_child
-        assert isinstance(function_resource, lambda_.CfnFunction)
-        acknowledge(
-            self._machine,
-            f"AwsSolutions-IAM5[Resource::<{Stack.of(self).get_logical_id(function_resource)}.Arn>:*]",
-            "Step Functions may invoke any version of the rollout Lambda it created (CDK's grant), nothing else.",
-        )
-        acknowledge(
-            self._function,
-            "AwsSolutions-L1",
-            "Python 3.13 is pinned on purpose: the control plane's code is tested on it and shares the runtime "
-            "with the API function; moving to a newer runtime is a deliberate change of both.",
+        self._machine = standard_workflow(
+            self, "StateMachine", definition=self._definition(), functions=self._tasks, timeout=Duration.hours(6)
         )
 
     def _task(self, name: str, id_: str | None = None) -> tasks.LambdaInvoke:
         """The rollout Lambda running task ``name`` (state id ``id_``, default from the name)."""
-        task = tasks.LambdaInvoke(
-            self,
-            id_ or name.title().replace("_", ""),
-            lambda_function=self._function,
-            payload=sfn.TaskInput.from_object(
-                {"task": name, "state": sfn.JsonPath.entire_payload, "execution": sfn.JsonPath.execution_id}
-            ),
-            payload_response_only=True,
-            retry_on_service_exceptions=False,
-        )
-        task.add_retry(errors=RETRYABLE, interval=Duration.seconds(2), max_attempts=3, backoff_rate=2)
-        return task
+        return self._tasks.task(self, id_ or name.title().replace("_", ""), name)
 
     def _wait(self, name: str, seconds_path: str = "$.timing.poll_seconds") -> sfn.Wait:
         return sfn.Wait(self, name, time=sfn.WaitTime.seconds_path(seconds_path))

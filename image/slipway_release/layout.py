@@ -12,6 +12,7 @@
     <app>/<env>/r<N>/env                  the env file frozen into it,
     <app>/<env>/r<N>/release.json         and its manifest
     uploads/<app>/<env>/<upload id>/...   sources on their way in and their builds (expire after a day)
+    caches/<app>/<env>/...                the builder's dependency caches (expire when unused)
 
 A release is addressed by URL, ``s3://<bucket>/<app>/<env>/r<N>`` or ``.../current``: what
 rollouts send to instances and what the deploy program takes.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from .names import APP_NAME, APP_NAME_RULE, CURRENT, ENV_NAME, ENV_NAME_RULE, RELEASE_ID, full, is_release_id
 
 UPLOADS = "uploads/"
+CACHES = "caches/"
 # The files of one release.
 SLUG = "slug.tar.gz"
 SOURCE = "source.tar.gz"
@@ -91,6 +93,15 @@ class AppKeys:
 
     def upload(self, upload_id: str, name: str) -> str:
         return f"{self.uploads}{upload_id}/{name}"
+
+    @property
+    def caches(self) -> str:
+        """``caches/<app>/<env>/``: where the builder keeps the app's dependency caches."""
+        return f"{CACHES}{self.prefix}"
+
+    def releases(self) -> str:
+        """The key pattern of every release file (``<app>/<env>/r*``): what publishing writes."""
+        return f"{self.prefix}r*"
 
     def rollout_keys(self) -> tuple[str, ...]:
         """The keys (and key patterns) only rollouts write."""

@@ -83,6 +83,7 @@ class Timing:
     command_timeout: int = 900  # a deploy command: download, unpack, release phase, health check
     healthy_timeout: int = 300  # targets back to healthy, and draining
     lock_minutes: int = 60  # a lock outlives a dead execution by at most this
+    build_timeout: int = 1800  # a build: provisioning the runtimes, installing dependencies, the build: line
 
     def to_json(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -96,9 +97,28 @@ class Timing:
         return replace(cls(), **{key: int(value) for key, value in raw.items()})
 
 
+@dataclass(frozen=True)
+class BuildSettings:
+    """Where an app's sources are built: the CodeBuild project for its fleet's CPU architecture."""
+
+    project: str  # the CodeBuild project's name
+    log_group: str  # where the project's builds log
+
+    def to_json(self) -> dict[str, Any]:
+        return {"project": self.project, "log_group": self.log_group}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> BuildSettings:
+        try:
+            return cls(project=str(raw["project"]), log_group=str(raw["log_group"]))
+        except (KeyError, TypeError) as error:
+            raise SettingsError(f"build settings are malformed ({type(error).__name__}: {error})") from None
+
+
 # The variables the control plane's functions read, each written by the constructs.
 RELEASE_BUCKET, PLATFORM_ENV, APPS_JSON = "RELEASE_BUCKET", "PLATFORM_ENV", "APPS_JSON"
 STATE_MACHINE_ARN, FLEETS_JSON = "STATE_MACHINE_ARN", "FLEETS_JSON"
+RELEASE_WORKFLOW_ARN, BUILDS_JSON = "RELEASE_WORKFLOW_ARN", "BUILDS_JSON"
 MAX_SOURCE_BYTES = "MAX_SOURCE_BYTES"
 # Only where waiting makes no sense (the local platform, tests): overrides of Timing as JSON.
 ROLLOUT_TIMING = "ROLLOUT_TIMING"
@@ -113,6 +133,8 @@ class ControlPlaneSettings:
     apps: Mapping[str, AppRuntime]
     fleets: Mapping[str, FleetSettings] = field(default_factory=dict)
     state_machine: str | None = None
+    builds: Mapping[str, BuildSettings] = field(default_factory=dict)
+    release_workflow: str | None = None
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES
     timing: Timing = field(default_factory=Timing)
 
@@ -124,12 +146,17 @@ class ControlPlaneSettings:
             fleets = {
                 name: FleetSettings.from_json(raw) for name, raw in json.loads(environ.get(FLEETS_JSON) or "{}").items()
             }
+            builds = {
+                name: BuildSettings.from_json(raw) for name, raw in json.loads(environ.get(BUILDS_JSON) or "{}").items()
+            }
             return cls(
                 bucket=environ[RELEASE_BUCKET],
                 env=environ[PLATFORM_ENV],
                 apps=apps,
                 fleets=fleets,
                 state_machine=environ.get(STATE_MACHINE_ARN) or None,
+                builds=builds,
+                release_workflow=environ.get(RELEASE_WORKFLOW_ARN) or None,
                 max_source_bytes=int(environ.get(MAX_SOURCE_BYTES) or DEFAULT_MAX_SOURCE_BYTES),
                 timing=Timing.from_json(json.loads(environ.get(ROLLOUT_TIMING) or "{}")),
             )
@@ -153,4 +180,8 @@ class ControlPlaneSettings:
             variables[FLEETS_JSON] = render({name: fleet.to_json() for name, fleet in sorted(self.fleets.items())})
         if self.state_machine:
             variables[STATE_MACHINE_ARN] = self.state_machine
+        if self.builds:
+            variables[BUILDS_JSON] = render({name: build.to_json() for name, build in sorted(self.builds.items())})
+        if self.release_workflow:
+            variables[RELEASE_WORKFLOW_ARN] = self.release_workflow
         return variables
