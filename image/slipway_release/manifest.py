@@ -36,6 +36,9 @@ _ASSERTIONS = {
     "minimum",
     "maximum",
     "exclusiveMinimum",
+    "enum",
+    "items",
+    "maxItems",
 }
 
 
@@ -76,12 +79,32 @@ def schema_errors(instance: Any, schema: Mapping[str, Any], where: str = "") -> 
         raise SchemaError(f"schema at {here} has an array or object const, which the agent does not implement")
     if "const" in schema and not _json_equal(instance, schema["const"]):
         errors.append(f"{here}: must be {json.dumps(schema['const'])}")
+    if "enum" in schema:
+        if any(isinstance(option, (dict, list)) for option in schema["enum"]):
+            raise SchemaError(f"schema at {here} has an array or object in enum, which the agent does not implement")
+        if not any(_json_equal(instance, option) for option in schema["enum"]):
+            errors.append(f"{here}: must be one of {', '.join(json.dumps(option) for option in schema['enum'])}")
     if isinstance(instance, str):
         errors.extend(_string_errors(instance, schema, here))
     if _is_number(instance):
         errors.extend(_number_errors(instance, schema, here))
     if isinstance(instance, dict):
         errors.extend(_object_errors(instance, schema, where))
+    if isinstance(instance, list):
+        errors.extend(_array_errors(instance, schema, where))
+    return errors
+
+
+def _array_errors(value: list[Any], schema: Mapping[str, Any], where: str) -> list[str]:
+    # 2020-12 "items" (without prefixItems): every element against one schema.
+    errors = []
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        errors.append(f"{where or '/'}: more than {schema['maxItems']} items")
+    if "items" in schema:
+        if not isinstance(schema["items"], dict):
+            raise SchemaError(f"schema at {where or '/'} has a non-object items, which the agent does not implement")
+        for index, item in enumerate(value):
+            errors.extend(schema_errors(item, schema["items"], f"{where}/{index}"))
     return errors
 
 

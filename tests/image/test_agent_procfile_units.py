@@ -64,7 +64,7 @@ def test_procfile_round_trips(processes):
 
 
 def test_formation_defaults_like_heroku():
-    processes = {"web": "a", "worker": "b", "clock": "c", "release": "d"}
+    processes = {"build": "x", "web": "a", "worker": "b", "clock": "c", "release": "d"}
     assert resolve_formation(processes, {}) == [("web", 1), ("worker", 0), ("clock", 0)]
     assert resolve_formation(processes, {"worker": 3, "web": 0}) == [("web", 0), ("worker", 3), ("clock", 0)]
 
@@ -72,14 +72,15 @@ def test_formation_defaults_like_heroku():
 @pytest.mark.parametrize(
     ("formation", "message"),
     [
-        ({"release": 1}, "runs once per deploy"),
-        ({"cron": 1}, "'cron', which the Procfile does not define; the Procfile has release, web"),
+        ({"release": 1}, "'release', which runs once per deploy"),
+        ({"build": 0}, "'build', which runs once per build"),
+        ({"cron": 1}, "'cron', which the Procfile does not define; the Procfile has build, release, web"),
         ({"web": 2}, "asks for 2 web processes"),
     ],
 )
 def test_formation_errors(formation, message):
     with pytest.raises(ProcfileError, match=message):
-        resolve_formation({"web": "a", "release": "b"}, formation)
+        resolve_formation({"web": "a", "release": "b", "build": "c"}, formation)
 
 
 def test_web_unit_text():
