@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .manifest import load_schema, schema_errors
+from .schema import read_schema, schema_errors
 
 BUILD_SCHEMA_PATH = Path(__file__).resolve().parent / "build.schema.json"
 BUILD_MANIFEST_VERSION = 1
@@ -71,7 +71,7 @@ class BuildManifest:
 @lru_cache(maxsize=1)
 def load_build_schema() -> dict[str, Any]:
     """The build manifest's JSON Schema, shipped beside this module."""
-    return load_schema(BUILD_SCHEMA_PATH)
+    return read_schema(BUILD_SCHEMA_PATH)
 
 
 def build_manifest_from_data(data: Any, where: str = "build.json") -> BuildManifest:

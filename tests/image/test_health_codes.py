@@ -48,7 +48,7 @@ def test_bad_matchers_name_the_part(text, message):
     assert message in str(caught.value)
 
 
-@given(st.sets(st.integers(200, 499), min_size=1, max_size=40))
+@given(st.sets(st.integers(200, 499), min_size=1, max_size=20))
 def test_describe_reads_back(codes):
     text = describe(frozenset(codes))
     assert parse_codes(text) == codes
