@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -383,8 +384,18 @@ class Build:
         pip_version = version.stdout.split()[1]
         what = ["-r", REQUIREMENTS] if REQUIREMENTS in root_files else ["."]
         shown = "pip install " + " ".join(what)
-        self.report.step(f"Installing dependencies with pip {pip_version} ({shown})")
         target = os.path.join(app, PYTHON_TARGET)
+        # The same requirements.txt on the same runtime and pip installs the same packages:
+        # reuse them (pip's own cache only helps where the index's answers may be cached).
+        # `pip install .` installs the app itself too, so only requirements.txt is keyed.
+        key = None
+        if REQUIREMENTS in root_files:
+            with open(os.path.join(app, REQUIREMENTS), "rb") as handle:
+                key = packages_key(self.offer.version, pip_version, handle.read())
+            if restore_packages(cache, key, target):
+                self.report.step(f"Using the packages installed for the same {REQUIREMENTS} on {self.offer}")
+                return _count_dist_info(target), {"pip": pip_version}
+        self.report.step(f"Installing dependencies with pip {pip_version} ({shown})")
         ran = run_streaming(
             [
                 python,
@@ -410,10 +421,10 @@ class Build:
         if ran.code != 0:
             raise BuildFailed(f"{shown} failed: {tool_error(ran.tail, 'ERROR:')}" + _timed_out(ran))
         rewrite_shebangs(os.path.join(target, "bin"), self.offer.line)
-        installed = (
-            len([name for name in os.listdir(target) if name.endswith(".dist-info")]) if os.path.isdir(target) else 0
-        )
+        installed = _count_dist_info(target)
         self.report.detail(f"{installed} packages installed into {PYTHON_TARGET}")
+        if key is not None:
+            save_packages(cache, key, target)
         return installed, {"pip": pip_version}
 
     def _install_node(self, app: str, cache: str) -> tuple[int, dict[str, str]]:
@@ -544,6 +555,49 @@ def _walk(root: str) -> Iterator[str]:
         relative_dir = os.path.relpath(directory, root)
         for name in sorted(subdirectories + files):
             yield name if relative_dir == "." else f"{relative_dir}/{name}"
+
+
+PACKAGES_CACHE = "python-packages"
+KEEP_PACKAGE_SETS = 3
+
+
+def packages_key(runtime_version: str, pip_version: str, requirements: bytes) -> str:
+    """What a set of installed packages depends on: the runtime, pip, the requirements' bytes."""
+    digest = hashlib.sha256(f"{runtime_version}\0{pip_version}\0".encode() + requirements)
+    return digest.hexdigest()[:32]
+
+
+def restore_packages(cache: str, key: str, target: str) -> bool:
+    """Copy the packages saved under ``key`` to ``target``; False if there are none."""
+    saved = os.path.join(cache, PACKAGES_CACHE, key)
+    if not os.path.isdir(saved):
+        return False
+    shutil.copytree(saved, target, symlinks=True)
+    os.utime(saved)  # most recently used: pruned last
+    return True
+
+
+def save_packages(cache: str, key: str, target: str) -> None:
+    """Keep a copy of ``target`` under ``key`` (written aside, then renamed), and only the newest few."""
+    root = os.path.join(cache, PACKAGES_CACHE)
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    final = os.path.join(root, key)
+    if os.path.isdir(target) and not os.path.exists(final):
+        partial = f"{final}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(target, partial, symlinks=True)
+        os.replace(partial, final)
+    sets = sorted(
+        (entry for entry in os.scandir(root) if entry.is_dir() and "." not in entry.name),
+        key=lambda entry: entry.stat().st_mtime,
+        reverse=True,
+    )
+    for stale in sets[KEEP_PACKAGE_SETS:]:
+        shutil.rmtree(stale.path, ignore_errors=True)
+
+
+def _count_dist_info(target: str) -> int:
+    return len([name for name in os.listdir(target) if name.endswith(".dist-info")]) if os.path.isdir(target) else 0
 
 
 def _count_node_packages(app: str) -> int:

@@ -67,6 +67,12 @@ def test_flask_app_with_gunicorn_builds_and_serves(instance_world):
     assert manifest["runtime"]["name"] == "python" and manifest["runtime"]["version"].startswith("3.11.")
     assert manifest["dependencies"] >= 7 and manifest["tools"]["pip"]
     assert ".slipway/python/bin/gunicorn" in slug_names(run.slug)
+    # The same requirements.txt again: the packages come from the build cache, not from PyPI.
+    again = build_in(world, source, "flask-again")
+    assert again.code == 0, again.stdout[-4000:] + again.stderr
+    assert "-----> Using the packages installed for the same requirements.txt on python 3.11." in again.stdout
+    assert "Collecting" not in again.stdout and slug_build(again.slug)["dependencies"] == manifest["dependencies"]
+    assert slug_names(again.slug) == slug_names(run.slug)
 
     code, out, err, result, port = ship(world, "flaskapp", run, source)
     assert code == 0, out + err

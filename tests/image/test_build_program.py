@@ -105,12 +105,42 @@ def test_python_app_without_dependencies_gets_the_runtime_on_its_build_path(tmp_
     assert manifest["env"] == {"PATH": [".slipway/python/bin"], "PYTHONPATH": [".slipway/python"]}
 
 
+def test_packages_are_reused_for_the_same_requirements_only(tmp_path):
+    from slipway_build.builder import KEEP_PACKAGE_SETS, packages_key, restore_packages, save_packages
+
+    cache, target = str(tmp_path / "cache"), tmp_path / "app" / ".slipway" / "python"
+    target.mkdir(parents=True)
+    (target / "flask").mkdir()
+    (target / "flask" / "__init__.py").write_text("x = 1\n")
+    (target / "bin").mkdir()
+    (target / "bin" / "flask").symlink_to("../flask/__init__.py")
+    key = packages_key("3.11.2", "23.0.1", b"flask==3.0.3\n")
+    assert key != packages_key("3.11.2", "23.0.1", b"flask==3.0.2\n") != packages_key("3.12.1", "23.0.1", b"")
+    assert not restore_packages(cache, key, str(tmp_path / "elsewhere"))
+    save_packages(cache, key, str(target))
+    restored = tmp_path / "next" / ".slipway" / "python"
+    assert restore_packages(cache, key, str(restored))
+    assert (restored / "flask" / "__init__.py").read_text() == "x = 1\n"
+    assert os.readlink(restored / "bin" / "flask") == "../flask/__init__.py"
+    for number in range(KEEP_PACKAGE_SETS + 2):
+        save_packages(cache, packages_key("3.11.2", "23.0.1", str(number).encode()), str(target))
+    assert len(os.listdir(os.path.join(cache, "python-packages"))) == KEEP_PACKAGE_SETS
+
+
 def test_node_app_without_lock_file(tmp_path, runtimes, capsys):
     files = {"package.json": json.dumps({"name": "x", "dependencies": {}}), "Procfile": "web: node index.js\n"}
     code, _out, err, result, _ = build(tmp_path, runtimes, files, capsys)
     assert code == 1
     assert err.startswith("build: package.json has no package-lock.json beside it; run `npm install` and commit")
     assert result["kind"] is None
+
+
+def test_a_build_that_leaves_what_the_agent_would_refuse_fails(tmp_path, runtimes, capsys):
+    files = {"Procfile": "web: ./serve.sh\nbuild: ln -s /etc config\n", "serve.sh": "#!/bin/sh\n"}
+    code, _out, err, _result, slug = build(tmp_path, runtimes, files, capsys)
+    assert code == 1
+    assert err.startswith("build: the built app cannot be a slug: symlink 'config' points to the absolute path '/etc'")
+    assert not slug.exists()
 
 
 def test_source_must_not_hold_the_builds_own_directory(tmp_path, runtimes, capsys):
