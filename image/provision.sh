@@ -48,16 +48,24 @@ fi
 . /etc/os-release
 case "${ID:-}" in
     amzn)
+        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls amazon-cloudwatch-agent)
         # App runtimes: the Python and Node.js lines Amazon Linux 2023 packages side by side
         # (python3.11/3.12/3.13 each with its pip; nodejs20/22, whose commands are node-20 and
         # npm-20 …, each with its npm). python3 itself (3.9) stays the agent's. Not run here:
-        # the tests boot Debian 12; names as Amazon Linux 2023's repository spells them.
-        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls amazon-cloudwatch-agent
-                  python3.11 python3.11-pip python3.12 python3.12-pip python3.13 python3.13-pip
-                  nodejs20 nodejs20-npm nodejs22 nodejs22-npm)
+        # the tests boot Debian 12; names as Amazon Linux 2023's repository spells them. A line
+        # an older release of the distribution lacks is skipped (strict=0), not fatal:
+        # runtimes.json below lists what was really installed.
+        RUNTIME_PACKAGES=(python3.11 python3.11-pip python3.12 python3.12-pip python3.13 python3.13-pip
+                          nodejs20 nodejs20-npm nodejs22 nodejs22-npm)
         missing=()
         for package in "${PACKAGES[@]}"; do rpm -q "$package" >/dev/null 2>&1 || missing+=("$package"); done
         if (( ${#missing[@]} )); then log "installing ${missing[*]}"; dnf install -y "${missing[@]}"; fi
+        missing=()
+        for package in "${RUNTIME_PACKAGES[@]}"; do rpm -q "$package" >/dev/null 2>&1 || missing+=("$package"); done
+        if (( ${#missing[@]} )); then
+            log "installing runtimes ${missing[*]}"
+            dnf install -y --setopt=strict=0 "${missing[@]}"
+        fi
         CA_BUNDLE=/etc/pki/tls/certs/ca-bundle.crt
         ;;
     debian)
