@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provision a Slipway instance: the deploy user and program, log forwarding, metrics.
+# Provision a Slipway instance: the app runtimes, the deploy user, the deploy and build
+# programs, log forwarding, metrics.
 #
 # Used unchanged by the EC2 Image Builder component (baking: no SLIPWAY_* set, so only the
 # generic part runs) and by the launch template's user data on every boot (stock Amazon
@@ -48,14 +49,30 @@ fi
 case "${ID:-}" in
     amzn)
         PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls amazon-cloudwatch-agent)
+        # App runtimes: the Python and Node.js lines Amazon Linux 2023 packages side by side
+        # (python3.11/3.12/3.13 each with its pip; nodejs20/22, whose commands are node-20 and
+        # npm-20 …, each with its npm). python3 itself (3.9) stays the agent's. Not run here:
+        # the tests boot Debian 12; names as Amazon Linux 2023's repository spells them. A line
+        # an older release of the distribution lacks is skipped (strict=0), not fatal:
+        # runtimes.json below lists what was really installed.
+        RUNTIME_PACKAGES=(python3.11 python3.11-pip python3.12 python3.12-pip python3.13 python3.13-pip
+                          nodejs20 nodejs20-npm nodejs22 nodejs22-npm)
         missing=()
         for package in "${PACKAGES[@]}"; do rpm -q "$package" >/dev/null 2>&1 || missing+=("$package"); done
         if (( ${#missing[@]} )); then log "installing ${missing[*]}"; dnf install -y "${missing[@]}"; fi
+        missing=()
+        for package in "${RUNTIME_PACKAGES[@]}"; do rpm -q "$package" >/dev/null 2>&1 || missing+=("$package"); done
+        if (( ${#missing[@]} )); then
+            log "installing runtimes ${missing[*]}"
+            dnf install -y --setopt=strict=0 "${missing[@]}"
+        fi
         CA_BUNDLE=/etc/pki/tls/certs/ca-bundle.crt
         ;;
     debian)
         # The CloudWatch agent is not packaged for Debian: its config is still written below.
-        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls ca-certificates systemd)
+        # App runtimes: Debian 12's python3 (3.11, with pip and venv) and nodejs (18, with npm).
+        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls ca-certificates systemd
+                  python3-pip python3-venv nodejs npm)
         missing=()
         for package in "${PACKAGES[@]}"; do
             dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -87,8 +104,9 @@ fi
 # able to change the program root runs, nor their own release code.
 install -d -m 0755 -o root -g root /home/deploy /home/deploy/bin /home/deploy/apps "$AGENT_DIR"
 install_file "$HERE/deploy" "$AGENT_DIR/deploy" 0755 >/dev/null
-# The agent, and the release formats it shares with the control plane.
-for package in slipway_agent slipway_release; do
+install_file "$HERE/build" "$AGENT_DIR/build" 0755 >/dev/null
+# The agent, the build program, and the release formats they share with the control plane.
+for package in slipway_agent slipway_build slipway_release; do
     install -d -m 0755 -o root -g root "$AGENT_DIR/$package"
     for file in "$HERE/$package"/*.py "$HERE/$package"/*.json; do
         [[ -e "$file" ]] || continue
@@ -102,7 +120,22 @@ done
 # Earlier images kept the schema beside the packages.
 rm -f "$AGENT_DIR/release.schema.json"
 ln -sfn "$AGENT_DIR/deploy" /home/deploy/bin/deploy
-log "deploy program at /home/deploy/bin/deploy"
+ln -sfn "$AGENT_DIR/build" /home/deploy/bin/build
+log "deploy program at /home/deploy/bin/deploy, build program at /home/deploy/bin/build"
+
+# --- app runtimes ---------------------------------------------------------------------------
+# Run every interpreter installed above; write what works to /etc/slipway/runtimes.json, each
+# with a command directory (/opt/slipway/runtimes/<name>-<line>/bin: python, pip … or node,
+# npm, npx) that the build and the app's processes get first on PATH, so `python` and `npm`
+# are the app's chosen runtime wherever the distribution names them otherwise.
+runtimes="$(python3 -I - "$AGENT_DIR" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from slipway_release import runtimes
+print(runtimes.provision())
+PY
+)" || die "could not discover the app runtimes"
+log "runtimes: $runtimes"
 
 # --- instance identity ----------------------------------------------------------------------
 # App and environment names as the whole platform defines them (slipway_release.names).

@@ -6,16 +6,23 @@ provisioned by the real ``image/provision.sh``, as user data provisions an EC2 i
 The container shares the host network, so it reaches moto on 127.0.0.1, and its apps
 answer on 127.0.0.1 too (all traffic stays on loopback). Commands run inside through
 ``nsenter`` into the container's namespaces, which needs no systemd on the host.
+
+Builds run inside too (:func:`build`), with the image's own build program and runtimes;
+pip and npm reach their registries over the shared network, trusting what this machine
+trusts (:func:`trust_host_certificates`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -28,7 +35,15 @@ IMAGE = REPO / "image"
 CACHE = Path("/var/cache/slipway-test")
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-boto3,rsyslog,rsyslog-gnutls,ca-certificates,iproute2"
+PACKAGES = (
+    "systemd,systemd-sysv,dbus,python3,python3-boto3,rsyslog,rsyslog-gnutls,ca-certificates,iproute2,"
+    # The app runtimes provision.sh installs (image/provision.sh), so boots do not apt-get them.
+    "python3-pip,python3-venv,nodejs,npm"
+)
+BUILD_PROGRAM = "/home/deploy/bin/build"
+BUILD_CACHE = "/var/cache/slipway-build"
+# Certificates this machine trusts beyond the distribution's (a proxy's, say).
+HOST_CERTIFICATES = Path("/usr/local/share/ca-certificates")
 HOST_TOOLS = {"mmdebstrap": "mmdebstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux"}
 
 
@@ -203,3 +218,72 @@ def provision(instance: Instance, env: Mapping[str, str]) -> subprocess.Complete
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(IMAGE, target, ignore=shutil.ignore_patterns("__pycache__"))
     return instance.run(["bash", "/root/slipway-image/provision.sh"], env=env)
+
+
+def trust_host_certificates(instance: Instance) -> dict[str, str]:
+    """Make the instance trust the certificates this machine added to its store (so pip and
+    npm inside reach their registries as they do here); the environment node needs for them."""
+    extra = sorted(HOST_CERTIFICATES.glob("*.crt")) if HOST_CERTIFICATES.is_dir() else []
+    if not extra:
+        return {}
+    target = instance.path(str(HOST_CERTIFICATES))
+    target.mkdir(parents=True, exist_ok=True)
+    for certificate in extra:
+        shutil.copyfile(certificate, target / certificate.name)
+    instance.run(["update-ca-certificates"], timeout=120)
+    # node keeps its own list of authorities unless told of more.
+    return {"NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt"}
+
+
+def source_archive(directory: Path) -> bytes:
+    """A gzip tar of the files under ``directory`` as ``git archive`` makes one (regular files,
+    relative names, sorted, executable bits kept)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(directory).as_posix())
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(path, "rb") as handle:
+                tar.addfile(info, handle)
+    return buffer.getvalue()
+
+
+@dataclass
+class BuildRun:
+    """One run of the image's build program: exit code, output, its JSON result, the slug."""
+
+    code: int
+    stdout: str
+    stderr: str
+    result: dict[str, object]
+    slug: bytes | None
+    seconds: float
+
+
+def build(
+    instance: Instance,
+    source: bytes,
+    *,
+    name: str = "app",
+    cache: str | None = BUILD_CACHE,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+) -> BuildRun:
+    """Build ``source`` into a slug inside the instance with ``/home/deploy/bin/build``, as root."""
+    work = f"/root/builds/{name}-{time.monotonic_ns()}"
+    instance.path(work).mkdir(parents=True)
+    instance.path(f"{work}/source.tar.gz").write_bytes(source)
+    argv = [BUILD_PROGRAM, "--source", f"{work}/source.tar.gz", "--output", f"{work}/slug.tar.gz"]
+    if cache:
+        argv += ["--cache", cache]
+    started = time.monotonic()
+    result = instance.run(argv, env=env, check=False, timeout=timeout)
+    seconds = time.monotonic() - started
+    lines = result.stdout.strip().splitlines()
+    slug_path = instance.path(f"{work}/slug.tar.gz")
+    slug = slug_path.read_bytes() if slug_path.exists() else None
+    shutil.rmtree(instance.path(work), ignore_errors=True)
+    return BuildRun(
+        result.returncode, result.stdout, result.stderr, json.loads(lines[-1]) if lines else {}, slug, seconds
+    )

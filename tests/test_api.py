@@ -20,6 +20,7 @@ import pytest
 from api_events import call
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pending import PUBLISHER_WRITES_V1
 
 from slipway import api, aws, publisher
 from slipway.releases import ReleaseError, change_config
@@ -98,6 +99,7 @@ def keys(s3: Any, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 
+@PUBLISHER_WRITES_V1
 def test_publish_makes_an_immutable_release_valid_against_the_schema(s3: Any) -> None:
     data = source_tarball()
     status, release = publish(data, description="first")
@@ -118,6 +120,7 @@ def test_publish_makes_an_immutable_release_valid_against_the_schema(s3: Any) ->
     assert publish()[1]["parent"] == "r1"
 
 
+@PUBLISHER_WRITES_V1
 def test_concurrent_publishes_get_distinct_ids_and_none_is_lost(s3: Any) -> None:
     sources = [source_tarball({"Procfile": b"web: x\n", "n": str(i).encode()}) for i in range(8)]
     uploads = [upload(data) for data in sources]
@@ -190,6 +193,7 @@ def test_bad_source_is_refused_and_nothing_is_written(s3: Any, data: bytes, mess
     assert keys(s3, "web/") == []
 
 
+@PUBLISHER_WRITES_V1
 def test_a_source_whose_procfile_lacks_a_process_the_formation_runs_is_refused(s3: Any) -> None:
     # billing runs two workers per instance (cdk.json formation): its Procfile must define worker.
     status, body = publish(source_tarball({"Procfile": b"web: python app.py\n"}), app="billing")
@@ -254,6 +258,7 @@ def test_bad_finalize_requests_name_the_input(s3: Any, request_body: dict[str, A
     assert keys(s3, "web/") == []
 
 
+@PUBLISHER_WRITES_V1
 def test_finalizing_twice_is_a_conflict(s3: Any) -> None:
     upload_id = upload(source_tarball())
     request = {"upload_id": upload_id, "git": {"ref": "main", "commit": COMMIT}}
@@ -263,6 +268,7 @@ def test_finalizing_twice_is_a_conflict(s3: Any) -> None:
     assert keys(s3, "web/staging/r2") == []
 
 
+@PUBLISHER_WRITES_V1
 def test_large_sources_upload_in_parts(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(publisher, "PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
     data = source_tarball(
@@ -290,6 +296,7 @@ def test_large_sources_upload_in_parts(s3: Any, monkeypatch: pytest.MonkeyPatch)
     assert release["source"]["size"] == len(data)
 
 
+@PUBLISHER_WRITES_V1
 def test_releases_list_newest_first_in_pages(s3: Any) -> None:
     for _ in range(5):
         assert publish()[0] == 201
@@ -306,6 +313,7 @@ def test_releases_list_newest_first_in_pages(s3: Any) -> None:
     assert pages == [["r5", "r4"], ["r3", "r2"], ["r1"]]
 
 
+@PUBLISHER_WRITES_V1
 def test_show_and_download(s3: Any) -> None:
     data = source_tarball()
     publish(data)
@@ -340,6 +348,7 @@ TRICKY = {
 }
 
 
+@PUBLISHER_WRITES_V1
 def test_config_change_makes_a_release_with_the_same_source(s3: Any) -> None:
     status, first = publish()
     status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": TRICKY})
@@ -357,6 +366,7 @@ def test_config_change_makes_a_release_with_the_same_source(s3: Any) -> None:
     assert "EMPTY" not in unset["vars"] and unset["release"]["id"] == "r3"
 
 
+@PUBLISHER_WRITES_V1
 def test_config_before_the_first_release_waits_for_it(s3: Any) -> None:
     status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}})
     assert (status, changed["release"]) == (200, None)
@@ -398,6 +408,7 @@ def test_any_carriable_config_round_trips_through_the_env_file(values: dict[str,
     assert parse_env(render_env(change_config({}, set_vars=values, unset=[]))) == values
 
 
+@PUBLISHER_WRITES_V1
 def test_current_moves_only_by_compare_and_swap(s3: Any) -> None:
     publish()
     publish()

@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
+from pending import PUBLISHER_WRITES_V1
 
 from local.platform import launch
 
@@ -86,6 +87,7 @@ def releases(run: Run, app: str, env: str) -> list[dict[str, Any]]:
     return listed
 
 
+@PUBLISHER_WRITES_V1
 def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> None:
     before = len(releases(slipway, "billing", "staging"))
     result = slipway("release", "billing", "staging", "-m", "first cut")
@@ -120,6 +122,7 @@ def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> 
     assert json.loads(slipway("--json", "config", "billing", "production").stdout)["vars"] == {}
 
 
+@PUBLISHER_WRITES_V1
 def test_large_source_goes_up_in_parts(slipway: Run, checkout: Path) -> None:
     # 40 MB of incompressible data: three 16 MiB parts, sent in parallel.
     (checkout / "blob.bin").write_bytes(os.urandom(40 * 1024 * 1024))
@@ -208,6 +211,7 @@ def test_missing_or_wrong_credentials_get_401_with_a_browser_prompt(
     assert stored() == before  # not even an upload record
 
 
+@PUBLISHER_WRITES_V1
 def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
     # The local platform's fleets are the stack's Auto Scaling groups with moto's instances: this
     # follows the real rollout state machine and its tasks end to end, not the instance agent.

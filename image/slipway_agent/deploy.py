@@ -1,4 +1,4 @@
-"""The deploy flow: download, verify, unpack, preflight, switch, health-check, or switch back.
+"""The deploy flow: download, verify, unpack the slug, preflight, switch, health-check, or switch back.
 
 The running release is touched only after the new one has unpacked,
 configured, run its release phase and answered its health check on a spare
@@ -22,20 +22,27 @@ from pathlib import Path
 from typing import TextIO
 
 from slipway_release.archive import MAX_PROCFILE_BYTES, UnsafeArchive
+from slipway_release.build import BUILD_MANIFEST, MAX_BUILD_MANIFEST_BYTES, BuildManifestError, parse_build_manifest
+from slipway_release.build import process_environment as slug_environment
 from slipway_release.envfile import check_carriable, parse_env, render_environment_file
-from slipway_release.layout import ENV_FILE, MANIFEST, SOURCE, ReleaseUrl
+from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, ReleaseUrl
 from slipway_release.manifest import Manifest, load_schema, parse_manifest
 from slipway_release.names import CURRENT, is_release_id, newest_first
 from slipway_release.procfile import RELEASE, WEB, parse_procfile, resolve_formation
+from slipway_release.runtimes import RUNTIMES_PATH, Offer, load_runtimes, offered_lines
 
 from . import host
 from .cli import DeployArgs, UsageError, parse_args, s3_endpoint
 from .s3 import ReleaseStore, sha256_file
 from .units import (
+    APP,
+    RUN_AS,
     UNIT_DIR,
     AppLayout,
+    journal_command,
     plan_unit_changes,
     preflight_command,
+    release_identifier,
     release_phase_command,
     render_units,
     systemctl,
@@ -134,8 +141,16 @@ def deploy_lock(path: str, report: Report) -> Iterator[None]:
 class Deployment:
     """One run of ``deploy`` for one app on this instance."""
 
-    def __init__(self, args: DeployArgs, report: Report, store: ReleaseStore, layout: AppLayout):
+    def __init__(
+        self,
+        args: DeployArgs,
+        report: Report,
+        store: ReleaseStore,
+        layout: AppLayout,
+        runtimes_path: str = RUNTIMES_PATH,
+    ):
         self.args = args
+        self.runtimes_path = runtimes_path
         self.url = args.release
         self.report = report
         self.store = store
@@ -190,27 +205,34 @@ class Deployment:
         self.report.step(f"Deploying {self.url.of(release_id)}" + (f" over {self.previous}" if self.previous else ""))
         with self.report.phase("download"):
             manifest = self._fetch_manifest(release_id)
-            archive = os.path.join(self.layout.downloads_dir, SOURCE)
-            self.store.download(self.url.keys.release(release_id, SOURCE), archive, manifest.source_size)
+            runtime = self._runtime(manifest)
+            archive = os.path.join(self.layout.downloads_dir, SLUG)
+            self.store.download(self.url.keys.release(release_id, SLUG), archive, manifest.slug_size)
             env_bytes = self.store.read(self.url.keys.release(release_id, ENV_FILE), limit=MAX_ENV_FILE_BYTES)
-        self.report.detail(f"downloaded {manifest.source_size} bytes of source")
+        self.report.detail(f"downloaded {manifest.slug_size} bytes of slug ({_built(manifest)})")
         with self.report.phase("verify"):
             self._verify(manifest, archive, env_bytes)
         staging = os.path.join(self.layout.releases_dir, f".{release_id}.partial")
         with self.report.phase("unpack"):
             os.mkdir(staging, 0o755)
             entries, size = _unpack_checked(archive, staging, self.args.max_unpacked_bytes)
+            self._check_slug_manifest(manifest, staging)
         self.report.detail(f"unpacked {entries} entries ({size} bytes)")
         with self.report.phase("configure"):
-            processes, units = self._configure(manifest, staging, env_bytes)
+            self._ensure_home()
+            processes, units = self._configure(manifest, staging, env_bytes, runtime)
             self._install_release_dir(release_id, staging)
         self.report.detail("units: " + (", ".join(units) or "none (formation scales every process to 0)"))
+        # The one-offs run from releases/<id> (current still points at the running release).
+        one_off = slug_environment(
+            f"{self.layout.release_dir(release_id)}/{APP}", manifest.build, runtime.bin if runtime else None
+        )
         if RELEASE in processes:
             with self.report.phase("release"):
-                self._release_phase(release_id, processes[RELEASE])
+                self._release_phase(release_id, processes[RELEASE], one_off)
         if any(name.startswith(f"slipway-{self.url.app}-{WEB}.") for name in units):
             with self.report.phase("preflight"):
-                self._preflight(release_id, processes[WEB], manifest)
+                self._preflight(release_id, processes[WEB], manifest, one_off)
         with self.report.phase("switch"):
             self._switch(release_id, units)
         with self.report.phase("healthy"):
@@ -234,12 +256,28 @@ class Deployment:
             raise DeployFailed(f"release.json health_check.path {manifest.health_check.path!r} is not a plain URL path")
         return manifest
 
+    def _runtime(self, manifest: Manifest) -> Offer | None:
+        """The instance's interpreter for the slug's runtime line; refuse the release if there is none."""
+        runtime = manifest.build.runtime
+        if runtime is None:
+            return None
+        offers = load_runtimes(self.runtimes_path)
+        offer = offers.get(runtime.name, {}).get(runtime.line)
+        if offer is None:
+            offered = ", ".join(offered_lines(offers, runtime.name)) or "none"
+            raise DeployFailed(
+                f"{manifest.id} was built for {runtime.name} {runtime.line} ({runtime.version}), which this instance "
+                f"does not offer (it offers {runtime.name} {offered}); build it for an offered version or update "
+                "the instance's base image"
+            )
+        return offer
+
     def _verify(self, manifest: Manifest, archive: str, env_bytes: bytes) -> None:
         digest, size = sha256_file(archive)
-        if (digest, size) != (manifest.source_sha256, manifest.source_size):
+        if (digest, size) != (manifest.slug_sha256, manifest.slug_size):
             raise DeployFailed(
-                f"source.tar.gz has sha256 {digest[:12]}… and {size} bytes, but release.json says "
-                f"{manifest.source_sha256[:12]}… and {manifest.source_size}; the release is corrupt, publish a new one"
+                f"{SLUG} has sha256 {digest[:12]}… and {size} bytes, but release.json says "
+                f"{manifest.slug_sha256[:12]}… and {manifest.slug_size}; the release is corrupt, publish a new one"
             )
         env_digest = hashlib.sha256(env_bytes).hexdigest()
         if env_digest != manifest.env_sha256:
@@ -248,11 +286,38 @@ class Deployment:
                 "the release is corrupt, publish a new one"
             )
 
-    def _configure(self, manifest: Manifest, staging: str, env_bytes: bytes) -> tuple[dict[str, str], dict[str, str]]:
-        procfile_path = os.path.join(staging, "source", "Procfile")
+    def _check_slug_manifest(self, manifest: Manifest, staging: str) -> None:
+        """The slug's own build.json must be what release.json's ``build`` says it is."""
+        path = os.path.join(staging, APP, BUILD_MANIFEST)
+        if not os.path.isfile(path) or os.path.islink(path):
+            raise DeployFailed(f"{SLUG} has no {BUILD_MANIFEST}; it was not made by the build program, build it again")
+        with open(path, "rb") as handle:
+            try:
+                inside = parse_build_manifest(handle.read(MAX_BUILD_MANIFEST_BYTES + 1), f"the slug's {BUILD_MANIFEST}")
+            except BuildManifestError as error:
+                raise DeployFailed(str(error)) from None
+        if inside.raw != manifest.build.raw:
+            raise DeployFailed(
+                f"the slug's {BUILD_MANIFEST} differs from release.json's build; the release is corrupt, "
+                "publish it again"
+            )
+
+    def _ensure_home(self) -> None:
+        """The app's HOME: the one place its processes may write, kept across releases."""
+        home = self.layout.home_dir
+        if not os.path.isdir(home) or os.path.islink(home):
+            if os.path.lexists(home):
+                os.unlink(home)
+            os.mkdir(home, 0o700)
+        host.chown_to(home, RUN_AS)
+
+    def _configure(
+        self, manifest: Manifest, staging: str, env_bytes: bytes, runtime: Offer | None
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        procfile_path = os.path.join(staging, APP, "Procfile")
         if not os.path.isfile(procfile_path):
             raise DeployFailed(
-                f"{manifest.id}'s source has no Procfile at its root; "
+                f"{manifest.id}'s slug has no Procfile at its root; "
                 "add one (e.g. 'web: python app.py') and publish again"
             )
         with open(procfile_path, "rb") as handle:
@@ -265,7 +330,8 @@ class Deployment:
         check_carriable(values)
         host.write_atomic(os.path.join(staging, "env"), render_environment_file(values), mode=0o600)
         host.write_atomic(os.path.join(staging, "release.json"), json.dumps(manifest.raw, indent=2) + "\n")
-        units = render_units(self.layout, processes, formation, manifest.health_check.port)
+        environment = slug_environment(f"{self.layout.current}/{APP}", manifest.build, runtime.bin if runtime else None)
+        units = render_units(self.layout, processes, formation, manifest.health_check.port, environment)
         units_dir = os.path.join(staging, "units")
         os.mkdir(units_dir, 0o755)
         for name, text in units.items():
@@ -285,28 +351,34 @@ class Deployment:
         else:
             os.replace(staging, final)
 
-    def _release_phase(self, release_id: str, command: str) -> None:
+    def _release_phase(self, release_id: str, command: str, environment: dict[str, str]) -> None:
         self.report.step(f"Running release phase: {command}")
-        code = host.run_streaming(release_phase_command(self.layout, release_id, command))
+        identifier = release_identifier(self.layout)
+        code = host.run_teed(
+            release_phase_command(self.layout, release_id, command, environment),
+            journal_command(identifier),
+            self.report.out,
+        )
         if code != 0:
             raise DeployFailed(
-                f"release phase `{command}` exited with {code}; fix it and publish again "
-                f"(journalctl -t {self.url.app}-release)"
+                f"release phase `{command}` exited with {code}; fix it and publish again (journalctl -t {identifier})"
             )
 
-    def _preflight(self, release_id: str, command: str, manifest: Manifest) -> None:
+    def _preflight(self, release_id: str, command: str, manifest: Manifest, environment: dict[str, str]) -> None:
         unit = self.layout.preflight_unit(release_id)
         port = host.spare_port()
         self.report.step(f"Preflight: starting {release_id}'s web process on spare port {port}")
         _discard_unit(unit)
         try:
-            host.run(preflight_command(self.layout, release_id, command, port))
+            host.run(preflight_command(self.layout, release_id, command, port, environment))
             try:
                 host.wait_healthy(
                     port,
                     manifest.health_check.path,
                     manifest.health_check.timeout,
                     lambda: _transient_exit(unit, port),
+                    manifest.health_check.codes,
+                    manifest.health_check.codes_text,
                 )
             except (RuntimeError, TimeoutError) as error:
                 self._show_log(unit)
@@ -346,7 +418,14 @@ class Deployment:
         if web:
             health = manifest.health_check
             try:
-                host.wait_healthy(health.port, health.path, health.timeout, lambda: _service_exit(web[0]))
+                host.wait_healthy(
+                    health.port,
+                    health.path,
+                    health.timeout,
+                    lambda: _service_exit(web[0]),
+                    health.codes,
+                    health.codes_text,
+                )
             except (RuntimeError, TimeoutError) as error:
                 self._show_log(web[0])
                 raise DeployFailed(f"{manifest.id} started but is not healthy: {error}") from None
@@ -439,10 +518,15 @@ class Deployment:
 
 def _unpack_checked(archive: str, staging: str, limit: int) -> tuple[int, int]:
     try:
-        return unpack(Path(archive), Path(staging) / "source", limit)
+        return unpack(Path(archive), Path(staging) / APP, limit)
     except UnsafeArchive as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DeployFailed(f"refusing source.tar.gz: {error}") from None
+        raise DeployFailed(f"refusing {SLUG}: {error}") from None
+
+
+def _built(manifest: Manifest) -> str:
+    runtime = manifest.build.runtime
+    return f"{manifest.build.kind} app" + (f" on {runtime}" if runtime else "")
 
 
 def _installed_units(layout: AppLayout) -> dict[str, str]:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import http.client
 import os
+import pwd
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
+from contextlib import suppress
+from typing import TextIO
 
 
 class CommandFailed(RuntimeError):
@@ -45,6 +48,32 @@ def run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:
 def run_streaming(argv: Sequence[str]) -> int:
     """Run ``argv`` with its output going straight to the deploy's own output."""
     return subprocess.run(list(argv), stdin=subprocess.DEVNULL, check=False).returncode
+
+
+def run_teed(argv: Sequence[str], journal: Sequence[str], out: TextIO) -> int:
+    """Run ``argv``; each line it prints goes to ``out`` (indented) and to ``journal``'s stdin.
+
+    ``journal`` is the journal writer (``systemd-cat``): the output stays readable with
+    ``journalctl -t`` and is forwarded to syslog like the app's own processes'.
+    """
+    writer = subprocess.Popen(
+        list(journal), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None and writer.stdin is not None
+    try:
+        for line in process.stdout:
+            out.write("       " + line.decode("utf-8", errors="replace").rstrip("\n") + "\n")
+            out.flush()
+            with suppress(BrokenPipeError):  # the journal is gone; the deploy's output still has every line
+                writer.stdin.write(line)
+                writer.stdin.flush()
+    finally:
+        code = process.wait()
+        with suppress(BrokenPipeError):
+            writer.stdin.close()
+        writer.wait(timeout=30)
+    return code
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -81,6 +110,12 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def chown_to(path: str, user: str) -> None:
+    """Give ``path`` (not following a link) to ``user`` and its group."""
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
 
 def point_symlink(link: str, target: str) -> None:
@@ -120,8 +155,16 @@ def http_status(port: int, path: str, timeout: float) -> int | None:
         connection.close()
 
 
-def wait_healthy(port: int, path: str, timeout: float, still_running: Callable[[], str | None]) -> None:
-    """Poll until the web process answers 2xx/3xx on ``path``.
+def wait_healthy(
+    port: int,
+    path: str,
+    timeout: float,
+    still_running: Callable[[], str | None],
+    codes: Container[int] = frozenset({200}),
+    codes_text: str = "200",
+) -> None:
+    """Poll until the web process answers one of ``codes`` on ``path`` (the manifest's
+    ``health_check.codes``, as the load balancer matches them).
 
     ``still_running`` returns ``None`` while the process can still come up,
     or a sentence saying why it never will (it exited); that ends the wait
@@ -131,10 +174,10 @@ def wait_healthy(port: int, path: str, timeout: float, still_running: Callable[[
     last = "nothing answered"
     while True:
         status = http_status(port, path, timeout=2.0)
-        if status is not None and 200 <= status < 400:
+        if status is not None and status in codes:
             return
         if status is not None:
-            last = f"it answered HTTP {status}"
+            last = f"it answered HTTP {status}; healthy is {codes_text}"
         stopped = still_running()
         if stopped:
             raise RuntimeError(stopped)

@@ -17,16 +17,21 @@ UNIT_DIR = "/etc/systemd/system"
 RUN_AS = "deploy"
 SHELL = "/bin/bash"
 RELEASE_PHASE_TIMEOUT_SECONDS = 900
+# Under a release's directory: the unpacked slug, the processes' working directory.
+APP = "app"
+# What the agent may put into a unit's Environment= lines unquoted (paths it made itself).
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:@+-]*")
 
 
 @dataclass(frozen=True)
 class AppLayout:
     """Where one app's releases, state and lock live on the instance.
 
-    ``<root>/<app>/releases/<id>/source`` is the unpacked tarball,
+    ``<root>/<app>/releases/<id>/app`` is the unpacked slug,
     ``.../<id>/env`` the systemd EnvironmentFile, ``.../<id>/release.json``
     the verified manifest and ``.../<id>/units/`` the units rendered for it;
     ``current`` links to the running release and ``DEPLOYED`` holds its id.
+    ``home`` is the one directory the app's processes may write (their ``HOME``).
     """
 
     app: str
@@ -43,6 +48,11 @@ class AppLayout:
     @property
     def current(self) -> str:
         return f"{self.app_dir}/current"
+
+    @property
+    def home_dir(self) -> str:
+        """The processes' ``HOME``: owned by the app's user, outside every release."""
+        return f"{self.app_dir}/home"
 
     @property
     def deployed_file(self) -> str:
@@ -94,15 +104,27 @@ def systemd_quote(argument: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def render_unit(layout: AppLayout, process_type: str, index: int, command: str, port: int) -> str:
+def render_unit(
+    layout: AppLayout,
+    process_type: str,
+    index: int,
+    command: str,
+    port: int,
+    environment: Mapping[str, str] | None = None,
+) -> str:
     """Return the unit file text for process ``<type>.<index>`` of the app.
 
     Units point at the ``current`` link, so switching the link and
     restarting is what moves a process to a new release. ``web`` gets
-    ``PORT``; every process gets ``DYNO=<type>.<index>`` as on Heroku.
-    ``StartLimitIntervalSec=0`` keeps ``Restart=always`` retrying forever.
+    ``PORT``; every process gets ``DYNO=<type>.<index>`` as on Heroku, ``HOME``
+    (the app's writable directory) and ``environment`` (the slug's PATH and
+    PYTHONPATH under ``current``). ``StartLimitIntervalSec=0`` keeps
+    ``Restart=always`` retrying forever.
     """
-    environment = [f"Environment=PORT={port}"] if process_type == WEB else []
+    settings = {"HOME": layout.home_dir, **(environment or {})}
+    if process_type == WEB:
+        settings["PORT"] = str(port)
+    settings["DYNO"] = f"{process_type}.{index}"
     lines = [
         "# Written by the Slipway deploy agent; replaced on every deploy.",
         "[Unit]",
@@ -115,10 +137,9 @@ def render_unit(layout: AppLayout, process_type: str, index: int, command: str, 
         "Type=simple",
         f"User={RUN_AS}",
         f"Group={RUN_AS}",
-        f"WorkingDirectory={layout.current}/source",
+        f"WorkingDirectory={layout.current}/{APP}",
         f"EnvironmentFile={layout.current}/env",
-        *environment,
-        f"Environment=DYNO={process_type}.{index}",
+        *environment_lines(settings),
         f"ExecStart={SHELL} -c {systemd_quote(command)}",
         "Restart=always",
         "RestartSec=1",
@@ -132,15 +153,31 @@ def render_unit(layout: AppLayout, process_type: str, index: int, command: str, 
     return "\n".join(lines)
 
 
+def environment_lines(settings: Mapping[str, str]) -> list[str]:
+    """``Environment=KEY=value`` lines for values the agent made (paths, numbers).
+
+    They need no quoting; anything else is refused rather than half-escaped. The env file
+    (``EnvironmentFile=``) carries the app's own config and wins over these.
+    """
+    for key, value in settings.items():
+        if not _PLAIN_VALUE.fullmatch(value):
+            raise ValueError(f"{key}={value!r} cannot be set in a unit without quoting")
+    return [f"Environment={key}={value}" for key, value in settings.items()]
+
+
 def render_units(
-    layout: AppLayout, processes: Mapping[str, str], formation: Sequence[tuple[str, int]], port: int
+    layout: AppLayout,
+    processes: Mapping[str, str],
+    formation: Sequence[tuple[str, int]],
+    port: int,
+    environment: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Return ``{unit file name: text}`` for the resolved formation."""
     units = {}
     for process_type, count in formation:
         for index in range(1, count + 1):
             units[layout.unit_name(process_type, index)] = render_unit(
-                layout, process_type, index, processes[process_type], port
+                layout, process_type, index, processes[process_type], port, environment
             )
     return units
 
@@ -167,19 +204,30 @@ def plan_unit_changes(installed: Mapping[str, str], wanted: Mapping[str, str]) -
     )
 
 
-def transient_properties(layout: AppLayout, release_id: str, identifier: str) -> list[str]:
-    """``systemd-run`` properties that run a one-off process like a unit of the release."""
+def transient_properties(
+    layout: AppLayout, release_id: str, identifier: str, environment: Mapping[str, str] | None = None
+) -> list[str]:
+    """``systemd-run`` options that run a one-off process like a unit of the release.
+
+    ``environment`` holds the slug's PATH and PYTHONPATH under this release's directory
+    (the one-offs run before ``current`` points at it).
+    """
     release_dir = layout.release_dir(release_id)
+    settings = {"HOME": layout.home_dir, **(environment or {})}
+    environment_lines(settings)  # the same refusal as in unit files
     return [
         f"--property=User={RUN_AS}",
         f"--property=Group={RUN_AS}",
-        f"--property=WorkingDirectory={release_dir}/source",
+        f"--property=WorkingDirectory={release_dir}/{APP}",
         f"--property=EnvironmentFile={release_dir}/env",
         f"--property=SyslogIdentifier={identifier}",
+        *(f"--setenv={key}={value}" for key, value in settings.items()),
     ]
 
 
-def preflight_command(layout: AppLayout, release_id: str, command: str, port: int) -> list[str]:
+def preflight_command(
+    layout: AppLayout, release_id: str, command: str, port: int, environment: Mapping[str, str] | None = None
+) -> list[str]:
     """Start the new release's web process as a transient unit on a spare port.
 
     No ``Restart=``: a process that exits is a failed preflight.
@@ -188,7 +236,7 @@ def preflight_command(layout: AppLayout, release_id: str, command: str, port: in
         "systemd-run",
         f"--unit={layout.preflight_unit(release_id)}",
         "--quiet",
-        *transient_properties(layout, release_id, f"{layout.app}-{WEB}"),
+        *transient_properties(layout, release_id, f"{layout.app}-{WEB}", environment),
         f"--setenv=PORT={port}",
         f"--setenv=DYNO={WEB}.preflight",
         "--",
@@ -198,8 +246,11 @@ def preflight_command(layout: AppLayout, release_id: str, command: str, port: in
     ]
 
 
-def release_phase_command(layout: AppLayout, release_id: str, command: str) -> list[str]:
-    """Run the Procfile's ``release:`` command once and wait; its output goes to the deploy's."""
+def release_phase_command(
+    layout: AppLayout, release_id: str, command: str, environment: Mapping[str, str] | None = None
+) -> list[str]:
+    """Run the Procfile's ``release:`` command once and wait, its output piped to the agent
+    (which shows it and writes it to the journal as ``<app>-release``: :func:`journal_command`)."""
     return [
         "systemd-run",
         f"--unit={layout.release_phase_unit(release_id)}",
@@ -208,13 +259,23 @@ def release_phase_command(layout: AppLayout, release_id: str, command: str) -> l
         "--pipe",
         "--collect",
         f"--property=RuntimeMaxSec={RELEASE_PHASE_TIMEOUT_SECONDS}",
-        *transient_properties(layout, release_id, f"{layout.app}-release"),
+        *transient_properties(layout, release_id, release_identifier(layout), environment),
         "--setenv=DYNO=release.1",
         "--",
         SHELL,
         "-c",
         command,
     ]
+
+
+def release_identifier(layout: AppLayout) -> str:
+    """The journal's and syslog's name for the release phase: ``<app>-release``."""
+    return f"{layout.app}-release"
+
+
+def journal_command(identifier: str) -> list[str]:
+    """Write stdin to the journal, one entry per line, as ``identifier`` (forwarded like the app's)."""
+    return ["systemd-cat", f"--identifier={identifier}", "--level-prefix=false"]
 
 
 def verify_command(paths: Sequence[str]) -> list[str]:

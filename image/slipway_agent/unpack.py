@@ -55,7 +55,7 @@ def unpack(archive: Path, destination: Path, max_unpacked_bytes: int) -> tuple[i
                 else:
                     _write_file(tar, member, target, plan)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise UnsafeArchive(f"source.tar.gz is not a readable gzip tar archive ({error})") from None
+        raise UnsafeArchive(f"{archive.name} is not a readable gzip tar archive ({error})") from None
     rules.finish()
     for plan in links:
         _ensure_parent(root, plan.path)

@@ -16,6 +16,7 @@ import gzip
 import posixpath
 import tarfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO
 
@@ -198,40 +199,54 @@ class ArchiveRules:
 
 @dataclass(frozen=True)
 class Scanned:
-    """What one pass over an archive found: entries, unpacked bytes and the root Procfile's text."""
+    """What one pass over an archive found: entries, unpacked bytes and the named files' contents."""
 
     entries: int
     unpacked_bytes: int
-    procfile: str | None
+    files: dict[str, bytes]
+
+    @property
+    def procfile(self) -> str | None:
+        """The root ``Procfile``'s text (``None`` if there is none)."""
+        data = self.files.get(PROCFILE)
+        return None if data is None else data.decode("utf-8")
 
 
-def scan(stream: IO[bytes], max_unpacked_bytes: int) -> Scanned:
+def scan(
+    stream: IO[bytes], max_unpacked_bytes: int, read: Mapping[str, int] | None = None, what: str = "the source"
+) -> Scanned:
     """Read a gzip tar stream once, applying :class:`ArchiveRules` to every entry.
 
-    Returns the root ``Procfile``'s text (``None`` if there is none). Raises
-    :class:`UnsafeArchive` for the first entry refused, or if the stream is not a gzip tar.
+    ``read`` names regular files to keep (relative path -> largest size accepted); the root
+    ``Procfile`` is always read, and must be UTF-8. A named file larger than its limit is
+    refused. Raises :class:`UnsafeArchive` for the first entry refused, or if the stream is
+    not a gzip tar (``what`` names the archive in that message: ``"the slug"``).
     """
     rules = ArchiveRules(max_unpacked_bytes)
-    procfile: str | None = None
+    wanted = {PROCFILE: MAX_PROCFILE_BYTES, **(read or {})}
+    files: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=stream, mode="r|gz") as archive:
             for member in archive:
                 plan = rules.admit(member.name, member.type, member.size, member.mode, member.linkname)
-                if plan is not None and plan.kind == FILE and plan.path == PROCFILE:
-                    procfile = _read_procfile(archive, member)
+                if plan is not None and plan.kind == FILE and plan.path in wanted:
+                    files[plan.path] = _read_member(archive, member, plan.path, wanted[plan.path])
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise UnsafeArchive(f"the source is not a readable gzip tar archive ({error})") from None
+        raise UnsafeArchive(f"{what} is not a readable gzip tar archive ({error})") from None
     rules.finish()
-    return Scanned(rules.entries, rules.unpacked_bytes, procfile)
+    if PROCFILE in files:
+        try:
+            files[PROCFILE].decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsafeArchive("the Procfile is not UTF-8 text") from None
+    return Scanned(rules.entries, rules.unpacked_bytes, files)
 
 
-def _read_procfile(archive: tarfile.TarFile, member: tarfile.TarInfo) -> str:
-    if member.size > MAX_PROCFILE_BYTES:
-        raise UnsafeArchive(f"the Procfile is {member.size} bytes; keep it under {MAX_PROCFILE_BYTES}")
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str, limit: int) -> bytes:
+    what = "the Procfile" if path == PROCFILE else path
+    if member.size > limit:
+        raise UnsafeArchive(f"{what} is {member.size} bytes; keep it under {limit}")
     data = archive.extractfile(member)
     if data is None:
-        raise UnsafeArchive("the Procfile has no content")
-    try:
-        return data.read().decode("utf-8")
-    except UnicodeDecodeError:
-        raise UnsafeArchive("the Procfile is not UTF-8 text") from None
+        raise UnsafeArchive(f"{what} has no content")
+    return data.read()

@@ -1,191 +1,49 @@
 """The release manifest (release.json), validated against release.schema.json.
 
-The schema file is the single source of truth; the publisher validates
-against the same file. Instances may lack the ``jsonschema`` library, so
-this module carries a small validator for exactly the draft 2020-12 keywords
-the schema uses, and refuses a schema that uses any other keyword rather
-than silently ignoring it. A test proves it agrees with ``jsonschema``.
+The schema file is the single source of truth; the publisher validates against the same
+file with the same validator (:mod:`.schema`, re-exported here). Version 2: a release is a
+built slug (``slug``, with the build manifest the publisher copied out of it in ``build``),
+and still names the ``source`` it was built from.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .build import BuildManifest, BuildManifestError, build_manifest_from_data
+from .health import DEFAULT_CODES, HealthCodesError, parse_codes
+from .schema import SchemaError, read_schema, schema_errors
+
+__all__ = ["HealthCheck", "Manifest", "ManifestError", "SchemaError", "load_schema", "parse_manifest", "schema_errors"]
+
 SCHEMA_PATH = Path(__file__).resolve().parent / "release.schema.json"
-SUPPORTED_VERSION = 1
+SUPPORTED_VERSION = 2
 DEFAULT_PORT = 5000
 DEFAULT_HEALTH_TIMEOUT = 30.0
-
-_ANNOTATIONS = {"$schema", "$id", "title", "description", "$comment"}
-_ASSERTIONS = {
-    "type",
-    "const",
-    "required",
-    "properties",
-    "additionalProperties",
-    "propertyNames",
-    "pattern",
-    "minLength",
-    "maxLength",
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-}
 
 
 class ManifestError(ValueError):
     """release.json is not a valid manifest this agent understands."""
 
 
-class SchemaError(Exception):
-    """The schema uses something the agent's validator does not implement."""
-
-
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """Read the release manifest JSON Schema shipped beside this module."""
-    with open(path, encoding="utf-8") as handle:
-        schema: dict[str, Any] = json.load(handle)
-    return schema
-
-
-def schema_errors(instance: Any, schema: Mapping[str, Any], where: str = "") -> list[str]:
-    """Return every violation of ``schema`` by ``instance`` as ``"<pointer>: <problem>"``.
-
-    Implements the subset of JSON Schema 2020-12 listed in ``_ASSERTIONS``
-    with the same semantics as the ``jsonschema`` library (``pattern`` is an
-    unanchored ``re.search``; 1.0 is an integer; booleans are not numbers).
-    Raises :class:`SchemaError` if ``schema`` uses another keyword.
-    """
-    unknown = set(schema) - _ANNOTATIONS - _ASSERTIONS
-    if unknown:
-        raise SchemaError(
-            f"schema at {where or '/'} uses {sorted(unknown)}, which the agent's validator does not "
-            "implement; extend slipway_release.manifest or keep the schema to the supported keywords"
-        )
-    here = where or "/"
-    errors: list[str] = []
-    if "type" in schema and not _has_type(instance, schema["type"]):
-        return [f"{here}: expected {_type_words(schema['type'])}, got {_describe(instance)}"]
-    if isinstance(schema.get("const"), (dict, list)):
-        raise SchemaError(f"schema at {here} has an array or object const, which the agent does not implement")
-    if "const" in schema and not _json_equal(instance, schema["const"]):
-        errors.append(f"{here}: must be {json.dumps(schema['const'])}")
-    if isinstance(instance, str):
-        errors.extend(_string_errors(instance, schema, here))
-    if _is_number(instance):
-        errors.extend(_number_errors(instance, schema, here))
-    if isinstance(instance, dict):
-        errors.extend(_object_errors(instance, schema, where))
-    return errors
-
-
-def _string_errors(value: str, schema: Mapping[str, Any], here: str) -> list[str]:
-    errors = []
-    if "pattern" in schema and not re.search(schema["pattern"], value):
-        errors.append(f"{here}: {value[:60]!r} does not match {schema['pattern']}")
-    if "minLength" in schema and len(value) < schema["minLength"]:
-        errors.append(f"{here}: shorter than {schema['minLength']} characters")
-    if "maxLength" in schema and len(value) > schema["maxLength"]:
-        errors.append(f"{here}: longer than {schema['maxLength']} characters")
-    return errors
-
-
-def _number_errors(value: float, schema: Mapping[str, Any], here: str) -> list[str]:
-    errors = []
-    if "minimum" in schema and value < schema["minimum"]:
-        errors.append(f"{here}: {value} is below the minimum {schema['minimum']}")
-    if "maximum" in schema and value > schema["maximum"]:
-        errors.append(f"{here}: {value} is above the maximum {schema['maximum']}")
-    if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-        errors.append(f"{here}: {value} must be greater than {schema['exclusiveMinimum']}")
-    return errors
-
-
-def _object_errors(value: dict[str, Any], schema: Mapping[str, Any], where: str) -> list[str]:
-    errors = []
-    for name in schema.get("required", []):
-        if name not in value:
-            errors.append(f"{where}/{name}: required field is missing")
-    properties = schema.get("properties", {})
-    extra = schema.get("additionalProperties", True)
-    for name, item in value.items():
-        pointer = f"{where}/{_pointer_escape(name)}"
-        if "propertyNames" in schema:
-            errors.extend(
-                f"{pointer}: property name {error.split(': ', 1)[1]}"
-                for error in schema_errors(name, schema["propertyNames"], pointer)
-            )
-        if name in properties:
-            errors.extend(schema_errors(item, properties[name], pointer))
-        elif extra is False:
-            errors.append(f"{pointer}: unknown field")
-        elif isinstance(extra, dict):
-            errors.extend(schema_errors(item, extra, pointer))
-    return errors
-
-
-def _pointer_escape(name: str) -> str:
-    return name.replace("~", "~0").replace("/", "~1")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _has_type(value: Any, expected: Any) -> bool:
-    if isinstance(expected, list):
-        return any(_has_type(value, one) for one in expected)
-    checks: dict[str, Callable[[Any], bool]] = {
-        "object": lambda v: isinstance(v, dict),
-        "array": lambda v: isinstance(v, list),
-        "string": lambda v: isinstance(v, str),
-        "boolean": lambda v: isinstance(v, bool),
-        "null": lambda v: v is None,
-        "number": _is_number,
-        "integer": lambda v: _is_number(v) and (isinstance(v, int) or (math.isfinite(v) and v.is_integer())),
-    }
-    if expected not in checks:
-        raise SchemaError(f"schema names unknown type {expected!r}")
-    return checks[expected](value)
-
-
-def _json_equal(left: Any, right: Any) -> bool:
-    # JSON Schema equality for scalars: true is not 1, but 1 equals 1.0.
-    if isinstance(left, bool) or isinstance(right, bool):
-        return isinstance(left, bool) and isinstance(right, bool) and left == right
-    if _is_number(left) and _is_number(right):
-        return bool(left == right)
-    return type(left) is type(right) and bool(left == right)
-
-
-def _type_words(expected: Any) -> str:
-    return " or ".join(expected) if isinstance(expected, list) else str(expected)
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if _is_number(value):
-        return "number"
-    names: dict[type, str] = {str: "string", dict: "object", list: "array"}
-    return names.get(type(value), type(value).__name__)
+    return read_schema(path)
 
 
 @dataclass(frozen=True)
 class HealthCheck:
-    """How to tell the web process is up."""
+    """How to tell the web process is up: GET ``path`` on ``port`` answers one of ``codes``."""
 
     path: str
     port: int
     timeout: float
+    codes: frozenset[int] = frozenset({200})
+    codes_text: str = DEFAULT_CODES
 
 
 @dataclass(frozen=True)
@@ -195,11 +53,14 @@ class Manifest:
     id: str
     app: str
     env: str
+    slug_sha256: str
+    slug_size: int
     source_sha256: str
     source_size: int
     env_sha256: str
     formation: dict[str, int]
     health_check: HealthCheck
+    build: BuildManifest
     parent: str | None
     raw: dict[str, Any]
 
@@ -207,9 +68,10 @@ class Manifest:
 def parse_manifest(text: bytes, schema: Mapping[str, Any]) -> Manifest:
     """Parse and validate release.json bytes; raise :class:`ManifestError` saying what is wrong.
 
-    A manifest whose ``version`` is not 1 is refused before the schema is
-    applied, so a newer publisher gets a message about the version rather
-    than about fields this agent does not know.
+    A manifest whose ``version`` is not 2 is refused before the schema is applied, so an
+    older or newer publisher gets a message about the version rather than about fields.
+    ``build`` must be a valid build manifest (build.schema.json) and ``health_check.codes``
+    a matcher :func:`slipway_release.health.parse_codes` accepts.
     """
     try:
         data = json.loads(text.decode("utf-8"))
@@ -218,7 +80,7 @@ def parse_manifest(text: bytes, schema: Mapping[str, Any]) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError("release.json must be a JSON object; republish the release")
     version = data.get("version")
-    if not (_is_number(version) and _json_equal(version, SUPPORTED_VERSION)):
+    if not (isinstance(version, (int, float)) and not isinstance(version, bool) and version == SUPPORTED_VERSION):
         raise ManifestError(
             f"release.json has version {json.dumps(version)}, but this agent understands version "
             f"{SUPPORTED_VERSION} only; update the instance's base image (image/provision.sh) "
@@ -232,10 +94,18 @@ def parse_manifest(text: bytes, schema: Mapping[str, Any]) -> Manifest:
             + (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "")
         )
     health = data["health_check"]
+    codes_text = health.get("codes", DEFAULT_CODES)
+    try:
+        codes = parse_codes(codes_text)
+        build = build_manifest_from_data(data["build"], "release.json build")
+    except (HealthCodesError, BuildManifestError) as error:
+        raise ManifestError(f"{error}; republish the release") from None
     return Manifest(
         id=data["id"],
         app=data["app"],
         env=data["env"],
+        slug_sha256=data["slug"]["sha256"],
+        slug_size=int(data["slug"]["size"]),
         source_sha256=data["source"]["sha256"],
         source_size=int(data["source"]["size"]),
         env_sha256=data["env_sha256"],
@@ -244,7 +114,10 @@ def parse_manifest(text: bytes, schema: Mapping[str, Any]) -> Manifest:
             path=health["path"],
             port=int(health.get("port", DEFAULT_PORT)),
             timeout=float(health.get("timeout", DEFAULT_HEALTH_TIMEOUT)),
+            codes=codes,
+            codes_text=codes_text,
         ),
+        build=build,
         parent=data["parent"],
         raw=data,
     )

@@ -8,7 +8,11 @@ from collections.abc import Mapping
 PROCESS_TYPE = re.compile(r"[A-Za-z0-9_]{1,30}")
 _LINE = re.compile(r"([^:\s]*)[ \t]*:[ \t]*(.*)")
 RELEASE = "release"
+BUILD = "build"
 WEB = "web"
+# One-off commands, never processes: ``build`` runs once when the slug is built, ``release``
+# once per deploy before the switch.
+ONE_OFF = (BUILD, RELEASE)
 
 
 class ProcfileError(ValueError):
@@ -21,7 +25,8 @@ def parse_procfile(text: str) -> dict[str, str]:
     Lines are ``type: command``; blank lines and ``#`` comments are skipped.
     Types use letters, digits and ``_`` (they become systemd unit names);
     commands run under ``bash -c`` with the release directory as working
-    directory. The ``release`` type is the optional one-off release phase.
+    directory. The ``build`` and ``release`` types are the optional one-off build command and
+    release phase (:data:`ONE_OFF`).
     """
     processes: dict[str, str] = {}
     # Split on LF only: str.splitlines() would also split on characters such as U+0085 that
@@ -53,13 +58,14 @@ def resolve_formation(processes: Mapping[str, str], formation: Mapping[str, int]
     """Return ``(type, count)`` for every long-running process type, in Procfile order.
 
     Types missing from ``formation`` run one ``web`` and zero of the others,
-    as on Heroku. Refuses a formation that names an unknown type, scales the
-    one-off ``release`` type, or runs more than one ``web`` process (the load
+    as on Heroku. Refuses a formation that names an unknown type, scales a
+    one-off type (``build``, ``release``), or runs more than one ``web`` process (the load
     balancer targets one port per instance: scale web with the fleet).
     """
     for name in formation:
-        if name == RELEASE:
-            raise ProcfileError("formation scales 'release', which runs once per deploy; remove it from the formation")
+        if name in ONE_OFF:
+            when = "per build" if name == BUILD else "per deploy"
+            raise ProcfileError(f"formation scales {name!r}, which runs once {when}; remove it from the formation")
         if name not in processes:
             raise ProcfileError(
                 f"formation names process type {name!r}, which the Procfile does not define; "
@@ -70,4 +76,4 @@ def resolve_formation(processes: Mapping[str, str], formation: Mapping[str, int]
             f"formation asks for {formation[WEB]} web processes; an instance runs one (the load "
             "balancer targets one port), so scale web with the fleet's instance count"
         )
-    return [(name, formation.get(name, 1 if name == WEB else 0)) for name in processes if name != RELEASE]
+    return [(name, formation.get(name, 1 if name == WEB else 0)) for name in processes if name not in ONE_OFF]

@@ -1,5 +1,6 @@
 """What the instance tests need beside a booted instance (local.instance): a moto S3 server,
-releases written to it as the publisher writes them, a syslog sink, an HTTP poller."""
+releases written to it as the publisher writes them (slugs made by the real build program),
+a syslog sink, an HTTP poller."""
 
 from __future__ import annotations
 
@@ -10,16 +11,23 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from local.instance import free_port
+from local.instance import IMAGE, free_port
+from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES, scan
+from slipway_release.build import BUILD_MANIFEST, MAX_BUILD_MANIFEST_BYTES, parse_build_manifest
+from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE
 
 BUCKET = "slipway-test-releases"
+# The app and environment the session's instance is provisioned for (conftest.instance_world).
+APP, ENV = "demo", "test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -47,6 +55,17 @@ def moto_s3() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def provision_env(sink: SyslogSink) -> dict[str, str]:
+    """provision.sh's environment for the session's instance, forwarding logs to ``sink``."""
+    return {
+        "SLIPWAY_APP": APP,
+        "SLIPWAY_ENV": ENV,
+        "SLIPWAY_BUCKET": BUCKET,
+        "SLIPWAY_LOG_DESTINATION": f"127.0.0.1:{sink.port}",
+        "SLIPWAY_LOG_TLS": "false",
+    }
 
 
 def s3_client(endpoint: str) -> Any:
@@ -82,9 +101,46 @@ def tarball(files: Mapping[str, bytes | str], extra: list[tarfile.TarInfo] | Non
     return buffer.getvalue()
 
 
+def host_build(source: bytes) -> bytes:
+    """The slug the image's real build program makes of ``source`` on this machine.
+
+    For procfile apps (no runtime, nothing to install); apps with dependencies are built
+    on an instance (``local.instance.build``).
+    """
+    with tempfile.TemporaryDirectory() as work:
+        Path(work, "source.tar.gz").write_bytes(source)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-I",
+                str(IMAGE / "build"),
+                "--source",
+                f"{work}/source.tar.gz",
+                "--output",
+                f"{work}/slug.tar.gz",
+                "--runtimes",
+                f"{work}/none.json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"build failed: {result.stderr}{result.stdout[-2000:]}")
+        return Path(work, "slug.tar.gz").read_bytes()
+
+
+def slug_build(slug: bytes) -> dict[str, Any]:
+    """The build manifest inside a slug, read as the publisher reads it (one scan)."""
+    scanned = scan(io.BytesIO(slug), DEFAULT_MAX_UNPACKED_BYTES, read={BUILD_MANIFEST: MAX_BUILD_MANIFEST_BYTES})
+    return parse_build_manifest(scanned.files[BUILD_MANIFEST]).raw
+
+
 @dataclass
 class Publisher:
-    """Writes releases to the bucket the way the publisher will (release.json per the schema)."""
+    """Writes releases to the bucket the way the publisher will: the slug, the source it was built
+    from, the env file, and release.json (schema version 2) with the slug's build manifest."""
 
     client: Any
     app: str
@@ -99,17 +155,31 @@ class Publisher:
         env_text: str,
         *,
         port: int,
+        slug: bytes | None = None,
+        build: dict[str, Any] | None = None,
         formation: dict[str, int] | None = None,
         health_path: str = "/health",
         timeout: float = 10,
+        codes: str | None = None,
     ) -> str:
-        """Upload one release and return its URL."""
+        """Upload one release and return its URL.
+
+        Without ``slug``, the source is built on this machine (procfile apps); ``build``
+        defaults to the slug's own build manifest.
+        """
+        slug = host_build(source) if slug is None else slug
+        build = slug_build(slug) if build is None else build
         prefix = f"{self.app}/{self.env}/{release_id}/"
+        health: dict[str, Any] = {"path": health_path, "port": port, "timeout": timeout}
+        if codes is not None:
+            health["codes"] = codes
         manifest = {
-            "version": 1,
+            "version": 2,
             "id": release_id,
             "app": self.app,
             "env": self.env,
+            "slug": {"sha256": hashlib.sha256(slug).hexdigest(), "size": len(slug)},
+            "build": build,
             "source": {"sha256": hashlib.sha256(source).hexdigest(), "size": len(source)},
             "git": {"ref": "main", "commit": hashlib.sha1(source).hexdigest()},
             "env_sha256": hashlib.sha256(env_text.encode()).hexdigest(),
@@ -117,12 +187,13 @@ class Publisher:
             "created_at": "2025-11-26T00:00:00Z",
             "description": f"test {release_id}",
             "formation": formation or {},
-            "health_check": {"path": health_path, "port": port, "timeout": timeout},
+            "health_check": health,
             "parent": self.published[-1] if self.published else None,
         }
-        self.client.put_object(Bucket=self.bucket, Key=prefix + "source.tar.gz", Body=source)
-        self.client.put_object(Bucket=self.bucket, Key=prefix + "env", Body=env_text.encode())
-        self.client.put_object(Bucket=self.bucket, Key=prefix + "release.json", Body=json.dumps(manifest).encode())
+        self.client.put_object(Bucket=self.bucket, Key=prefix + SLUG, Body=slug)
+        self.client.put_object(Bucket=self.bucket, Key=prefix + SOURCE, Body=source)
+        self.client.put_object(Bucket=self.bucket, Key=prefix + ENV_FILE, Body=env_text.encode())
+        self.client.put_object(Bucket=self.bucket, Key=prefix + MANIFEST, Body=json.dumps(manifest).encode())
         self.published.append(release_id)
         return f"s3://{self.bucket}/{self.app}/{self.env}/{release_id}"
 

@@ -176,10 +176,31 @@ def test_the_scan_reads_the_root_procfile_and_counts_like_the_unpacker(tmp_path)
         assert scan(stream, 10_000).procfile is None
 
 
+def test_the_scan_reads_named_files_in_the_same_pass(tmp_path):
+    entries = [
+        ("Procfile", tarfile.REGTYPE, b"web: x\n"),
+        (".slipway/", tarfile.DIRTYPE, ""),
+        ("./.slipway/build.json", tarfile.REGTYPE, b'{"version": 1}'),
+        ("other/build.json", tarfile.REGTYPE, b"no"),
+    ]
+    archive = build(tmp_path / "slug.tar.gz", entries)
+    with open(archive, "rb") as stream:
+        scanned = scan(stream, 10_000, read={".slipway/build.json": 100})
+    assert scanned.files == {"Procfile": b"web: x\n", ".slipway/build.json": b'{"version": 1}'}
+    assert scanned.procfile == "web: x\n"
+    with open(archive, "rb") as stream, pytest.raises(UnsafeArchive, match=r"\.slipway/build\.json is 14 bytes"):
+        scan(stream, 10_000, read={".slipway/build.json": 10})
+    not_utf8 = build(tmp_path / "latin.tar.gz", [("Procfile", tarfile.REGTYPE, "web: caf\xe9".encode("latin-1"))])
+    with open(not_utf8, "rb") as stream, pytest.raises(UnsafeArchive, match="the Procfile is not UTF-8"):
+        scan(stream, 10_000)
+
+
 def test_not_a_gzip_tarball(tmp_path):
     archive = tmp_path / "x.tar.gz"
     archive.write_bytes(b"not gzip")
     with pytest.raises(UnsafeArchive, match="not a readable gzip tar archive"):
         unpack(archive, tmp_path / "release", 1000)
-    with open(archive, "rb") as stream, pytest.raises(UnsafeArchive, match="not a readable gzip tar archive"):
+    with open(archive, "rb") as stream, pytest.raises(UnsafeArchive, match=r"^the source is not a readable gzip"):
         scan(stream, 1000)
+    with open(archive, "rb") as stream, pytest.raises(UnsafeArchive, match=r"^the slug is not a readable gzip"):
+        scan(stream, 1000, what="the slug")

@@ -1,7 +1,9 @@
-"""The deploy agent on real systemd: provisioned by image/provision.sh, releases from moto S3.
+"""The deploy agent on real systemd: provisioned by image/provision.sh, releases from moto S3,
+slugs made by the real build program (procfile apps, built on this machine).
 
 Each test states its own precondition (a good release is running) instead of relying on
-test order, so the module can run alone, in any order, or in part.
+test order, so the module can run alone, in any order, or in part. The instance is the
+session's (conftest.py), shared with the build tests.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ import json
 import time
 
 import pytest
-from instance_harness import BUCKET, Poller, Publisher, SyslogSink, agent_env, get, moto_s3, s3_client, tarball
+from instance_harness import APP, Poller, get, provision_env, slug_build, tarball
 
-from local.instance import booted_instance, free_port, missing_prerequisites, provision
+from local.instance import missing_prerequisites, provision
 
 pytestmark = pytest.mark.e2e
 if missing_prerequisites():
     pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=f"instance e2e {missing_prerequisites()}")]
 
-APP, ENV = "demo", "test"
 DEPLOY = "/home/deploy/bin/deploy"
 APP_PY = """\
 import json, os, sys
@@ -76,37 +77,22 @@ def good_source(release_id: str, procfile: str = PROCFILE) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A provisioned instance, moto S3 with the demo releases, and a syslog sink."""
-    sink = SyslogSink()
-    started = time.monotonic()
-    with moto_s3() as endpoint, booted_instance(tmp_path_factory.mktemp("instance")) as instance:
-        client = s3_client(endpoint)
-        client.create_bucket(Bucket=BUCKET)
-        port = free_port()
-        publisher = Publisher(client, APP, ENV)
-        provisioned = provision(
-            instance,
-            {
-                "SLIPWAY_APP": APP,
-                "SLIPWAY_ENV": ENV,
-                "SLIPWAY_BUCKET": BUCKET,
-                "SLIPWAY_LOG_DESTINATION": f"127.0.0.1:{sink.port}",
-                "SLIPWAY_LOG_TLS": "false",
-            },
-        )
-        world = {
-            "instance": instance,
-            "publisher": publisher,
-            "port": port,
-            "sink": sink,
-            "env": agent_env(endpoint),
-            "provision_output": provisioned.stdout,
-        }
-        world["good"] = publisher.publish("r1", good_source("r1"), ENV_FILE, port=port)
-        print(f"instance ready in {time.monotonic() - started:.1f}s")
-        yield world
-    sink.close()
+def world(instance_world):
+    """The session's instance with demo's first good release published."""
+    world = instance_world
+    if "good" not in world:
+        world["good"] = world["publisher"].publish("r1", good_source("r1"), ENV_FILE, port=world["port"])
+    return world
+
+
+def journal_lines(instance, identifier: str, text: str, timeout: float = 10) -> list[str]:
+    """The journal's lines of ``identifier``, waiting until one holds ``text`` (journald is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = instance.run(["journalctl", "--no-pager", "-o", "cat", "-t", identifier]).stdout.splitlines()
+        if any(text in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
 
 
 def deploy(world, url: str) -> tuple[int, str, str, dict]:
@@ -128,17 +114,21 @@ def ensure_good_release_running(world) -> str:
 
 def test_provision_is_idempotent_and_configures_logs_and_metrics(world):
     instance = world["instance"]
-    again = provision(
-        instance,
-        {
-            "SLIPWAY_APP": APP,
-            "SLIPWAY_ENV": ENV,
-            "SLIPWAY_BUCKET": BUCKET,
-            "SLIPWAY_LOG_DESTINATION": f"127.0.0.1:{world['sink'].port}",
-            "SLIPWAY_LOG_TLS": "false",
-        },
-    )
+    again = provision(instance, provision_env(world["sink"]))
     assert "rsyslog:" not in again.stdout, "a second run with the same settings must not restart rsyslog"
+    assert "provision: runtimes: python 3.11 (3.11." in again.stdout and ", node 18 (18." in again.stdout
+    runtimes = json.loads(instance.path("/etc/slipway/runtimes.json").read_text())
+    assert (
+        set(runtimes) == {"python", "node"}
+        and list(runtimes["python"]) == ["3.11"]
+        and list(runtimes["node"]) == ["18"]
+    )
+    python = runtimes["python"]["3.11"]
+    assert instance.run([f"{python['bin']}/python", "--version"]).stdout.strip() == f"Python {python['version']}"
+    assert instance.run([f"{python['bin']}/pip", "--version"]).stdout.startswith("pip ")
+    node = runtimes["node"]["18"]
+    assert instance.run([f"{node['bin']}/node", "--version"]).stdout.strip() == f"v{node['version']}"
+    assert instance.run(["env", f"PATH={node['bin']}:/usr/bin:/bin", "npm", "--version"]).stdout.strip()
     forward = instance.path("/etc/rsyslog.d/60-slipway-forward.conf").read_text()
     assert f'target="127.0.0.1" port="{world["sink"].port}" protocol="tcp"' in forward
     assert 'startswith "demo-"' in forward
@@ -159,7 +149,7 @@ def test_good_release_serves_with_exact_env_and_command(world):
     body = json.loads(get(world["port"], "/env")[1])
     assert body["env"] == {**ENV_VALUES, "PORT": str(world["port"]), "DYNO": "web.1"}
     assert body["argv"] == ["--label", '100% "sure"', "web.1"]
-    assert body["cwd"].startswith("/home/deploy/apps/demo/releases/")
+    assert body["cwd"].startswith("/home/deploy/apps/demo/releases/") and body["cwd"].endswith("/app")
     assert body["uid"] != 0
     deployed = instance.path("/home/deploy/apps/demo/DEPLOYED").read_text().strip()
     assert deployed in world["publisher"].published
@@ -200,10 +190,16 @@ def test_crashing_release_is_rejected_without_a_single_failed_request(world):
 
 def test_release_without_procfile_is_rejected_clearly(world):
     before = ensure_good_release_running(world)
-    url = world["publisher"].publish("r3", tarball({"app.py": APP_PY, "RELEASE": "r3"}), ENV_FILE, port=world["port"])
+    # The build program refuses such a source, and the publisher too; a hand-made slug can still lack one.
+    slug_of_r1 = world["publisher"].client.get_object(
+        Bucket=world["publisher"].bucket, Key=f"{APP}/test/r1/slug.tar.gz"
+    )
+    build = slug_build(slug_of_r1["Body"].read())
+    slug = tarball({"app.py": APP_PY, "RELEASE": "r3", ".slipway/build.json": json.dumps(build)})
+    url = world["publisher"].publish("r3", slug, ENV_FILE, port=world["port"], slug=slug)
     code, _out, err, _result = deploy(world, url)
     assert code == 1
-    assert "r3 not deployed: r3's source has no Procfile at its root; add one" in err
+    assert "r3 not deployed: r3's slug has no Procfile at its root; add one" in err
     assert get(world["port"])[1] == before
 
 
@@ -215,13 +211,19 @@ def test_escaping_tarball_writes_nothing_outside_its_release(world):
     link = tarfile.TarInfo("config")
     link.type, link.linkname = tarfile.SYMTYPE, "../../../../../../tmp"
     climb = tarfile.TarInfo("../../../escaped.txt")
-    source = tarball({"app.py": APP_PY, "Procfile": PROCFILE, "RELEASE": "r4"}, extra=[link, climb])
-    url = world["publisher"].publish("r4", source, ENV_FILE, port=world["port"])
+    # A slug the build program would never make: the agent's unpacker is the last line of defence.
+    slug = tarball({"app.py": APP_PY, "Procfile": PROCFILE, "RELEASE": "r4"}, extra=[link, climb])
+    build = slug_build(
+        world["publisher"]
+        .client.get_object(Bucket=world["publisher"].bucket, Key=f"{APP}/test/r1/slug.tar.gz")["Body"]
+        .read()
+    )
+    url = world["publisher"].publish("r4", slug, ENV_FILE, port=world["port"], slug=slug, build=build)
     listing = ["find", "/home/deploy", "/tmp", "/etc/systemd/system", "-xdev"]
     files_before = set(instance.run(listing).stdout.split())
     code, _out, err, _ = deploy(world, url)
     assert code == 1
-    assert "refusing source.tar.gz: entry '../../../escaped.txt' climbs out with '..'" in err
+    assert "refusing slug.tar.gz: entry '../../../escaped.txt' climbs out with '..'" in err
     new = {path for path in set(instance.run(listing).stdout.split()) - files_before if "/releases/r4" not in path}
     assert new == set()
     assert get(world["port"])[1] == before
@@ -235,6 +237,10 @@ def test_good_release_switches_and_runs_its_release_phase(world):
         code, out, err, result = deploy(world, url)
     assert code == 0, out + err
     assert "release phase ran as deploy in release.1" in out
+    journal = journal_lines(world["instance"], f"{APP}-release", "release phase ran as deploy")
+    assert any("release phase ran as deploy in release.1" in line for line in journal), journal
+    forwarded = world["sink"].wait_for("release phase ran as deploy", timeout=20)
+    assert forwarded is not None and f"{APP}-release" in forwarded
     assert result["result"] == "deployed" and result["release"] == "r5"
     assert get(world["port"])[1] == "r5\n"
     assert world["instance"].path("/home/deploy/apps/demo/DEPLOYED").read_text() == "r5\n"
@@ -266,7 +272,7 @@ def test_second_concurrent_deploy_waits_for_the_first(world):
 
 @pytest.mark.parametrize(
     ("release_id", "break_with", "reason"),
-    [("r8", "exit", "exited (status 4"), ("r9", "500", "(it answered HTTP 500)")],
+    [("r8", "exit", "exited (status 4"), ("r9", "500", "(it answered HTTP 500; healthy is 200)")],
     ids=["exits-on-real-port", "answers-500-on-real-port"],
 )
 def test_release_unhealthy_after_the_switch_is_rolled_back(world, release_id, break_with, reason):
@@ -287,7 +293,7 @@ def test_release_unhealthy_after_the_switch_is_rolled_back(world, release_id, br
     assert instance.run(["readlink", "/home/deploy/apps/demo/current"]).stdout.strip() == f"releases/{previous}"
     assert instance.path("/home/deploy/apps/demo/DEPLOYED").read_text() == f"{previous}\n"
     assert get(port) == (200, before)
-    assert json.loads(get(port, "/env")[1])["cwd"] == f"/home/deploy/apps/demo/releases/{previous}/source"
+    assert json.loads(get(port, "/env")[1])["cwd"] == f"/home/deploy/apps/demo/releases/{previous}/app"
     # Past the switch the old process is stopped: clients see refused connections (and the broken
     # release's 500s) until the rollback's restart answers. Reported, and bounded by the health
     # check's timeout plus restarts; no request is ever answered by the broken release.

@@ -19,11 +19,21 @@ from slipway_release.manifest import (
 )
 
 SCHEMA = load_schema()
-VALID = {
+BUILD = {
     "version": 1,
+    "kind": "python",
+    "runtime": {"name": "python", "version": "3.11.2"},
+    "env": {"PATH": [".slipway/python/bin"], "PYTHONPATH": [".slipway/python"]},
+    "source_sha256": "a" * 64,
+    "built_at": "2025-11-26T02:09:00Z",
+}
+VALID = {
+    "version": 2,
     "id": "r7",
     "app": "billing",
     "env": "staging",
+    "slug": {"sha256": "d" * 64, "size": 4321},
+    "build": BUILD,
     "source": {"sha256": "a" * 64, "size": 1234},
     "git": {"ref": "main", "commit": "b" * 40},
     "env_sha256": "c" * 64,
@@ -45,14 +55,33 @@ def test_schema_file_is_valid_draft_2020_12():
 def test_parse_valid_manifest_with_defaults():
     manifest = parse_manifest(json.dumps(VALID).encode(), SCHEMA)
     assert (manifest.id, manifest.app, manifest.env, manifest.parent) == ("r7", "billing", "staging", "r6")
-    assert manifest.health_check == HealthCheck(path="/health", port=5000, timeout=30.0)
+    assert manifest.health_check == HealthCheck(path="/health", port=5000, timeout=30.0, codes=frozenset({200}))
     assert manifest.formation == {"web": 1, "worker": 2}
+    assert (manifest.slug_sha256, manifest.slug_size) == ("d" * 64, 4321)
+    assert manifest.build.runtime is not None and manifest.build.runtime.line == "3.11"
 
 
-def test_unknown_version_is_refused_before_the_schema():
-    newer = dict(VALID, version=2, something_new=True)
-    with pytest.raises(ManifestError, match="has version 2, but this agent understands version 1 only"):
-        parse_manifest(json.dumps(newer).encode(), SCHEMA)
+def test_health_codes_are_parsed_by_the_one_parser():
+    manifest = parse_manifest(
+        json.dumps(dict(VALID, health_check={"path": "/", "codes": "200-204,302"})).encode(), SCHEMA
+    )
+    assert manifest.health_check.codes == {200, 201, 202, 203, 204, 302}
+    assert manifest.health_check.codes_text == "200-204,302"
+    with pytest.raises(ManifestError, match="health check codes '302-200': range '302-200' must go from low to high"):
+        parse_manifest(json.dumps(dict(VALID, health_check={"path": "/", "codes": "302-200"})).encode(), SCHEMA)
+
+
+def test_build_is_checked_against_build_schema():
+    broken = dict(VALID, build=dict(BUILD, env={"PATH": ["/abs"], "PYTHONPATH": []}))
+    with pytest.raises(ManifestError, match=r"release.json build does not match build.schema.json: /env/PATH/0"):
+        parse_manifest(json.dumps(broken).encode(), SCHEMA)
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_other_versions_are_refused_before_the_schema(version):
+    other = dict(VALID, version=version, something_new=True)
+    with pytest.raises(ManifestError, match=f"has version {version}, but this agent understands version 2 only"):
+        parse_manifest(json.dumps(other).encode(), SCHEMA)
 
 
 @pytest.mark.parametrize(
@@ -60,6 +89,9 @@ def test_unknown_version_is_refused_before_the_schema():
     [
         ({"id": "7"}, "/id: '7' does not match"),
         ({"source": {"sha256": "x", "size": 1}}, "/source/sha256"),
+        ({"slug": {"sha256": "d" * 64}}, "/slug/size: required field is missing"),
+        ({"build": None}, "/build: expected object, got null"),
+        ({"health_check": {"path": "/", "codes": "2xx"}}, "/health_check/codes: '2xx' does not match"),
         ({"formation": {"web": -1}}, "/formation/web: -1 is below the minimum 0"),
         ({"formation": {"we b": 1}}, "/formation/we b: property name"),
         ({"health_check": {"path": "/", "timeout": 0}}, "must be greater than 0"),
@@ -109,7 +141,12 @@ def mutated_manifests(draw):
     manifest = copy.deepcopy(VALID)
     manifest["health_check"] = draw(
         st.fixed_dictionaries(
-            {"path": st.just("/up")}, optional={"port": st.integers(1000, 70000), "timeout": st.floats(-1, 700)}
+            {"path": st.just("/up")},
+            optional={
+                "port": st.integers(1000, 70000),
+                "timeout": st.floats(-1, 700),
+                "codes": st.sampled_from(["200", "200-299,302", "2xx", "20", "200,", 200]),
+            },
         )
     )
     for _ in range(draw(st.integers(0, 3))):

@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 from slipway_agent.units import (
     AppLayout,
     UnitChanges,
+    journal_command,
     plan_unit_changes,
     preflight_command,
+    release_identifier,
     release_phase_command,
     render_unit,
     render_units,
@@ -64,7 +66,7 @@ def test_procfile_round_trips(processes):
 
 
 def test_formation_defaults_like_heroku():
-    processes = {"web": "a", "worker": "b", "clock": "c", "release": "d"}
+    processes = {"build": "x", "web": "a", "worker": "b", "clock": "c", "release": "d"}
     assert resolve_formation(processes, {}) == [("web", 1), ("worker", 0), ("clock", 0)]
     assert resolve_formation(processes, {"worker": 3, "web": 0}) == [("web", 0), ("worker", 3), ("clock", 0)]
 
@@ -72,18 +74,23 @@ def test_formation_defaults_like_heroku():
 @pytest.mark.parametrize(
     ("formation", "message"),
     [
-        ({"release": 1}, "runs once per deploy"),
-        ({"cron": 1}, "'cron', which the Procfile does not define; the Procfile has release, web"),
+        ({"release": 1}, "'release', which runs once per deploy"),
+        ({"build": 0}, "'build', which runs once per build"),
+        ({"cron": 1}, "'cron', which the Procfile does not define; the Procfile has build, release, web"),
         ({"web": 2}, "asks for 2 web processes"),
     ],
 )
 def test_formation_errors(formation, message):
     with pytest.raises(ProcfileError, match=message):
-        resolve_formation({"web": "a", "release": "b"}, formation)
+        resolve_formation({"web": "a", "release": "b", "build": "c"}, formation)
 
 
 def test_web_unit_text():
-    assert render_unit(LAYOUT, "web", 1, 'python app.py --port $PORT --greet "100%"', 5000) == (
+    environment = {
+        "PATH": "/home/deploy/apps/billing/current/app/.slipway/python/bin:/usr/bin",
+        "PYTHONPATH": "/home/deploy/apps/billing/current/app/.slipway/python",
+    }
+    assert render_unit(LAYOUT, "web", 1, 'python app.py --port $PORT --greet "100%"', 5000, environment) == (
         "# Written by the Slipway deploy agent; replaced on every deploy.\n"
         "[Unit]\n"
         "Description=Slipway billing web.1\n"
@@ -95,8 +102,11 @@ def test_web_unit_text():
         "Type=simple\n"
         "User=deploy\n"
         "Group=deploy\n"
-        "WorkingDirectory=/home/deploy/apps/billing/current/source\n"
+        "WorkingDirectory=/home/deploy/apps/billing/current/app\n"
         "EnvironmentFile=/home/deploy/apps/billing/current/env\n"
+        "Environment=HOME=/home/deploy/apps/billing/home\n"
+        "Environment=PATH=/home/deploy/apps/billing/current/app/.slipway/python/bin:/usr/bin\n"
+        "Environment=PYTHONPATH=/home/deploy/apps/billing/current/app/.slipway/python\n"
         "Environment=PORT=5000\n"
         "Environment=DYNO=web.1\n"
         'ExecStart=/bin/bash -c "python app.py --port $$PORT --greet \\"100%%\\""\n'
@@ -117,6 +127,13 @@ def test_worker_units_have_no_port_and_one_unit_per_process():
     assert "PORT" not in text
     assert "Environment=DYNO=worker.2\n" in text
     assert "SyslogIdentifier=billing-worker\n" in text
+
+
+def test_unit_environment_refuses_what_would_need_quoting():
+    with pytest.raises(ValueError, match="cannot be set in a unit without quoting"):
+        render_unit(LAYOUT, "web", 1, "x", 5000, {"PATH": "/a b"})
+    with pytest.raises(ValueError, match="cannot be set in a unit without quoting"):
+        preflight_command(LAYOUT, "r7", "x", 5000, {"PATH": "/a%n"})
 
 
 def test_systemd_quote():
@@ -143,15 +160,18 @@ def test_plan_unit_changes():
 
 
 def test_preflight_command():
-    assert preflight_command(LAYOUT, "r7", "python app.py", 41234) == [
+    environment = {"PATH": "/home/deploy/apps/billing/releases/r7/app/node_modules/.bin:/usr/bin"}
+    assert preflight_command(LAYOUT, "r7", "python app.py", 41234, environment) == [
         "systemd-run",
         "--unit=slipway-billing-preflight-r7.service",
         "--quiet",
         "--property=User=deploy",
         "--property=Group=deploy",
-        "--property=WorkingDirectory=/home/deploy/apps/billing/releases/r7/source",
+        "--property=WorkingDirectory=/home/deploy/apps/billing/releases/r7/app",
         "--property=EnvironmentFile=/home/deploy/apps/billing/releases/r7/env",
         "--property=SyslogIdentifier=billing-web",
+        "--setenv=HOME=/home/deploy/apps/billing/home",
+        "--setenv=PATH=/home/deploy/apps/billing/releases/r7/app/node_modules/.bin:/usr/bin",
         "--setenv=PORT=41234",
         "--setenv=DYNO=web.preflight",
         "--",
@@ -172,9 +192,10 @@ def test_release_phase_command():
         "--property=RuntimeMaxSec=900",
         "--property=User=deploy",
         "--property=Group=deploy",
-        "--property=WorkingDirectory=/home/deploy/apps/billing/releases/r7/source",
+        "--property=WorkingDirectory=/home/deploy/apps/billing/releases/r7/app",
         "--property=EnvironmentFile=/home/deploy/apps/billing/releases/r7/env",
         "--property=SyslogIdentifier=billing-release",
+        "--setenv=HOME=/home/deploy/apps/billing/home",
         "--setenv=DYNO=release.1",
         "--",
         "/bin/bash",
@@ -185,6 +206,12 @@ def test_release_phase_command():
 
 def test_small_commands_and_layout():
     assert verify_command(["/x/a.service"]) == ["systemd-analyze", "verify", "/x/a.service"]
+    assert journal_command(release_identifier(LAYOUT)) == [
+        "systemd-cat",
+        "--identifier=billing-release",
+        "--level-prefix=false",
+    ]
+    assert LAYOUT.home_dir == "/home/deploy/apps/billing/home"
     assert systemctl("restart", "a.service") == ["systemctl", "--no-pager", "--quiet", "restart", "a.service"]
     assert LAYOUT.release_dir("r3") == "/home/deploy/apps/billing/releases/r3"
     assert (LAYOUT.current, LAYOUT.deployed_file, LAYOUT.lock_file) == (
