@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 from aws_cdk import ArnFormat, CfnOutput, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
@@ -16,9 +15,11 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_wafv2 as wafv2
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
+from constructs.api_contract import ApiContract
 from constructs.config import AppSettings
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
@@ -37,11 +38,15 @@ AUTHORIZER_CACHE = Duration.minutes(5)
 # through presigned URLs, so API calls are small and few.
 THROTTLING_RATE_LIMIT = 10
 THROTTLING_BURST_LIMIT = 20
-HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
 # Letters and digits only: the password goes into netrc files, shell variables and
 # `user:password` URLs, where `:`, quotes, spaces and `#` need escaping.
 PASSWORD_LENGTH = 40
 
+# Per client address and 5 minutes (5 requests a second on average): far above what the CLI and
+# the console send while following a deploy (one request every 2 s), far below a password guesser.
+RATE_LIMIT_PER_5_MINUTES = 1500
+# What API Gateway's request validator found, in a gateway response (the local front fills it the same way).
+VALIDATION_ERROR = "$context.error.validationErrorString"
 # One JSON object per request. `user` is the authorizer's context: who did what.
 ACCESS_LOG_FIELDS = {
     "requestId": "$context.requestId",
@@ -58,37 +63,6 @@ ACCESS_LOG_FIELDS = {
     "error": "$context.error.message",
     "userAgent": "$context.identity.userAgent",
 }
-
-
-@dataclass(frozen=True, order=True)
-class ApiRoute:
-    """One operation of the API: a resource path (``/apps/{app}/envs/{env}/releases``) and a method."""
-
-    path: str
-    method: str
-
-
-def routes_from_openapi(document: Mapping[str, Any]) -> tuple[ApiRoute, ...]:
-    """Every (path, method) of an OpenAPI 3 document, sorted; methods upper case.
-
-    Raises ``ValueError`` for a document without operations or with a path API Gateway
-    cannot express.
-    """
-    paths = document.get("paths")
-    if not isinstance(paths, Mapping) or not paths:
-        raise ValueError("the OpenAPI document has no paths; describe at least one operation under 'paths'")
-    routes: list[ApiRoute] = []
-    for path, item in paths.items():
-        if (
-            not isinstance(path, str)
-            or not path.startswith("/")
-            or (path != "/" and (path.endswith("/") or "//" in path))
-        ):
-            raise ValueError(f"OpenAPI path {path!r} must start with '/' and have no empty or trailing segment")
-        routes.extend(ApiRoute(path=path, method=method.upper()) for method in item if method in HTTP_METHODS)
-    if not routes:
-        raise ValueError("the OpenAPI document has no operations; add get/post/... under its paths")
-    return tuple(sorted(routes))
 
 
 class ControlPlane(Construct):
@@ -110,7 +84,7 @@ class ControlPlane(Construct):
         apps: Sequence[AppSettings],
         release_store: ReleaseStore,
         code: lambda_.Code,
-        routes: Sequence[ApiRoute],
+        contract: ApiContract,
     ) -> None:
         super().__init__(scope, id_)
         if not names.is_env_name(env_name):
@@ -120,14 +94,17 @@ class ControlPlane(Construct):
         app_names = [app.name for app in apps]
         if len(set(app_names)) != len(app_names):
             raise ValueError(f"ControlPlane: apps has duplicate names {sorted(app_names)}; pass each app once")
-        if not routes:
-            raise ValueError("ControlPlane: routes is empty; pass routes_from_openapi(<the API's OpenAPI document>)")
+        if not contract.routes:
+            raise ValueError(
+                "ControlPlane: the contract has no routes; pass ApiContract.from_openapi(<the API's document>)"
+            )
         self._env_name = env_name
         self._secret = self._build_secret(env_name)
         self._authorizer_function = self._build_authorizer_function(code)
         self._api_function = self._build_api_function(code, env_name, apps, release_store)
         self._api = self._build_api(env_name)
-        self._add_routes(routes)
+        self._add_routes(contract)
+        self._web_acl = self._build_web_acl(env_name)
         # RestApi's own unnamed "Endpoint" output would repeat ApiUrl without saying what it is.
         self._api.node.try_remove_child("Endpoint")
         CfnOutput(self, "ApiUrl", value=self._api.url, description=f"Slipway API of {env_name}")
@@ -245,12 +222,15 @@ class ControlPlane(Construct):
         assert function.role is not None
         for app in apps:
             keys = layout.AppKeys(app.name, env_name)
-            for prefix in (keys.prefix, keys.uploads):
+            for pattern, what in (
+                (f"{keys.prefix}*", "reads every release, pointer and record"),
+                (f"{keys.uploads}*", "reads and writes the uploads"),
+                (keys.releases(), "writes the files of new releases (never current, lock, previous or instances/)"),
+            ):
                 acknowledge(
                     function.role,
-                    f"AwsSolutions-IAM5[Resource::<{RELEASE_BUCKET_ID}.Arn>/{prefix}*]",
-                    f"The control plane publishes and reads every release and upload of {app.name} in "
-                    f"{env_name}, and only those ({prefix}).",
+                    f"AwsSolutions-IAM5[Resource::<{RELEASE_BUCKET_ID}.Arn>/{pattern}]",
+                    f"The API {what} of {app.name} in {env_name}, and nothing of other apps or environments.",
                 )
         return function
 
@@ -297,23 +277,26 @@ class ControlPlane(Construct):
             response_headers={"WWW-Authenticate": "'Basic realm=\"Slipway\"'"},
             templates={"application/json": '{"message": "Missing or wrong credentials"}'},
         )
+        # A body or parameter the document forbids: API Gateway's validator says which and why.
+        for id_, response_type, words in (
+            ("BadRequestBody", apigateway.ResponseType.BAD_REQUEST_BODY, "the request body does not match"),
+            (
+                "BadRequestParameters",
+                apigateway.ResponseType.BAD_REQUEST_PARAMETERS,
+                "the request's parameters do not match",
+            ),
+        ):
+            api.add_gateway_response(
+                id_,
+                type=response_type,
+                status_code="400",
+                templates={"application/json": f'{{"message": "{words} the API (openapi.json): {VALIDATION_ERROR}"}}'},
+            )
         api.add_gateway_response(
             "AccessDenied",
             type=apigateway.ResponseType.ACCESS_DENIED,
             status_code="403",
             templates={"application/json": '{"message": "These credentials may not call this API"}'},
-        )
-        acknowledge(
-            api,
-            "AwsSolutions-APIG2",
-            "The API function checks every request body itself and answers 400 naming the input and the "
-            "fix; API Gateway's request validator could only answer a generic message.",
-        )
-        acknowledge(
-            api,
-            "AwsSolutions-APIG3",
-            "An operators' API behind HTTP Basic auth with 40-character generated passwords and stage "
-            "throttling; a WAF web ACL per environment would add cost without a rule to put in it.",
         )
         acknowledge(
             api,
@@ -329,11 +312,69 @@ class ControlPlane(Construct):
         )
         return api
 
-    def _add_routes(self, routes: Sequence[ApiRoute]) -> None:
+    def _build_web_acl(self, env_name: str) -> wafv2.CfnWebACL:
+        """A WAF web ACL on the stage: each client address may send RATE_LIMIT_PER_5_MINUTES requests.
+
+        Password guessing, or a client gone wrong, from one address is blocked for the rest of the
+        window before it can use up the stage's throttle that every user shares.
+        """
+        acl = wafv2.CfnWebACL(
+            self,
+            "WebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            description=f"Slipway API of {env_name}: a rate limit per client address",
+            visibility_config=_visibility(f"slipway-{env_name}-api"),
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="RatePerClientAddress",
+                    priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            limit=RATE_LIMIT_PER_5_MINUTES, aggregate_key_type="IP", evaluation_window_sec=300
+                        )
+                    ),
+                    visibility_config=_visibility(f"slipway-{env_name}-api-rate"),
+                )
+            ],
+        )
+        wafv2.CfnWebACLAssociation(
+            self, "WebAclAssociation", resource_arn=self._api.deployment_stage.stage_arn, web_acl_arn=acl.attr_arn
+        )
+        return acl
+
+    def _add_routes(self, contract: ApiContract) -> None:
+        """A method per route: the body validated against its model, query parameters as declared."""
         # allow_test_invoke=False: no extra permission per method for the console's test button.
         integration = apigateway.LambdaIntegration(self._api_function, allow_test_invoke=False)
-        for route in routes:
-            self._api.root.resource_for_path(route.path).add_method(route.method, integration)
+        validators = {
+            True: self._api.add_request_validator(
+                "ValidateBodyAndParameters", validate_request_body=True, validate_request_parameters=True
+            ),
+            False: self._api.add_request_validator("ValidateParameters", validate_request_parameters=True),
+        }
+        models: dict[str, apigateway.IModel] = {}
+        for name, schema in contract.models.items():
+            # The L1 model takes the draft 4 schema as the document has it (the L2 wants it retyped field by field).
+            model = apigateway.CfnModel(
+                self,
+                f"Model{name}",
+                rest_api_id=self._api.rest_api_id,
+                content_type="application/json",
+                name=name,
+                schema=dict(schema),
+            )
+            models[name] = apigateway.Model.from_model_name(self, f"Model{name}Ref", model.ref)
+        for route in contract.routes:
+            self._api.root.resource_for_path(route.path).add_method(
+                route.method,
+                integration,
+                request_validator=validators[route.body_model is not None],
+                request_models={"application/json": models[route.body_model]} if route.body_model else None,
+                request_parameters={f"method.request.querystring.{name}": required for name, required in route.query}
+                or None,
+            )
 
     @property
     def api_url(self) -> str:
@@ -421,3 +462,9 @@ class ControlPlane(Construct):
             "Deploys are executions of this environment's rollout state machine, created one per deploy: the API "
             "reads any of them (status, progress, output) and nothing else of Step Functions.",
         )
+
+
+def _visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+    return wafv2.CfnWebACL.VisibilityConfigProperty(
+        cloud_watch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True
+    )

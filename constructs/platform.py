@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from aws_cdk import CfnOutput, Environment, Stack, SymlinkFollowMode
@@ -11,9 +10,10 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
+from constructs.api_contract import ApiContract
 from constructs.base_image import BaseImagePipeline
 from constructs.config import EnvironmentSettings, PlatformConfig
-from constructs.control_plane import ApiRoute, ControlPlane
+from constructs.control_plane import ControlPlane
 from constructs.deploy_document import DeployDocument
 from constructs.fleet import AppFleet
 from constructs.fleet_monitoring import FleetMonitoring
@@ -35,8 +35,8 @@ ASSET_EXCLUDE = ["__pycache__", "*.pyc", ".*_cache"]
 class PlatformStack(Stack):
     """Composes one environment: network, release bucket, a fleet per app and the control plane.
 
-    ``api_routes`` are the operations of the control plane's OpenAPI document
-    (``routes_from_openapi``); each becomes a method of the REST API.
+    ``api`` is the control plane's contract, from its OpenAPI document: each route becomes a
+    method of the REST API, its request body validated against the document's schema.
     """
 
     def __init__(
@@ -46,7 +46,7 @@ class PlatformStack(Stack):
         *,
         config: PlatformConfig,
         environment: EnvironmentSettings,
-        api_routes: Sequence[ApiRoute],
+        api: ApiContract,
     ) -> None:
         super().__init__(
             scope,
@@ -117,7 +117,7 @@ class PlatformStack(Stack):
             apps=[app.settings_for(environment.name) for app in config.apps],
             release_store=self.release_store,
             code=control_plane_code,
-            routes=api_routes,
+            contract=api,
         )
         self.rollout: RolloutStateMachine | None = None
         if self.deploy_document is not None:  # a platform with no apps has nothing to roll out

@@ -429,3 +429,43 @@ def test_routes_are_exactly_the_openapi_operations() -> None:
     for method, path in documented:
         concrete = path.replace("{app}", "web").replace("{env}", "staging").replace("{release}", "r1")
         assert any(m == method and re.fullmatch(p, concrete) for m, p in routed), (method, path)
+
+
+BODIES = {
+    "not UTF-8": b"\xff\xfe{",
+    "not JSON": b"{'set': 1",
+    "JSON but not an object": b"[1, 2]",
+    "empty": b"",
+}
+WITH_BODIES = [
+    ("POST", "/apps/web/envs/staging/uploads"),
+    ("POST", "/apps/web/envs/staging/releases"),
+    ("PATCH", "/apps/web/envs/staging/config"),
+    ("POST", "/apps/web/envs/staging/deploys"),
+]
+
+
+@pytest.mark.parametrize("method, path", WITH_BODIES)
+@pytest.mark.parametrize("raw", BODIES.values(), ids=BODIES.keys())
+def test_a_malformed_body_gets_a_json_400_and_changes_nothing(s3: Any, method: str, path: str, raw: bytes) -> None:
+    status, body = call(method, path, raw=raw)
+    assert status == 400, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert keys(s3, "") == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({}, 'send {"set": {"NAME": "value"}} and/or {"unset": ["NAME"]}'),
+        ({"set": {}, "unset": []}, 'send {"set": {"NAME": "value"}} and/or {"unset": ["NAME"]}'),
+        ({"set": {"A": 1}}, "A: values are strings"),
+        ({"set": []}, 'send {"set": {"NAME": "value"}}'),
+        ({"unset": [1]}, "unset must be a list of variable names"),
+        ({"set": {"1BAD": "x"}}, "is not a valid variable name"),
+    ],
+)
+def test_a_wrong_config_change_gets_a_400_naming_it(s3: Any, change: dict[str, Any], message: str) -> None:
+    status, body = call("PATCH", "/apps/web/envs/staging/config", change)
+    assert status == 400 and message in body["message"], body
+    assert keys(s3, "web/") == []

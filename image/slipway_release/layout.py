@@ -92,6 +92,10 @@ class AppKeys:
     def upload(self, upload_id: str, name: str) -> str:
         return f"{self.uploads}{upload_id}/{name}"
 
+    def releases(self) -> str:
+        """The key pattern of every release file (``<app>/<env>/r*``): what publishing writes."""
+        return f"{self.prefix}r*"
+
     def rollout_keys(self) -> tuple[str, ...]:
         """The keys (and key patterns) only rollouts write."""
         return tuple(f"{self.prefix}{name}" for name in ROLLOUT_KEYS)

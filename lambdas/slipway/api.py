@@ -66,8 +66,8 @@ def _user() -> str:
 def _body() -> dict[str, Any]:
     try:
         body = app.current_event.json_body
-    except (json.JSONDecodeError, TypeError):
-        raise ReleaseError(400, "the request body must be a JSON object") from None
+    except (ValueError, TypeError):  # not JSON, or not UTF-8 (ValueError covers both)
+        raise ReleaseError(400, "the request body must be a JSON object in UTF-8") from None
     if not isinstance(body, dict):
         raise ReleaseError(400, "the request body must be a JSON object")
     return body
