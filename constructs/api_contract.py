@@ -25,6 +25,7 @@ class ApiRoute:
     method: str
     body_model: str | None = None
     query: tuple[tuple[str, bool], ...] = ()
+    authorized: bool = True  # behind the API's Basic auth; False where the document says ``security: []``
 
 
 def routes_from_openapi(document: Mapping[str, Any]) -> tuple[ApiRoute, ...]:
@@ -48,7 +49,13 @@ def routes_from_openapi(document: Mapping[str, Any]) -> tuple[ApiRoute, ...]:
             if method not in HTTP_METHODS:
                 continue
             routes.append(
-                ApiRoute(path=path, method=method.upper(), body_model=_body_model(operation), query=_query(operation))
+                ApiRoute(
+                    path=path,
+                    method=method.upper(),
+                    body_model=_body_model(operation),
+                    query=_query(operation),
+                    authorized=operation.get("security", document.get("security")) != [],
+                )
             )
     if not routes:
         raise ValueError("the OpenAPI document has no operations; add get/post/... under its paths")
@@ -57,8 +64,10 @@ def routes_from_openapi(document: Mapping[str, Any]) -> tuple[ApiRoute, ...]:
 
 def _body_model(operation: Mapping[str, Any]) -> str | None:
     body = operation.get("requestBody") or {}
-    if not body.get("required"):
-        return None  # an optional body is checked by the handler, which knows what its absence means
+    if not body.get("required") or "application/json" not in body.get("content", {}):
+        # An optional body is checked by the handler, which knows what its absence means; a form
+        # (Slack's) by the handler too, which must verify its signature over the bytes as sent.
+        return None
     reference = body["content"]["application/json"]["schema"].get("$ref", "")
     prefix = "#/components/schemas/"
     if not reference.startswith(prefix):

@@ -20,10 +20,10 @@ from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.api_contract import ApiContract
-from constructs.config import AppSettings
+from constructs.config import AppSettings, SlackConfig
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
-from slipway.settings import AppRuntime, ControlPlaneSettings, FleetSettings
+from slipway.settings import AppRuntime, ControlPlaneSettings, FleetSettings, SlackSettings
 from slipway_release import layout, names
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
@@ -85,6 +85,7 @@ class ControlPlane(Construct):
         release_store: ReleaseStore,
         code: lambda_.Code,
         contract: ApiContract,
+        slack: SlackConfig | None = None,
     ) -> None:
         super().__init__(scope, id_)
         if not names.is_env_name(env_name):
@@ -105,6 +106,7 @@ class ControlPlane(Construct):
         self._api = self._build_api(env_name)
         self._add_routes(contract)
         self._web_acl = self._build_web_acl(env_name)
+        self._slack_secret = self._enable_slack(env_name, slack) if slack is not None else None
         # RestApi's own unnamed "Endpoint" output would repeat ApiUrl without saying what it is.
         self._api.node.try_remove_child("Endpoint")
         CfnOutput(self, "ApiUrl", value=self._api.url, description=f"Slipway API of {env_name}")
@@ -312,6 +314,56 @@ class ControlPlane(Construct):
         )
         return api
 
+    def _enable_slack(self, env_name: str, slack: SlackConfig) -> secretsmanager.Secret:
+        """The ``/slipway`` command's signing secret, its rules, and the function's right to follow a
+        deploy in itself. Operators put the Slack app's signing secret into the secret."""
+        secret = secretsmanager.Secret(
+            self,
+            "SlackSigningSecret",
+            description=f"Slipway's Slack app in {env_name}: put the app's signing secret here "
+            "(Slack: Basic Information → App Credentials)",
+            # Random until an operator puts the real one: no request verifies against it meanwhile.
+            generate_secret_string=secretsmanager.SecretStringGenerator(exclude_punctuation=True, password_length=40),
+        )
+        acknowledge(
+            secret,
+            "AwsSolutions-SMG4",
+            "Slack issues the signing secret; it is rotated in Slack's app settings and copied here, not by Lambda.",
+        )
+        function = self._api_function
+        secret.grant_read(function)
+        self._settings = replace(
+            self._settings,
+            slack=SlackSettings(
+                rules=slack.rules, signing_secret=secret.secret_arn, response_hosts=slack.response_hosts
+            ),
+        )
+        self._apply_settings()
+        # A deploy started from Slack is followed asynchronously by this same function (Event
+        # invocations). Its own policy, not the role's default one: the function waits for that one,
+        # and a statement naming the function there would wait for the function.
+        assert function.role is not None
+        iam.Policy(
+            self,
+            "SlackFollowPolicy",
+            roles=[function.role],
+            statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[function.function_arn])],
+        )
+        CfnOutput(
+            self,
+            "SlackCommandUrl",
+            value=f"{self._api.url}slack/commands",
+            description="The Request URL of the /slipway slash command in the Slack app",
+        )
+        CfnOutput(
+            self,
+            "SlackSigningSecretName",
+            value=secret.secret_name,
+            description="aws secretsmanager put-secret-value --secret-id <this> "
+            "--secret-string <the Slack app's signing secret>",
+        )
+        return secret
+
     def _build_web_acl(self, env_name: str) -> wafv2.CfnWebACL:
         """A WAF web ACL on the stage: each client address may send RATE_LIMIT_PER_5_MINUTES requests.
 
@@ -367,14 +419,24 @@ class ControlPlane(Construct):
             )
             models[name] = apigateway.Model.from_model_name(self, f"Model{name}Ref", model.ref)
         for route in contract.routes:
-            self._api.root.resource_for_path(route.path).add_method(
+            # A route the document leaves open (the Slack command, signed by Slack) has no authorizer.
+            open_route = {} if route.authorized else {"authorization_type": apigateway.AuthorizationType.NONE}
+            method = self._api.root.resource_for_path(route.path).add_method(
                 route.method,
                 integration,
+                **open_route,
                 request_validator=validators[route.body_model is not None],
                 request_models={"application/json": models[route.body_model]} if route.body_model else None,
                 request_parameters={f"method.request.querystring.{name}": required for name, required in route.query}
                 or None,
             )
+            if not route.authorized:
+                acknowledge(
+                    method,
+                    "AwsSolutions-APIG4",
+                    "Slack cannot send Basic credentials: the function verifies each request's Slack signature "
+                    "(HMAC-SHA256 of the timestamp and body under the app's signing secret, five-minute window).",
+                )
 
     @property
     def api_url(self) -> str:
@@ -401,6 +463,11 @@ class ControlPlane(Construct):
         """The API's users and passwords, ``{"<user>": "<password>"}``."""
         return self._secret
 
+    def _apply_settings(self) -> None:
+        """The API function's environment: its settings as they stand."""
+        for variable, value in self._settings.environment(to_json=Stack.of(self).to_json_string).items():
+            self._api_function.add_environment(variable, value)
+
     def enable_deploys(self, *, state_machine: sfn.IStateMachine, fleets: Mapping[str, FleetSettings]) -> None:
         """Let the API start and read rollouts of ``state_machine`` over ``fleets``.
 
@@ -409,8 +476,7 @@ class ControlPlane(Construct):
         """
         function = self._api_function
         self._settings = replace(self._settings, fleets=dict(fleets), state_machine=state_machine.state_machine_arn)
-        for variable, value in self._settings.environment(to_json=Stack.of(self).to_json_string).items():
-            function.add_environment(variable, value)
+        self._apply_settings()
         state_machine.grant_start_execution(function)
         # Reading deploys: list the machine's executions, describe them and read their history.
         function.add_to_role_policy(

@@ -118,6 +118,7 @@ class PlatformStack(Stack):
             release_store=self.release_store,
             code=control_plane_code,
             contract=api,
+            slack=environment.slack,
         )
         self.rollout: RolloutStateMachine | None = None
         if self.deploy_document is not None:  # a platform with no apps has nothing to roll out

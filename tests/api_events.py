@@ -29,6 +29,7 @@ def call(
     query: dict[str, str] | None = None,
     user: str | None = "alice",
     raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """Send one request through the handler as API Gateway would; ``raw`` sends bytes as they are
     (API Gateway passes a body that is not UTF-8 base64-encoded)."""
@@ -41,6 +42,7 @@ def call(
         except UnicodeDecodeError:
             text, encoded = base64.b64encode(raw).decode("ascii"), True
     event.update(httpMethod=method, path=path, queryStringParameters=query, body=text, isBase64Encoded=encoded)
+    event["headers"] = {**event["headers"], **(headers or {})}
     event["requestContext"].update(httpMethod=method, path=f"/api{path}")
     if user is None:
         del event["requestContext"]["authorizer"]["user"]

@@ -21,7 +21,7 @@ from api_events import call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slipway import api, aws, publisher
+from slipway import api, aws, operations, publisher
 from slipway.releases import ReleaseError, change_config
 from slipway_release.envfile import parse_env
 
@@ -46,7 +46,7 @@ def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     }.items():
         monkeypatch.setenv(name, value)
     aws.client.cache_clear()
-    api.settings.cache_clear()
+    operations.settings.cache_clear()
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
     client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -401,7 +401,7 @@ def test_any_carriable_config_round_trips_through_the_env_file(values: dict[str,
 def test_current_moves_only_by_compare_and_swap(s3: Any) -> None:
     publish()
     publish()
-    releases = api._publisher("web", "staging")
+    releases = operations.publisher("web", "staging")
     releases.move_current("r1", expected=None)
     with pytest.raises(ReleaseError, match="current is r1, not unset"):
         releases.move_current("r2", expected=None)  # a stale view loses

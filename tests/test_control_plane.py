@@ -88,25 +88,25 @@ def test_api_function_environment_parses_into_the_settings_the_api_reads(staging
     """What synthesis hands the control plane is the typed settings, round trip: every fleet field
     is set (none carried for nothing), the app's rollout from cdk.json included."""
     variables = _function(staging, "Api")["Environment"]["Variables"]
-    resolved = {
-        name: value if isinstance(value, str) else json.dumps(value)  # tokens stay tokens; only their shape matters
-        for name, value in variables.items()
-    }
+    resolved = {name: _join_text(value) for name, value in variables.items()}  # tokens as placeholders
     fleets = json.loads(_join_text(variables["FLEETS_JSON"]))
     assert set(fleets) == {"web", "billing"}
     assert set(fleets["billing"]) == {f.name for f in dataclasses.fields(FleetSettings)}
     assert fleets["billing"]["strategy"] == {"canary": True, "batch_percent": 50, "bake_seconds": 60, "surge": True}
     assert fleets["web"]["strategy"] == Strategy().as_dict()
     assert "STATE_MACHINE_ARN" in resolved
-    settings = ControlPlaneSettings.from_environ({**resolved, "FLEETS_JSON": _join_text(variables["FLEETS_JSON"])})
+    settings = ControlPlaneSettings.from_environ(resolved)
     assert settings.fleets["billing"].strategy == Strategy(batch_percent=50, bake_seconds=60)
     assert settings.apps["billing"].formation == {"web": 1, "worker": 2}
+    assert settings.slack is not None and settings.slack.response_hosts == ("hooks.slack.com",)
 
 
 def _join_text(value: Any) -> str:
     """A ``Fn::Join`` as text, every token replaced by a placeholder string."""
     if isinstance(value, str):
         return value
+    if "Fn::Join" not in value:
+        return "TOKEN"
     parts = value["Fn::Join"][1]
     return "".join(p if isinstance(p, str) else "TOKEN" for p in parts)
 
@@ -259,14 +259,20 @@ def _methods(template: Template) -> dict[str, dict[str, Any]]:
     return {k: v["Properties"] for k, v in template.find_resources("AWS::ApiGateway::Method").items()}
 
 
-def test_every_method_needs_the_basic_auth_authorizer(staging: Template) -> None:
+def test_every_method_needs_the_basic_auth_authorizer_but_the_slack_command(staging: Template) -> None:
     authorizer = _logical_id(staging, "AWS::ApiGateway::Authorizer", "ControlPlaneBasicAuth")
     methods = _methods(staging)
     assert methods
     for name, method in methods.items():
+        if name.startswith("ControlPlaneRestApislackcommandsPOST"):
+            continue
         assert method["AuthorizationType"] == "CUSTOM", name
         assert method["AuthorizerId"] == {"Ref": authorizer}, name
-    assert not staging.find_resources("AWS::ApiGateway::Method", {"Properties": {"AuthorizationType": "NONE"}})
+    # The one open method: Slack signs its requests instead (the handler verifies the signature).
+    [(name, _)] = staging.find_resources(
+        "AWS::ApiGateway::Method", {"Properties": {"AuthorizationType": "NONE"}}
+    ).items()
+    assert name.startswith("ControlPlaneRestApislackcommandsPOST")
 
 
 def test_authorizer_reads_the_authorization_header_and_caches_five_minutes(staging: Template) -> None:
@@ -388,7 +394,13 @@ def test_outputs_give_the_url_and_how_to_read_the_password(staging: Template) ->
     control_plane = {k: v for k, v in outputs.items() if k.startswith("ControlPlane")}
     [url] = [v for k, v in control_plane.items() if k.startswith("ControlPlaneApiUrl")]
     [secret] = [v for k, v in control_plane.items() if k.startswith("ControlPlaneCredentialsSecret")]
-    assert len(control_plane) == 2  # CDK's own unnamed Endpoint output is removed
+    # CDK's own unnamed Endpoint output is removed; the Slack command's URL and secret are named.
+    assert sorted(k.rstrip("0123456789ABCDEF") for k in control_plane) == [
+        "ControlPlaneApiUrl",
+        "ControlPlaneCredentialsSecret",
+        "ControlPlaneSlackCommandUrl",
+        "ControlPlaneSlackSigningSecretName",
+    ]
     rest_api = _logical_id(staging, "AWS::ApiGateway::RestApi", "ControlPlaneRestApi")
     assert {"Ref": rest_api} in url["Value"]["Fn::Join"][1]
     assert "aws secretsmanager get-secret-value" in secret["Description"]
