@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def slack_event(text: str) -> dict[str, Any]:
         {"user_id": "U2CERLKJA", "user_name": "bench", "channel_id": "C024BE91L", "text": text, "response_url": ""}
     )
     timestamp = str(int(time.time()))
-    event = copy.deepcopy(EVENT)
+    event: dict[str, Any] = copy.deepcopy(EVENT)
     event.update(
         httpMethod="POST", path="/slack/commands", body=body, isBase64Encoded=False, resource="/slack/commands"
     )
@@ -110,14 +110,14 @@ def warm(requests: int, template: dict[str, Any]) -> tuple[list[float], list[int
                 if callable(attribute) and not name.startswith("_") and name not in ("exceptions", "meta"):
 
                     def counted(*args: Any, **kwargs: Any) -> Any:
-                        if threading.get_ident() == main:  # not the rollouts started meanwhile
+                        if threading.get_ident() == main_thread:  # not the rollouts started meanwhile
                             calls["n"] += 1
                         return attribute(*args, **kwargs)
 
                     return counted
                 return attribute
 
-        main = threading.get_ident()
+        main_thread = threading.get_ident()
         timings: list[float] = []
         made: list[int] = []
         context = LambdaContext("Platform-staging-Api")
@@ -129,7 +129,7 @@ def warm(requests: int, template: dict[str, Any]) -> tuple[list[float], list[int
                 event = slack_event(text)
                 before = calls["n"]
                 started = time.perf_counter()
-                response = api.handler(event, context)
+                response = api.handler(event, cast(Any, context))
                 timings.append(time.perf_counter() - started)
                 made.append(calls["n"] - before)
                 if response["statusCode"] != 200:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from aws_cdk import ArnFormat, CfnOutput, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
@@ -420,7 +421,9 @@ class ControlPlane(Construct):
             models[name] = apigateway.Model.from_model_name(self, f"Model{name}Ref", model.ref)
         for route in contract.routes:
             # A route the document leaves open (the Slack command, signed by Slack) has no authorizer.
-            open_route = {} if route.authorized else {"authorization_type": apigateway.AuthorizationType.NONE}
+            open_route: dict[str, Any] = (
+                {} if route.authorized else {"authorization_type": apigateway.AuthorizationType.NONE}
+            )
             method = self._api.root.resource_for_path(route.path).add_method(
                 route.method,
                 integration,

@@ -142,6 +142,7 @@ class PlatformStack(Stack):
                         document=self.deploy_document.document_name,
                         output_log_group=self.deploy_document.log_group.log_group_name,
                         bucket=self.release_store.bucket.bucket_name,
+                        url=fleet.url,
                         strategy=app_settings[name].rollout,
                     )
                     for name, fleet in self.fleets.items()

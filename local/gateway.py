@@ -15,8 +15,10 @@ import base64
 import fnmatch
 import json
 import re
+import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -207,13 +209,18 @@ class Gateway:
         try:
             result = invoke(route.function, proxy_event(request, self.stage, body=body, authorizer=context))
         except Exception:  # the function failed: API Gateway answers 502 and the client learns nothing more
+            # ... and the traceback goes to the function's log, here this process's stderr.
+            traceback.print_exc(file=sys.stderr)
             return self.responses["INTEGRATION_FAILURE"]
         if not isinstance(result, Mapping) or "statusCode" not in result:
             return self.responses["INTEGRATION_FAILURE"]
         payload = result.get("body") or ""
         if result.get("isBase64Encoded"):
             payload = base64.b64decode(payload).decode("utf-8", errors="replace")
-        return GatewayResponse(int(result["statusCode"]), dict(result.get("headers") or {}), payload)
+        # A proxy response may give headers both ways; API Gateway sends both, multiValueHeaders winning.
+        headers = dict(result.get("headers") or {})
+        headers.update({name: ", ".join(values) for name, values in (result.get("multiValueHeaders") or {}).items()})
+        return GatewayResponse(int(result["statusCode"]), headers, payload)
 
     def _validate(self, route: Route, request: Request, body: bytes) -> GatewayResponse | None:
         """API Gateway's request validator: required query parameters, then the body against its model."""

@@ -42,7 +42,9 @@ def call(
         except UnicodeDecodeError:
             text, encoded = base64.b64encode(raw).decode("ascii"), True
     event.update(httpMethod=method, path=path, queryStringParameters=query, body=text, isBase64Encoded=encoded)
-    event["headers"] = {**event["headers"], **(headers or {})}
+    # As the CLI and the console send every change: JSON (the handler refuses anything else).
+    sent = {"Content-Type": "application/json"} if method not in ("GET", "HEAD") else {}
+    event["headers"] = {**event["headers"], **sent, **(headers or {})}
     event["requestContext"].update(httpMethod=method, path=f"/api{path}")
     if user is None:
         del event["requestContext"]["authorizer"]["user"]

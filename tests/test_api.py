@@ -17,11 +17,11 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from api_events import call
+from api_events import Context, call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slipway import api, aws, operations, publisher
+from slipway import api, aws, console, operations, publisher
 from slipway.releases import ReleaseError, change_config
 from slipway_release.envfile import parse_env
 
@@ -469,3 +469,73 @@ def test_a_wrong_config_change_gets_a_400_naming_it(s3: Any, change: dict[str, A
     status, body = call("PATCH", "/apps/web/envs/staging/config", change)
     assert status == 400 and message in body["message"], body
     assert keys(s3, "web/") == []
+
+
+# Browsers: the console's page, and changes no other site's page can make with the browser's credentials.
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("POST", "/apps/web/envs/staging/rollback", {"Content-Type": "application/x-www-form-urlencoded"}),
+        ("POST", "/apps/web/envs/staging/cycle", {"Content-Type": "text/plain"}),
+        ("PATCH", "/apps/web/envs/staging/config", {"Content-Type": "multipart/form-data; boundary=x"}),
+    ],
+)
+def test_a_change_that_is_not_json_is_refused_415(s3: Any, method: str, path: str, headers: dict[str, str]) -> None:
+    # What an HTML form on another site can send, with a JSON-looking body (the text/plain trick).
+    status, body = call(method, path, raw=b'{"set": {"A": "1"}}', headers=headers)
+    assert status == 415
+    assert body["message"].startswith("send a JSON body with Content-Type: application/json (got ")
+    assert call("GET", "/apps/web/envs/staging/config")[1] == {"vars": {}}
+
+
+def test_a_change_a_browser_marks_cross_site_is_refused_403(s3: Any) -> None:
+    status, body = call(
+        "PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert (status, body["message"]) == (403, "this request came from another site's page; use the console or the CLI")
+    assert call("GET", "/apps/web/envs/staging/config")[1] == {"vars": {}}
+    # The console's own calls are same-origin.
+    ok = call("PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert ok[0] == 200
+
+
+def _get(path: str, stage_path: str) -> tuple[int, dict[str, str], str]:
+    """GET ``path`` through the handler as API Gateway sends it: not JSON, headers as the function gave them."""
+    event = json.loads((EVENTS / "api_gateway_rest_proxy.json").read_text())
+    event.update(httpMethod="GET", path=path, body=None, queryStringParameters=None)
+    event["requestContext"].update(httpMethod="GET", path=stage_path)
+    response = api.handler(event, Context())
+    headers = {name: values[0] for name, values in response["multiValueHeaders"].items()}
+    return response["statusCode"], headers, response["body"]
+
+
+def test_the_console_page_names_its_assets_by_content_hash_under_the_stage(s3: Any) -> None:
+    status, headers, page = _get("/", "/v1/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Content-Security-Policy"] == console.CONTENT_SECURITY_POLICY
+    assert '<base href="/v1/">' in page and 'data-env="staging"' in page
+    for name in ("app.js", "app.css"):
+        found = re.search(rf'"console/{re.escape(name)}\?v=([0-9a-f]{{12}})"', page)
+        assert found is not None, name
+        text = (Path(console.__file__).parent / name).read_text()
+        assert found.group(1) == hashlib.sha256(text.encode()).hexdigest()[:12]
+        status, headers, body = _get(f"/console/{name}", f"/v1/console/{name}")
+        assert (status, body) == (200, text)
+        assert headers["Cache-Control"] == "private, max-age=31536000, immutable"
+    assert _get("/console/secrets.txt", "/v1/console/secrets.txt")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("request_path", "resource_path", "base"),
+    [
+        ("/v1/", "/", "/v1/"),  # the stage's own URL
+        ("/v1", "/", "/v1/"),  # ... without its slash
+        ("/", "/", "/"),  # a custom domain mapped at its root
+        ("/slipway/", "/", "/slipway/"),  # ... or under a base path
+        ("/v1/console/app.js", "/console/app.js", "/v1/"),
+    ],
+)
+def test_the_console_s_base_is_where_the_api_hangs(request_path: str, resource_path: str, base: str) -> None:
+    assert console.base_path(request_path, resource_path) == base

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from slipway import console
 from slipway.deploys import DEPLOY_ID_PATTERN, deploy_id, deploy_of
 from slipway.rollout.strategy import OPTIONS
 from slipway_release import layout, names
@@ -143,3 +144,8 @@ def test_the_openapi_document_spells_release_ids_and_strategies_as_the_code_does
                 assert schema == {"type": "boolean"}
             else:
                 assert (schema["type"], schema["minimum"], schema["maximum"]) == ("integer", rule.low, rule.high)
+
+
+def test_the_openapi_document_names_the_console_s_assets_as_the_code_does() -> None:
+    [asset] = OPENAPI["paths"]["/console/{asset}"]["parameters"]
+    assert asset["schema"]["enum"] == list(console.ASSET_TYPES)

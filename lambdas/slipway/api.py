@@ -1,8 +1,11 @@
 """The control plane's REST API (``openapi.json``) behind API Gateway: thin routes over
-:mod:`slipway.operations` and :mod:`slipway.publisher`, and the Slack command's route
-(:mod:`slipway.slack.handler`).
+:mod:`slipway.operations` and :mod:`slipway.publisher`, the Slack command's route
+(:mod:`slipway.slack.handler`) and the web console's page (:mod:`slipway.console`).
 
-The caller is the user the Basic auth authorizer put in the request context.
+The caller is the user the Basic auth authorizer put in the request context. Browsers keep
+Basic credentials and send them to this origin whoever asks, so a request that changes
+anything must be one no other site's page can make: JSON (a cross-origin JSON request needs a
+CORS preflight this API never grants), and not marked cross-site by the browser.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import UnauthorizedError
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from slipway import operations
+from slipway import console, operations
 from slipway.operations import publisher as _publisher
 from slipway.releases import ReleaseError, release_number
 from slipway.slack import handler as slack_handler
@@ -51,6 +55,52 @@ def _json(status: int, payload: object) -> Response[str]:
 def _release_error(error: ReleaseError) -> Response[str]:
     logger.info("request refused", extra={"status": error.status, "reason": str(error)})
     return _json(error.status, {"message": str(error)})
+
+
+# Methods that change nothing; every other one must pass :func:`_same_site_json`.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _same_site_json(resolver: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Refuse a changing request another site's page could have sent with the browser's credentials."""
+    event = resolver.current_event
+    if event.http_method not in SAFE_METHODS and event.path != slack_handler.COMMAND_ROUTE:
+        if (event.headers.get("sec-fetch-site") or "").lower() == "cross-site":
+            raise ReleaseError(403, "this request came from another site's page; use the console or the CLI")
+        content_type = (event.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise ReleaseError(
+                415,
+                f"send a JSON body with Content-Type: application/json (got {content_type or 'none'}); {{}} if empty",
+            )
+    return next_middleware(resolver)
+
+
+app.use(middlewares=[_same_site_json])
+
+
+def _served(served: console.Served) -> Response[str]:
+    return Response(status_code=served.status, headers=served.headers, body=served.body)
+
+
+@app.get("/")
+def console_page() -> Response[str]:
+    event = app.current_event
+    base = console.base_path(event.request_context.path or event.path, event.path)
+    return _served(console.page(base=base, env=operations.settings().env))
+
+
+@app.get("/console/<asset>")
+def console_asset(asset: str) -> Response[str]:
+    served = console.asset(asset)
+    if served is None:
+        raise ReleaseError(404, f"the console has no {asset!r}; open the console at the API's URL")
+    return _served(served)
+
+
+@app.get("/apps")
+def list_apps() -> Response[str]:
+    return _json(200, operations.list_apps())
 
 
 @app.post(f"{APP}/uploads")

@@ -161,6 +161,7 @@ def status(app_name: str, env: str) -> dict[str, Any]:
         "app": app_name,
         "env": env,
         "current": releases.current(),
+        "previous": releases.previous(),  # what a rollback deploys
         "deploying": None
         if lock is None or decide(lock, now=datetime.now(UTC)) != "refuse"
         else {"release": lock.release, "by": lock.owner, "since": lock.acquired_at.isoformat()},
@@ -229,3 +230,37 @@ def show_cycle(app_name: str, env: str, refresh: str) -> dict[str, Any]:
         "percent": shown.get("PercentageComplete", 0),
         "reason": shown.get("StatusReason", ""),
     }
+
+
+def list_apps() -> dict[str, Any]:
+    """Every app this API serves: its URL, current release, default strategy and how many of its
+    instances are in service (one Auto Scaling call for all of them)."""
+    config = settings()
+    groups: dict[str, dict[str, Any]] = {}
+    names = [fleet.group for fleet in config.fleets.values()]
+    if names:
+        pages = (
+            aws.client("autoscaling")
+            .get_paginator("describe_auto_scaling_groups")
+            .paginate(AutoScalingGroupNames=names)
+        )
+        groups = {g["AutoScalingGroupName"]: g for page in pages for g in page["AutoScalingGroups"]}
+    apps = []
+    for name in sorted(config.apps):
+        fleet = config.fleets.get(name)
+        group = groups.get(fleet.group) if fleet else None
+        apps.append(
+            {
+                "name": name,
+                "url": fleet.url if fleet else None,
+                "current": publisher(name, config.env).current(),
+                "strategy": (fleet.strategy if fleet else Strategy()).as_dict(),
+                "instances": None
+                if group is None
+                else {
+                    "desired": group["DesiredCapacity"],
+                    "in_service": sum(1 for i in group["Instances"] if i["LifecycleState"] == "InService"),
+                },
+            }
+        )
+    return {"env": config.env, "apps": apps}

@@ -52,6 +52,7 @@ class FleetSettings:
     document: str  # the SSM deploy document's name
     output_log_group: str  # where deploy commands write their output
     bucket: str  # the release bucket's name
+    url: str  # where the app answers: its load balancer's http(s) URL
     strategy: Strategy = field(default_factory=Strategy)  # the app's default rollout
 
     def to_json(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ class FleetSettings:
                 document=str(raw["document"]),
                 output_log_group=str(raw["output_log_group"]),
                 bucket=str(raw["bucket"]),
+                url=str(raw["url"]),
                 strategy=Strategy.parse(raw.get("strategy")),
             )
         except (KeyError, TypeError, ValueError) as error:

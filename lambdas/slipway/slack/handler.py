@@ -72,7 +72,11 @@ def _json(payload: object, status: int = 200) -> Response[str]:
     return Response(status_code=status, content_type="application/json", body=json.dumps(payload))
 
 
-@router.post("/slack/commands")
+# Slack posts a form, signed: the one route that takes neither Basic auth nor JSON.
+COMMAND_ROUTE = "/slack/commands"
+
+
+@router.post(COMMAND_ROUTE)
 def slack_command() -> Response[str]:
     event = router.current_event
     raw = event.decoded_body.encode() if isinstance(event.decoded_body, str) else (event.decoded_body or b"")
