@@ -19,8 +19,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AWS_EC2_METADATA_DISABLED := true
 export CDK_DISABLE_CLI_TELEMETRY := true
 
-# The instance tests boot a Debian root filesystem in systemd-nspawn (needs root).
-INSTANCE_PACKAGES := mmdebstrap systemd-container
+# The instance tests boot a Debian root filesystem in systemd-nspawn (needs root); the
+# console tests drive Debian's Chromium headless.
+INSTANCE_PACKAGES := mmdebstrap systemd-container chromium
 
 .PHONY: help synth test lint bench clean instance-packages local
 
@@ -50,7 +51,7 @@ synth: $(VENV)/.runtime $(CDK)
 	@echo "Templates:"; for t in cdk.out/*.template.json; do echo "  $(CURDIR)/$$t"; done
 
 instance-packages:
-	@if command -v mmdebstrap >/dev/null && command -v systemd-nspawn >/dev/null; then exit 0; fi; \
+	@if command -v mmdebstrap >/dev/null && command -v systemd-nspawn >/dev/null && command -v chromium >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(INSTANCE_PACKAGES) >/dev/null; \
 	else \
@@ -70,6 +71,8 @@ bench: $(VENV)/.dev instance-packages
 	$(PYTHON) benchmarks/agent.py
 	$(PYTHON) benchmarks/publish.py
 	$(PYTHON) benchmarks/rollout.py
+	$(PYTHON) benchmarks/slack.py
+	$(PYTHON) benchmarks/console.py
 
 ENV ?= staging
 local: $(VENV)/.dev

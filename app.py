@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT / "lambdas") not in sys.path:
     sys.path.insert(0, str(ROOT / "lambdas"))
 
+from constructs.api_contract import ApiContract  # noqa: E402
 from constructs.config import ConfigError, PlatformConfig  # noqa: E402
-from constructs.control_plane import routes_from_openapi  # noqa: E402
 from constructs.platform import PlatformStack  # noqa: E402
 
 CDK_JSON = ROOT / "cdk.json"
@@ -47,9 +47,9 @@ def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) 
     """Build the CDK app; raise :class:`ConfigError` when the configuration is invalid."""
     app = cdk.App(context=cdk_json_context() if context is None else context, outdir=outdir)
     config = PlatformConfig.from_context(_platform_context(app))
-    api_routes = routes_from_openapi(json.loads(OPENAPI.read_text()))
+    contract = ApiContract.from_openapi(json.loads(OPENAPI.read_text()))
     for environment in config.environments:
-        PlatformStack(app, environment.stack_name, config=config, environment=environment, api_routes=api_routes)
+        PlatformStack(app, environment.stack_name, config=config, environment=environment, api=contract)
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
     return app
 

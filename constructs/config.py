@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from slipway.rollout.strategy import Strategy, StrategyError, describe_json
+from slipway.slack.rules import Rule, RuleError, parse_rules
 from slipway_release import names
 from slipway_release.procfile import PROCESS_TYPE, RELEASE, WEB
 
@@ -45,6 +46,7 @@ ACCOUNT = re.compile(r"^\d{12}$")
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$")
 HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
+HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
 HEALTH_CHECK_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 
 
@@ -270,6 +272,38 @@ class BaseImageSettings:
 
 
 @dataclass(frozen=True)
+class SlackConfig:
+    """The environment's ``/slipway`` Slack command: who may do what, from which channels.
+
+    ``{"rules": [{"actions": ["help", "status", "releases", "config"]},
+    {"actions": ["deploy", "rollback", "cycle"], "users": ["U024BE7LH"], "channels": ["C024BE91L"]}]}``
+    (Slack user and channel ids); ``response_hosts`` (default ``["hooks.slack.com"]``) is where
+    Slack's response URLs may point. Without ``slack`` the environment has no Slack command.
+    """
+
+    rules: tuple[Rule, ...]
+    response_hosts: tuple[str, ...] = ("hooks.slack.com",)
+
+    KEYS = ("rules", "response_hosts")
+
+    @classmethod
+    def parse(cls, raw: object, path: str) -> SlackConfig:
+        section = _Section(raw, path, cls.KEYS)
+        try:
+            rules = parse_rules(section.raw.get("rules"))
+        except RuleError as error:
+            raise ConfigError(f"{path}.{error.where}", error.problem, error.fix) from None
+        hosts = section.raw.get("response_hosts", list(cls.response_hosts))
+        if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) and HOST.fullmatch(h) for h in hosts):
+            raise ConfigError(
+                section.key("response_hosts"),
+                f"{hosts!r} is not a list of host names",
+                'write e.g. ["hooks.slack.com"]',
+            )
+        return cls(rules=rules, response_hosts=tuple(hosts))
+
+
+@dataclass(frozen=True)
 class EnvironmentSettings:
     """One environment, one ``Platform-<name>`` stack.
 
@@ -284,8 +318,9 @@ class EnvironmentSettings:
     network: NetworkSettings = field(default_factory=NetworkSettings)
     logs: LogSettings = field(default_factory=LogSettings)
     base_image: BaseImageSettings = field(default_factory=BaseImageSettings)
+    slack: SlackConfig | None = None
 
-    KEYS = ("region", "account", "network", "logs", "base_image")
+    KEYS = ("region", "account", "network", "logs", "base_image", "slack")
 
     @property
     def stack_name(self) -> str:
@@ -307,6 +342,7 @@ class EnvironmentSettings:
             network=NetworkSettings.parse(section.mapping("network"), section.key("network"), region),
             logs=LogSettings.parse(section.mapping("logs"), section.key("logs")),
             base_image=BaseImageSettings.parse(section.mapping("base_image"), section.key("base_image")),
+            slack=SlackConfig.parse(section.raw["slack"], section.key("slack")) if section.has("slack") else None,
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from aws_cdk import ArnFormat, CfnOutput, Duration, Fn, RemovalPolicy, Stack
@@ -17,13 +17,15 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import aws_stepfunctions as sfn
+from aws_cdk import aws_wafv2 as wafv2
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
-from constructs.config import AppSettings
+from constructs.api_contract import ApiContract
+from constructs.config import AppSettings, SlackConfig
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
-from slipway.settings import AppRuntime, BuildSettings, ControlPlaneSettings, FleetSettings
+from slipway.settings import AppRuntime, BuildSettings, ControlPlaneSettings, FleetSettings, SlackSettings
 from slipway_release import layout, names
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
@@ -38,11 +40,15 @@ AUTHORIZER_CACHE = Duration.minutes(5)
 # through presigned URLs, so API calls are small and few.
 THROTTLING_RATE_LIMIT = 10
 THROTTLING_BURST_LIMIT = 20
-HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
 # Letters and digits only: the password goes into netrc files, shell variables and
 # `user:password` URLs, where `:`, quotes, spaces and `#` need escaping.
 PASSWORD_LENGTH = 40
 
+# Per client address and 5 minutes (5 requests a second on average): far above what the CLI and
+# the console send while following a deploy (one request every 2 s), far below a password guesser.
+RATE_LIMIT_PER_5_MINUTES = 1500
+# What API Gateway's request validator found, in a gateway response (the local front fills it the same way).
+VALIDATION_ERROR = "$context.error.validationErrorString"
 # One JSON object per request. `user` is the authorizer's context: who did what.
 ACCESS_LOG_FIELDS = {
     "requestId": "$context.requestId",
@@ -59,37 +65,6 @@ ACCESS_LOG_FIELDS = {
     "error": "$context.error.message",
     "userAgent": "$context.identity.userAgent",
 }
-
-
-@dataclass(frozen=True, order=True)
-class ApiRoute:
-    """One operation of the API: a resource path (``/apps/{app}/envs/{env}/releases``) and a method."""
-
-    path: str
-    method: str
-
-
-def routes_from_openapi(document: Mapping[str, Any]) -> tuple[ApiRoute, ...]:
-    """Every (path, method) of an OpenAPI 3 document, sorted; methods upper case.
-
-    Raises ``ValueError`` for a document without operations or with a path API Gateway
-    cannot express.
-    """
-    paths = document.get("paths")
-    if not isinstance(paths, Mapping) or not paths:
-        raise ValueError("the OpenAPI document has no paths; describe at least one operation under 'paths'")
-    routes: list[ApiRoute] = []
-    for path, item in paths.items():
-        if (
-            not isinstance(path, str)
-            or not path.startswith("/")
-            or (path != "/" and (path.endswith("/") or "//" in path))
-        ):
-            raise ValueError(f"OpenAPI path {path!r} must start with '/' and have no empty or trailing segment")
-        routes.extend(ApiRoute(path=path, method=method.upper()) for method in item if method in HTTP_METHODS)
-    if not routes:
-        raise ValueError("the OpenAPI document has no operations; add get/post/... under its paths")
-    return tuple(sorted(routes))
 
 
 class ControlPlane(Construct):
@@ -111,7 +86,8 @@ class ControlPlane(Construct):
         apps: Sequence[AppSettings],
         release_store: ReleaseStore,
         code: lambda_.Code,
-        routes: Sequence[ApiRoute],
+        contract: ApiContract,
+        slack: SlackConfig | None = None,
     ) -> None:
         super().__init__(scope, id_)
         if not names.is_env_name(env_name):
@@ -121,14 +97,18 @@ class ControlPlane(Construct):
         app_names = [app.name for app in apps]
         if len(set(app_names)) != len(app_names):
             raise ValueError(f"ControlPlane: apps has duplicate names {sorted(app_names)}; pass each app once")
-        if not routes:
-            raise ValueError("ControlPlane: routes is empty; pass routes_from_openapi(<the API's OpenAPI document>)")
+        if not contract.routes:
+            raise ValueError(
+                "ControlPlane: the contract has no routes; pass ApiContract.from_openapi(<the API's document>)"
+            )
         self._env_name = env_name
         self._secret = self._build_secret(env_name)
         self._authorizer_function = self._build_authorizer_function(code)
         self._api_function = self._build_api_function(code, env_name, apps, release_store)
         self._api = self._build_api(env_name)
-        self._add_routes(routes)
+        self._add_routes(contract)
+        self._web_acl = self._build_web_acl(env_name)
+        self._slack_secret = self._enable_slack(env_name, slack) if slack is not None else None
         # RestApi's own unnamed "Endpoint" output would repeat ApiUrl without saying what it is.
         self._api.node.try_remove_child("Endpoint")
         CfnOutput(self, "ApiUrl", value=self._api.url, description=f"Slipway API of {env_name}")
@@ -246,12 +226,15 @@ class ControlPlane(Construct):
         assert function.role is not None
         for app in apps:
             keys = layout.AppKeys(app.name, env_name)
-            for prefix in (keys.prefix, keys.uploads):
+            for pattern, what in (
+                (f"{keys.prefix}*", "reads every release, pointer and record"),
+                (f"{keys.uploads}*", "reads and writes the uploads"),
+                (keys.releases(), "writes the files of new releases (never current, lock, previous or instances/)"),
+            ):
                 acknowledge(
                     function.role,
-                    f"AwsSolutions-IAM5[Resource::<{RELEASE_BUCKET_ID}.Arn>/{prefix}*]",
-                    f"The control plane publishes and reads every release and upload of {app.name} in "
-                    f"{env_name}, and only those ({prefix}).",
+                    f"AwsSolutions-IAM5[Resource::<{RELEASE_BUCKET_ID}.Arn>/{pattern}]",
+                    f"The API {what} of {app.name} in {env_name}, and nothing of other apps or environments.",
                 )
         return function
 
@@ -298,23 +281,26 @@ class ControlPlane(Construct):
             response_headers={"WWW-Authenticate": "'Basic realm=\"Slipway\"'"},
             templates={"application/json": '{"message": "Missing or wrong credentials"}'},
         )
+        # A body or parameter the document forbids: API Gateway's validator says which and why.
+        for id_, response_type, words in (
+            ("BadRequestBody", apigateway.ResponseType.BAD_REQUEST_BODY, "the request body does not match"),
+            (
+                "BadRequestParameters",
+                apigateway.ResponseType.BAD_REQUEST_PARAMETERS,
+                "the request's parameters do not match",
+            ),
+        ):
+            api.add_gateway_response(
+                id_,
+                type=response_type,
+                status_code="400",
+                templates={"application/json": f'{{"message": "{words} the API (openapi.json): {VALIDATION_ERROR}"}}'},
+            )
         api.add_gateway_response(
             "AccessDenied",
             type=apigateway.ResponseType.ACCESS_DENIED,
             status_code="403",
             templates={"application/json": '{"message": "These credentials may not call this API"}'},
-        )
-        acknowledge(
-            api,
-            "AwsSolutions-APIG2",
-            "The API function checks every request body itself and answers 400 naming the input and the "
-            "fix; API Gateway's request validator could only answer a generic message.",
-        )
-        acknowledge(
-            api,
-            "AwsSolutions-APIG3",
-            "An operators' API behind HTTP Basic auth with 40-character generated passwords and stage "
-            "throttling; a WAF web ACL per environment would add cost without a rule to put in it.",
         )
         acknowledge(
             api,
@@ -330,11 +316,131 @@ class ControlPlane(Construct):
         )
         return api
 
-    def _add_routes(self, routes: Sequence[ApiRoute]) -> None:
+    def _enable_slack(self, env_name: str, slack: SlackConfig) -> secretsmanager.Secret:
+        """The ``/slipway`` command's signing secret, its rules, and the function's right to follow a
+        deploy in itself. Operators put the Slack app's signing secret into the secret."""
+        secret = secretsmanager.Secret(
+            self,
+            "SlackSigningSecret",
+            description=f"Slipway's Slack app in {env_name}: put the app's signing secret here "
+            "(Slack: Basic Information → App Credentials)",
+            # Random until an operator puts the real one: no request verifies against it meanwhile.
+            generate_secret_string=secretsmanager.SecretStringGenerator(exclude_punctuation=True, password_length=40),
+        )
+        acknowledge(
+            secret,
+            "AwsSolutions-SMG4",
+            "Slack issues the signing secret; it is rotated in Slack's app settings and copied here, not by Lambda.",
+        )
+        function = self._api_function
+        secret.grant_read(function)
+        self._settings = replace(
+            self._settings,
+            slack=SlackSettings(
+                rules=slack.rules, signing_secret=secret.secret_arn, response_hosts=slack.response_hosts
+            ),
+        )
+        self._apply_settings()
+        # A deploy started from Slack is followed asynchronously by this same function (Event
+        # invocations). Its own policy, not the role's default one: the function waits for that one,
+        # and a statement naming the function there would wait for the function.
+        assert function.role is not None
+        iam.Policy(
+            self,
+            "SlackFollowPolicy",
+            roles=[function.role],
+            statements=[iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[function.function_arn])],
+        )
+        CfnOutput(
+            self,
+            "SlackCommandUrl",
+            value=f"{self._api.url}slack/commands",
+            description="The Request URL of the /slipway slash command in the Slack app",
+        )
+        CfnOutput(
+            self,
+            "SlackSigningSecretName",
+            value=secret.secret_name,
+            description="aws secretsmanager put-secret-value --secret-id <this> "
+            "--secret-string <the Slack app's signing secret>",
+        )
+        return secret
+
+    def _build_web_acl(self, env_name: str) -> wafv2.CfnWebACL:
+        """A WAF web ACL on the stage: each client address may send RATE_LIMIT_PER_5_MINUTES requests.
+
+        Password guessing, or a client gone wrong, from one address is blocked for the rest of the
+        window before it can use up the stage's throttle that every user shares.
+        """
+        acl = wafv2.CfnWebACL(
+            self,
+            "WebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            description=f"Slipway API of {env_name}: a rate limit per client address",
+            visibility_config=_visibility(f"slipway-{env_name}-api"),
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="RatePerClientAddress",
+                    priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            limit=RATE_LIMIT_PER_5_MINUTES, aggregate_key_type="IP", evaluation_window_sec=300
+                        )
+                    ),
+                    visibility_config=_visibility(f"slipway-{env_name}-api-rate"),
+                )
+            ],
+        )
+        wafv2.CfnWebACLAssociation(
+            self, "WebAclAssociation", resource_arn=self._api.deployment_stage.stage_arn, web_acl_arn=acl.attr_arn
+        )
+        return acl
+
+    def _add_routes(self, contract: ApiContract) -> None:
+        """A method per route: the body validated against its model, query parameters as declared."""
         # allow_test_invoke=False: no extra permission per method for the console's test button.
         integration = apigateway.LambdaIntegration(self._api_function, allow_test_invoke=False)
-        for route in routes:
-            self._api.root.resource_for_path(route.path).add_method(route.method, integration)
+        validators = {
+            True: self._api.add_request_validator(
+                "ValidateBodyAndParameters", validate_request_body=True, validate_request_parameters=True
+            ),
+            False: self._api.add_request_validator("ValidateParameters", validate_request_parameters=True),
+        }
+        models: dict[str, apigateway.IModel] = {}
+        for name, schema in contract.models.items():
+            # The L1 model takes the draft 4 schema as the document has it (the L2 wants it retyped field by field).
+            model = apigateway.CfnModel(
+                self,
+                f"Model{name}",
+                rest_api_id=self._api.rest_api_id,
+                content_type="application/json",
+                name=name,
+                schema=dict(schema),
+            )
+            models[name] = apigateway.Model.from_model_name(self, f"Model{name}Ref", model.ref)
+        for route in contract.routes:
+            # A route the document leaves open (the Slack command, signed by Slack) has no authorizer.
+            open_route: dict[str, Any] = (
+                {} if route.authorized else {"authorization_type": apigateway.AuthorizationType.NONE}
+            )
+            method = self._api.root.resource_for_path(route.path).add_method(
+                route.method,
+                integration,
+                **open_route,
+                request_validator=validators[route.body_model is not None],
+                request_models={"application/json": models[route.body_model]} if route.body_model else None,
+                request_parameters={f"method.request.querystring.{name}": required for name, required in route.query}
+                or None,
+            )
+            if not route.authorized:
+                acknowledge(
+                    method,
+                    "AwsSolutions-APIG4",
+                    "Slack cannot send Basic credentials: the function verifies each request's Slack signature "
+                    "(HMAC-SHA256 of the timestamp and body under the app's signing secret, five-minute window).",
+                )
 
     @property
     def api_url(self) -> str:
@@ -380,6 +486,7 @@ class ControlPlane(Construct):
         build_logs.grant(function, "logs:GetLogEvents")
 
     def _apply_settings(self) -> None:
+        """The API function's environment: its settings as they stand."""
         for variable, value in self._settings.environment(to_json=Stack.of(self).to_json_string).items():
             self._api_function.add_environment(variable, value)
 
@@ -443,3 +550,9 @@ class ControlPlane(Construct):
             "Deploys are executions of this environment's rollout state machine, created one per deploy: the API "
             "reads any of them (status, progress, output) and nothing else of Step Functions.",
         )
+
+
+def _visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+    return wafv2.CfnWebACL.VisibilityConfigProperty(
+        cloud_watch_metrics_enabled=True, metric_name=metric, sampled_requests_enabled=True
+    )

@@ -137,7 +137,7 @@ class AppFleet(Construct):
         CfnOutput(
             self,
             "Url",
-            value=f"{self._scheme}://{self._load_balancer.load_balancer_dns_name}",
+            value=self.url,
             description=f"{settings.name} in {env_name}",
         )
 
@@ -305,6 +305,11 @@ class AppFleet(Construct):
         cfn = self._group.node.default_child
         assert isinstance(cfn, autoscaling.CfnAutoScalingGroup)
         return cfn
+
+    @property
+    def url(self) -> str:
+        """Where the app answers: ``http(s)://`` and the load balancer's DNS name."""
+        return f"{self._scheme}://{self._load_balancer.load_balancer_dns_name}"
 
     @property
     def load_balancer(self) -> elbv2.IApplicationLoadBalancer:

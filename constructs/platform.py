@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from aws_cdk import CfnOutput, Environment, Stack, SymlinkFollowMode
@@ -11,10 +10,11 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
+from constructs.api_contract import ApiContract
 from constructs.base_image import BaseImagePipeline
 from constructs.builder import Builder
 from constructs.config import EnvironmentSettings, PlatformConfig
-from constructs.control_plane import ApiRoute, ControlPlane
+from constructs.control_plane import ControlPlane
 from constructs.deploy_document import DeployDocument
 from constructs.fleet import AppFleet
 from constructs.fleet_monitoring import FleetMonitoring
@@ -37,8 +37,8 @@ ASSET_EXCLUDE = ["__pycache__", "*.pyc", ".*_cache"]
 class PlatformStack(Stack):
     """Composes one environment: network, release bucket, a fleet per app and the control plane.
 
-    ``api_routes`` are the operations of the control plane's OpenAPI document
-    (``routes_from_openapi``); each becomes a method of the REST API.
+    ``api`` is the control plane's contract, from its OpenAPI document: each route becomes a
+    method of the REST API, its request body validated against the document's schema.
     """
 
     def __init__(
@@ -48,7 +48,7 @@ class PlatformStack(Stack):
         *,
         config: PlatformConfig,
         environment: EnvironmentSettings,
-        api_routes: Sequence[ApiRoute],
+        api: ApiContract,
     ) -> None:
         super().__init__(
             scope,
@@ -119,7 +119,8 @@ class PlatformStack(Stack):
             apps=[app.settings_for(environment.name) for app in config.apps],
             release_store=self.release_store,
             code=control_plane_code,
-            routes=api_routes,
+            contract=api,
+            slack=environment.slack,
         )
         self.builder: Builder | None = None
         self.release_workflow: ReleaseWorkflow | None = None
@@ -174,6 +175,7 @@ class PlatformStack(Stack):
                         document=self.deploy_document.document_name,
                         output_log_group=self.deploy_document.log_group.log_group_name,
                         bucket=self.release_store.bucket.bucket_name,
+                        url=fleet.url,
                         strategy=app_settings[name].rollout,
                     )
                     for name, fleet in self.fleets.items()

@@ -87,30 +87,37 @@ class ReleaseStore(Construct):
         )
 
     def grant_publish(self, grantee: iam.IGrantable, *, apps: Sequence[str], env: str) -> None:
-        """Let ``grantee`` (the control plane) publish releases of ``apps`` in ``env``.
+        """Let ``grantee`` (the API) publish releases of ``apps`` in ``env``.
 
-        Read, write and list ``<app>/<env>/`` (releases, ``current``, ``env``) and
-        ``uploads/<app>/<env>/`` (sources on their way to becoming releases), abort and
-        inspect multipart uploads there, and delete there (the bucket is versioned: a
-        delete only adds a delete marker, which undoes a release id that could not be
-        completed). Nothing of other environments' prefixes, no version deletes.
+        Read everything under ``<app>/<env>/`` and ``uploads/<app>/<env>/``; write and delete
+        only new releases' files (``<app>/<env>/r*``: a delete, in this versioned bucket, adds
+        a marker that gives back a release id that could not be completed), the canonical
+        ``env``, and uploads (where multipart uploads are also inspected and aborted). Never
+        ``current``, ``previous``, ``lock`` or ``instances/``: only rollouts move those.
+        Nothing of other environments' prefixes, no version deletes.
         """
-        objects = [
-            self._bucket.arn_for_objects(key)
-            for keys in (AppKeys(app, env) for app in apps)
-            for key in (f"{keys.prefix}*", f"{keys.uploads}*")
-        ]
-        if objects:
+        all_keys = [AppKeys(app, env) for app in apps]
+        if all_keys:
             grantee.grant_principal.add_to_principal_policy(
                 iam.PolicyStatement(
-                    actions=[
-                        "s3:GetObject",
-                        "s3:PutObject",
-                        "s3:DeleteObject",
-                        "s3:AbortMultipartUpload",
-                        "s3:ListMultipartUploadParts",
-                    ],
-                    resources=objects,
+                    actions=["s3:GetObject"],
+                    resources=[self._bucket.arn_for_objects(f"{k.prefix}*") for k in all_keys]
+                    + [self._bucket.arn_for_objects(f"{k.uploads}*") for k in all_keys],
+                )
+            )
+            grantee.grant_principal.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["s3:PutObject", "s3:DeleteObject"],
+                    resources=[
+                        self._bucket.arn_for_objects(key) for k in all_keys for key in (k.releases(), k.env_file)
+                    ]
+                    + [self._bucket.arn_for_objects(f"{k.uploads}*") for k in all_keys],
+                )
+            )
+            grantee.grant_principal.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                    resources=[self._bucket.arn_for_objects(f"{k.uploads}*") for k in all_keys],
                 )
             )
         # Unconditional: with ListBucket, S3 answers a missing key with 404 NoSuchKey (how

@@ -7,8 +7,10 @@ serves, then keeps serving until interrupted.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import secrets
+import signal
 import sys
 import threading
 
@@ -22,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", default="admin")
     parser.add_argument("--password", default=None, help="default: generated and printed")
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack on stderr
     password = args.password or secrets.token_urlsafe(18)
     platform = LocalPlatform(args.env, users={args.user: password}, port=args.port)
     try:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import logging
+import threading
 import time
 import uuid
 import zipfile
@@ -148,9 +150,13 @@ def _create(clients: Clients, item: Deferred, properties: Mapping[str, Any]) -> 
             ExcludePunctuation=generate.get("ExcludePunctuation", False),
             IncludeSpace=generate.get("IncludeSpace", False),
         )["RandomPassword"]
-        secret = {**json.loads(generate["SecretStringTemplate"]), generate["GenerateStringKey"]: password}
+        # As Secrets Manager generates it: the password alone, or put into a JSON template under a key.
+        if "GenerateStringKey" in generate:
+            text = json.dumps({**json.loads(generate["SecretStringTemplate"]), generate["GenerateStringKey"]: password})
+        else:
+            text = password
         created = clients.secretsmanager.create_secret(
-            Name=item.name, Description=item.properties.get("Description", ""), SecretString=json.dumps(secret)
+            Name=item.name, Description=item.properties.get("Description", ""), SecretString=text
         )
         return str(created["ARN"])
     if item.type == "AWS::CloudWatch::Alarm":
@@ -216,14 +222,29 @@ def run_handler(handler: str, event: Any, function_name: str) -> Any:
 
 
 def _invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any) -> bytes:
-    """moto's Lambda without Docker: run the function's handler in this process."""
+    """moto's Lambda without Docker: run the function's handler in this process; an ``Event``
+    invocation in a thread of its own, answered at once, as Lambda queues it."""
     function = self.get_function(function_name, qualifier)
+    event = json.loads(body or "{}")
+    if (headers or {}).get("X-Amz-Invocation-Type") == "Event":
+        threading.Thread(
+            target=_run_quietly, args=(function.handler, event, function.function_name), daemon=True
+        ).start()
+        return b""
     try:
-        result = run_handler(function.handler, json.loads(body or "{}"), function.function_name)
+        result = run_handler(function.handler, event, function.function_name)
     except Exception as error:  # what Lambda reports for an unhandled exception
         response_headers["x-amz-function-error"] = "Unhandled"
         result = {"errorType": type(error).__name__, "errorMessage": str(error)}
     return json.dumps(result).encode()
+
+
+def _run_quietly(handler: str, event: Any, function_name: str) -> None:
+    """An asynchronous invocation: its result goes nowhere; an error is logged as Lambda would log it."""
+    try:
+        run_handler(handler, event, function_name)
+    except Exception:
+        logging.getLogger("local.lambda").exception("asynchronous invocation of %s failed", function_name)
 
 
 @contextmanager

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import json
 import re
+import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from typing import Any
 from local.template import ACCOUNT, REGION
 
 API_ID = "local"
+VALIDATION_ERROR = "$context.error.validationErrorString"
 Invoke = Callable[[str, dict[str, Any]], Any]  # (function logical id, event) -> the function's result
 
 
@@ -39,13 +43,17 @@ class Authorizer:
 
 @dataclass(frozen=True)
 class Route:
-    """One method: ``method`` on the resource ``path``, proxied to ``function``."""
+    """One method: ``method`` on the resource ``path``, proxied to ``function``; its request body
+    validated against ``body_schema`` (a JSON Schema draft 4 model) when its validator says so,
+    and ``required_query`` parameters demanded."""
 
     method: str
     path: str
     function: str
     authorizer: str | None
     pattern: re.Pattern[str]
+    body_schema: Mapping[str, Any] | None = None
+    required_query: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,9 @@ DEFAULT_RESPONSES = {
     "UNAUTHORIZED": GatewayResponse(401, {}, '{"message":"Unauthorized"}'),
     "ACCESS_DENIED": GatewayResponse(403, {}, '{"message":"User is not authorized to access this resource"}'),
     "AUTHORIZER_FAILURE": GatewayResponse(500, {}, '{"message":null}'),
+    "INTEGRATION_FAILURE": GatewayResponse(502, {}, '{"message": "Internal server error"}'),
+    "BAD_REQUEST_BODY": GatewayResponse(400, {}, '{"message": "Invalid request body"}'),
+    "BAD_REQUEST_PARAMETERS": GatewayResponse(400, {}, '{"message": "Missing required request parameters"}'),
 }
 
 
@@ -105,7 +116,7 @@ class Gateway:
         resources: Mapping[str, Any] = template["Resources"]
         of_type = {
             kind: {k: r["Properties"] for k, r in resources.items() if r["Type"] == f"AWS::ApiGateway::{kind}"}
-            for kind in ("Resource", "Method", "Authorizer", "GatewayResponse", "Stage")
+            for kind in ("Resource", "Method", "Authorizer", "GatewayResponse", "Stage", "RequestValidator", "Model")
         }
         if len(of_type["Stage"]) != 1:
             raise ValueError("the local front plays one REST API stage; the template has " + str(len(of_type["Stage"])))
@@ -125,8 +136,28 @@ class Gateway:
             authorizer = (
                 method.get("AuthorizerId", {}).get("Ref") if method.get("AuthorizationType") == "CUSTOM" else None
             )
+            validator = of_type["RequestValidator"].get(method.get("RequestValidatorId", {}).get("Ref", ""), {})
+            body_schema = None
+            if validator.get("ValidateRequestBody"):
+                model = method.get("RequestModels", {}).get("application/json", {}).get("Ref")
+                body_schema = of_type["Model"][model]["Schema"] if model else None
+            required: tuple[str, ...] = ()
+            if validator.get("ValidateRequestParameters"):
+                required = tuple(
+                    name.removeprefix("method.request.querystring.")
+                    for name, needed in method.get("RequestParameters", {}).items()
+                    if needed and name.startswith("method.request.querystring.")
+                )
             routes.append(
-                Route(method["HttpMethod"], path, _function_of(integration["Uri"]), authorizer, _path_pattern(path))
+                Route(
+                    method["HttpMethod"],
+                    path,
+                    _function_of(integration["Uri"]),
+                    authorizer,
+                    _path_pattern(path),
+                    body_schema,
+                    required,
+                )
             )
         authorizers = {
             logical: Authorizer(
@@ -172,13 +203,47 @@ class Gateway:
             if isinstance(allowed, GatewayResponse):
                 return allowed
             context = allowed
-        result = invoke(route.function, proxy_event(request, self.stage, body=body, authorizer=context))
+        refused = self._validate(route, request, body)
+        if refused is not None:
+            return refused
+        try:
+            result = invoke(route.function, proxy_event(request, self.stage, body=body, authorizer=context))
+        except Exception:  # the function failed: API Gateway answers 502 and the client learns nothing more
+            # ... and the traceback goes to the function's log, here this process's stderr.
+            traceback.print_exc(file=sys.stderr)
+            return self.responses["INTEGRATION_FAILURE"]
         if not isinstance(result, Mapping) or "statusCode" not in result:
-            return GatewayResponse(502, {}, '{"message": "Internal server error"}')
+            return self.responses["INTEGRATION_FAILURE"]
         payload = result.get("body") or ""
         if result.get("isBase64Encoded"):
             payload = base64.b64decode(payload).decode("utf-8", errors="replace")
-        return GatewayResponse(int(result["statusCode"]), dict(result.get("headers") or {}), payload)
+        # A proxy response may give headers both ways; API Gateway sends both, multiValueHeaders winning.
+        headers = dict(result.get("headers") or {})
+        headers.update({name: ", ".join(values) for name, values in (result.get("multiValueHeaders") or {}).items()})
+        return GatewayResponse(int(result["statusCode"]), headers, payload)
+
+    def _validate(self, route: Route, request: Request, body: bytes) -> GatewayResponse | None:
+        """API Gateway's request validator: required query parameters, then the body against its model."""
+        missing = [name for name in route.required_query if name not in request.query]
+        if missing:
+            return self._bad("BAD_REQUEST_PARAMETERS", f"[Missing required request parameters: [{', '.join(missing)}]]")
+        if route.body_schema is None:
+            return None
+        import jsonschema  # the local platform's own dependency (tests and tools), never Lambda's
+
+        try:
+            document = json.loads(body.decode("utf-8")) if body else None
+        except (UnicodeDecodeError, ValueError):
+            return self._bad("BAD_REQUEST_BODY", "[Invalid request body]")
+        errors = sorted(jsonschema.Draft4Validator(route.body_schema).iter_errors(document), key=lambda e: list(e.path))
+        if errors:
+            return self._bad("BAD_REQUEST_BODY", "[" + ", ".join(error.message for error in errors[:3]) + "]")
+        return None
+
+    def _bad(self, kind: str, error: str) -> GatewayResponse:
+        response = self.responses[kind]
+        escaped = json.dumps(error)[1:-1]  # substituted into a JSON string
+        return GatewayResponse(response.status, response.headers, response.body.replace(VALIDATION_ERROR, escaped))
 
     def _authorize(
         self, authorizer: Authorizer, logical: str, request: Request, invoke: Invoke

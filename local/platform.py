@@ -160,4 +160,12 @@ def launch(env: str, password: str) -> tuple[subprocess.Popen[str], dict[str, An
         process.wait(timeout=10)
         raise RuntimeError(f"the local platform for {env} did not start (exit {process.returncode})")
     info: dict[str, Any] = json.loads(line)
+    # The functions log to stdout, as on Lambda: keep reading it, or a full pipe stalls every
+    # request at its first log line.
+    threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
     return process, info
+
+
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass

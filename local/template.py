@@ -27,6 +27,10 @@ ADAPTATIONS: dict[str, str] = {
         "plays API Gateway from these same resources (local.gateway), so none is deployed into moto"
     ),
     "AWS::Lambda::Permission": "only API Gateway invokes through these permissions, and the local front is API Gateway",
+    "AWS::WAFv2::*": (
+        "moto's CloudFormation lacks WAF; its one rule (a rate limit per client address) guards a public API, "
+        "and the local front serves loopback only"
+    ),
     "Custom::VpcRestrictDefaultSG": (
         "its handler is a Node.js Lambda that moto could run only in Docker; it strips the default security "
         "group's rules, which guard nothing on one machine"
@@ -66,7 +70,7 @@ ADAPTATIONS: dict[str, str] = {
 }
 
 # Types taken out of the stack entirely.
-_DROPPED_PREFIXES = ("AWS::ApiGateway::",)
+_DROPPED_PREFIXES = ("AWS::ApiGateway::", "AWS::WAFv2::")
 _DROPPED = {"AWS::Lambda::Permission", "Custom::VpcRestrictDefaultSG", "AWS::S3::BucketPolicy"}
 # Types created through their API instead, and whether that happens before the stack.
 _DEFERRED = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from pathlib import Path
@@ -22,13 +23,28 @@ class Context:
 
 
 def call(
-    method: str, path: str, body: object = None, query: dict[str, str] | None = None, user: str | None = "alice"
+    method: str,
+    path: str,
+    body: object = None,
+    query: dict[str, str] | None = None,
+    user: str | None = "alice",
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """Send one request through the handler as API Gateway would."""
+    """Send one request through the handler as API Gateway would; ``raw`` sends bytes as they are
+    (API Gateway passes a body that is not UTF-8 base64-encoded)."""
     event = copy.deepcopy(json.loads((EVENTS / "api_gateway_rest_proxy.json").read_text()))
-    event.update(
-        httpMethod=method, path=path, queryStringParameters=query, body=None if body is None else json.dumps(body)
-    )
+    text = None if body is None else json.dumps(body)
+    encoded = False
+    if raw is not None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text, encoded = base64.b64encode(raw).decode("ascii"), True
+    event.update(httpMethod=method, path=path, queryStringParameters=query, body=text, isBase64Encoded=encoded)
+    # As the CLI and the console send every change: JSON (the handler refuses anything else).
+    sent = {"Content-Type": "application/json"} if method not in ("GET", "HEAD") else {}
+    event["headers"] = {**event["headers"], **sent, **(headers or {})}
     event["requestContext"].update(httpMethod=method, path=f"/api{path}")
     if user is None:
         del event["requestContext"]["authorizer"]["user"]

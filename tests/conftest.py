@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 from aws_cdk.assertions import Template
+from end_to_end import ENVS, PASSWORD, SLIPWAY, Run
 
 from app import build_app, cdk_json_context
+from local.platform import launch
 
 
 def synth_templates(context: dict[str, Any], outdir: Path) -> dict[str, dict[str, Any]]:
@@ -135,3 +139,62 @@ def deployed(templates: dict[str, dict[str, Any]], fake_aws: None, monkeypatch: 
 def resources_of_type(template: Template, resource_type: str) -> dict[str, Any]:
     found: dict[str, Any] = template.find_resources(resource_type)
     return found
+
+
+# End to end: the local platform, a developer's checkout, the installed `slipway` command.
+
+
+@pytest.fixture(scope="session")
+def local_platforms() -> Iterator[dict[str, dict[str, Any]]]:
+    """Local control planes for staging and production, as two separate services, shared by the
+    end-to-end tests of the CLI and the console (started together: each synthesizes its stack)."""
+    with ThreadPoolExecutor() as pool:
+        started = dict(zip(ENVS, pool.map(lambda env: launch(env, PASSWORD), ENVS), strict=True))
+    yield {env: info for env, (_, info) in started.items()}
+    for process, _ in started.values():
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A git repository of a small app, as a developer has it."""
+    repo = tmp_path / "app"
+    repo.mkdir()
+    # billing's formation (cdk.json) runs workers: its Procfile must define them.
+    (repo / "Procfile").write_text("web: python3 app.py\nworker: python3 app.py --work\n")
+    (repo / "app.py").write_text("print('hello')\n")
+    git = ["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], cwd=repo, check=True)
+    return repo
+
+
+@pytest.fixture
+def slipway(local_platforms: dict[str, dict[str, Any]], checkout: Path, tmp_path: Path) -> Run:
+    assert SLIPWAY.exists(), "the slipway command is not installed: `make test` installs it"
+
+    def run(
+        *args: str, user: str = "admin", password: str = PASSWORD, cwd: Path | None = None, **environ: str
+    ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+        env.update(
+            HOME=str(tmp_path),
+            SLIPWAY_URL_STAGING=local_platforms["staging"]["url"],
+            SLIPWAY_URL_PRODUCTION=local_platforms["production"]["url"],
+            SLIPWAY_USER=user,
+            SLIPWAY_PASSWORD=password,
+        )
+        env.update(environ)
+        return subprocess.run(
+            [str(SLIPWAY), *args],
+            cwd=cwd or checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    return run

@@ -184,14 +184,14 @@ def platform(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Itera
             monkeypatch.setenv(name, value)
         monkeypatch.setenv(ROLLOUT_TIMING, json.dumps(TIMING.to_json()))
         aws.client.cache_clear()
-        from slipway import api
+        from slipway import operations
 
-        api.settings.cache_clear()
+        operations.settings.cache_clear()
         try:
             yield deployed
         finally:
             aws.client.cache_clear()
-            api.settings.cache_clear()
+            operations.settings.cache_clear()
 
 
 @contextmanager

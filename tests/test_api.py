@@ -17,12 +17,12 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from api_events import call
+from api_events import Context, call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pending import PUBLISHER_WRITES_V1
 
-from slipway import api, aws, publisher
+from slipway import api, aws, console, operations, publisher
 from slipway.releases import ReleaseError, change_config
 from slipway_release.envfile import parse_env
 
@@ -47,7 +47,7 @@ def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     }.items():
         monkeypatch.setenv(name, value)
     aws.client.cache_clear()
-    api.settings.cache_clear()
+    operations.settings.cache_clear()
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
     client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
@@ -412,7 +412,7 @@ def test_any_carriable_config_round_trips_through_the_env_file(values: dict[str,
 def test_current_moves_only_by_compare_and_swap(s3: Any) -> None:
     publish()
     publish()
-    releases = api._publisher("web", "staging")
+    releases = operations.publisher("web", "staging")
     releases.move_current("r1", expected=None)
     with pytest.raises(ReleaseError, match="current is r1, not unset"):
         releases.move_current("r2", expected=None)  # a stale view loses
@@ -440,3 +440,113 @@ def test_routes_are_exactly_the_openapi_operations() -> None:
     for method, path in documented:
         concrete = path.replace("{app}", "web").replace("{env}", "staging").replace("{release}", "r1")
         assert any(m == method and re.fullmatch(p, concrete) for m, p in routed), (method, path)
+
+
+BODIES = {
+    "not UTF-8": b"\xff\xfe{",
+    "not JSON": b"{'set': 1",
+    "JSON but not an object": b"[1, 2]",
+    "empty": b"",
+}
+WITH_BODIES = [
+    ("POST", "/apps/web/envs/staging/uploads"),
+    ("POST", "/apps/web/envs/staging/releases"),
+    ("PATCH", "/apps/web/envs/staging/config"),
+    ("POST", "/apps/web/envs/staging/deploys"),
+]
+
+
+@pytest.mark.parametrize("method, path", WITH_BODIES)
+@pytest.mark.parametrize("raw", BODIES.values(), ids=BODIES.keys())
+def test_a_malformed_body_gets_a_json_400_and_changes_nothing(s3: Any, method: str, path: str, raw: bytes) -> None:
+    status, body = call(method, path, raw=raw)
+    assert status == 400, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert keys(s3, "") == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({}, 'send {"set": {"NAME": "value"}} and/or {"unset": ["NAME"]}'),
+        ({"set": {}, "unset": []}, 'send {"set": {"NAME": "value"}} and/or {"unset": ["NAME"]}'),
+        ({"set": {"A": 1}}, "A: values are strings"),
+        ({"set": []}, 'send {"set": {"NAME": "value"}}'),
+        ({"unset": [1]}, "unset must be a list of variable names"),
+        ({"set": {"1BAD": "x"}}, "is not a valid variable name"),
+    ],
+)
+def test_a_wrong_config_change_gets_a_400_naming_it(s3: Any, change: dict[str, Any], message: str) -> None:
+    status, body = call("PATCH", "/apps/web/envs/staging/config", change)
+    assert status == 400 and message in body["message"], body
+    assert keys(s3, "web/") == []
+
+
+# Browsers: the console's page, and changes no other site's page can make with the browser's credentials.
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("POST", "/apps/web/envs/staging/rollback", {"Content-Type": "application/x-www-form-urlencoded"}),
+        ("POST", "/apps/web/envs/staging/cycle", {"Content-Type": "text/plain"}),
+        ("PATCH", "/apps/web/envs/staging/config", {"Content-Type": "multipart/form-data; boundary=x"}),
+    ],
+)
+def test_a_change_that_is_not_json_is_refused_415(s3: Any, method: str, path: str, headers: dict[str, str]) -> None:
+    # What an HTML form on another site can send, with a JSON-looking body (the text/plain trick).
+    status, body = call(method, path, raw=b'{"set": {"A": "1"}}', headers=headers)
+    assert status == 415
+    assert body["message"].startswith("send a JSON body with Content-Type: application/json (got ")
+    assert call("GET", "/apps/web/envs/staging/config")[1] == {"vars": {}}
+
+
+def test_a_change_a_browser_marks_cross_site_is_refused_403(s3: Any) -> None:
+    status, body = call(
+        "PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert (status, body["message"]) == (403, "this request came from another site's page; use the console or the CLI")
+    assert call("GET", "/apps/web/envs/staging/config")[1] == {"vars": {}}
+    # The console's own calls are same-origin.
+    ok = call("PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert ok[0] == 200
+
+
+def _get(path: str, stage_path: str) -> tuple[int, dict[str, str], str]:
+    """GET ``path`` through the handler as API Gateway sends it: not JSON, headers as the function gave them."""
+    event = json.loads((EVENTS / "api_gateway_rest_proxy.json").read_text())
+    event.update(httpMethod="GET", path=path, body=None, queryStringParameters=None)
+    event["requestContext"].update(httpMethod="GET", path=stage_path)
+    response = api.handler(event, Context())
+    headers = {name: values[0] for name, values in response["multiValueHeaders"].items()}
+    return response["statusCode"], headers, response["body"]
+
+
+def test_the_console_page_names_its_assets_by_content_hash_under_the_stage(s3: Any) -> None:
+    status, headers, page = _get("/", "/v1/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Content-Security-Policy"] == console.CONTENT_SECURITY_POLICY
+    assert '<base href="/v1/">' in page and 'data-env="staging"' in page
+    for name in ("app.js", "app.css"):
+        found = re.search(rf'"console/{re.escape(name)}\?v=([0-9a-f]{{12}})"', page)
+        assert found is not None, name
+        text = (Path(console.__file__).parent / name).read_text()
+        assert found.group(1) == hashlib.sha256(text.encode()).hexdigest()[:12]
+        status, headers, body = _get(f"/console/{name}", f"/v1/console/{name}")
+        assert (status, body) == (200, text)
+        assert headers["Cache-Control"] == "private, max-age=31536000, immutable"
+    assert _get("/console/secrets.txt", "/v1/console/secrets.txt")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("request_path", "resource_path", "base"),
+    [
+        ("/v1/", "/", "/v1/"),  # the stage's own URL
+        ("/v1", "/", "/v1/"),  # ... without its slash
+        ("/", "/", "/"),  # a custom domain mapped at its root
+        ("/slipway/", "/", "/slipway/"),  # ... or under a base path
+        ("/v1/console/app.js", "/console/app.js", "/v1/"),
+    ],
+)
+def test_the_console_s_base_is_where_the_api_hangs(request_path: str, resource_path: str, base: str) -> None:
+    assert console.base_path(request_path, resource_path) == base

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,74 +15,7 @@ import boto3
 import pytest
 from pending import PUBLISHER_WRITES_V1
 
-from local.platform import launch
-
-SLIPWAY = Path(sys.executable).parent / "slipway"
-PASSWORD = "correct-horse-battery"
-
-
-@pytest.fixture(scope="module")
-def local() -> Iterator[dict[str, dict[str, Any]]]:
-    """Local control planes for staging and production, as two separate services."""
-    started = {env: launch(env, PASSWORD) for env in ("staging", "production")}
-    yield {env: info for env, (_, info) in started.items()}
-    for process, _ in started.values():
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@pytest.fixture
-def checkout(tmp_path: Path) -> Path:
-    """A git repository of a small app, as a developer has it."""
-    repo = tmp_path / "app"
-    repo.mkdir()
-    # billing's formation (cdk.json) runs workers: its Procfile must define them.
-    (repo / "Procfile").write_text("web: python3 app.py\nworker: python3 app.py --work\n")
-    (repo / "app.py").write_text("print('hello')\n")
-    git = ["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
-    subprocess.run(["git", "add", "."], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "first"], cwd=repo, check=True)
-    return repo
-
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture
-def slipway(local: dict[str, dict[str, Any]], checkout: Path, tmp_path: Path) -> Run:
-    assert SLIPWAY.exists(), "the slipway command is not installed: `make test` installs it"
-
-    def run(
-        *args: str, user: str = "admin", password: str = PASSWORD, cwd: Path | None = None, **environ: str
-    ) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
-        env.update(
-            HOME=str(tmp_path),
-            SLIPWAY_URL_STAGING=local["staging"]["url"],
-            SLIPWAY_URL_PRODUCTION=local["production"]["url"],
-            SLIPWAY_USER=user,
-            SLIPWAY_PASSWORD=password,
-        )
-        env.update(environ)
-        return subprocess.run(
-            [str(SLIPWAY), *args],
-            cwd=cwd or checkout,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    return run
-
-
-def releases(run: Run, app: str, env: str) -> list[dict[str, Any]]:
-    result = run("--json", "releases", app, env, "--limit", "100")
-    assert result.returncode == 0, result.stderr
-    listed: list[dict[str, Any]] = json.loads(result.stdout)["releases"]
-    return listed
+from end_to_end import PASSWORD, Run, releases
 
 
 @PUBLISHER_WRITES_V1
@@ -93,10 +24,10 @@ def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> 
     result = slipway("release", "billing", "staging", "-m", "first cut")
     assert result.returncode == 0, result.stderr
     first = f"r{before + 1}"
-    assert result.stdout.startswith(f"Published billing {first} to staging (HEAD @ ")
+    assert result.stdout.startswith(f"Published billing {first} to staging (main @ ")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
     [newest, *_] = releases(slipway, "billing", "staging")
-    assert (newest["id"], newest["git"], newest["created_by"]) == (first, {"ref": "HEAD", "commit": commit}, "admin")
+    assert (newest["id"], newest["git"], newest["created_by"]) == (first, {"ref": "main", "commit": commit}, "admin")
     assert newest["description"] == "first cut"
     assert newest["formation"] == {"web": 1, "worker": 2}  # from cdk.json
 
@@ -144,7 +75,7 @@ def test_wrong_credentials_are_one_line_and_change_nothing(slipway: Run) -> None
     assert releases(slipway, "web", "staging") == before
 
 
-def test_credentials_from_netrc(slipway: Run, local: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+def test_credentials_from_netrc(slipway: Run, local_platforms: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     (tmp_path / ".netrc").write_text(f"machine 127.0.0.1 login admin password {PASSWORD}\n")
     (tmp_path / ".netrc").chmod(0o600)
     result = slipway("releases", "web", "staging", user="", password="")
@@ -183,23 +114,23 @@ def test_source_without_procfile_is_refused(slipway: Run, checkout: Path) -> Non
 
 @pytest.mark.parametrize("authorization", [None, "Basic bm90OmFkbWlu", "Bearer abc"])
 def test_missing_or_wrong_credentials_get_401_with_a_browser_prompt(
-    local: dict[str, dict[str, Any]], slipway: Run, authorization: str | None
+    local_platforms: dict[str, dict[str, Any]], slipway: Run, authorization: str | None
 ) -> None:
     s3 = boto3.client(
         "s3",
-        endpoint_url=local["staging"]["aws_endpoint"],
+        endpoint_url=local_platforms["staging"]["aws_endpoint"],
         region_name="us-east-1",
         aws_access_key_id="local",
         aws_secret_access_key="local",
     )
 
     def stored() -> list[str]:
-        return [o["Key"] for o in s3.list_objects_v2(Bucket=local["staging"]["bucket"]).get("Contents", [])]
+        return [o["Key"] for o in s3.list_objects_v2(Bucket=local_platforms["staging"]["bucket"]).get("Contents", [])]
 
     before = stored()
     headers = {"Content-Type": "application/json"} | ({"Authorization": authorization} if authorization else {})
     request = urllib.request.Request(
-        f"{local['staging']['url']}/apps/web/envs/staging/uploads",
+        f"{local_platforms['staging']['url']}/apps/web/envs/staging/uploads",
         method="POST",
         headers=headers,
         data=json.dumps({"size": 10, "sha256": "0" * 64}).encode(),
@@ -262,3 +193,38 @@ def test_status_and_cycling_one_instance_from_the_cli(slipway: Run) -> None:
     assert result.stdout.strip() == f"Replaced {victim}: 1 of 1 instances of billing in staging serve"
     after = json.loads(slipway("--json", "status", "billing", "staging").stdout)
     assert victim not in [i["id"] for i in after["instances"]] and len(after["instances"]) == 1
+
+
+def browser_recorder(tmp_path: Path) -> tuple[str, Path]:
+    """A $BROWSER that writes the URL it is asked to open to a file."""
+    opened = tmp_path / "opened.txt"
+    script = tmp_path / "browser.sh"
+    script.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {opened}\n')
+    script.chmod(0o755)
+    return f"{script} %s", opened
+
+
+def test_open_opens_the_app_s_url_and_console_the_console(
+    slipway: Run, local_platforms: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    browser, opened = browser_recorder(tmp_path)
+    listing = json.loads(slipway("--json", "open", "web", "staging", BROWSER=browser).stdout)
+    assert listing["opened"] is True and opened.read_text() == listing["url"]
+    assert listing["url"].startswith("http://") and "elb" in listing["url"]  # the fleet's load balancer
+
+    result = slipway("console", "staging", BROWSER=browser)
+    assert result.returncode == 0, result.stderr
+    page = local_platforms["staging"]["url"] + "/"
+    assert opened.read_text() == page
+    assert result.stdout.strip() == f"Opening the staging console: {page}"
+    slipway("console", "staging", "billing", BROWSER=browser)
+    assert opened.read_text() == page + "#/apps/billing"
+
+
+def test_open_of_an_unknown_app_is_one_line(slipway: Run, tmp_path: Path) -> None:
+    browser, opened = browser_recorder(tmp_path)
+    result = slipway("open", "nope", "staging", BROWSER=browser)
+    assert result.returncode == 1 and not opened.exists()
+    assert result.stderr.strip() == (
+        "slipway: no app 'nope' in staging (apps: billing, web); add it to cdk.json and deploy the stack"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import fnmatch
 import json
 import os
 import re
@@ -11,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
+import jsonschema
 import pytest
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk.assertions import Match, Template
 
+from constructs.api_contract import ApiContract, ApiRoute, gateway_model, routes_from_openapi
 from constructs.config import AppSettings
-from constructs.control_plane import ApiRoute, ControlPlane, routes_from_openapi
+from constructs.control_plane import ControlPlane
 from constructs.release_store import ReleaseStore
 from slipway.rollout.strategy import Strategy
 from slipway.settings import ControlPlaneSettings, FleetSettings
@@ -85,88 +88,84 @@ def test_api_function_environment_parses_into_the_settings_the_api_reads(staging
     """What synthesis hands the control plane is the typed settings, round trip: every fleet field
     is set (none carried for nothing), the app's rollout from cdk.json included."""
     variables = _function(staging, "Api")["Environment"]["Variables"]
-    resolved = {
-        name: value if isinstance(value, str) else json.dumps(value)  # tokens stay tokens; only their shape matters
-        for name, value in variables.items()
-    }
+    resolved = {name: _join_text(value) for name, value in variables.items()}  # tokens as placeholders
     fleets = json.loads(_join_text(variables["FLEETS_JSON"]))
     assert set(fleets) == {"web", "billing"}
     assert set(fleets["billing"]) == {f.name for f in dataclasses.fields(FleetSettings)}
     assert fleets["billing"]["strategy"] == {"canary": True, "batch_percent": 50, "bake_seconds": 60, "surge": True}
     assert fleets["web"]["strategy"] == Strategy().as_dict()
     assert "STATE_MACHINE_ARN" in resolved
-    settings = ControlPlaneSettings.from_environ({**resolved, "FLEETS_JSON": _join_text(variables["FLEETS_JSON"])})
+    settings = ControlPlaneSettings.from_environ(resolved)
     assert settings.fleets["billing"].strategy == Strategy(batch_percent=50, bake_seconds=60)
     assert settings.apps["billing"].formation == {"web": 1, "worker": 2}
+    assert settings.slack is not None and settings.slack.response_hosts == ("hooks.slack.com",)
 
 
 def _join_text(value: Any) -> str:
     """A ``Fn::Join`` as text, every token replaced by a placeholder string."""
     if isinstance(value, str):
         return value
+    if "Fn::Join" not in value:
+        return "TOKEN"
     parts = value["Fn::Join"][1]
     return "".join(p if isinstance(p, str) else "TOKEN" for p in parts)
 
 
-def test_api_function_reads_and_writes_only_its_environments_prefixes(staging: Template) -> None:
+def _resources(statement: dict[str, Any]) -> list[str]:
+    """A statement's resources as ARN patterns, the release bucket's ARN written ``arn:aws:s3:::BUCKET``."""
+    resources = statement["Resource"]
+
+    def text(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if value == {"Fn::GetAtt": ["ReleaseBucket", "Arn"]}:
+            return "arn:aws:s3:::BUCKET"
+        if "Fn::Join" in value:
+            return "".join(text(part) for part in value["Fn::Join"][1])
+        return "TOKEN"  # another resource's ARN: matches no bucket key
+
+    return [text(r) for r in (resources if isinstance(resources, list) else [resources])]
+
+
+def allows(statements: list[dict[str, Any]], action: str, arn: str) -> bool:
+    """IAM's answer for ``action`` on ``arn`` under these identity-policy statements (no conditions here)."""
+    allowed = False
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement.get("Condition") or not any(fnmatch.fnmatchcase(action, a) for a in actions):
+            continue
+        if any(fnmatch.fnmatchcase(arn, pattern) for pattern in _resources(statement)):
+            if statement["Effect"] == "Deny":
+                return False
+            allowed = True
+    return allowed
+
+
+def test_the_api_writes_releases_config_and_uploads_never_what_rollouts_own(staging: Template) -> None:
     statements = _statements(staging, "Api")
-    log_group = _logical_id(staging, "AWS::Logs::LogGroup", "ControlPlaneApiFunctionLogs")
-    bucket_arn = {"Fn::GetAtt": ["ReleaseBucket", "Arn"]}
-    assert statements == [
-        {
-            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-            "Effect": "Allow",
-            "Resource": {"Fn::GetAtt": [log_group, "Arn"]},
-        },
-        {
-            "Action": [
-                "s3:AbortMultipartUpload",
-                "s3:DeleteObject",
-                "s3:GetObject",
-                "s3:ListMultipartUploadParts",
-                "s3:PutObject",
-            ],
-            "Effect": "Allow",
-            "Resource": [
-                {"Fn::Join": ["", [bucket_arn, key]]}
-                for key in (
-                    "/billing/staging/*",
-                    "/uploads/billing/staging/*",
-                    "/uploads/web/staging/*",
-                    "/web/staging/*",
-                )
-            ],
-        },
-        {"Action": "s3:ListBucket", "Effect": "Allow", "Resource": bucket_arn},
-        # Deploys: start and list executions of this environment's rollout machine, read any of them.
-        {
-            "Action": ["states:ListExecutions", "states:StartExecution"],
-            "Effect": "Allow",
-            "Resource": {"Ref": _logical_id(staging, "AWS::StepFunctions::StateMachine", "RolloutStateMachine")},
-        },
-        # Status and cycling: only this environment's groups are refreshed or lose an instance.
-        {
-            "Action": ["autoscaling:StartInstanceRefresh", "autoscaling:TerminateInstanceInAutoScalingGroup"],
-            "Condition": {"StringEquals": {"autoscaling:ResourceTag/slipway:env": "staging"}},
-            "Effect": "Allow",
-            "Resource": "*",
-        },
-        {
-            "Action": [
-                "autoscaling:DescribeAutoScalingGroups",
-                "autoscaling:DescribeInstanceRefreshes",
-                "elasticloadbalancing:DescribeTargetHealth",
-            ],
-            "Effect": "Allow",
-            "Resource": "*",
-        },
-        {
-            "Action": ["states:DescribeExecution", "states:GetExecutionHistory"],
-            "Effect": "Allow",
-            "Resource": statements[-1]["Resource"],
-        },
-    ]
-    assert ":execution:" in json.dumps(statements[-1]["Resource"])
+    bucket = "arn:aws:s3:::BUCKET/"
+    for key in (
+        "web/staging/r7/release.json",
+        "web/staging/r12/slug.tar.gz",
+        "web/staging/env",
+        "uploads/web/staging/u1/source.tar.gz",
+    ):
+        assert allows(statements, "s3:PutObject", bucket + key), key
+        assert allows(statements, "s3:GetObject", bucket + key), key
+    for key in ("web/staging/current", "web/staging/previous", "web/staging/lock", "web/staging/instances/i-0abc"):
+        assert allows(statements, "s3:GetObject", bucket + key), key  # status reads them
+        for action in ("s3:PutObject", "s3:DeleteObject"):
+            assert not allows(statements, action, bucket + key), f"the API may {action} {key}"
+    for key in ("web/production/r1/release.json", "other/staging/r1/env", "uploads/web/production/u/source.tar.gz"):
+        for action in ("s3:GetObject", "s3:PutObject"):
+            assert not allows(statements, action, bucket + key), f"the API may {action} {key} of another app or env"
+    # The rollout's tasks, which own those keys, may write them.
+    tasks = staging.find_resources("AWS::IAM::Policy")
+    [rollout] = [p for k, p in tasks.items() if k.startswith("RolloutTasks")]
+    owned = rollout["Properties"]["PolicyDocument"]["Statement"]
+    for key in ("web/staging/current", "web/staging/lock", "web/staging/instances/i-0abc"):
+        assert allows(owned, "s3:PutObject", bucket + key), key
+    assert not allows(owned, "s3:PutObject", bucket + "web/staging/r7/release.json")
 
 
 # The IAM action each S3 operation of the API function's bucket adapter needs.
@@ -260,14 +259,20 @@ def _methods(template: Template) -> dict[str, dict[str, Any]]:
     return {k: v["Properties"] for k, v in template.find_resources("AWS::ApiGateway::Method").items()}
 
 
-def test_every_method_needs_the_basic_auth_authorizer(staging: Template) -> None:
+def test_every_method_needs_the_basic_auth_authorizer_but_the_slack_command(staging: Template) -> None:
     authorizer = _logical_id(staging, "AWS::ApiGateway::Authorizer", "ControlPlaneBasicAuth")
     methods = _methods(staging)
     assert methods
     for name, method in methods.items():
+        if name.startswith("ControlPlaneRestApislackcommandsPOST"):
+            continue
         assert method["AuthorizationType"] == "CUSTOM", name
         assert method["AuthorizerId"] == {"Ref": authorizer}, name
-    assert not staging.find_resources("AWS::ApiGateway::Method", {"Properties": {"AuthorizationType": "NONE"}})
+    # The one open method: Slack signs its requests instead (the handler verifies the signature).
+    [(name, _)] = staging.find_resources(
+        "AWS::ApiGateway::Method", {"Properties": {"AuthorizationType": "NONE"}}
+    ).items()
+    assert name.startswith("ControlPlaneRestApislackcommandsPOST")
 
 
 def test_authorizer_reads_the_authorization_header_and_caches_five_minutes(staging: Template) -> None:
@@ -389,7 +394,13 @@ def test_outputs_give_the_url_and_how_to_read_the_password(staging: Template) ->
     control_plane = {k: v for k, v in outputs.items() if k.startswith("ControlPlane")}
     [url] = [v for k, v in control_plane.items() if k.startswith("ControlPlaneApiUrl")]
     [secret] = [v for k, v in control_plane.items() if k.startswith("ControlPlaneCredentialsSecret")]
-    assert len(control_plane) == 2  # CDK's own unnamed Endpoint output is removed
+    # CDK's own unnamed Endpoint output is removed; the Slack command's URL and secret are named.
+    assert sorted(k.rstrip("0123456789ABCDEF") for k in control_plane) == [
+        "ControlPlaneApiUrl",
+        "ControlPlaneCredentialsSecret",
+        "ControlPlaneSlackCommandUrl",
+        "ControlPlaneSlackSigningSecretName",
+    ]
     rest_api = _logical_id(staging, "AWS::ApiGateway::RestApi", "ControlPlaneRestApi")
     assert {"Ref": rest_api} in url["Value"]["Fn::Join"][1]
     assert "aws secretsmanager get-secret-value" in secret["Description"]
@@ -443,6 +454,82 @@ def test_routes_from_openapi_takes_operations_and_skips_path_parameters() -> Non
     )
 
 
+def test_required_bodies_are_validated_against_their_schema_as_a_draft_4_model() -> None:
+    document = {
+        "paths": {
+            "/things": {
+                "post": {
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/New"}}},
+                    }
+                },
+                "get": {
+                    "parameters": [{"name": "limit", "in": "query"}, {"name": "x", "in": "path", "required": True}]
+                },
+            },
+            "/other": {
+                "post": {
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/New"}}},
+                    }
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "New": {
+                    "type": "object",
+                    "properties": {
+                        "part": {"$ref": "#/components/schemas/Part"},
+                        "note": {"type": "string", "nullable": True},
+                    },
+                },
+                "Part": {"type": "object", "propertyNames": {"pattern": "^a"}, "example": {"a": 1}},
+            }
+        },
+    }
+    contract = ApiContract.from_openapi(document)
+    assert contract.routes == (
+        ApiRoute("/other", "POST"),  # an optional body: the handler checks it
+        ApiRoute("/things", "GET", query=(("limit", False),)),
+        ApiRoute("/things", "POST", body_model="New"),
+    )
+    assert contract.models == {"New": gateway_model(document, "New")}
+    assert gateway_model(document, "New") == {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "title": "New",
+        "type": "object",
+        "properties": {"part": {"type": "object"}, "note": {"type": ["string", "null"]}},
+    }
+
+
+def test_every_operation_of_the_api_is_validated(staging: Template) -> None:
+    methods = staging.find_resources("AWS::ApiGateway::Method")
+    validators = staging.find_resources("AWS::ApiGateway::RequestValidator")
+    models = {
+        r["Properties"]["Name"]: r["Properties"]["Schema"]
+        for r in staging.find_resources("AWS::ApiGateway::Model").values()
+    }
+    assert set(models) == {"UploadRequest", "ReleaseRequest", "ConfigChange", "DeployRequest"}
+    for method in methods.values():
+        properties = method["Properties"]
+        validator = validators[properties["RequestValidatorId"]["Ref"]]["Properties"]
+        assert validator["ValidateRequestParameters"] is True
+        if properties["HttpMethod"] in ("POST", "PATCH") and "RequestModels" in properties:
+            assert validator["ValidateRequestBody"] is True
+    for schema in models.values():
+        jsonschema.Draft4Validator.check_schema(schema)
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in staging.find_resources("AWS::ApiGateway::GatewayResponse").values()
+    }
+    assert (
+        "$context.error.validationErrorString" in responses["BAD_REQUEST_BODY"]["ResponseTemplates"]["application/json"]
+    )
+
+
 @pytest.mark.parametrize(
     "document, message",
     [
@@ -465,7 +552,7 @@ def _control_plane(**overrides: Any) -> ControlPlane:
         "apps": [AppSettings(name="web")],
         "release_store": ReleaseStore(stack, "Releases"),
         "code": lambda_.Code.from_inline("def handler(event, context): pass"),
-        "routes": [ApiRoute("/health", "GET")],
+        "contract": ApiContract(routes=(ApiRoute("/health", "GET"),), models={}),
         **overrides,
     }
     return ControlPlane(stack, "ControlPlane", **props)
@@ -476,7 +563,7 @@ def _control_plane(**overrides: Any) -> ControlPlane:
     [
         ({"env_name": "Staging"}, "env_name 'Staging' is not an environment name"),
         ({"apps": [AppSettings(name="web"), AppSettings(name="web")]}, "duplicate names"),
-        ({"routes": []}, "routes is empty"),
+        ({"contract": ApiContract(routes=(), models={})}, "the contract has no routes"),
     ],
 )
 def test_bad_props_are_refused_with_the_property_and_the_fix(overrides: dict[str, Any], message: str) -> None:
@@ -491,3 +578,17 @@ def test_attributes_are_the_functions_secret_and_url() -> None:
     assert plane.credentials_secret.node.id == "Credentials"
     assert cdk.Token.is_unresolved(plane.api_url)
     assert plane.api.node.id == "RestApi"
+
+
+def test_a_web_acl_limits_each_client_address_on_the_stage(staging: Template) -> None:
+    [(acl_id, acl)] = staging.find_resources("AWS::WAFv2::WebACL").items()
+    [rule] = acl["Properties"]["Rules"]
+    assert rule["Action"] == {"Block": {}}
+    assert rule["Statement"] == {
+        "RateBasedStatement": {"AggregateKeyType": "IP", "EvaluationWindowSec": 300, "Limit": 1500}
+    }
+    assert acl["Properties"]["DefaultAction"] == {"Allow": {}}
+    [association] = staging.find_resources("AWS::WAFv2::WebACLAssociation").values()
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": [acl_id, "Arn"]}
+    stage = _logical_id(staging, "AWS::ApiGateway::Stage", "ControlPlaneRestApiDeploymentStagev1")
+    assert {"Ref": stage} in association["Properties"]["ResourceArn"]["Fn::Join"][1]

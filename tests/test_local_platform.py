@@ -108,6 +108,50 @@ def test_the_front_serves_exactly_the_templates_methods(templates: dict[str, dic
     [authorizer] = gateway.authorizers.values()
     assert resources[authorizer.function]["Properties"]["Handler"] == "slipway.authorizer.handler"
     assert (authorizer.header, authorizer.ttl_seconds) == ("Authorization", 300)
-    assert all(r.authorizer is not None for r in gateway.routes)
+    assert [r.path for r in gateway.routes if r.authorizer is None] == ["/slack/commands"]  # signed by Slack instead
     assert gateway.responses["UNAUTHORIZED"].headers == {"WWW-Authenticate": 'Basic realm="Slipway"'}
     assert gateway.stage == "v1"
+
+
+def test_the_front_validates_bodies_against_the_templates_models_after_the_authorizer(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    """As API Gateway: credentials first (a refused caller learns nothing of the body), then the
+    request validator with the template's model, and only then the function."""
+    from datetime import UTC, datetime
+
+    from local.gateway import Request
+
+    gateway = Gateway.from_template(templates["Platform-staging"])
+    [authorizer_function] = {a.function for a in gateway.authorizers.values()}
+    called: list[str] = []
+
+    def invoke(function: str, event: dict[str, Any]) -> Any:
+        called.append(function)
+        if function == authorizer_function:
+            if event["headers"].get("Authorization") != "Basic good":
+                raise Exception("Unauthorized")
+            return {
+                "principalId": "alice",
+                "policyDocument": {"Statement": [{"Effect": "Allow", "Resource": ["arn:aws:execute-api:*"]}]},
+                "context": {"user": "alice"},
+            }
+        return {"statusCode": 202, "body": "{}"}
+
+    def request(authorization: str) -> Request:
+        headers = {"Authorization": authorization, "Content-Type": "application/json"}
+        return Request("POST", "/apps/web/envs/staging/deploys", headers, {}, "127.0.0.1", datetime.now(UTC))
+
+    refused = gateway.handle(request("Basic bad"), b'{"release": 7}', invoke)
+    assert refused.status == 401 and len(called) == 1
+    called.clear()
+    invalid = gateway.handle(request("Basic good"), b'{"release": "r7", "strategy": {"batch_size": 0}}', invoke)
+    assert invalid.status == 400 and called == [authorizer_function]  # the function never ran
+    message = json.loads(invalid.body)["message"]
+    assert message.startswith("the request body does not match the API (openapi.json): [") and "minimum of 1" in message
+    assert json.loads(gateway.handle(request("Basic good"), b"\xff", invoke).body)["message"].endswith(
+        "[Invalid request body]"
+    )
+    called.clear()
+    assert gateway.handle(request("Basic good"), b'{"release": "r7"}', invoke).status == 202
+    assert called[-1] != authorizer_function  # the authorizer's answer was cached; the function ran

@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from slipway import console
 from slipway.deploys import DEPLOY_ID_PATTERN, deploy_id, deploy_of
 from slipway.rollout.strategy import OPTIONS
 from slipway_release import layout, names
+from slipway_release.envfile import NAME_PATTERN
 from slipway_release.layout import AppKeys, ReleaseUrl, parse_release_url, release_url, release_url_pattern
 from slipway_release.procfile import PROCESS_TYPE
 
@@ -130,9 +132,8 @@ def test_the_openapi_document_spells_release_ids_and_strategies_as_the_code_does
     patterns = set(_schemas_with(OPENAPI, "pattern"))
     assert patterns >= {_anchored(p) for p in (names.RELEASE_ID, DEPLOY_ID_PATTERN, names.APP_NAME, names.ENV_NAME)}
     # Every pattern the API document holds is one of the vocabulary's (or a sha256, a commit, an upload id).
-    assert {p for p in patterns if "a-z" in p or "r[1-9]" in p} == {
-        _anchored(p) for p in (names.RELEASE_ID, DEPLOY_ID_PATTERN, names.APP_NAME, names.ENV_NAME)
-    }
+    vocabulary = (names.RELEASE_ID, DEPLOY_ID_PATTERN, names.APP_NAME, names.ENV_NAME, NAME_PATTERN.pattern)
+    assert {p for p in patterns if "a-z" in p or "r[1-9]" in p} == {_anchored(p) for p in vocabulary}
     strategies = [s for s in _schemas_with(OPENAPI, "strategy") if isinstance(s, dict) and "properties" in s]
     assert strategies
     for strategy in strategies:
@@ -143,3 +144,8 @@ def test_the_openapi_document_spells_release_ids_and_strategies_as_the_code_does
                 assert schema == {"type": "boolean"}
             else:
                 assert (schema["type"], schema["minimum"], schema["maximum"]) == ("integer", rule.low, rule.high)
+
+
+def test_the_openapi_document_names_the_console_s_assets_as_the_code_does() -> None:
+    [asset] = OPENAPI["paths"]["/console/{asset}"]["parameters"]
+    assert asset["schema"]["enum"] == list(console.ASSET_TYPES)

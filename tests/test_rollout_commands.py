@@ -17,6 +17,7 @@ FLEET = FleetSettings(
     document="Platform-staging-Deploy",
     output_log_group="Platform-staging-DeployDocumentOutput-1",
     bucket="platform-staging-releasebucket-1",
+    url="http://web-staging-1.us-east-1.elb.amazonaws.com",
 )
 
 

@@ -322,7 +322,15 @@ def test_a_corrupt_lock_object_is_reported_not_overwritten(s3: Any, locks: Deplo
 
 
 def rollout_state(execution: str, expires: datetime, **extra: Any) -> dict[str, Any]:
-    fleet = FleetSettings(group="g", target_group="tg", alarms=(), document="d", output_log_group="o", bucket=BUCKET)
+    fleet = FleetSettings(
+        group="g",
+        target_group="tg",
+        alarms=(),
+        document="d",
+        output_log_group="o",
+        bucket=BUCKET,
+        url="http://app.example",
+    )
     return {
         "app": "web",
         "env": "staging",

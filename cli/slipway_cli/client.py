@@ -62,6 +62,8 @@ class Api:
 
     def call(self, method: str, path: str, body: object = None, query: Mapping[str, str] | None = None) -> Any:
         url = self.url + path + (f"?{urlencode(query)}" if query else "")
+        if body is None and method != "GET":
+            body = {}  # the API takes changes only as JSON (what no other site's page can send)
         data = None if body is None else json.dumps(body).encode()
         headers = {"Authorization": self.authorization, "Accept": "application/json", "User-Agent": "slipway-cli"}
         if data is not None:

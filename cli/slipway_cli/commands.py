@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import time
+import webbrowser
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,8 @@ def cmd_release(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     with transfer.git_archive(args.ref) as (path, commit):
         upload_id, parts = transfer.upload_file(api, args.app, args.env, path, quiet=args.json)
         size = os.path.getsize(path)
-    body: dict[str, Any] = {"upload_id": upload_id, "git": {"ref": args.ref, "commit": commit}}
+    ref = transfer.ref_name(args.ref)
+    body: dict[str, Any] = {"upload_id": upload_id, "git": {"ref": ref, "commit": commit}}
     if args.message:
         body["description"] = args.message
     if parts:
@@ -28,7 +30,7 @@ def cmd_release(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     release = api.call("POST", api_path(args.app, args.env, "releases"), body)
     return (
         release,
-        f"Published {args.app} {release['id']} to {args.env} ({args.ref} @ {commit[:10]}, {output.human_size(size)})",
+        f"Published {args.app} {release['id']} to {args.env} ({ref} @ {commit[:10]}, {output.human_size(size)})",
     )
 
 
@@ -239,3 +241,25 @@ def cmd_deploys(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
         f"{d['id']}  {d['status']:<9} {d['kind']:<8} {d['release']:<6} {d['user'] or ''}" for d in listing["deploys"]
     ] or [f"{args.app} has no deploys in {args.env}"]
     return listing, "\n".join(lines)
+
+
+def _open(url: str, what: str) -> tuple[Any, str]:
+    """Open ``url`` in the user's browser (``$BROWSER`` if set); say where, so it can be copied."""
+    opened = webbrowser.open(url)
+    return {"url": url, "opened": opened}, f"{'Opening' if opened else 'Open'} {what}: {url}"
+
+
+def cmd_open(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    listing = api.call("GET", "/apps")
+    found = next((app for app in listing["apps"] if app["name"] == args.app), None)
+    if found is None:
+        known = ", ".join(app["name"] for app in listing["apps"]) or "none"
+        raise CliError(f"no app {args.app!r} in {args.env} (apps: {known}); add it to cdk.json and deploy the stack")
+    if not found["url"]:
+        raise CliError(f"{args.app} has no fleet in {args.env} yet; deploy the Platform-{args.env} stack")
+    return _open(found["url"], f"{args.app} in {args.env}")
+
+
+def cmd_console(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    page = f"{api.url}/" + (f"#/apps/{args.app}" if args.app else "")
+    return _open(page, f"the {args.env} console")

@@ -74,6 +74,14 @@ def parser() -> argparse.ArgumentParser:
     cycle.add_argument("--timeout", type=float, default=900, help="seconds to wait for a replacement")
     cycle.add_argument("--interval", type=float, default=5.0, help=argparse.SUPPRESS)
 
+    open_app = commands.add_parser("open", help="open the app's URL in a browser")
+    open_app.add_argument("app")
+    open_app.add_argument("env")
+
+    console = commands.add_parser("console", help="open the environment's web console in a browser")
+    console.add_argument("env")
+    console.add_argument("app", nargs="?", help="open this app's page")
+
     promote = commands.add_parser("promote", help="copy a release to another environment, with its config")
     promote.add_argument("app")
     promote.add_argument("source", metavar="FROM")
@@ -108,6 +116,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                 "deploys": commands.cmd_deploys,
                 "status": commands.cmd_status,
                 "cycle": commands.cmd_cycle,
+                "open": commands.cmd_open,
+                "console": commands.cmd_console,
             }[args.command]
             result, text = handler(args, apis[args.env])
     except CliError as error:

@@ -104,6 +104,19 @@ def _git(*args: str) -> bytes:
         raise CliError(f"git {' '.join(args)} failed: {error.stderr.decode(errors='replace').strip()}") from None
 
 
+def ref_name(ref: str) -> str:
+    """What to record as the release's ref: the branch ``HEAD`` is on (``main``), else ``ref`` as given."""
+    if ref != "HEAD":
+        return ref
+    try:
+        branch = subprocess.run(
+            ["git", "symbolic-ref", "--quiet", "--short", "HEAD"], check=True, capture_output=True
+        ).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError):  # detached HEAD: the commit says it all
+        return ref
+    return branch.decode().strip() or ref
+
+
 @contextmanager
 def git_archive(ref: str) -> Iterator[tuple[str, str]]:
     """``git archive --format=tar.gz`` of ``ref`` in a temporary file; yields (path, full commit)."""

@@ -1,59 +1,33 @@
 """The control plane's REST API (``openapi.json``) behind API Gateway: thin routes over
-:mod:`slipway.publisher` and the rollout state machine.
+:mod:`slipway.operations` and :mod:`slipway.publisher`, the Slack command's route
+(:mod:`slipway.slack.handler`) and the web console's page (:mod:`slipway.console`).
 
-Configuration is :class:`slipway.settings.ControlPlaneSettings`, parsed once from the
-function's environment as the constructs wrote it. The caller is the user the Basic auth
-authorizer put in the request context.
+The caller is the user the Basic auth authorizer put in the request context. Browsers keep
+Basic credentials and send them to this origin whoever asks, so a request that changes
+anything must be one no other site's page can make: JSON (a cross-origin JSON request needs a
+CORS preflight this API never grants), and not marked cross-site by the browser.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError, UnauthorizedError
+from aws_lambda_powertools.event_handler.exceptions import UnauthorizedError
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from slipway import aws, deploys
-from slipway.publisher import Publisher
+from slipway import console, operations
+from slipway.operations import publisher as _publisher
 from slipway.releases import ReleaseError, release_number
-from slipway.rollout.lock import Lock, decide, refusal
-from slipway.rollout.strategy import Strategy, StrategyError
-from slipway.settings import ControlPlaneSettings, FleetSettings
-from slipway.store import Bucket
+from slipway.slack import handler as slack_handler
 
 logger = Logger()  # never logs request bodies: they carry config values
 app = APIGatewayRestResolver()
 
 APP = "/apps/<app_name>/envs/<env>"
-
-
-@cache
-def settings() -> ControlPlaneSettings:
-    """This function's configuration, parsed once per execution environment."""
-    return ControlPlaneSettings.from_environ(os.environ)
-
-
-def _publisher(app_name: str, env: str) -> Publisher:
-    config = settings()
-    if env != config.env:
-        raise NotFoundError(f"this API serves the {config.env} environment, not {env!r}; use {env}'s API URL")
-    if app_name not in config.apps:
-        known = ", ".join(sorted(config.apps)) or "none"
-        raise NotFoundError(f"no app {app_name!r} in {env} (apps: {known}); add it to cdk.json and deploy the stack")
-    return Publisher(
-        Bucket(aws.client("s3"), config.bucket),
-        app=app_name,
-        env=env,
-        runtime=config.apps[app_name],
-        max_source_bytes=config.max_source_bytes,
-    )
 
 
 def _user() -> str:
@@ -66,8 +40,8 @@ def _user() -> str:
 def _body() -> dict[str, Any]:
     try:
         body = app.current_event.json_body
-    except (json.JSONDecodeError, TypeError):
-        raise ReleaseError(400, "the request body must be a JSON object") from None
+    except (ValueError, TypeError):  # not JSON, or not UTF-8 (ValueError covers both)
+        raise ReleaseError(400, "the request body must be a JSON object in UTF-8") from None
     if not isinstance(body, dict):
         raise ReleaseError(400, "the request body must be a JSON object")
     return body
@@ -81,6 +55,52 @@ def _json(status: int, payload: object) -> Response[str]:
 def _release_error(error: ReleaseError) -> Response[str]:
     logger.info("request refused", extra={"status": error.status, "reason": str(error)})
     return _json(error.status, {"message": str(error)})
+
+
+# Methods that change nothing; every other one must pass :func:`_same_site_json`.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _same_site_json(resolver: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Refuse a changing request another site's page could have sent with the browser's credentials."""
+    event = resolver.current_event
+    if event.http_method not in SAFE_METHODS and event.path != slack_handler.COMMAND_ROUTE:
+        if (event.headers.get("sec-fetch-site") or "").lower() == "cross-site":
+            raise ReleaseError(403, "this request came from another site's page; use the console or the CLI")
+        content_type = (event.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise ReleaseError(
+                415,
+                f"send a JSON body with Content-Type: application/json (got {content_type or 'none'}); {{}} if empty",
+            )
+    return next_middleware(resolver)
+
+
+app.use(middlewares=[_same_site_json])
+
+
+def _served(served: console.Served) -> Response[str]:
+    return Response(status_code=served.status, headers=served.headers, body=served.body)
+
+
+@app.get("/")
+def console_page() -> Response[str]:
+    event = app.current_event
+    base = console.base_path(event.request_context.path or event.path, event.path)
+    return _served(console.page(base=base, env=operations.settings().env))
+
+
+@app.get("/console/<asset>")
+def console_asset(asset: str) -> Response[str]:
+    served = console.asset(asset)
+    if served is None:
+        raise ReleaseError(404, f"the console has no {asset!r}; open the console at the API's URL")
+    return _served(served)
+
+
+@app.get("/apps")
+def list_apps() -> Response[str]:
+    return _json(200, operations.list_apps())
 
 
 @app.post(f"{APP}/uploads")
@@ -146,42 +166,6 @@ def update_config(app_name: str, env: str) -> Response[str]:
     return _json(200, changed)
 
 
-def _deploying(app_name: str, env: str) -> tuple[Publisher, FleetSettings, str]:
-    publisher = _publisher(app_name, env)
-    config = settings()
-    fleet = config.fleets.get(app_name)
-    if config.state_machine is None or fleet is None:
-        raise ReleaseError(503, f"deploys are not set up for {app_name} in {env}; deploy the Platform-{env} stack")
-    return publisher, fleet, config.state_machine
-
-
-def _start(app_name: str, env: str, release: str, kind: str, strategy: object) -> Response[str]:
-    publisher, fleet, machine = _deploying(app_name, env)
-    try:
-        # The app's own defaults (cdk.json `rollout`), then this deploy's options.
-        chosen = Strategy.parse(strategy, fleet.strategy)
-    except StrategyError as error:
-        raise ReleaseError(400, str(error)) from None
-    publisher.show(release)  # 404 for a release that does not exist
-    _refuse_if_locked(publisher, app_name, env, "deploy")
-    now = datetime.now(UTC)
-    name = deploys.deploy_id(app_name, release, now, secrets.token_hex(2))
-    request = deploys.execution_input(
-        app=app_name,
-        env=env,
-        release=release,
-        user=_user(),
-        kind=kind,
-        fleet=fleet,
-        strategy=chosen,
-        timing=settings().timing,
-    )
-    started = aws.client("stepfunctions").start_execution(stateMachineArn=machine, name=name, input=json.dumps(request))
-    logger.info("deploy started", extra={"app": app_name, "env": env, "release": release, "kind": kind, "by": _user()})
-    description = {"name": name, "status": "RUNNING", "input": json.dumps(request), "startDate": started["startDate"]}
-    return _json(202, deploys.view(description, []))
-
-
 @app.post(f"{APP}/deploys")
 def start_deploy(app_name: str, env: str) -> Response[str]:
     body = _body()
@@ -189,158 +173,57 @@ def start_deploy(app_name: str, env: str) -> Response[str]:
     if not isinstance(release, str):
         raise ReleaseError(400, 'send {"release": "r7"}: the release to deploy (see `slipway releases`)')
     release_number(release)
-    return _start(app_name, env, release, "deploy", body.get("strategy"))
+    started = operations.start_deploy(
+        app_name, env, release, kind="deploy", strategy=body.get("strategy"), user=_user()
+    )
+    logger.info("deploy started", extra={"app": app_name, "env": env, "release": release, "by": _user()})
+    return _json(202, started)
 
 
 @app.post(f"{APP}/rollback")
 def rollback(app_name: str, env: str) -> Response[str]:
     body = _body() if app.current_event.body else {}
-    publisher, _, _ = _deploying(app_name, env)
-    previous = publisher.previous()
-    if previous is None:
-        raise ReleaseError(409, f"{app_name} in {env} has no earlier deployed release to roll back to")
-    return _start(app_name, env, previous, "rollback", body.get("strategy"))
+    started = operations.rollback(app_name, env, strategy=body.get("strategy"), user=_user())
+    logger.info("rollback started", extra={"app": app_name, "env": env, "release": started["release"], "by": _user()})
+    return _json(202, started)
 
 
 @app.get(f"{APP}/deploys")
 def list_deploys(app_name: str, env: str) -> Response[str]:
-    _, _, machine = _deploying(app_name, env)
-    sfn = aws.client("stepfunctions")
-    executions = sfn.list_executions(stateMachineArn=machine, maxResults=100)["executions"]
-    mine = [e for e in executions if (deploys.deploy_of(e["name"]) or ("",))[0] == app_name]
-    shown = [deploys.view(sfn.describe_execution(executionArn=e["executionArn"]), []) for e in mine[:20]]
-    return _json(200, {"deploys": sorted(shown, key=lambda d: d["started_at"] or "", reverse=True)})
+    return _json(200, {"deploys": operations.list_deploys(app_name, env)})
 
 
 @app.get(f"{APP}/deploys/<deploy>")
 def show_deploy(app_name: str, env: str, deploy: str) -> Response[str]:
-    _, _, machine = _deploying(app_name, env)
-    if (deploys.deploy_of(deploy) or ("",))[0] != app_name:
-        raise NotFoundError(f"{deploy!r} is not a deploy of {app_name}; list them with `slipway deploys`")
-    arn = machine.replace(":stateMachine:", ":execution:") + f":{deploy}"
-    sfn = aws.client("stepfunctions")
-    try:
-        description = sfn.describe_execution(executionArn=arn)
-    except sfn.exceptions.ExecutionDoesNotExist:
-        raise NotFoundError(f"no deploy {deploy} of {app_name} in {env}") from None
-    events = sfn.get_paginator("get_execution_history").paginate(executionArn=arn)
-    return _json(200, deploys.view(description, (e for page in events for e in page["events"])))
-
-
-def _refuse_if_locked(publisher: Publisher, app_name: str, env: str, doing: str) -> None:
-    held = publisher.bucket.read(publisher.keys.lock)
-    now = datetime.now(UTC)
-    if held is not None:
-        try:
-            existing = Lock.from_json(held.body)
-        except ValueError as error:
-            raise ReleaseError(409, str(error)) from None
-        if decide(existing, now=now) == "refuse":
-            raise ReleaseError(409, f"cannot {doing} {app_name} in {env}: {refusal(existing, now)}")
-
-
-def _group(fleet: FleetSettings) -> dict[str, Any]:
-    found = aws.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[fleet.group])
-    if not found["AutoScalingGroups"]:
-        raise ReleaseError(503, f"the fleet's Auto Scaling group {fleet.group} does not exist; deploy the stack")
-    group: dict[str, Any] = found["AutoScalingGroups"][0]
-    return group
+    return _json(200, operations.show_deploy(app_name, env, deploy))
 
 
 @app.get(f"{APP}/status")
 def status(app_name: str, env: str) -> Response[str]:
-    publisher, fleet, _ = _deploying(app_name, env)
-    group = _group(fleet)
-    health = aws.client("elbv2").describe_target_health(TargetGroupArn=fleet.target_group)["TargetHealthDescriptions"]
-    targets = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in health}
-    held = publisher.bucket.read(publisher.keys.lock)
-    lock = Lock.from_json(held.body) if held else None
-    return _json(
-        200,
-        {
-            "app": app_name,
-            "env": env,
-            "current": publisher.current(),
-            "deploying": None
-            if lock is None or decide(lock, now=datetime.now(UTC)) != "refuse"
-            else {"release": lock.release, "by": lock.owner, "since": lock.acquired_at.isoformat()},
-            "capacity": {"min": group["MinSize"], "desired": group["DesiredCapacity"], "max": group["MaxSize"]},
-            "instances": [
-                {
-                    "id": i["InstanceId"],
-                    "zone": i["AvailabilityZone"],
-                    "lifecycle": i["LifecycleState"],
-                    "health": i["HealthStatus"],
-                    "target": targets.get(i["InstanceId"], "unregistered"),
-                    # What the last rollout put there; None for an instance that booted since
-                    # (it runs the `current` of its boot) or whose rollback did not finish.
-                    "release": publisher.instance_release(i["InstanceId"]),
-                }
-                for i in sorted(group["Instances"], key=lambda i: (i["AvailabilityZone"], i["InstanceId"]))
-            ],
-        },
-    )
+    return _json(200, operations.status(app_name, env))
 
 
 @app.post(f"{APP}/cycle")
 def cycle(app_name: str, env: str) -> Response[str]:
     body = _body() if app.current_event.body else {}
-    publisher, fleet, _ = _deploying(app_name, env)
-    _refuse_if_locked(publisher, app_name, env, "cycle")
-    group = _group(fleet)
-    instance = body.get("instance")
-    autoscaling = aws.client("autoscaling")
-    if instance is not None:
-        members = {i["InstanceId"] for i in group["Instances"]}
-        if instance not in members:
-            raise NotFoundError(f"{instance!r} is not an instance of {app_name} in {env}; see `slipway status`")
-        # The group launches a replacement at once: capacity is kept.
-        autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=instance, ShouldDecrementDesiredCapacity=False)
-        logger.info("instance cycled", extra={"app": app_name, "env": env, "instance": instance, "by": _user()})
-        return _json(202, {"kind": "instance", "instance": instance, "status": "replacing"})
-    percent = body.get("min_healthy_percent", 90)
-    if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
-        raise ReleaseError(400, "min_healthy_percent must be a whole number from 0 to 100 (default 90)")
-    refresh = autoscaling.start_instance_refresh(**instance_refresh_request(fleet, percent))
-    logger.info("fleet cycled", extra={"app": app_name, "env": env, "refresh": refresh["InstanceRefreshId"]})
-    return _json(202, {"kind": "fleet", "refresh": refresh["InstanceRefreshId"], "status": "Pending"})
-
-
-def instance_refresh_request(fleet: FleetSettings, min_healthy_percent: int) -> dict[str, Any]:
-    """The StartInstanceRefresh request that replaces a whole fleet: rolling, never below
-    ``min_healthy_percent`` in service, stopped and rolled back if a fleet alarm fires."""
-    preferences: dict[str, Any] = {
-        "MinHealthyPercentage": min_healthy_percent,
-        "InstanceWarmup": 60,
-        "SkipMatching": False,
-        "AutoRollback": True,
-    }
-    if fleet.alarms:
-        preferences["AlarmSpecification"] = {"Alarms": list(fleet.alarms)}
-    return {"AutoScalingGroupName": fleet.group, "Strategy": "Rolling", "Preferences": preferences}
+    cycling = operations.cycle(
+        app_name, env, instance=body.get("instance"), min_healthy_percent=body.get("min_healthy_percent")
+    )
+    logger.info("cycle started", extra={"app": app_name, "env": env, **cycling, "by": _user()})
+    return _json(202, cycling)
 
 
 @app.get(f"{APP}/cycle/<refresh>")
 def show_cycle(app_name: str, env: str, refresh: str) -> Response[str]:
-    _, fleet, _ = _deploying(app_name, env)
-    found = aws.client("autoscaling").describe_instance_refreshes(
-        AutoScalingGroupName=fleet.group, InstanceRefreshIds=[refresh]
-    )["InstanceRefreshes"]
-    if not found:
-        raise NotFoundError(f"no cycle {refresh} of {app_name} in {env}")
-    shown = found[0]
-    return _json(
-        200,
-        {
-            "refresh": refresh,
-            "status": shown["Status"],
-            "percent": shown.get("PercentageComplete", 0),
-            "reason": shown.get("StatusReason", ""),
-        },
-    )
+    return _json(200, operations.show_cycle(app_name, env, refresh))
+
+
+app.include_router(slack_handler.router)
 
 
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """The Lambda entry point."""
+    """The Lambda entry point: API Gateway's requests, and the Slack command's own follow-ups."""
+    if slack_handler.FOLLOW_EVENT in event:
+        return slack_handler.follow(event[slack_handler.FOLLOW_EVENT])
     return app.resolve(event, context)

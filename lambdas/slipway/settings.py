@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from slipway.rollout.strategy import Strategy
+from slipway.slack.rules import Rule, RuleError, parse_rules
 
 DEFAULT_MAX_SOURCE_BYTES = 1024 * 1024 * 1024
 
@@ -51,6 +52,7 @@ class FleetSettings:
     document: str  # the SSM deploy document's name
     output_log_group: str  # where deploy commands write their output
     bucket: str  # the release bucket's name
+    url: str  # where the app answers: its load balancer's http(s) URL
     strategy: Strategy = field(default_factory=Strategy)  # the app's default rollout
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +71,7 @@ class FleetSettings:
                 document=str(raw["document"]),
                 output_log_group=str(raw["output_log_group"]),
                 bucket=str(raw["bucket"]),
+                url=str(raw["url"]),
                 strategy=Strategy.parse(raw.get("strategy")),
             )
         except (KeyError, TypeError, ValueError) as error:
@@ -115,10 +118,39 @@ class BuildSettings:
             raise SettingsError(f"build settings are malformed ({type(error).__name__}: {error})") from None
 
 
+@dataclass(frozen=True)
+class SlackSettings:
+    """The ``/slipway`` Slack command of one environment: who may do what, and its signing secret."""
+
+    rules: tuple[Rule, ...]
+    signing_secret: str  # the Secrets Manager secret (ARN) that holds the Slack app's signing secret
+    # Where Slack's response URLs may point: Slack's own hosts (GovSlack has its own).
+    response_hosts: tuple[str, ...] = ("hooks.slack.com",)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rules": [rule.to_json() for rule in self.rules],
+            "signing_secret": self.signing_secret,
+            "response_hosts": list(self.response_hosts),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> SlackSettings:
+        try:
+            return cls(
+                rules=parse_rules(raw["rules"]),
+                signing_secret=str(raw["signing_secret"]),
+                response_hosts=tuple(str(host) for host in raw["response_hosts"]),
+            )
+        except (KeyError, TypeError, RuleError) as error:
+            raise SettingsError(f"Slack settings are malformed ({type(error).__name__}: {error})") from None
+
+
 # The variables the control plane's functions read, each written by the constructs.
 RELEASE_BUCKET, PLATFORM_ENV, APPS_JSON = "RELEASE_BUCKET", "PLATFORM_ENV", "APPS_JSON"
 STATE_MACHINE_ARN, FLEETS_JSON = "STATE_MACHINE_ARN", "FLEETS_JSON"
 RELEASE_WORKFLOW_ARN, BUILDS_JSON = "RELEASE_WORKFLOW_ARN", "BUILDS_JSON"
+SLACK_JSON = "SLACK_JSON"
 MAX_SOURCE_BYTES = "MAX_SOURCE_BYTES"
 # Only where waiting makes no sense (the local platform, tests): overrides of Timing as JSON.
 ROLLOUT_TIMING = "ROLLOUT_TIMING"
@@ -135,6 +167,7 @@ class ControlPlaneSettings:
     state_machine: str | None = None
     builds: Mapping[str, BuildSettings] = field(default_factory=dict)
     release_workflow: str | None = None
+    slack: SlackSettings | None = None
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES
     timing: Timing = field(default_factory=Timing)
 
@@ -157,6 +190,7 @@ class ControlPlaneSettings:
                 state_machine=environ.get(STATE_MACHINE_ARN) or None,
                 builds=builds,
                 release_workflow=environ.get(RELEASE_WORKFLOW_ARN) or None,
+                slack=SlackSettings.from_json(json.loads(environ[SLACK_JSON])) if environ.get(SLACK_JSON) else None,
                 max_source_bytes=int(environ.get(MAX_SOURCE_BYTES) or DEFAULT_MAX_SOURCE_BYTES),
                 timing=Timing.from_json(json.loads(environ.get(ROLLOUT_TIMING) or "{}")),
             )
@@ -184,4 +218,6 @@ class ControlPlaneSettings:
             variables[BUILDS_JSON] = render({name: build.to_json() for name, build in sorted(self.builds.items())})
         if self.release_workflow:
             variables[RELEASE_WORKFLOW_ARN] = self.release_workflow
+        if self.slack:
+            variables[SLACK_JSON] = render(self.slack.to_json())
         return variables

@@ -1,0 +1,266 @@
+"""What the control plane can be asked to do, one function per action, whoever asks.
+
+The REST routes (:mod:`slipway.api`) and the Slack command (:mod:`slipway.slack.handler`) call
+these with the caller's identity; they raise :class:`~slipway.releases.ReleaseError` with the
+HTTP status that says why a request cannot be carried out. Configuration is
+:class:`~slipway.settings.ControlPlaneSettings`, parsed once per execution environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from slipway import aws, deploys
+from slipway.publisher import Publisher
+from slipway.releases import ReleaseError
+from slipway.rollout.lock import Lock, decide, refusal
+from slipway.rollout.strategy import Strategy, StrategyError
+from slipway.settings import ControlPlaneSettings, FleetSettings
+from slipway.store import Bucket
+
+
+@cache
+def settings() -> ControlPlaneSettings:
+    """This function's configuration, parsed once per execution environment."""
+    return ControlPlaneSettings.from_environ(os.environ)
+
+
+def publisher(app_name: str, env: str) -> Publisher:
+    """The releases of ``app_name`` in ``env``; 404 for an app or environment this API does not serve."""
+    config = settings()
+    if env != config.env:
+        raise ReleaseError(404, f"this API serves the {config.env} environment, not {env!r}; use {env}'s API URL")
+    if app_name not in config.apps:
+        known = ", ".join(sorted(config.apps)) or "none"
+        raise ReleaseError(
+            404, f"no app {app_name!r} in {env} (apps: {known}); add it to cdk.json and deploy the stack"
+        )
+    return Publisher(
+        Bucket(aws.client("s3"), config.bucket),
+        app=app_name,
+        env=env,
+        runtime=config.apps[app_name],
+        max_source_bytes=config.max_source_bytes,
+    )
+
+
+def _deploying(app_name: str, env: str) -> tuple[Publisher, FleetSettings, str]:
+    releases = publisher(app_name, env)
+    config = settings()
+    fleet = config.fleets.get(app_name)
+    if config.state_machine is None or fleet is None:
+        raise ReleaseError(503, f"deploys are not set up for {app_name} in {env}; deploy the Platform-{env} stack")
+    return releases, fleet, config.state_machine
+
+
+def start_deploy(app_name: str, env: str, release: str, *, kind: str, strategy: object, user: str) -> dict[str, Any]:
+    """Start a rollout of ``release``; refused before anything starts if the app is locked or the
+    release does not exist. The deploy's view, as :func:`show_deploy` gives it."""
+    releases, fleet, machine = _deploying(app_name, env)
+    try:
+        # The app's own defaults (cdk.json `rollout`), then this deploy's options.
+        chosen = Strategy.parse(strategy, fleet.strategy)
+    except StrategyError as error:
+        raise ReleaseError(400, str(error)) from None
+    releases.show(release)  # 404 for a release that does not exist
+    refuse_if_locked(releases, "deploy")
+    name = deploys.deploy_id(app_name, release, datetime.now(UTC), secrets.token_hex(2))
+    request = deploys.execution_input(
+        app=app_name,
+        env=env,
+        release=release,
+        user=user,
+        kind=kind,
+        fleet=fleet,
+        strategy=chosen,
+        timing=settings().timing,
+    )
+    started = aws.client("stepfunctions").start_execution(stateMachineArn=machine, name=name, input=json.dumps(request))
+    description = {"name": name, "status": "RUNNING", "input": json.dumps(request), "startDate": started["startDate"]}
+    return deploys.view(description, [])
+
+
+def newest_release(app_name: str, env: str) -> str:
+    """The id of the newest release; 409 when nothing was published yet."""
+    listing = publisher(app_name, env).list_releases(limit=1, before=None)["releases"]
+    if not listing:
+        raise ReleaseError(409, f"{app_name} has no releases in {env}; publish one with `slipway release`")
+    return str(listing[0]["id"])
+
+
+def rollback(app_name: str, env: str, *, strategy: object, user: str) -> dict[str, Any]:
+    """Deploy the release that was current before the last rollout moved it."""
+    releases, _, _ = _deploying(app_name, env)
+    previous = releases.previous()
+    if previous is None:
+        raise ReleaseError(409, f"{app_name} in {env} has no earlier deployed release to roll back to")
+    return start_deploy(app_name, env, previous, kind="rollback", strategy=strategy, user=user)
+
+
+def list_deploys(app_name: str, env: str) -> list[dict[str, Any]]:
+    _, _, machine = _deploying(app_name, env)
+    sfn = aws.client("stepfunctions")
+    executions = sfn.list_executions(stateMachineArn=machine, maxResults=100)["executions"]
+    mine = [e for e in executions if (deploys.deploy_of(e["name"]) or ("",))[0] == app_name]
+    shown = [deploys.view(sfn.describe_execution(executionArn=e["executionArn"]), []) for e in mine[:20]]
+    return sorted(shown, key=lambda d: d["started_at"] or "", reverse=True)
+
+
+def show_deploy(app_name: str, env: str, deploy: str) -> dict[str, Any]:
+    """A deploy's status, step, batches, and its failure if it failed."""
+    _, _, machine = _deploying(app_name, env)
+    if (deploys.deploy_of(deploy) or ("",))[0] != app_name:
+        raise ReleaseError(404, f"{deploy!r} is not a deploy of {app_name}; list them with `slipway deploys`")
+    arn = machine.replace(":stateMachine:", ":execution:") + f":{deploy}"
+    sfn = aws.client("stepfunctions")
+    try:
+        description = sfn.describe_execution(executionArn=arn)
+    except sfn.exceptions.ExecutionDoesNotExist:
+        raise ReleaseError(404, f"no deploy {deploy} of {app_name} in {env}") from None
+    pages = sfn.get_paginator("get_execution_history").paginate(executionArn=arn)
+    events: Iterable[dict[str, Any]] = (e for page in pages for e in page["events"])
+    return deploys.view(description, events)
+
+
+def refuse_if_locked(releases: Publisher, doing: str) -> None:
+    """409 naming the holder while another rollout holds the app's deploy lock."""
+    held = releases.bucket.read(releases.keys.lock)
+    now = datetime.now(UTC)
+    if held is not None:
+        try:
+            existing = Lock.from_json(held.body)
+        except ValueError as error:
+            raise ReleaseError(409, str(error)) from None
+        if decide(existing, now=now) == "refuse":
+            raise ReleaseError(409, f"cannot {doing} {releases.app} in {releases.env}: {refusal(existing, now)}")
+
+
+def _group(fleet: FleetSettings) -> dict[str, Any]:
+    found = aws.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[fleet.group])
+    if not found["AutoScalingGroups"]:
+        raise ReleaseError(503, f"the fleet's Auto Scaling group {fleet.group} does not exist; deploy the stack")
+    group: dict[str, Any] = found["AutoScalingGroups"][0]
+    return group
+
+
+def status(app_name: str, env: str) -> dict[str, Any]:
+    """The current release, who is deploying what, the fleet's capacity and every instance's health."""
+    releases, fleet, _ = _deploying(app_name, env)
+    group = _group(fleet)
+    health = aws.client("elbv2").describe_target_health(TargetGroupArn=fleet.target_group)["TargetHealthDescriptions"]
+    targets = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in health}
+    held = releases.bucket.read(releases.keys.lock)
+    lock = Lock.from_json(held.body) if held else None
+    return {
+        "app": app_name,
+        "env": env,
+        "current": releases.current(),
+        "previous": releases.previous(),  # what a rollback deploys
+        "deploying": None
+        if lock is None or decide(lock, now=datetime.now(UTC)) != "refuse"
+        else {"release": lock.release, "by": lock.owner, "since": lock.acquired_at.isoformat()},
+        "capacity": {"min": group["MinSize"], "desired": group["DesiredCapacity"], "max": group["MaxSize"]},
+        "instances": [
+            {
+                "id": i["InstanceId"],
+                "zone": i["AvailabilityZone"],
+                "lifecycle": i["LifecycleState"],
+                "health": i["HealthStatus"],
+                "target": targets.get(i["InstanceId"], "unregistered"),
+                # What the last rollout put there; None for an instance that booted since
+                # (it runs the `current` of its boot) or whose rollback did not finish.
+                "release": releases.instance_release(i["InstanceId"]),
+            }
+            for i in sorted(group["Instances"], key=lambda i: (i["AvailabilityZone"], i["InstanceId"]))
+        ],
+    }
+
+
+def cycle(app_name: str, env: str, *, instance: object, min_healthy_percent: object) -> dict[str, Any]:
+    """Replace one instance (capacity kept), or every instance by a guarded instance refresh."""
+    releases, fleet, _ = _deploying(app_name, env)
+    refuse_if_locked(releases, "cycle")
+    group = _group(fleet)
+    autoscaling = aws.client("autoscaling")
+    if instance is not None:
+        members = {i["InstanceId"] for i in group["Instances"]}
+        if instance not in members:
+            raise ReleaseError(404, f"{instance!r} is not an instance of {app_name} in {env}; see `slipway status`")
+        # The group launches a replacement at once: capacity is kept.
+        autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=instance, ShouldDecrementDesiredCapacity=False)
+        return {"kind": "instance", "instance": instance, "status": "replacing"}
+    percent = 90 if min_healthy_percent is None else min_healthy_percent
+    if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
+        raise ReleaseError(400, "min_healthy_percent must be a whole number from 0 to 100 (default 90)")
+    refresh = autoscaling.start_instance_refresh(**instance_refresh_request(fleet, percent))
+    return {"kind": "fleet", "refresh": refresh["InstanceRefreshId"], "status": "Pending"}
+
+
+def instance_refresh_request(fleet: FleetSettings, min_healthy_percent: int) -> dict[str, Any]:
+    """The StartInstanceRefresh request that replaces a whole fleet: rolling, never below
+    ``min_healthy_percent`` in service, stopped and rolled back if a fleet alarm fires."""
+    preferences: dict[str, Any] = {
+        "MinHealthyPercentage": min_healthy_percent,
+        "InstanceWarmup": 60,
+        "SkipMatching": False,
+        "AutoRollback": True,
+    }
+    if fleet.alarms:
+        preferences["AlarmSpecification"] = {"Alarms": list(fleet.alarms)}
+    return {"AutoScalingGroupName": fleet.group, "Strategy": "Rolling", "Preferences": preferences}
+
+
+def show_cycle(app_name: str, env: str, refresh: str) -> dict[str, Any]:
+    _, fleet, _ = _deploying(app_name, env)
+    found = aws.client("autoscaling").describe_instance_refreshes(
+        AutoScalingGroupName=fleet.group, InstanceRefreshIds=[refresh]
+    )["InstanceRefreshes"]
+    if not found:
+        raise ReleaseError(404, f"no cycle {refresh} of {app_name} in {env}")
+    shown = found[0]
+    return {
+        "refresh": refresh,
+        "status": shown["Status"],
+        "percent": shown.get("PercentageComplete", 0),
+        "reason": shown.get("StatusReason", ""),
+    }
+
+
+def list_apps() -> dict[str, Any]:
+    """Every app this API serves: its URL, current release, default strategy and how many of its
+    instances are in service (one Auto Scaling call for all of them)."""
+    config = settings()
+    groups: dict[str, dict[str, Any]] = {}
+    names = [fleet.group for fleet in config.fleets.values()]
+    if names:
+        pages = (
+            aws.client("autoscaling")
+            .get_paginator("describe_auto_scaling_groups")
+            .paginate(AutoScalingGroupNames=names)
+        )
+        groups = {g["AutoScalingGroupName"]: g for page in pages for g in page["AutoScalingGroups"]}
+    apps = []
+    for name in sorted(config.apps):
+        fleet = config.fleets.get(name)
+        group = groups.get(fleet.group) if fleet else None
+        apps.append(
+            {
+                "name": name,
+                "url": fleet.url if fleet else None,
+                "current": publisher(name, config.env).current(),
+                "strategy": (fleet.strategy if fleet else Strategy()).as_dict(),
+                "instances": None
+                if group is None
+                else {
+                    "desired": group["DesiredCapacity"],
+                    "in_service": sum(1 for i in group["Instances"] if i["LifecycleState"] == "InService"),
+                },
+            }
+        )
+    return {"env": config.env, "apps": apps}
