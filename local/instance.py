@@ -24,7 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +134,7 @@ class Instance:
 
     def stop(self) -> None:
         """Halt the container (nspawn forwards SIGTERM as a shutdown), kill it if it hangs."""
-        _shutdown(self.process)
+        shutdown(self.process)
 
 
 def nspawn_command(root: Path, name: str, network_namespace: str | None = None) -> list[str]:
@@ -195,8 +195,18 @@ def unmount_root(workdir: Path) -> None:
         shutil.rmtree(workdir / part, ignore_errors=True)
 
 
-def boot(root: Path, name: str, console: Path, network_namespace: str | None = None) -> Instance:
-    """Boot ``root`` and wait until its systemd is up; the container is shut down if that fails."""
+def boot(
+    root: Path,
+    name: str,
+    console: Path,
+    network_namespace: str | None = None,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> Instance:
+    """Boot ``root`` and wait until its systemd is up; the container is shut down if that fails.
+
+    ``started`` gets the nspawn process as soon as it runs, so that another thread can stop
+    a container that is still booting.
+    """
     with open(console, "wb") as output:
         process = subprocess.Popen(
             nspawn_command(root, name, network_namespace),
@@ -205,11 +215,13 @@ def boot(root: Path, name: str, console: Path, network_namespace: str | None = N
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    if started is not None:
+        started(process)
     try:
         instance = Instance(root, name, process, _leader(process, console), console)
         _wait_booted(instance)
     except BaseException:
-        _shutdown(process)
+        shutdown(process)
         raise
     return instance
 
@@ -259,7 +271,7 @@ def _wait_booted(instance: Instance) -> None:
         time.sleep(0.2)
 
 
-def _shutdown(process: subprocess.Popen[bytes]) -> None:
+def shutdown(process: subprocess.Popen[bytes]) -> None:
     """Ask nspawn to halt the container (SIGTERM), then kill it if it hangs."""
     if process.poll() is None:
         process.terminate()
