@@ -83,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Stopped):
         return 130
     print(json.dumps(platform.info()), flush=True)
-    print(
-        f"local: serving {args.env} at {platform.url} (apps: {', '.join(platform.apps)})", file=sys.stderr, flush=True
-    )
+    apps = ", ".join(f"{app} at {url}" for app, url in platform.app_urls.items()) or ", ".join(platform.apps)
+    print(f"local: serving {args.env}: API at {platform.url}; apps: {apps}", file=sys.stderr, flush=True)
     return serve_until_stopped(platform)
 
 
