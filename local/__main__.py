@@ -22,11 +22,19 @@ from local.platform import LocalPlatform, PlatformError
 
 
 class Stopped(Exception):
-    """SIGTERM arrived: stop as Ctrl-C would."""
+    """Ctrl-C (SIGINT) or SIGTERM arrived: stop everything."""
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+def raise_stopped(signum: int, frame: FrameType | None) -> None:
     raise Stopped
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise :class:`Stopped` (or KeyboardInterrupt) in the main thread."""
+    # SIGINT too: a shell starting the platform in the background ignores it for its children,
+    # and Python would then never raise KeyboardInterrupt.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_stopped)
 
 
 def show_platform_log() -> None:
@@ -40,13 +48,14 @@ def show_platform_log() -> None:
 
 def serve_until_stopped(platform: LocalPlatform) -> int:
     """Keep serving until Ctrl-C or SIGTERM; stop everything the platform started, whatever happens."""
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop_on_signals()
     try:
         threading.Event().wait()
     except (KeyboardInterrupt, Stopped):
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stopping short
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stopping short
+            signal.signal(signum, signal.SIG_IGN)
         print("local: stopping", file=sys.stderr, flush=True)
         platform.stop()
     return 0
@@ -65,13 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     show_platform_log()
-    from local.demo import context_for
-
     password = args.password or secrets.token_urlsafe(18)
-    platform = LocalPlatform(
-        args.env, users={args.user: password}, port=args.port, context=context_for(args.env), simulated=args.simulated
-    )
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    platform = LocalPlatform(args.env, users={args.user: password}, port=args.port, simulated=args.simulated)
+    stop_on_signals()
     try:
         platform.start()
     except KeyError:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
-from local.hooks import commands_reach_only_their_instances, invoke_in_process, list_command_invocations
 from local.template import ACCOUNT, REGION, Adapted, Deferred, adapt, resolved_properties
 from slipway.settings import ControlPlaneSettings, FleetSettings
 
@@ -217,6 +217,26 @@ def run_handler(handler: str, event: Any, function_name: str) -> Any:
     return getattr(importlib.import_module(module), function)(event, LambdaContext(function_name))
 
 
+def _invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any) -> bytes:
+    """moto's Lambda without Docker: run the function's handler in this process."""
+    function = self.get_function(function_name, qualifier)
+    try:
+        result = run_handler(function.handler, json.loads(body or "{}"), function.function_name)
+    except Exception as error:  # what Lambda reports for an unhandled exception
+        response_headers["x-amz-function-error"] = "Unhandled"
+        result = {"errorType": type(error).__name__, "errorMessage": str(error)}
+    return json.dumps(result).encode()
+
+
+@contextmanager
+def invoke_in_process() -> Iterator[None]:
+    """While inside: moto's Lambda (and so its Step Functions interpreter) runs handlers in this process."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    with mock.patch.object(LambdaSimpleBackend, "invoke", _invoke):
+        yield
+
+
 @dataclass(frozen=True)
 class Execution:
     """How an execution of the rollout state machine ended, its output and its history."""
@@ -281,6 +301,8 @@ def mock_platform(template: Mapping[str, Any], name: str = "Platform-staging") -
     The caller sets fake credentials first; boto3 clients created inside talk to the mock.
     """
     from moto import mock_aws
+
+    from local.hooks import commands_reach_only_their_instances, list_command_invocations
 
     with (
         mock_aws(config=MOTO_CONFIG),

@@ -46,14 +46,14 @@ def demo_context(context: Mapping[str, Any]) -> dict[str, Any]:
     return derived
 
 
-def context_for(env: str) -> dict[str, Any] | None:
-    """The context to serve ``env`` with: cdk.json's, or the demo's for ``demo`` when cdk.json has none."""
+def context_for(env: str) -> dict[str, Any]:
+    """The context to synthesize ``env`` with: cdk.json's, or the demo's for ``demo`` when cdk.json has none."""
     from app import cdk_json_context
 
     context = cdk_json_context()
     if env == DEMO_ENV and DEMO_ENV not in context["platform"]["environments"]:
         return demo_context(context)
-    return None
+    return context
 
 
 def sample_checkout(directory: Path) -> Path:
@@ -81,51 +81,56 @@ def slipway(info: Mapping[str, Any], *args: str, cwd: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from local.__main__ import serve_until_stopped, show_platform_log
+    from local.__main__ import Stopped, serve_until_stopped, show_platform_log, stop_on_signals
     from local.platform import LocalPlatform, PlatformError
 
     parser = argparse.ArgumentParser(prog="python -m local.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--password", default=None, help="the API's password for admin (default: generated)")
     args = parser.parse_args(argv)
     show_platform_log()
+    stop_on_signals()
     password = args.password or secrets.token_urlsafe(18)
-    from app import cdk_json_context
-
-    platform = LocalPlatform(DEMO_ENV, users={"admin": password}, context=demo_context(cdk_json_context()))
+    # No context here: the stack is synthesized in a child process (local.platform.synthesize_apart),
+    # so this process never starts jsii's Node.js.
+    platform = LocalPlatform(DEMO_ENV, users={"admin": password})
     print(f"demo: starting {DEMO_ENV} with {DEMO_INSTANCES} real instances of {DEMO_APP} ...", flush=True)
     try:
         platform.start()
-    except PlatformError as error:
-        print(f"demo: {error}", file=sys.stderr)
-        return 1
-    try:
         info = platform.info()
         with tempfile.TemporaryDirectory(prefix="slipway-demo-") as directory:
             checkout = sample_checkout(Path(directory))
             slipway(info, "release", DEMO_APP, DEMO_ENV, "-m", "the sample app", cwd=checkout)
             slipway(info, "deploy", DEMO_APP, DEMO_ENV, cwd=checkout)
-        url = info["app_urls"][DEMO_APP]
-        print(
-            "\n".join(
-                [
-                    "",
-                    f"The sample app serves at {url} (HAProxy in front of {DEMO_INSTANCES} instances).",
-                    f"The API: {info['url']}  user {info['user']}  password {info['password']}",
-                    "Try, in another terminal:",
-                    f"  export SLIPWAY_URL_{DEMO_ENV.upper()}={info['url']} SLIPWAY_USER={info['user']} "
-                    f"SLIPWAY_PASSWORD={info['password']}",
-                    f"  curl {url}/ ; slipway status {DEMO_APP} {DEMO_ENV}",
-                    f"  slipway config {DEMO_APP} {DEMO_ENV} set GREETING=hi && slipway deploy {DEMO_APP} {DEMO_ENV}",
-                    f"  slipway cycle {DEMO_APP} {DEMO_ENV}",
-                    "Ctrl-C stops every instance and process the demo started.",
-                    json.dumps(info),
-                ]
-            ),
-            flush=True,
-        )
+    except PlatformError as error:
+        platform.stop()
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Stopped):
+        print("demo: stopping", file=sys.stderr, flush=True)
+        platform.stop()
+        return 130
     except BaseException:
         platform.stop()
         raise
+    url = info["app_urls"][DEMO_APP]
+    print(
+        "\n".join(
+            [
+                "",
+                f"The sample app serves at {url} (HAProxy in front of {DEMO_INSTANCES} instances).",
+                f"The API: {info['url']}  user {info['user']}  password {info['password']}",
+                "Try, in another terminal:",
+                f"  export SLIPWAY_URL_{DEMO_ENV.upper()}={info['url']} SLIPWAY_USER={info['user']} "
+                f"SLIPWAY_PASSWORD={info['password']}",
+                f"  curl {url}/ ; slipway status {DEMO_APP} {DEMO_ENV}",
+                f"  slipway config {DEMO_APP} {DEMO_ENV} set GREETING=hi && slipway deploy {DEMO_APP} {DEMO_ENV}",
+                f"  slipway cycle {DEMO_APP} {DEMO_ENV}",
+                "Ctrl-C stops every instance and process the demo started.",
+                json.dumps(info),
+            ]
+        ),
+        flush=True,
+    )
     return serve_until_stopped(platform)
 
 

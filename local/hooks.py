@@ -43,25 +43,15 @@ from unittest import mock
 from local.template import ACCOUNT, REGION
 
 
-def _invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any, response_headers: Any) -> bytes:
-    """moto's Lambda without Docker: run the function's handler in this process."""
-    from local.aws import run_handler
-
-    function = self.get_function(function_name, qualifier)
-    try:
-        result = run_handler(function.handler, json.loads(body or "{}"), function.function_name)
-    except Exception as error:  # what Lambda reports for an unhandled exception
-        response_headers["x-amz-function-error"] = "Unhandled"
-        result = {"errorType": type(error).__name__, "errorMessage": str(error)}
-    return json.dumps(result).encode()
-
-
 @contextmanager
 def invoke_in_process() -> Iterator[None]:
-    """While inside: moto's Lambda (and so its Step Functions interpreter) runs handlers in this process."""
-    from moto.awslambda_simple.models import LambdaSimpleBackend
+    """While inside: moto's Lambda (and so its Step Functions interpreter) runs handlers in this process.
 
-    with mock.patch.object(LambdaSimpleBackend, "invoke", _invoke):
+    Defined beside the handler runner in :mod:`local.aws` (``local.aws.invoke_in_process``).
+    """
+    from local.aws import invoke_in_process as lambda_in_process
+
+    with lambda_in_process():
         yield
 
 

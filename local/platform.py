@@ -62,12 +62,14 @@ class PlatformError(RuntimeError):
 
 
 def synthesize(env: str, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``Platform-<env>`` template as ``cdk synth`` writes it from ``cdk.json`` (or ``context``);
+    """The ``Platform-<env>`` template as ``cdk synth`` writes it from ``cdk.json`` (or ``context``;
+    for ``demo``, the demo's when cdk.json has none: :func:`local.demo.context_for`);
     ``KeyError`` for an environment the configuration does not define."""
-    from app import build_app, cdk_json_context
+    from app import build_app
     from constructs.config import PlatformConfig
+    from local.demo import context_for
 
-    context = dict(context or cdk_json_context())
+    context = dict(context or context_for(env))
     environment = PlatformConfig.from_context(context["platform"]).environment(env)
     with tempfile.TemporaryDirectory(prefix="slipway-synth-") as outdir:
         assembly = build_app(context=context, outdir=outdir).synth()
