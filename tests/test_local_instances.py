@@ -122,6 +122,12 @@ class Platform:
             aws_secret_access_key="local",
         )
 
+    def containers(self) -> int:
+        """How many containers the platform runs now."""
+        running = _processes_under(self.pid)
+        self.processes.update(running)
+        return sum(1 for cmdline in running.values() if cmdline.startswith("systemd-nspawn "))
+
     def status(self) -> dict[str, Any]:
         shown: dict[str, Any] = json.loads(self.ok("--json", "status", APP, ENV))
         self.processes.update(_processes_under(self.pid))  # what runs now, to prove it is gone at the end
@@ -313,6 +319,7 @@ def test_cycling_one_instance(platform: Platform) -> None:
     # replacement gets traffic once it has booted, deployed `current` and passed its checks.
     assert load.failures == [], load.summary()
     assert victim not in platform.serving()
+    _wait(lambda: platform.containers() == DEMO_INSTANCES, 60, "the victim's container to stop")
 
 
 def test_cycling_the_whole_fleet(platform: Platform) -> None:
@@ -326,6 +333,7 @@ def test_cycling_the_whole_fleet(platform: Platform) -> None:
     assert load.failures == [], load.summary()
     after = platform.serving()
     assert len(after) == DEMO_INSTANCES and not set(after) & before
+    _wait(lambda: platform.containers() == DEMO_INSTANCES, 60, "the replaced instances' containers to stop")
     assert {b["release"] for b in _bodies(load)} == {current}
 
 
@@ -348,6 +356,14 @@ def test_scaling_from_three_to_four_serves_current_on_the_new_instance(platform:
     # Zero by design: the new target gets traffic only once its checks pass.
     assert load.failures == [], load.summary()
     assert {b["release"] for b in _bodies(load) if b["instance"] == new} == {current}
+    assert platform.containers() == 4
+    with Load(platform.url) as load:
+        autoscaling.set_desired_capacity(AutoScalingGroupName=name, DesiredCapacity=3)
+        _wait(lambda: platform.containers() == 3, 60, "the container of the instance scaled in to stop")
+    print(f"scale 4 -> 3: {load.summary()}")
+    # Zero by design: the instance scaled in is drained before its container stops.
+    assert load.failures == [], load.summary()
+    assert len(platform.serving()) == 3
 
 
 def test_a_command_the_document_does_not_admit_is_refused_before_it_runs(platform: Platform) -> None:
@@ -365,3 +381,37 @@ def test_a_command_the_document_does_not_admit_is_refused_before_it_runs(platfor
             InstanceIds=["i-00000000000000000"],
             Parameters={"ReleaseUrl": [f"s3://{bucket}/{APP}/{ENV}/current"]},
         )
+
+
+def test_commands_run_in_the_instance_and_report_what_happened(platform: Platform) -> None:
+    # Any Command document runs as the SSM agent would run it: here one that prints, and one that
+    # outlives its step's timeout.
+    ssm = platform.client("ssm")
+    instance = sorted(platform.serving())[0]
+    for name, command, timeout in (("Whoami", "hostname; echo to-stderr >&2; exit 0", "60"), ("Slow", "sleep 30", "1")):
+        content = {
+            "schemaVersion": "2.2",
+            "description": name,
+            "mainSteps": [
+                {
+                    "action": "aws:runShellScript",
+                    "name": name,
+                    "inputs": {"runCommand": [command], "timeoutSeconds": timeout},
+                }
+            ],
+        }
+        ssm.create_document(Name=name, DocumentType="Command", DocumentFormat="JSON", Content=json.dumps(content))
+    results = {}
+    for name in ("Whoami", "Slow"):
+        sent = ssm.send_command(DocumentName=name, InstanceIds=[instance])["Command"]["CommandId"]
+
+        def done(command: str = sent) -> bool:
+            status = ssm.get_command_invocation(CommandId=command, InstanceId=instance)["Status"]
+            return status not in ("Pending", "InProgress")
+
+        _wait(done, 60, f"command {name}")
+        results[name] = ssm.get_command_invocation(CommandId=sent, InstanceId=instance)
+    whoami, slow = results["Whoami"], results["Slow"]
+    assert (whoami["Status"], whoami["ResponseCode"]) == ("Success", 0)
+    assert (whoami["StandardOutputContent"], whoami["StandardErrorContent"]) == (f"{instance}\n", "to-stderr\n")
+    assert (slow["Status"], slow["StatusDetails"]) == ("TimedOut", "ExecutionTimedOut")
