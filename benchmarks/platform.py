@@ -46,6 +46,14 @@ sys.path[:] = [str(ROOT), str(ROOT / "lambdas"), *(p for p in sys.path if Path(p
 from local.demo import DEMO_APP, DEMO_ENV, sample_checkout  # noqa: E402
 from local.load import Load  # noqa: E402
 from local.platform import REFRESH_WARMUP_CAP, launch, missing_prerequisites  # noqa: E402
+from slipway.rollout.steps import step  # noqa: E402
+
+# The phases of a batch a rollout's time is split into (the words of slipway.rollout.steps).
+PHASES = {
+    "draining connections": "drain",
+    "deploying to a batch": "deploy command",
+    "waiting for healthy targets": "healthy",
+}
 
 PASSWORD = "benchmark"
 SLIPWAY = shutil.which("slipway") or str(Path(sys.executable).parent / "slipway")
@@ -54,7 +62,7 @@ SLIPWAY = shutil.which("slipway") or str(Path(sys.executable).parent / "slipway"
 class Bench:
     def __init__(self, info: dict[str, Any], checkout: Path, bake: int) -> None:
         self.info, self.checkout, self.bake = info, checkout, bake
-        self.rows: list[tuple[str, str, float, Load]] = []
+        self.rows: list[tuple[str, str, float, Load, str]] = []
 
     def slipway(self, *args: str) -> str:
         env = {
@@ -87,10 +95,38 @@ class Bench:
             said = action()
         # A rollout's last line says how it went: "...: 6 instance(s) in 4 batch(es); r3 is current".
         found = re.search(r"(\d+ instance\(s\) in \d+ batch\(es\))", said if isinstance(said, str) else "")
+        split = ""
         if found:
             what = f"{what}: {found.group(1)}"
-        self.rows.append((name, what, time.monotonic() - started, load))
+            split = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.phases().items())
+        self.rows.append((name, what, time.monotonic() - started, load, split))
         print(f"  {name}: {time.monotonic() - started:.1f}s, {load.summary()}", file=sys.stderr, flush=True)
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.info["aws_endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+
+    def phases(self) -> dict[str, float]:
+        """Seconds the latest rollout spent in each phase, from its execution's history."""
+        sfn = self.client("stepfunctions")
+        [machine] = sfn.list_state_machines()["stateMachines"]
+        executions = sfn.list_executions(stateMachineArn=machine["stateMachineArn"])["executions"]
+        latest = max(executions, key=lambda e: e["startDate"])
+        events = sfn.get_execution_history(executionArn=latest["executionArn"], maxResults=1000)["events"]
+        entered = [
+            (e["timestamp"], e["stateEnteredEventDetails"]["name"]) for e in events if "stateEnteredEventDetails" in e
+        ]
+        totals = dict.fromkeys([*PHASES.values(), "rest"], 0.0)
+        for (at, state), (then, _) in zip(entered, [*entered[1:], (events[-1]["timestamp"], "")], strict=True):
+            totals[PHASES.get(step(state) or "", "rest")] += (then - at).total_seconds()
+        return totals
 
     def deploy(self, release: str) -> Callable[[], object]:
         return lambda: self.slipway(
@@ -98,15 +134,7 @@ class Bench:
         )
 
     def scale(self, desired: int) -> None:
-        import boto3
-
-        autoscaling = boto3.client(
-            "autoscaling",
-            endpoint_url=self.info["aws_endpoint"],
-            region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-        )
+        autoscaling = self.client("autoscaling")
         members = {i["id"] for i in self.status()["instances"]}
         [group] = [
             g["AutoScalingGroupName"]
@@ -165,10 +193,10 @@ def main() -> int:
         f"Timing: {timing}; bake {args.bake} s; rollout polls every 1 s; refresh warmup at most {REFRESH_WARMUP_CAP} s."
     )
     print()
-    print("| operation | what | wall time | failed / total requests |")
-    print("|---|---|---:|---:|")
-    for name, what, seconds, load in bench.rows:
-        print(f"| {name} | {what} | {seconds:.1f} s | {len(load.failures)} / {load.total} |")
+    print("| operation | what | wall time | of which (summed over batches) | failed / total requests |")
+    print("|---|---|---:|---|---:|")
+    for name, what, seconds, load, split in bench.rows:
+        print(f"| {name} | {what} | {seconds:.1f} s | {split or '—'} | {len(load.failures)} / {load.total} |")
     return 0
 
 
