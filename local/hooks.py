@@ -26,7 +26,9 @@ With real instances (:mod:`local.fleets`) only:
 * :func:`group_attachments_as_on_aws` — an Auto Scaling group registers its InService
   instances in its target groups and deregisters those that left it (terminated,
   detached), as AWS does; moto registers every member, Standby ones included, and never
-  deregisters one.
+  deregisters one. One difference stays: AWS also deregisters an instance entering
+  Standby; here it stays registered until its caller deregisters it (the rollout does),
+  because moto's ``DeregisterTargets`` refuses a target that is not registered.
 
 And the reads of moto's state that its API does not give (:func:`registered_targets`:
 DescribeTargetHealth is hooked, so the raw registrations are read here).
