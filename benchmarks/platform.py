@@ -159,7 +159,7 @@ def main() -> int:
         return 1
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slipway-bench-") as directory:
-        process, info = launch(DEMO_ENV, PASSWORD, log_file=Path(directory) / "platform.log")
+        process, info = launch(DEMO_ENV, PASSWORD, real_instances=True, log_file=Path(directory) / "platform.log")
         boot = time.monotonic() - started
         try:
             bench = Bench(info, sample_checkout(Path(directory)), args.bake)

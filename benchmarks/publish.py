@@ -61,7 +61,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from local.platform import launch
 
-    process, local = launch("staging", PASSWORD, simulated=True)
+    process, local = launch("staging", PASSWORD)
     try:
         env = {
             **os.environ,

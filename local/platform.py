@@ -324,12 +324,21 @@ def _user_data(clients: aws.Clients, instance_id: str) -> str:
 
 
 def launch(
-    env: str, password: str, *, simulated: bool = False, extra: list[str] | None = None, log_file: Path | None = None
+    env: str,
+    password: str,
+    *,
+    real_instances: bool = False,
+    extra: list[str] | None = None,
+    log_file: Path | None = None,
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Start ``python -m local`` for ``env`` in a child process; return it and what it printed
-    (:meth:`LocalPlatform.info`). The caller terminates it (SIGTERM stops everything it started)."""
+    (:meth:`LocalPlatform.info`). The caller terminates it (SIGTERM stops everything it started).
+
+    For tests and benchmarks of the control plane the fleets are moto's (``--simulated``);
+    ``real_instances`` boots them for real (needs root). The platform's stderr goes to ``log_file``.
+    """
     argv = [sys.executable, "-m", "local", "--env", env, "--password", password, *(extra or [])]
-    if simulated:
+    if not real_instances:
         argv.append("--simulated")
     with open(log_file or os.devnull, "w") as stderr:
         process = subprocess.Popen(
@@ -351,4 +360,12 @@ def launch(
         said = f": {log_file.read_text()[-3000:]}" if log_file is not None else ""
         raise RuntimeError(f"the local platform for {env} did not start (exit {process.returncode}){said}")
     info: dict[str, Any] = json.loads(line)
+    # The functions log to stdout, as on Lambda: keep reading it, or a full pipe stalls every
+    # request at its first log line.
+    threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
     return process, info
+
+
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass

@@ -25,7 +25,7 @@ PASSWORD = "correct-horse-battery"
 @pytest.fixture(scope="module")
 def local() -> Iterator[dict[str, dict[str, Any]]]:
     """Local control planes for staging and production, as two separate services."""
-    started = {env: launch(env, PASSWORD, simulated=True) for env in ("staging", "production")}
+    started = {env: launch(env, PASSWORD) for env in ("staging", "production")}
     yield {env: info for env, (_, info) in started.items()}
     for process, _ in started.values():
         process.terminate()

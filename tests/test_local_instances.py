@@ -168,7 +168,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     directory = tmp_path_factory.mktemp("local-instances")
     log = directory / "platform.log"
     started = time.monotonic()
-    process, info = launch(ENV, PASSWORD, log_file=log)
+    process, info = launch(ENV, PASSWORD, real_instances=True, log_file=log)
     print(f"platform with {DEMO_INSTANCES} real instances up in {time.monotonic() - started:.1f}s")
     home = directory / "home"
     home.mkdir()
