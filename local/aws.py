@@ -131,6 +131,8 @@ def deploy_stack(clients: Clients, name: str, template: Mapping[str, Any]) -> St
         for page in paginator.paginate(StackName=name)
         for r in page["StackResourceSummaries"]
     }
+    for logical, attributes in adapted.target_group_attributes:
+        clients.elbv2.modify_target_group_attributes(TargetGroupArn=resources[logical], Attributes=attributes)
     for item in adapted.deferred:
         if item.when == "before":
             resources[item.logical_id] = next(
@@ -321,7 +323,14 @@ def mock_platform(template: Mapping[str, Any], name: str = "Platform-staging") -
     """
     from moto import mock_aws
 
-    with mock_aws(config=MOTO_CONFIG), invoke_in_process():
+    from local.hooks import commands_reach_only_their_instances, list_command_invocations
+
+    with (
+        mock_aws(config=MOTO_CONFIG),
+        invoke_in_process(),
+        list_command_invocations(),
+        commands_reach_only_their_instances(),
+    ):
         clients = default_clients()
         bootstrap(clients)
         stack = deploy_stack(clients, name, template)

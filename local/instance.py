@@ -1,15 +1,21 @@
 """Instances on this machine: Debian 12 with systemd, booted in systemd-nspawn.
 
 The root filesystem is built once with mmdebstrap and cached under
-/var/cache/slipway-test/rootfs-<hash of its inputs>; each instance boots a copy and is
-provisioned by the real ``image/provision.sh``, as user data provisions an EC2 instance.
-The container shares the host network, so it reaches moto on 127.0.0.1, and its apps
-answer on 127.0.0.1 too (all traffic stays on loopback). Commands run inside through
-``nsenter`` into the container's namespaces, which needs no systemd on the host.
+/var/cache/slipway-test/rootfs-<hash of its inputs>; each instance boots an overlay of it
+(its writes go to its own upper directory, the cache is never changed; a copy when this
+kernel cannot mount overlayfs) and is provisioned by the real ``image/provision.sh``, as
+user data provisions an EC2 instance.
 
-Builds run inside too (:func:`build`), with the image's own build program and runtimes;
-pip and npm reach their registries over the shared network, trusting what this machine
-trusts (:func:`trust_host_certificates`).
+Two kinds of instance use this module. The agent's tests (``tests/image``) boot one that
+shares the host's network: it reaches moto on 127.0.0.1 and its apps answer there. The
+local platform (:mod:`local.fleets`) boots each instance of a fleet in its own network
+namespace on the platform's bridge (:mod:`local.network`): it has its own address and
+reaches only the bridge. Commands run inside through ``nsenter`` into the container's
+namespaces, which needs no systemd on the host.
+
+Builds run inside a host-network instance too (:func:`build`), with the image's own build
+program and runtimes; pip and npm reach their registries over the shared network, trusting
+what this machine trusts (:func:`trust_host_certificates`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +112,7 @@ class Instance:
             ["nsenter", "-t", str(self.leader), "-a", "env", "-i", *environment, *argv],
             capture_output=True,
             text=True,
+            errors="replace",
             timeout=timeout,
             check=False,
         )
@@ -137,37 +144,115 @@ class Instance:
         """The host path of a file inside the container."""
         return self.directory / inside.lstrip("/")
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
-@contextmanager
-def booted_instance(workdir: Path) -> Iterator[Instance]:
-    """Copy the cached rootfs into ``workdir``, boot it, and always shut it down."""
-    directory = workdir / "root"
-    subprocess.run(["cp", "-a", "--reflink=auto", str(rootfs()), str(directory)], check=True)
-    name = f"slipway-test-{os.getpid()}"
-    console = workdir / "console.log"
+    def stop(self) -> None:
+        """Halt the container (nspawn forwards SIGTERM as a shutdown), kill it if it hangs."""
+        shutdown(self.process)
+
+
+def nspawn_command(root: Path, name: str, network_namespace: str | None = None) -> list[str]:
+    """The ``systemd-nspawn`` command that boots ``root`` as machine (and host name) ``name``.
+
+    ``--register=no --keep-unit``: no machined or scope units, so a host without systemd
+    as PID 1 boots it too. Without ``network_namespace`` the container shares the host's network.
+    """
+    argv = [
+        "systemd-nspawn",
+        "--quiet",
+        "--boot",
+        "--register=no",
+        "--keep-unit",
+        "--resolv-conf=off",
+        f"--machine={name}",
+        f"--directory={root}",
+    ]
+    if network_namespace is not None:
+        argv.append(f"--network-namespace-path=/run/netns/{network_namespace}")
+    return argv
+
+
+def mount_root(workdir: Path) -> Path:
+    """The instance's root directory under ``workdir``: an overlay of the cached rootfs.
+
+    Falls back to a copy where overlayfs cannot be mounted; :func:`unmount_root` undoes either.
+    """
+    lower = rootfs()
+    root, upper, work = workdir / "root", workdir / "upper", workdir / "work"
+    for directory in (root, upper, work):
+        directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        root.rmdir()
+        subprocess.run(["cp", "-a", "--reflink=auto", str(lower), str(root)], check=True)
+    return root
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path.resolve())
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        return any(line.split()[1] == target for line in mounts if len(line.split()) > 1)
+
+
+def unmount_root(workdir: Path) -> None:
+    """Unmount the instance's overlay (if it is one) and delete its files (the console log stays)."""
+    root = workdir / "root"
+    unmounted = not is_mounted(root) or subprocess.run(["umount", str(root)], capture_output=True).returncode == 0
+    if not unmounted:  # still busy: detach it now, the kernel frees it when the last user goes
+        subprocess.run(["umount", "--lazy", str(root)], capture_output=True, check=False)
+    for part in ("root", "upper", "work"):
+        shutil.rmtree(workdir / part, ignore_errors=True)
+
+
+def boot(
+    root: Path,
+    name: str,
+    console: Path,
+    network_namespace: str | None = None,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> Instance:
+    """Boot ``root`` and wait until its systemd is up; the container is shut down if that fails.
+
+    ``started`` gets the nspawn process as soon as it runs, so that another thread can stop
+    a container that is still booting.
+    """
     with open(console, "wb") as output:
         process = subprocess.Popen(
-            [
-                "systemd-nspawn",
-                "--quiet",
-                "--boot",
-                "--register=no",
-                "--keep-unit",
-                "--resolv-conf=off",
-                f"--machine={name}",
-                f"--directory={directory}",
-            ],
+            nspawn_command(root, name, network_namespace),
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    if started is not None:
+        started(process)
     try:
-        instance = Instance(directory, name, process, _leader(process, console), console)
+        instance = Instance(root, name, process, _leader(process, console), console)
         _wait_booted(instance)
-        yield instance
+    except BaseException:
+        shutdown(process)
+        raise
+    return instance
+
+
+@contextmanager
+def booted_instance(workdir: Path) -> Iterator[Instance]:
+    """Boot an overlay of the cached rootfs under ``workdir`` on the host's network; always shut it down."""
+    root = mount_root(workdir)
+    try:
+        instance = boot(root, f"slipway-test-{os.getpid()}", workdir / "console.log")
+        try:
+            yield instance
+        finally:
+            instance.stop()
     finally:
-        _shutdown(process)
+        unmount_root(workdir)
 
 
 def _leader(process: subprocess.Popen[bytes], console: Path) -> int:
@@ -183,7 +268,7 @@ def _leader(process: subprocess.Popen[bytes], console: Path) -> int:
                     return int(child)
             except FileNotFoundError:
                 continue
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError("the container's systemd did not start within 60s")
 
 
@@ -194,14 +279,14 @@ def _wait_booted(instance: Instance) -> None:
         state = instance.run(["systemctl", "is-system-running", "--wait"], check=False, timeout=120)
         if state.stdout.strip() in ("running", "degraded"):
             return
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or not instance.alive():
             raise AssertionError(
                 f"container did not boot: {state.stdout}{state.stderr}\n{instance.console.read_text()[-3000:]}"
             )
         time.sleep(0.2)
 
 
-def _shutdown(process: subprocess.Popen[bytes]) -> None:
+def shutdown(process: subprocess.Popen[bytes]) -> None:
     """Ask nspawn to halt the container (SIGTERM), then kill it if it hangs."""
     if process.poll() is None:
         process.terminate()

@@ -63,6 +63,10 @@ ADAPTATIONS: dict[str, str] = {
         "AWS publishes parameters (the Powertools layer's ARN) that moto does not have: given local values; "
         "moto has the Amazon Linux AMI ones, which stay"
     ),
+    "AWS::ElasticLoadBalancingV2::TargetGroup TargetGroupAttributes": (
+        "moto's CloudFormation ignores a target group's attributes (its deregistration delay among them): they are "
+        "set through ModifyTargetGroupAttributes after the stack"
+    ),
     "Lambda code": (
         "moto runs no Lambda code without Docker; the local platform runs each function's handler in-process, "
         "so the asset bucket holds an empty archive under each code key"
@@ -131,6 +135,8 @@ class Adapted:
     deferred: list[Deferred] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     lambda_code: list[tuple[str, str]] = field(default_factory=list)  # (bucket with tokens resolved, key)
+    # (target group's logical id, its TargetGroupAttributes), applied after the stack
+    target_group_attributes: list[tuple[str, list[dict[str, str]]]] = field(default_factory=list)
 
 
 def physical_name(stack: str, logical_id: str) -> str:
@@ -242,12 +248,22 @@ def adapt(template: Mapping[str, Any], *, stack: str, public_parameters: Mapping
         for resource in resources.values()
         if resource["Type"] == "AWS::Lambda::Function" and "S3Key" in resource["Properties"].get("Code", {})
     ]
+    attributes = [
+        (
+            logical,
+            [{"Key": str(a["Key"]), "Value": str(a["Value"])} for a in resource["Properties"]["TargetGroupAttributes"]],
+        )
+        for logical, resource in sorted(resources.items())
+        if resource["Type"] == "AWS::ElasticLoadBalancingV2::TargetGroup"
+        and resource["Properties"].get("TargetGroupAttributes")
+    ]
     return Adapted(
         template=adapted,
         original=template,
         deferred=deferred,
         dropped=sorted(set(dropped)),
         lambda_code=[(_substitute(c["S3Bucket"]), c["S3Key"]) for c in code],
+        target_group_attributes=attributes,
     )
 
 

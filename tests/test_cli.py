@@ -144,8 +144,9 @@ def test_missing_or_wrong_credentials_get_401_with_a_browser_prompt(
 
 @PUBLISHER_WRITES_V1
 def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
-    # The local platform's fleets are the stack's Auto Scaling groups with moto's instances: this
-    # follows the real rollout state machine and its tasks end to end, not the instance agent.
+    # These platforms run simulated fleets (the stack's Auto Scaling groups with moto's instances):
+    # this follows the real rollout state machine and its tasks end to end, not the instance agent
+    # (tests/test_local_instances.py does, through real instances behind a real load balancer).
     # web in staging runs 1 to 2 instances: the rollout surges to 2 and deploys them one by one.
     assert slipway("release", "web", "staging", "-m", "one").returncode == 0
     first = releases(slipway, "web", "staging")[0]["id"]
@@ -228,3 +229,17 @@ def test_open_of_an_unknown_app_is_one_line(slipway: Run, tmp_path: Path) -> Non
     assert result.stderr.strip() == (
         "slipway: no app 'nope' in staging (apps: billing, web); add it to cdk.json and deploy the stack"
     )
+
+
+def test_cycling_a_whole_fleet_from_the_cli(slipway: Run) -> None:
+    # moto has no instance refresh: the local platform carries it out (local.refresh), here over
+    # moto's instances, which are healthy as soon as they launch.
+    def instances() -> set[str]:
+        return {i["id"] for i in json.loads(slipway("--json", "status", "web", "staging").stdout)["instances"]}
+
+    before = instances()
+    result = slipway("cycle", "web", "staging", "--interval", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "Cycled every instance of web in staging"
+    after = instances()
+    assert len(after) == len(before) and not after & before

@@ -58,6 +58,9 @@ def test_the_deployed_stack_is_the_configuration_of_cdk_json(
         assert len(group["Instances"]) == group["DesiredCapacity"] == wanted.min_capacity
         [target_group] = clients.elbv2.describe_target_groups(TargetGroupArns=[fleet.target_group])["TargetGroups"]
         assert (target_group["Port"], target_group["HealthCheckPath"]) == (wanted.port, wanted.health_check_path)
+        attributes = clients.elbv2.describe_target_group_attributes(TargetGroupArn=fleet.target_group)["Attributes"]
+        delay = {a["Key"]: a["Value"] for a in attributes}["deregistration_delay.timeout_seconds"]
+        assert delay == str(wanted.deregistration_delay_seconds)  # moto's CloudFormation alone would say 300
         alarms = clients.cloudwatch.describe_alarms(AlarmNames=list(fleet.alarms))["MetricAlarms"]
         assert sorted(a["AlarmName"] for a in alarms) == sorted(fleet.alarms) and len(alarms) == 3
         assert fleet.strategy == wanted.rollout

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Wall time of rollouts, a rollback and a fleet cycle on the local platform's real instances,
+with the requests that failed meanwhile.
+
+Starts ``python -m local --env demo`` (local/demo.py: web at three real instances behind
+HAProxy; needs root), publishes the sample app (local/sample) with the ``slipway`` CLI and
+deploys it, then measures, each with the load generator (local.load: one thread of
+sequential GETs through the load balancer, a new connection each):
+
+    rollout over 3   a new release, the app's default strategy (canary, then 25 % batches)
+    rollback         back to the release before, the same strategy
+    fleet cycle      every instance replaced (instance refresh, 90 % kept in service)
+    scale 3 -> 6     desired capacity raised until 6 targets are healthy
+    rollout over 6   a new release over the 6 instances
+
+Nothing is modelled: these are wall times on this machine. What they depend on is the
+demo environment's timing, printed with the figures: the target group's health check
+(interval, healthy threshold), its deregistration delay (draining ends as soon as a target
+has no request in flight, as on ALB), the rollout's polling (1 s locally), the bake
+(``--bake``, 0 by default here: a bake is a fixed wait that would only add itself to each
+batch) and the instance refresh's warmup (capped at 5 s locally).
+
+Run: `make bench` or `.venv/bin/python benchmarks/platform.py [--bake 0]` (as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# This file is named as the standard library's `platform` (which uuid imports): its folder stays off the path.
+sys.path[:] = [str(ROOT), str(ROOT / "lambdas"), *(p for p in sys.path if Path(p or ".").resolve() != HERE)]
+
+from local.demo import DEMO_APP, DEMO_ENV, sample_checkout  # noqa: E402
+from local.load import Load  # noqa: E402
+from local.platform import REFRESH_WARMUP_CAP, launch, missing_prerequisites  # noqa: E402
+from slipway.rollout.steps import step  # noqa: E402
+
+# The phases of a batch a rollout's time is split into (the words of slipway.rollout.steps).
+PHASES = {
+    "draining connections": "drain",
+    "deploying to a batch": "deploy command",
+    "waiting for healthy targets": "healthy",
+}
+
+PASSWORD = "benchmark"
+SLIPWAY = shutil.which("slipway") or str(Path(sys.executable).parent / "slipway")
+
+
+class Bench:
+    def __init__(self, info: dict[str, Any], checkout: Path, bake: int) -> None:
+        self.info, self.checkout, self.bake = info, checkout, bake
+        self.rows: list[tuple[str, str, float, Load, str]] = []
+
+    def slipway(self, *args: str) -> str:
+        env = {
+            **os.environ,
+            f"SLIPWAY_URL_{DEMO_ENV.upper()}": self.info["url"],
+            "SLIPWAY_USER": self.info["user"],
+            "SLIPWAY_PASSWORD": PASSWORD,
+        }
+        result = subprocess.run(
+            [SLIPWAY, *args], cwd=self.checkout, env=env, capture_output=True, text=True, timeout=1200, check=False
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"slipway {' '.join(args)} failed: {result.stdout}{result.stderr}")
+        return result.stdout
+
+    def status(self) -> dict[str, Any]:
+        shown: dict[str, Any] = json.loads(self.slipway("--json", "status", DEMO_APP, DEMO_ENV))
+        return shown
+
+    def serving(self) -> int:
+        return sum(1 for i in self.status()["instances"] if i["lifecycle"] == "InService" and i["target"] == "healthy")
+
+    def publish(self, message: str) -> str:
+        return str(json.loads(self.slipway("--json", "release", DEMO_APP, DEMO_ENV, "-m", message))["id"])
+
+    def measure(self, name: str, what: str, action: Callable[[], object]) -> None:
+        url = f"{self.info['app_urls'][DEMO_APP]}/"
+        started = time.monotonic()
+        with Load(url) as load:
+            said = action()
+        # A rollout's last line says how it went: "...: 6 instance(s) in 4 batch(es); r3 is current".
+        found = re.search(r"(\d+ instance\(s\) in \d+ batch\(es\))", said if isinstance(said, str) else "")
+        split = ""
+        if found:
+            what = f"{what}: {found.group(1)}"
+            split = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.phases().items())
+        self.rows.append((name, what, time.monotonic() - started, load, split))
+        print(f"  {name}: {time.monotonic() - started:.1f}s, {load.summary()}", file=sys.stderr, flush=True)
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.info["aws_endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+
+    def phases(self) -> dict[str, float]:
+        """Seconds the latest rollout spent in each phase, from its execution's history."""
+        sfn = self.client("stepfunctions")
+        [machine] = sfn.list_state_machines()["stateMachines"]
+        executions = sfn.list_executions(stateMachineArn=machine["stateMachineArn"])["executions"]
+        latest = max(executions, key=lambda e: e["startDate"])
+        events = sfn.get_execution_history(executionArn=latest["executionArn"], maxResults=1000)["events"]
+        entered = [
+            (e["timestamp"], e["stateEnteredEventDetails"]["name"]) for e in events if "stateEnteredEventDetails" in e
+        ]
+        totals = dict.fromkeys([*PHASES.values(), "rest"], 0.0)
+        for (at, state), (then, _) in zip(entered, [*entered[1:], (events[-1]["timestamp"], "")], strict=True):
+            totals[PHASES.get(step(state) or "", "rest")] += (then - at).total_seconds()
+        return totals
+
+    def deploy(self, release: str) -> Callable[[], object]:
+        return lambda: self.slipway(
+            "deploy", DEMO_APP, DEMO_ENV, release, "--bake", str(self.bake), "--interval", "0.5"
+        )
+
+    def scale(self, desired: int) -> None:
+        autoscaling = self.client("autoscaling")
+        members = {i["id"] for i in self.status()["instances"]}
+        [group] = [
+            g["AutoScalingGroupName"]
+            for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+            if {i["InstanceId"] for i in g["Instances"]} == members
+        ]
+        autoscaling.set_desired_capacity(AutoScalingGroupName=group, DesiredCapacity=desired)
+        deadline = time.monotonic() + 300
+        while self.serving() < desired:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the fleet did not reach {desired} healthy instances in 300 s")
+            time.sleep(0.5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bake", type=int, default=0, help="bake seconds per batch (default 0)")
+    args = parser.parse_args()
+    problem = missing_prerequisites()
+    if problem:
+        print(f"benchmarks/platform.py: {problem}", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="slipway-bench-") as directory:
+        process, info = launch(DEMO_ENV, PASSWORD, real_instances=True, log_file=Path(directory) / "platform.log")
+        boot = time.monotonic() - started
+        try:
+            bench = Bench(info, sample_checkout(Path(directory)), args.bake)
+            timing = _timing(info)
+            first = bench.publish("first")
+            t0 = time.monotonic()
+            bench.slipway("deploy", DEMO_APP, DEMO_ENV, first, "--bake", str(args.bake), "--interval", "0.5")
+            first_deploy = time.monotonic() - t0
+            second = bench.publish("second")
+            bench.measure("rollout over 3", "canary, then 25 % batches", bench.deploy(second))
+            bench.measure(
+                "rollback",
+                f"back to {first}",
+                lambda: bench.slipway("rollback", DEMO_APP, DEMO_ENV, "--bake", str(args.bake), "--interval", "0.5"),
+            )
+            bench.measure(
+                "fleet cycle",
+                "3 instances replaced one at a time",
+                lambda: bench.slipway("cycle", DEMO_APP, DEMO_ENV, "--interval", "0.5"),
+            )
+            bench.measure("scale 3 -> 6", "3 instances boot, deploy current, pass checks", lambda: bench.scale(6))
+            third = bench.publish("third")
+            bench.measure("rollout over 6", "canary, then 25 % batches", bench.deploy(third))
+        finally:
+            process.terminate()
+            process.wait(timeout=120)
+    print(
+        f"Platform up with 3 real instances in {boot:.1f}s; first deploy (nothing served before) {first_deploy:.1f}s."
+    )
+    print(
+        f"Timing: {timing}; bake {args.bake} s; rollout polls every 1 s; refresh warmup at most {REFRESH_WARMUP_CAP} s."
+    )
+    print()
+    print("| operation | what | wall time | of which (summed over batches) | failed / total requests |")
+    print("|---|---|---:|---|---:|")
+    for name, what, seconds, load, split in bench.rows:
+        print(f"| {name} | {what} | {seconds:.1f} s | {split or '—'} | {len(load.failures)} / {load.total} |")
+    return 0
+
+
+def _timing(info: dict[str, Any]) -> str:
+    import boto3
+
+    elbv2 = boto3.client(
+        "elbv2",
+        endpoint_url=info["aws_endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    [group] = [g for g in elbv2.describe_target_groups()["TargetGroups"] if g["Port"] == 5000]
+    attributes = {
+        a["Key"]: a["Value"]
+        for a in elbv2.describe_target_group_attributes(TargetGroupArn=group["TargetGroupArn"])["Attributes"]
+    }
+    return (
+        f"health check every {group['HealthCheckIntervalSeconds']} s, healthy after {group['HealthyThresholdCount']}, "
+        f"unhealthy after {group['UnhealthyThresholdCount']}; deregistration delay "
+        f"{attributes['deregistration_delay.timeout_seconds']} s (ends early when idle)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+"""The whole platform on one machine, end to end through the load balancer: `python -m local --env
+demo` with real instances (three containers of web behind HAProxy), driven with the slipway CLI
+while a load generator (local.load) counts what clients see.
+
+One platform serves the whole module (booting it takes about 30 s); the tests run in file order
+and each says what it starts from. Every count of failed requests below is asserted to be zero
+where the design guarantees it, and the comment says why. Stopping the platform (SIGTERM) must
+leave nothing: no container, network namespace, bridge, mount or HAProxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from local.demo import DEMO_ENV, DEMO_INSTANCES, SAMPLE
+from local.load import Load
+from local.network import BridgePlan, leftovers
+from local.platform import launch, missing_prerequisites
+
+pytestmark = pytest.mark.e2e
+if missing_prerequisites():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=f"local instances: {missing_prerequisites()}")]
+
+APP, ENV = "web", DEMO_ENV
+PASSWORD = "local-instances-e2e"
+SLIPWAY = Path(sys.executable).parent / "slipway"
+BODY = re.compile(r"^(?P<greeting>.+) from (?P<release>r\d+) on (?P<instance>i-[0-9a-f]+)$")
+# Fast enough to run the module in a few minutes: bakes are not what these tests are about.
+FAST = ("--bake", "0", "--interval", "0.5")
+# The releases deployed so far, oldest first: what a rollback goes back to.
+DEPLOYED: list[str] = []
+
+
+def _processes_under(pid: int) -> dict[int, str]:
+    """Every process descending from ``pid``: id → command line."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, queue = {}, [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            try:
+                found[child] = (Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")).decode().strip()
+            except OSError:
+                continue
+            queue.append(child)
+    return found
+
+
+def _still_running(seen: dict[int, str]) -> list[str]:
+    alive = []
+    for pid, cmdline in seen.items():
+        try:
+            now = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if now == cmdline:
+            alive.append(f"{pid} {cmdline[:80]}")
+    return alive
+
+
+@dataclass
+class Platform:
+    """The running platform, the CLI pointed at it, and what the tests have seen."""
+
+    pid: int
+    info: dict[str, Any]
+    log: Path
+    checkout: Path
+    home: Path
+    processes: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"{self.info['app_urls'][APP]}/"
+
+    def slipway(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+        env.update(
+            HOME=str(self.home),
+            SLIPWAY_URL_DEMO=self.info["url"],
+            SLIPWAY_USER=self.info["user"],
+            SLIPWAY_PASSWORD=PASSWORD,
+        )
+        return subprocess.run(
+            [str(SLIPWAY), *args], cwd=cwd or self.checkout, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    def ok(self, *args: str, cwd: Path | None = None) -> str:
+        result = self.slipway(*args, cwd=cwd)
+        assert result.returncode == 0, f"slipway {' '.join(args)}: {result.stdout}{result.stderr}\n{self.tail()}"
+        return result.stdout
+
+    def tail(self) -> str:
+        return "platform log: " + "\n".join(self.log.read_text().splitlines()[-30:])
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.info["aws_endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+
+    def containers(self) -> int:
+        """How many containers the platform runs now."""
+        running = _processes_under(self.pid)
+        self.processes.update(running)
+        return sum(1 for cmdline in running.values() if cmdline.startswith("systemd-nspawn "))
+
+    def status(self) -> dict[str, Any]:
+        shown: dict[str, Any] = json.loads(self.ok("--json", "status", APP, ENV))
+        self.processes.update(_processes_under(self.pid))  # what runs now, to prove it is gone at the end
+        return shown
+
+    def serving(self) -> dict[str, str]:
+        """Instance → release, for every instance in service and healthy in the load balancer."""
+        return {
+            i["id"]: i["release"]
+            for i in self.status()["instances"]
+            if i["lifecycle"] == "InService" and i["target"] == "healthy"
+        }
+
+    def publish(self, procfile: str | None = None, message: str = "e2e") -> str:
+        """Publish the sample (with another Procfile if given) as a new release; its id."""
+        cwd = self.checkout
+        if procfile is not None:
+            cwd = self.checkout.parent / f"variant-{time.monotonic_ns()}"
+            _checkout(cwd, procfile)
+        published = json.loads(self.ok("--json", "release", APP, ENV, "-m", message, cwd=cwd))
+        return str(published["id"])
+
+
+def _checkout(directory: Path, procfile: str | None = None) -> Path:
+    shutil.copytree(SAMPLE, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    if procfile is not None:
+        (directory / "Procfile").write_text(procfile)
+    git = ["git", "-c", "user.name=E2E", "-c", "user.email=e2e@slipway.invalid"]
+    for argv in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "sample"]):
+        subprocess.run([*git, *argv], cwd=directory, check=True, capture_output=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """`python -m local --env demo` with real instances for the module; then proof it left nothing."""
+    assert SLIPWAY.exists(), "the slipway command is not installed: `make test` installs it"
+    directory = tmp_path_factory.mktemp("local-instances")
+    log = directory / "platform.log"
+    started = time.monotonic()
+    process, info = launch(ENV, PASSWORD, real_instances=True, log_file=log)
+    print(f"platform with {DEMO_INSTANCES} real instances up in {time.monotonic() - started:.1f}s")
+    home = directory / "home"
+    home.mkdir()
+    running = Platform(process.pid, info, log, _checkout(directory / "sample"), home)
+    running.processes.update(_processes_under(process.pid))
+    try:
+        yield running
+    finally:
+        running.processes.update(_processes_under(process.pid))
+        process.terminate()
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait(timeout=30)
+        plan = BridgePlan(int(info["bridge"].removeprefix("slipway")))
+        left = {
+            "processes": _still_running(running.processes),
+            "network": leftovers(plan),
+            "mounts": [line for line in Path("/proc/mounts").read_text().splitlines() if info["workdir"] in line],
+            "files": [info["workdir"]] if Path(info["workdir"]).exists() else [],
+        }
+        assert code == 0, f"the platform exited {code} on SIGTERM\n{running.tail()}"
+        assert left == {"processes": [], "network": [], "mounts": [], "files": []}, left
+        assert len(running.processes) >= DEMO_INSTANCES + 1, running.processes  # containers and HAProxy were seen
+
+
+def _bodies(load: Load) -> list[dict[str, str]]:
+    return [m.groupdict() for body in load.bodies if (m := BODY.match(body))]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def first(platform: Platform) -> str:
+    """The sample's first release, deployed to the three instances (nothing served before it)."""
+    assert platform.status()["current"] is None
+    assert len(platform.status()["instances"]) == DEMO_INSTANCES
+    release = platform.publish(message="first")
+    platform.ok("deploy", APP, ENV, release, *FAST)
+    _wait(lambda: len(platform.serving()) == DEMO_INSTANCES, 60, "three healthy targets")
+    DEPLOYED.append(release)
+    return release
+
+
+def test_a_rollout_over_three_instances(platform: Platform, first: str) -> None:
+    release = platform.publish(message="second")
+    with Load(platform.url) as load:
+        out = platform.ok("deploy", APP, ENV, release, *FAST)
+    print(f"rollout over 3: {load.summary()}")
+    assert (
+        out.splitlines()[-1] == f"Deployed {APP} {release} to {ENV}: 3 instance(s) in 3 batch(es); {release} is current"
+    )
+    # Zero by design: each batch is drained before its app restarts and gets traffic again only
+    # after passing the load balancer's checks, while the two other instances serve.
+    assert load.failures == [], load.summary()
+    served = _bodies(load)
+    assert {b["release"] for b in served} == {first, release}
+    assert len({b["instance"] for b in served if b["release"] == release}) == DEMO_INSTANCES
+    assert set(platform.serving().values()) == {release}
+    DEPLOYED.append(release)
+
+
+def test_a_config_change(platform: Platform) -> None:
+    out = platform.ok("config", APP, ENV, "set", "GREETING=Howdy")
+    release = out.strip().rsplit(" ", 1)[-1]
+    with Load(platform.url) as load:
+        platform.ok("deploy", APP, ENV, release, *FAST)
+    print(f"config change: {load.summary()}")
+    assert load.failures == [], load.summary()  # zero by design, as for any rollout
+    after = [b for b in _bodies(load) if b["release"] == release]
+    assert after and {b["greeting"] for b in after} == {"Howdy"}
+    DEPLOYED.append(release)
+
+
+def test_rollback(platform: Platform) -> None:
+    *_, previous, current = DEPLOYED
+    assert platform.status()["current"] == current
+    with Load(platform.url) as load:
+        out = platform.ok("rollback", APP, ENV, *FAST)
+    print(f"rollback: {load.summary()}")
+    assert out.splitlines()[-1].endswith(f"{previous} is current")
+    assert load.failures == [], load.summary()  # zero by design, as for any rollout
+    assert set(platform.serving().values()) == {previous}
+    assert {b["greeting"] for b in _bodies(load) if b["release"] == previous} == {"Hello"}
+
+
+def test_a_release_whose_web_process_crashes_is_rolled_back(platform: Platform) -> None:
+    before = platform.status()["current"]
+    crashing = platform.publish("web: python3 -c 'import sys; print(\"crashing\"); sys.exit(3)'\n", "crashes")
+    with Load(platform.url) as load:
+        result = platform.slipway("deploy", APP, ENV, crashing, *FAST)
+    print(f"crashing release: {load.summary()}")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"slipway: {APP} {crashing} was not deployed to {ENV} on i-"), result.stderr
+    assert "the deploy command failed on i-" in line and f"{before} is still current" in line
+    assert "failed its preflight: its web process exited (status 3)" in result.stderr  # the agent's own output
+    # Zero by design: the canary was drained before the deploy, its old process kept running
+    # (the preflight failed on a spare port), and the others served throughout.
+    assert load.failures == [], load.summary()
+    assert {b["release"] for b in _bodies(load)} == {before}
+    assert platform.status()["current"] == before
+    # What SSM reports is the instance's: the real exit code and output of the deploy program.
+    ssm = platform.client("ssm")
+    [latest, *_] = sorted(ssm.list_commands()["Commands"], key=lambda c: c["RequestedDateTime"], reverse=True)
+    failed = [
+        i
+        for c in sorted(ssm.list_commands()["Commands"], key=lambda c: c["RequestedDateTime"])
+        for i in ssm.list_command_invocations(CommandId=c["CommandId"], Details=True)["CommandInvocations"]
+        if crashing in c["Comment"] and i["Status"] == "Failed"
+    ]
+    [invocation] = failed
+    assert invocation["CommandPlugins"][0]["ResponseCode"] == 1
+    answer = ssm.get_command_invocation(CommandId=invocation["CommandId"], InstanceId=invocation["InstanceId"])
+    assert answer["StandardErrorContent"].startswith(f"deploy: FAILED: {crashing} not deployed: ")
+    assert latest["Status"] == "Success"  # the rollback's command
+
+
+def test_a_release_the_load_balancer_finds_unhealthy_is_rolled_back(platform: Platform) -> None:
+    before = platform.status()["current"]
+    # Listening on loopback only: the deploy agent's own check passes, the load balancer's cannot.
+    hidden = platform.publish("web: python3 app.py --host 127.0.0.1\n", "loopback only")
+    with Load(platform.url) as load:
+        result = platform.slipway("deploy", APP, ENV, hidden, *FAST)
+    print(f"release unhealthy in the load balancer: {load.summary()}")
+    assert result.returncode == 1
+    assert "unhealthy in the target group: i-" in result.stderr, result.stderr
+    assert "Health checks failed" in result.stderr and f"{before} is still current" in result.stderr
+    # Zero by design: a re-registered target gets traffic only once its checks pass; this one never did.
+    assert load.failures == [], load.summary()
+    assert {b["release"] for b in _bodies(load)} == {before}
+    _wait(lambda: len(platform.serving()) == DEMO_INSTANCES, 60, "the rolled-back instance to serve again")
+
+
+def test_cycling_one_instance(platform: Platform) -> None:
+    victim = sorted(platform.serving())[0]
+    with Load(platform.url) as load:
+        out = platform.ok("cycle", APP, ENV, "--instance", victim, "--interval", "0.5", "--timeout", "120")
+    print(f"cycle one instance: {load.summary()}")
+    assert out.strip() == f"Replaced {victim}: 3 of 3 instances of {APP} in {ENV} serve"
+    # Zero by design: the terminated instance is drained before its container stops, and its
+    # replacement gets traffic once it has booted, deployed `current` and passed its checks.
+    assert load.failures == [], load.summary()
+    assert victim not in platform.serving()
+    _wait(lambda: platform.containers() == DEMO_INSTANCES, 60, "the victim's container to stop")
+
+
+def test_cycling_the_whole_fleet(platform: Platform) -> None:
+    before = set(platform.serving())
+    current = platform.status()["current"]
+    with Load(platform.url) as load:
+        out = platform.ok("cycle", APP, ENV, "--interval", "0.5")
+    print(f"cycle the fleet: {load.summary()}")
+    assert out.splitlines()[-1] == f"Cycled every instance of {APP} in {ENV}"
+    # Zero by design: one instance at a time (90 % of 3 must stay in service), each drained first.
+    assert load.failures == [], load.summary()
+    after = platform.serving()
+    assert len(after) == DEMO_INSTANCES and not set(after) & before
+    _wait(lambda: platform.containers() == DEMO_INSTANCES, 60, "the replaced instances' containers to stop")
+    assert {b["release"] for b in _bodies(load)} == {current}
+
+
+def test_scaling_from_three_to_four_serves_current_on_the_new_instance(platform: Platform) -> None:
+    current = platform.status()["current"]
+    before = set(platform.serving())
+    group = platform.status()
+    autoscaling = platform.client("autoscaling")
+    [name] = [
+        g["AutoScalingGroupName"]
+        for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+        if {i["InstanceId"] for i in g["Instances"]} == {i["id"] for i in group["instances"]}
+    ]
+    with Load(platform.url) as load:
+        autoscaling.set_desired_capacity(AutoScalingGroupName=name, DesiredCapacity=4)
+        _wait(lambda: len(platform.serving()) == 4, 90, "a fourth healthy instance")
+        [new] = set(platform.serving()) - before
+        _wait(lambda: any(b["instance"] == new for b in _bodies(load)), 30, "the new instance to answer")
+    print(f"scale 3 -> 4: {load.summary()}")
+    # Zero by design: the new target gets traffic only once its checks pass.
+    assert load.failures == [], load.summary()
+    assert {b["release"] for b in _bodies(load) if b["instance"] == new} == {current}
+    assert platform.containers() == 4
+    with Load(platform.url) as load:
+        autoscaling.set_desired_capacity(AutoScalingGroupName=name, DesiredCapacity=3)
+        _wait(lambda: platform.containers() == 3, 60, "the container of the instance scaled in to stop")
+    print(f"scale 4 -> 3: {load.summary()}")
+    # Zero by design: the instance scaled in is drained before its container stops.
+    assert load.failures == [], load.summary()
+    assert len(platform.serving()) == 3
+
+
+def test_a_command_the_document_does_not_admit_is_refused_before_it_runs(platform: Platform) -> None:
+    ssm = platform.client("ssm")
+    [instance, *_] = sorted(platform.serving())
+    bucket = platform.info["bucket"]
+    for url in (f"s3://{bucket}/{APP}/{ENV}/r1; touch /tmp/pwned", f"s3://{bucket}/{APP}/staging/r1"):
+        with pytest.raises(ClientError, match="InvalidParameters"):
+            ssm.send_command(
+                DocumentName="Platform-demo-Deploy", InstanceIds=[instance], Parameters={"ReleaseUrl": [url]}
+            )
+    with pytest.raises(ClientError, match="InvalidInstanceId"):
+        ssm.send_command(
+            DocumentName="Platform-demo-Deploy",
+            InstanceIds=["i-00000000000000000"],
+            Parameters={"ReleaseUrl": [f"s3://{bucket}/{APP}/{ENV}/current"]},
+        )
+
+
+def test_commands_run_in_the_instance_and_report_what_happened(platform: Platform) -> None:
+    # Any Command document runs as the SSM agent would run it: here one that prints, and one that
+    # outlives its step's timeout.
+    ssm = platform.client("ssm")
+    instance = sorted(platform.serving())[0]
+    for name, command, timeout in (("Whoami", "hostname; echo to-stderr >&2; exit 0", "60"), ("Slow", "sleep 30", "1")):
+        content = {
+            "schemaVersion": "2.2",
+            "description": name,
+            "mainSteps": [
+                {
+                    "action": "aws:runShellScript",
+                    "name": name,
+                    "inputs": {"runCommand": [command], "timeoutSeconds": timeout},
+                }
+            ],
+        }
+        ssm.create_document(Name=name, DocumentType="Command", DocumentFormat="JSON", Content=json.dumps(content))
+    results = {}
+    for name in ("Whoami", "Slow"):
+        sent = ssm.send_command(DocumentName=name, InstanceIds=[instance])["Command"]["CommandId"]
+
+        def done(command: str = sent) -> bool:
+            status = ssm.get_command_invocation(CommandId=command, InstanceId=instance)["Status"]
+            return status not in ("Pending", "InProgress")
+
+        _wait(done, 60, f"command {name}")
+        results[name] = ssm.get_command_invocation(CommandId=sent, InstanceId=instance)
+    whoami, slow = results["Whoami"], results["Slow"]
+    assert (whoami["Status"], whoami["ResponseCode"]) == ("Success", 0)
+    assert (whoami["StandardOutputContent"], whoami["StandardErrorContent"]) == (f"{instance}\n", "to-stderr\n")
+    assert (slow["Status"], slow["StatusDetails"]) == ("TimedOut", "ExecutionTimedOut")
