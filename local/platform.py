@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from local import aws
+from local.builds import LocalBuilds, codebuild_runs_builds
 from local.gateway import Gateway
 from local.template import REGION
 
@@ -82,6 +84,11 @@ class LocalPlatform:
         os.environ.update(self.environment)
         os.environ["ROLLOUT_TIMING"] = json.dumps(LOCAL_TIMING)
         self._set_users(clients)
+        # The builder: CodeBuild's builds run here (local.builds), under a directory of this platform's.
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"slipway-local-{self.env}-"))
+        self._builds = LocalBuilds(clients, self._workdir)
+        self._building = codebuild_runs_builds(self._builds)
+        self._building.__enter__()
         handlers = {
             logical: clients.lambda_.get_function_configuration(FunctionName=physical)
             for logical, physical in self.stack.of_type("AWS::Lambda::Function").items()
@@ -129,6 +136,9 @@ class LocalPlatform:
     def stop(self) -> None:
         self._front.shutdown()
         self._front.server_close()
+        self._building.__exit__(None, None, None)
+        self._builds.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
         self._in_process.__exit__(None, None, None)
         self._moto.stop()
 
