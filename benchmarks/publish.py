@@ -134,14 +134,25 @@ def _phases(url: str, checkout: Path) -> dict[str, float]:
     try:
         with git_archive("HEAD") as (path, commit):
             marks.append(time.perf_counter())
-            upload_id, parts = upload_file(api, "web", "staging", path, quiet=True)
+            uploaded = upload_file(api, "web", "staging", path, quiet=True)
             marks.append(time.perf_counter())
     finally:
         os.chdir(here)
-    body = {"upload_id": upload_id, "git": {"ref": "HEAD", "commit": commit}, **({"parts": parts} if parts else {})}
-    api.call("POST", "/apps/web/envs/staging/releases", body)
+    body = {**uploaded.finalizing(), "git": {"ref": "HEAD", "commit": commit}}
+    build = api.call("POST", "/apps/web/envs/staging/releases", body)
     marks.append(time.perf_counter())
-    names = ["git archive (gzip)", "sha256 + upload (parallel)", "finalize (server verifies)"]
+    while build["status"] == "BUILDING":
+        time.sleep(0.1)
+        build = api.call("GET", f"/apps/web/envs/staging/builds/{build['id']}")
+    if build["status"] != "SUCCEEDED":
+        raise SystemExit(f"the build failed: {build['error']}")
+    marks.append(time.perf_counter())
+    names = [
+        "git archive (gzip)",
+        "sha256 + upload (parallel)",
+        "finalize (server verifies, starts the build)",
+        "build (slug) and publish",
+    ]
     return {name: marks[i + 1] - marks[i] for i, name in enumerate(names)}
 
 

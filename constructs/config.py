@@ -39,6 +39,8 @@ from typing import Any, Literal
 from slipway.rollout.strategy import Strategy, StrategyError, describe_json
 from slipway.slack.rules import Rule, RuleError, parse_rules
 from slipway_release import names
+from slipway_release.health import DEFAULT_CODES, HealthCodesError, parse_codes
+from slipway_release.health import SYNTAX as HEALTH_SYNTAX
 from slipway_release.procfile import PROCESS_TYPE, RELEASE, WEB
 
 REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
@@ -384,13 +386,15 @@ class AppSettings:
     "environments": {"staging": {"min_capacity": 1, "max_capacity": 2}}}``
 
     ``port`` is where the ``web`` process listens (``PORT``); the load balancer checks
-    ``health_check_path`` there. ``desired_capacity`` is best left unset: a value in
+    ``health_check_path`` there and counts ``health_check_codes`` (default ``"200"``) as healthy,
+    as the deploy agent does. ``desired_capacity`` is best left unset: a value in
     the template resets the fleet's size on every deploy of the stack.
     """
 
     name: str
     port: int = 5000
     health_check_path: str = "/"
+    health_check_codes: str = DEFAULT_CODES  # the load balancer's matcher syntax, also the agent's rule
     instance_type: str = "t3.small"
     min_capacity: int = 2
     max_capacity: int = 4
@@ -407,6 +411,7 @@ class AppSettings:
     SETTINGS = (
         "port",
         "health_check_path",
+        "health_check_codes",
         "instance_type",
         "min_capacity",
         "max_capacity",
@@ -438,6 +443,13 @@ class AppSettings:
             values["health_check_path"] = section.text(
                 "health_check_path", pattern=HEALTH_CHECK_PATH, fix='use a URL path starting with "/", e.g. "/health"'
             )
+        if section.has("health_check_codes"):
+            codes = section.text("health_check_codes", fix=f"use {HEALTH_SYNTAX}")
+            try:
+                parse_codes(codes)
+            except HealthCodesError as error:
+                raise ConfigError(section.key("health_check_codes"), str(error), f"use {HEALTH_SYNTAX}") from None
+            values["health_check_codes"] = codes
         if section.has("instance_type"):
             values["instance_type"] = section.text(
                 "instance_type", pattern=INSTANCE_TYPE, fix='use an EC2 instance type such as "t3.small"'

@@ -208,7 +208,12 @@ class ControlPlane(Construct):
             bucket=release_store.bucket.bucket_name,
             env=env_name,
             apps={
-                app.name: AppRuntime(port=app.port, health_check_path=app.health_check_path, formation=app.processes)
+                app.name: AppRuntime(
+                    port=app.port,
+                    health_check_path=app.health_check_path,
+                    health_check_codes=app.health_check_codes,
+                    formation=app.processes,
+                )
                 for app in apps
             },
         )

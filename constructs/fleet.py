@@ -176,7 +176,8 @@ class AppFleet(Construct):
                 timeout=Duration.seconds(4),
                 healthy_threshold_count=2,
                 unhealthy_threshold_count=2,
-                healthy_http_codes="200-399",
+                # The statuses the deploy agent counts as healthy too (release.json health_check.codes).
+                healthy_http_codes=settings.health_check_codes,
             ),
         )
 

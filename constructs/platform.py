@@ -125,7 +125,7 @@ class PlatformStack(Stack):
         self.builder: Builder | None = None
         self.release_workflow: ReleaseWorkflow | None = None
         if config.apps:  # an environment with no apps has nothing to build
-            architectures = {
+            fleet_architectures = {
                 app.name: ec2.InstanceType(app.settings_for(environment.name).instance_type).architecture
                 for app in config.apps
             }
@@ -133,7 +133,7 @@ class PlatformStack(Stack):
                 self,
                 "Builder",
                 env_name=environment.name,
-                apps=architectures,
+                apps=fleet_architectures,
                 release_store=self.release_store,
                 image=image,
             )

@@ -7,6 +7,10 @@
 # Linux 2023 or a baked image), and by the tests on Debian 12. Safe to run again: every step
 # converges, and services restart only when their configuration changed.
 #
+# `provision.sh --builder` prepares a build host instead (CodeBuild, or the local builder
+# container): the runtimes, the build program and runtimes.json, and nothing that serves an
+# app (no identity, log forwarding or metrics; no systemd needed).
+#
 # Environment (all optional when baking):
 #   SLIPWAY_APP, SLIPWAY_ENV, SLIPWAY_BUCKET  which fleet this instance serves
 #   SLIPWAY_LOG_DESTINATION   host:port of a remote syslog (Papertrail-style); empty = no forwarding
@@ -23,6 +27,12 @@ log() { echo "provision: $*"; }
 die() { echo "provision: ERROR: $*" >&2; exit 1; }
 
 [[ $EUID -eq 0 ]] || die "run as root (it creates users and writes /etc)"
+BUILDER=false
+case "${1:-}" in
+    "") ;;
+    --builder) BUILDER=true ;;
+    *) die "unknown argument '$1'; run with no argument (an instance) or --builder (a build host)" ;;
+esac
 
 # --- settings -------------------------------------------------------------------------------
 APP="${SLIPWAY_APP:-}"
@@ -49,6 +59,7 @@ fi
 case "${ID:-}" in
     amzn)
         PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls amazon-cloudwatch-agent)
+        if $BUILDER; then PACKAGES=(python3); fi
         # App runtimes: the Python and Node.js lines Amazon Linux 2023 packages side by side
         # (python3.11/3.12/3.13 each with its pip; nodejs20/22, whose commands are node-20 and
         # npm-20 …, each with its npm). python3 itself (3.9) stays the agent's. Not run here:
@@ -73,6 +84,7 @@ case "${ID:-}" in
         # App runtimes: Debian 12's python3 (3.11, with pip and venv) and nodejs (18, with npm).
         PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls ca-certificates systemd
                   python3-pip python3-venv nodejs npm)
+        if $BUILDER; then PACKAGES=(python3 ca-certificates python3-pip python3-venv nodejs npm); fi
         missing=()
         for package in "${PACKAGES[@]}"; do
             dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -136,6 +148,10 @@ print(runtimes.provision())
 PY
 )" || die "could not discover the app runtimes"
 log "runtimes: $runtimes"
+if $BUILDER; then
+    log "done: a build host (/home/deploy/bin/build)"
+    exit 0
+fi
 
 # --- instance identity ----------------------------------------------------------------------
 # App and environment names as the whole platform defines them (slipway_release.names).

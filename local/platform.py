@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from local import aws, hooks
+from local.builds import LocalBuilds, codebuild_runs_builds
 from local.gateway import Gateway
 from local.template import REGION
 
@@ -206,6 +207,12 @@ class LocalPlatform:
         os.environ.update(self.environment)
         os.environ["ROLLOUT_TIMING"] = json.dumps(LOCAL_TIMING)
         self._set_users(clients)
+        # The builder: CodeBuild's builds run here (local.builds), under a directory of this platform's.
+        builds_dir = Path(tempfile.mkdtemp(prefix=f"slipway-builds-{self.env}-"))
+        self._cleanup.callback(shutil.rmtree, builds_dir, True)
+        builds = LocalBuilds(clients, builds_dir)
+        self._cleanup.callback(builds.close)
+        self._cleanup.enter_context(codebuild_runs_builds(builds))
         if self.bridge is not None:
             self._start_fleets(clients, f"http://{self.bridge.plan.host_address}:{port}")
         handlers = {

@@ -48,6 +48,10 @@ ADAPTATIONS: dict[str, str] = {
         "through Step Functions after the stack, under a fixed name, with the definition CloudFormation resolved"
     ),
     "AWS::EC2::SecurityGroupEgress": "moto's CloudFormation lacks the type: authorized through EC2 after the stack",
+    "AWS::CodeBuild::Project": (
+        "moto's CloudFormation lacks the type: created through CodeBuild after the stack, under a fixed name; "
+        "moto runs no build, so the local platform runs each one in a builder container (local.builds)"
+    ),
     "AWS::S3::BucketPolicy": (
         "moto's CloudFormation lacks the type, and moto enforces the policy's one statement, which denies "
         "requests without TLS: the local AWS speaks plain HTTP on loopback, so the policy is left out"
@@ -83,6 +87,7 @@ _DEFERRED = {
     "AWS::AutoScaling::ScalingPolicy": "after",
     "AWS::EC2::SecurityGroupEgress": "after",
     "AWS::StepFunctions::StateMachine": "after",
+    "AWS::CodeBuild::Project": "after",
 }
 # The ARN's resource part, from which moto's missing attributes are computed.
 _FULL_NAMES = {"TargetGroupFullName": "targetgroup/", "LoadBalancerFullName": "loadbalancer/"}
@@ -113,6 +118,8 @@ class Deferred:
             return f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:{self.name}"
         if self.type == "AWS::StepFunctions::StateMachine":
             return self.ref
+        if self.type == "AWS::CodeBuild::Project":
+            return f"arn:aws:codebuild:{REGION}:{ACCOUNT}:project/{self.name}"
         return None
 
     @property

@@ -5,12 +5,22 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from slipway import api
 
 EVENTS = Path(__file__).parent / "events"
+TEMPLATES = [
+    (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", template) + "$"), template)
+    for _, template in sorted(api.QUERY_NAMES, key=lambda key: key[1].count("{"))
+]
+
+
+def resource(path: str) -> str:
+    """The resource API Gateway matched: the document's path template (fewest variables first)."""
+    return next((template for pattern, template in TEMPLATES if pattern.match(path)), "/{proxy+}")
 
 
 class Context:
@@ -41,11 +51,18 @@ def call(
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text, encoded = base64.b64encode(raw).decode("ascii"), True
-    event.update(httpMethod=method, path=path, queryStringParameters=query, body=text, isBase64Encoded=encoded)
+    event.update(
+        httpMethod=method,
+        path=path,
+        resource=resource(path),
+        queryStringParameters=query,
+        body=text,
+        isBase64Encoded=encoded,
+    )
     # As the CLI and the console send every change: JSON (the handler refuses anything else).
     sent = {"Content-Type": "application/json"} if method not in ("GET", "HEAD") else {}
     event["headers"] = {**event["headers"], **sent, **(headers or {})}
-    event["requestContext"].update(httpMethod=method, path=f"/api{path}")
+    event["requestContext"].update(httpMethod=method, path=f"/api{path}", resourcePath=resource(path))
     if user is None:
         del event["requestContext"]["authorizer"]["user"]
     else:

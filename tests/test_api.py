@@ -17,23 +17,33 @@ from typing import Any
 import boto3
 import jsonschema
 import pytest
-from api_events import Context, call
+from api_events import Context, call, resource
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pending import PUBLISHER_WRITES_V1
+from slugs import host_build, slug_build
 
 from slipway import api, aws, console, operations, publisher
+from slipway.builds import tasks as build_tasks
+from slipway.builds.requests import workflow_input
 from slipway.releases import ReleaseError, change_config
+from slipway.settings import AppRuntime, BuildSettings, Timing
 from slipway_release.envfile import parse_env
+from slipway_release.layout import SLUG, AppKeys
 
 EVENTS = Path(__file__).parent / "events"
 SCHEMA = json.loads((Path(__file__).parent.parent / "image" / "slipway_release" / "release.schema.json").read_text())
 BUCKET = "releases"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 APPS = {
-    "web": {"port": 5000, "health_check_path": "/health", "formation": {"web": 1}},
-    "billing": {"port": 8080, "health_check_path": "/healthz", "formation": {"web": 1, "worker": 2}},
+    "web": {"port": 5000, "health_check_path": "/health", "health_check_codes": "200", "formation": {"web": 1}},
+    "billing": {
+        "port": 8080,
+        "health_check_path": "/healthz",
+        "health_check_codes": "200-204",
+        "formation": {"web": 1, "worker": 2},
+    },
 }
+BUILDS = {app: BuildSettings(project=f"builder-{app}", log_group="builds") for app in APPS}
 
 
 @pytest.fixture
@@ -44,8 +54,16 @@ def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
         "PLATFORM_ENV": "staging",
         "APPS_JSON": json.dumps(APPS),
         "MAX_SOURCE_BYTES": str(64 * 1024 * 1024),
+        "BUILDS_JSON": json.dumps({app: build.to_json() for app, build in BUILDS.items()}),
     }.items():
         monkeypatch.setenv(name, value)
+    # The release workflow: its executions are started, never run here (the tests play the builds).
+    workflow = boto3.client("stepfunctions").create_state_machine(
+        name="release-workflow",
+        definition=json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": True}}}),
+        roleArn="arn:aws:iam::123456789012:role/release-workflow",
+    )
+    monkeypatch.setenv("RELEASE_WORKFLOW_ARN", workflow["stateMachineArn"])
     aws.client.cache_clear()
     operations.settings.cache_clear()
     client = boto3.client("s3")
@@ -87,53 +105,92 @@ def upload(data: bytes, app: str = "web", declared: bytes | None = None) -> str:
 
 
 def publish(data: bytes | None = None, app: str = "web", ref: str = "main", **extra: object) -> tuple[int, Any]:
-    upload_id = upload(source_tarball() if data is None else data, app)
-    return call(
+    """Upload and finalize a source, then play its build: (201, the release), or the refusal."""
+    source = source_tarball() if data is None else data
+    upload_id = upload(source, app)
+    status, build = call(
         "POST",
         f"/apps/{app}/envs/staging/releases",
         {"upload_id": upload_id, "git": {"ref": ref, "commit": COMMIT}, **extra},
     )
+    if status != 202:
+        return status, build
+    assert (build["id"], build["status"]) == (upload_id, "BUILDING")
+    return build_and_publish(app, upload_id, source)
+
+
+def build_and_publish(app: str, upload_id: str, source: bytes) -> tuple[int, Any]:
+    """What the release workflow does for a started build: CodeBuild's part played by the image's
+    real build program on this machine (tests/slugs.py), then the workflow's own publish task."""
+    boto3.client("s3").put_object(
+        Bucket=BUCKET, Key=AppKeys(app, "staging").upload(upload_id, SLUG), Body=host_build(source)
+    )
+    state = workflow_input(
+        app=app,
+        env="staging",
+        upload_id=upload_id,
+        build=BUILDS[app],
+        runtime=AppRuntime.from_json(APPS[app]),
+        bucket=BUCKET,
+        timing=Timing(),
+    )
+    published = build_tasks.publish(state)
+    status, release = call("GET", f"/apps/{app}/envs/staging/releases/{published['release']}")
+    assert status == 200, release
+    return 201, release
 
 
 def keys(s3: Any, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
 
 
-@PUBLISHER_WRITES_V1
 def test_publish_makes_an_immutable_release_valid_against_the_schema(s3: Any) -> None:
     data = source_tarball()
     status, release = publish(data, description="first")
     assert status == 201, release
     manifest = {k: v for k, v in release.items() if k != "current"}
     jsonschema.validate(manifest, SCHEMA)
+    assert release["version"] == 2
     assert release["id"] == "r1" and release["parent"] is None and release["current"] is False
     assert release["created_by"] == "alice"
     assert release["source"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    slug = s3.get_object(Bucket=BUCKET, Key="web/staging/r1/slug.tar.gz")["Body"].read()
+    assert release["slug"] == {"sha256": hashlib.sha256(slug).hexdigest(), "size": len(slug)}
+    # The build manifest the slug carries, copied out of it: what the agent checks the slug against.
+    assert release["build"] == slug_build(slug) and release["build"]["source_sha256"] == release["source"]["sha256"]
     assert release["formation"] == {"web": 1}
-    assert release["health_check"] == {"path": "/health", "port": 5000}
+    assert release["health_check"] == {"path": "/health", "port": 5000, "codes": "200"}
+    assert release["config_changes"] == {"set": [], "unset": []}
     assert keys(s3, "web/staging/") == [
         "web/staging/r1/env",
         "web/staging/r1/release.json",
+        "web/staging/r1/slug.tar.gz",
         "web/staging/r1/source.tar.gz",
     ]
     assert s3.get_object(Bucket=BUCKET, Key="web/staging/r1/source.tar.gz")["Body"].read() == data
+    # The upload's copies are gone; its record says what it became.
+    uploads = keys(s3, "uploads/web/staging/")
+    assert [k.rsplit("/", 1)[1] for k in uploads] == ["upload.json"]
     assert publish()[1]["parent"] == "r1"
 
 
-@PUBLISHER_WRITES_V1
 def test_concurrent_publishes_get_distinct_ids_and_none_is_lost(s3: Any) -> None:
     sources = [source_tarball({"Procfile": b"web: x\n", "n": str(i).encode()}) for i in range(8)]
     uploads = [upload(data) for data in sources]
     results: list[tuple[int, Any]] = [(0, None)] * len(uploads)
     barrier = threading.Barrier(len(uploads))
 
-    def finalize(i: int) -> None:
-        barrier.wait()
-        results[i] = call(
+    for upload_id in uploads:
+        status, _ = call(
             "POST",
             "/apps/web/envs/staging/releases",
-            {"upload_id": uploads[i], "git": {"ref": "main", "commit": COMMIT}},
+            {"upload_id": upload_id, "git": {"ref": "main", "commit": COMMIT}},
         )
+        assert status == 202
+
+    def finalize(i: int) -> None:
+        barrier.wait()  # eight builds done at once: their publishes race for ids
+        results[i] = build_and_publish("web", uploads[i], sources[i])
 
     threads = [threading.Thread(target=finalize, args=(i,)) for i in range(len(uploads))]
     for thread in threads:
@@ -193,7 +250,6 @@ def test_bad_source_is_refused_and_nothing_is_written(s3: Any, data: bytes, mess
     assert keys(s3, "web/") == []
 
 
-@PUBLISHER_WRITES_V1
 def test_a_source_whose_procfile_lacks_a_process_the_formation_runs_is_refused(s3: Any) -> None:
     # billing runs two workers per instance (cdk.json formation): its Procfile must define worker.
     status, body = publish(source_tarball({"Procfile": b"web: python app.py\n"}), app="billing")
@@ -258,17 +314,19 @@ def test_bad_finalize_requests_name_the_input(s3: Any, request_body: dict[str, A
     assert keys(s3, "web/") == []
 
 
-@PUBLISHER_WRITES_V1
 def test_finalizing_twice_is_a_conflict(s3: Any) -> None:
-    upload_id = upload(source_tarball())
+    data = source_tarball()
+    upload_id = upload(data)
     request = {"upload_id": upload_id, "git": {"ref": "main", "commit": COMMIT}}
-    assert call("POST", "/apps/web/envs/staging/releases", request)[0] == 201
+    assert call("POST", "/apps/web/envs/staging/releases", request)[0] == 202
+    status, body = call("POST", "/apps/web/envs/staging/releases", request)
+    assert status == 409 and f"upload {upload_id} is being built" in body["message"]
+    assert build_and_publish("web", upload_id, data)[1]["id"] == "r1"
     status, body = call("POST", "/apps/web/envs/staging/releases", request)
     assert status == 409 and "already published as r1" in body["message"]
     assert keys(s3, "web/staging/r2") == []
 
 
-@PUBLISHER_WRITES_V1
 def test_large_sources_upload_in_parts(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(publisher, "PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
     data = source_tarball(
@@ -287,16 +345,16 @@ def test_large_sources_upload_in_parts(s3: Any, monkeypatch: pytest.MonkeyPatch)
         }
         for p in created["parts"]
     ]
-    status, release = call(
+    status, build = call(
         "POST",
         "/apps/web/envs/staging/releases",
         {"upload_id": created["upload_id"], "git": {"ref": "main", "commit": COMMIT}, "parts": parts},
     )
-    assert status == 201, release
+    assert status == 202, build
+    release = build_and_publish("web", created["upload_id"], data)[1]
     assert release["source"]["size"] == len(data)
 
 
-@PUBLISHER_WRITES_V1
 def test_releases_list_newest_first_in_pages(s3: Any) -> None:
     for _ in range(5):
         assert publish()[0] == 201
@@ -313,7 +371,19 @@ def test_releases_list_newest_first_in_pages(s3: Any) -> None:
     assert pages == [["r5", "r4"], ["r3", "r2"], ["r1"]]
 
 
-@PUBLISHER_WRITES_V1
+def test_a_query_parameter_the_operation_does_not_take_is_refused(s3: Any) -> None:
+    publish()
+    status, body = call("GET", "/apps/web/envs/staging/releases", query={"limt": "2"})
+    assert status == 400
+    assert body["message"] == (
+        "GET /apps/{app}/envs/{env}/releases takes no query parameter 'limt'; it takes: before, limit"
+    )
+    status, body = call("GET", "/apps/web/envs/staging/status", query={"verbose": "1"})
+    assert status == 400 and body["message"].endswith("it takes: none")
+    status, _ = call("GET", "/apps/web/envs/staging/releases", query={"limit": "1"})
+    assert status == 200
+
+
 def test_show_and_download(s3: Any) -> None:
     data = source_tarball()
     publish(data)
@@ -348,7 +418,6 @@ TRICKY = {
 }
 
 
-@PUBLISHER_WRITES_V1
 def test_config_change_makes_a_release_with_the_same_source(s3: Any) -> None:
     status, first = publish()
     status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": TRICKY})
@@ -366,7 +435,6 @@ def test_config_change_makes_a_release_with_the_same_source(s3: Any) -> None:
     assert "EMPTY" not in unset["vars"] and unset["release"]["id"] == "r3"
 
 
-@PUBLISHER_WRITES_V1
 def test_config_before_the_first_release_waits_for_it(s3: Any) -> None:
     status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}})
     assert (status, changed["release"]) == (200, None)
@@ -408,7 +476,6 @@ def test_any_carriable_config_round_trips_through_the_env_file(values: dict[str,
     assert parse_env(render_env(change_config({}, set_vars=values, unset=[]))) == values
 
 
-@PUBLISHER_WRITES_V1
 def test_current_moves_only_by_compare_and_swap(s3: Any) -> None:
     publish()
     publish()
@@ -512,10 +579,10 @@ def test_a_change_a_browser_marks_cross_site_is_refused_403(s3: Any) -> None:
     assert ok[0] == 200
 
 
-def _get(path: str, stage_path: str) -> tuple[int, dict[str, str], str]:
+def _get(path: str, stage_path: str, query: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
     """GET ``path`` through the handler as API Gateway sends it: not JSON, headers as the function gave them."""
     event = json.loads((EVENTS / "api_gateway_rest_proxy.json").read_text())
-    event.update(httpMethod="GET", path=path, body=None, queryStringParameters=None)
+    event.update(httpMethod="GET", path=path, resource=resource(path), body=None, queryStringParameters=query)
     event["requestContext"].update(httpMethod="GET", path=stage_path)
     response = api.handler(event, Context())
     headers = {name: values[0] for name, values in response["multiValueHeaders"].items()}
@@ -532,10 +599,11 @@ def test_the_console_page_names_its_assets_by_content_hash_under_the_stage(s3: A
         assert found is not None, name
         text = (Path(console.__file__).parent / name).read_text()
         assert found.group(1) == hashlib.sha256(text.encode()).hexdigest()[:12]
-        status, headers, body = _get(f"/console/{name}", f"/v1/console/{name}")
+        status, headers, body = _get(f"/console/{name}", f"/v1/console/{name}", {"v": found.group(1)})
         assert (status, body) == (200, text)
         assert headers["Cache-Control"] == "private, max-age=31536000, immutable"
     assert _get("/console/secrets.txt", "/v1/console/secrets.txt")[0] == 404
+    assert _get("/console/app.js", "/v1/console/app.js", {"x": "1"})[0] == 400
 
 
 @pytest.mark.parametrize(

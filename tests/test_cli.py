@@ -13,18 +13,18 @@ from typing import Any
 
 import boto3
 import pytest
-from pending import PUBLISHER_WRITES_V1
-
 from end_to_end import PASSWORD, Run, releases
 
 
-@PUBLISHER_WRITES_V1
 def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> None:
     before = len(releases(slipway, "billing", "staging"))
     result = slipway("release", "billing", "staging", "-m", "first cut")
     assert result.returncode == 0, result.stderr
     first = f"r{before + 1}"
     assert result.stdout.startswith(f"Published billing {first} to staging (main @ ")
+    assert result.stdout.strip().endswith("; Procfile only)")  # built: no runtime asked for
+    # The build's log streamed as it ran (stderr, like the progress), the build program's steps in it.
+    assert "-----> Procfile app detected: no dependencies to install, runs as is" in result.stderr
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
     [newest, *_] = releases(slipway, "billing", "staging")
     assert (newest["id"], newest["git"], newest["created_by"]) == (first, {"ref": "main", "commit": commit}, "admin")
@@ -40,20 +40,27 @@ def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> 
     assert slipway("config", "billing", "staging", "unset", "PLAIN").returncode == 0
 
     listing = slipway("releases", "billing", "staging")
-    assert f"r{before + 3}" in listing.stdout and "admin" in listing.stdout
+    assert f"r{before + 3}" in listing.stdout and "admin" in listing.stdout and "Procfile only" in listing.stdout
+    # A config change never builds: its release runs the slug of the one before, and says what changed.
+    by_id = {r["id"]: r for r in releases(slipway, "billing", "staging")}
+    assert by_id[f"r{before + 2}"]["slug"] == by_id[first]["slug"] == by_id[f"r{before + 3}"]["slug"]
+    assert by_id[f"r{before + 2}"]["config_changes"] == {"set": ["PLAIN", "SECRET"], "unset": []}
+    assert by_id[f"r{before + 3}"]["config_changes"] == {"set": [], "unset": ["PLAIN"]}
 
     result = slipway("promote", "billing", "staging", "production")
     assert result.returncode == 0, result.stderr
     promoted = releases(slipway, "billing", "production")[0]
     assert result.stdout.strip() == (
-        f"Promoted billing staging r{before + 3} to production as {promoted['id']} (same source, production's config)"
+        f"Promoted billing staging r{before + 3} to production as {promoted['id']} (the same slug, Procfile only; "
+        "production's config)"
     )
+    # The same bytes: source and slug, and the build manifest that says how the slug was made.
     assert promoted["source"] == newest["source"] and promoted["git"] == newest["git"]
+    assert promoted["slug"] == newest["slug"] and promoted["build"] == newest["build"]
     assert promoted["description"].startswith(f"promoted from staging r{before + 3}")
     assert json.loads(slipway("--json", "config", "billing", "production").stdout)["vars"] == {}
 
 
-@PUBLISHER_WRITES_V1
 def test_large_source_goes_up_in_parts(slipway: Run, checkout: Path) -> None:
     # 40 MB of incompressible data: three 16 MiB parts, sent in parallel.
     (checkout / "blob.bin").write_bytes(os.urandom(40 * 1024 * 1024))
@@ -142,7 +149,6 @@ def test_missing_or_wrong_credentials_get_401_with_a_browser_prompt(
     assert stored() == before  # not even an upload record
 
 
-@PUBLISHER_WRITES_V1
 def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
     # These platforms run simulated fleets (the stack's Auto Scaling groups with moto's instances):
     # this follows the real rollout state machine and its tasks end to end, not the instance agent
@@ -243,3 +249,26 @@ def test_cycling_a_whole_fleet_from_the_cli(slipway: Run) -> None:
     assert result.stdout.splitlines()[-1] == "Cycled every instance of web in staging"
     after = instances()
     assert len(after) == len(before) and not after & before
+
+
+def test_a_build_that_fails_exits_1_with_its_reason_and_releases_nothing(slipway: Run, checkout: Path) -> None:
+    before = [r["id"] for r in releases(slipway, "web", "staging")]
+    (checkout / "Procfile").write_text("web: python3 app.py\nbuild: python3 -c 'import sys; sys.exit(4)'\n")
+    git = ["git", "-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
+    subprocess.run([*git, "commit", "-qam", "a build step that fails"], cwd=checkout, check=True)
+    result = slipway("release", "web", "staging")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "slipway: the build of web failed: command \"python3 -c 'import sys; sys.exit(4)'\" exited 4; "
+        "nothing was released"
+    )
+    assert "-----> Running build command: python3 -c 'import sys; sys.exit(4)'" in result.stderr
+    assert [r["id"] for r in releases(slipway, "web", "staging")] == before
+
+
+def test_promoting_an_environment_to_itself_is_refused(slipway: Run) -> None:
+    result = slipway("promote", "web", "staging", "staging")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "slipway: cannot promote web from staging to itself; name another environment",
+    )

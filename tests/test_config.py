@@ -237,6 +237,11 @@ RULES = {
         "0 to 3600",
     ),
     "apps not an object": (_set("apps", ["web"]), "platform.apps", "{...}"),
+    "health codes a load balancer cannot match": (
+        _set("apps.web.health_check_codes", "200-600"),
+        "platform.apps.web.health_check_codes",
+        '"200,302"',
+    ),
 }
 
 

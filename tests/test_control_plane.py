@@ -78,8 +78,13 @@ def test_api_function_environment(staging: Template, production: Template) -> No
     assert variables["PLATFORM_ENV"] == "staging"
     assert variables["POWERTOOLS_SERVICE_NAME"] == "slipway"
     assert json.loads(variables["APPS_JSON"]) == {
-        "billing": {"port": 8080, "health_check_path": "/healthz", "formation": {"web": 1, "worker": 2}},
-        "web": {"port": 5000, "health_check_path": "/health", "formation": {"web": 1}},
+        "billing": {
+            "port": 8080,
+            "health_check_path": "/healthz",
+            "health_check_codes": "200",
+            "formation": {"web": 1, "worker": 2},
+        },
+        "web": {"port": 5000, "health_check_path": "/health", "health_check_codes": "200", "formation": {"web": 1}},
     }
     assert _function(production, "Api")["Environment"]["Variables"]["PLATFORM_ENV"] == "production"
 

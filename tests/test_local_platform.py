@@ -71,20 +71,30 @@ def test_the_deployed_stack_is_the_configuration_of_cdk_json(
     assert document == deploy_document_content(
         bucket_pattern=bucket.replace(".", "\\."), apps=["web", "billing"], env="staging"
     )
-    # The state machine runs the synthesized definition, the task function's ARN filled in.
-    assert settings.state_machine is not None
-    definition = json.loads(
-        clients.stepfunctions.describe_state_machine(stateMachineArn=settings.state_machine)["definition"]
-    )
-    [machine] = [
-        r
-        for r in templates["Platform-staging"]["Resources"].values()
+    # The state machines (rollout, release workflow) run the synthesized definitions, the task
+    # functions' ARNs filled in.
+    machines = {
+        logical: r
+        for logical, r in templates["Platform-staging"]["Resources"].items()
         if r["Type"] == "AWS::StepFunctions::StateMachine"
-    ]
-    parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
-    assert json.dumps(definition, sort_keys=True) == json.dumps(
-        json.loads("".join(p if isinstance(p, str) else _function_arn(deployed, p) for p in parts)), sort_keys=True
-    )
+    }
+    assert {deployed.stack.physical(logical) for logical in machines} == {
+        settings.state_machine,
+        settings.release_workflow,
+    }
+    for logical, machine in machines.items():
+        definition = json.loads(
+            clients.stepfunctions.describe_state_machine(stateMachineArn=deployed.stack.physical(logical))["definition"]
+        )
+        parts = machine["Properties"]["DefinitionString"]["Fn::Join"][1]
+        assert json.dumps(definition, sort_keys=True) == json.dumps(
+            json.loads("".join(p if isinstance(p, str) else _function_arn(deployed, p) for p in parts)),
+            sort_keys=True,
+        )
+    # The builder's projects exist where the settings say, logging where the template says.
+    for app, build in settings.builds.items():
+        [project] = clients.codebuild.batch_get_projects(names=[build.project])["projects"]
+        assert project["logsConfig"]["cloudWatchLogs"]["groupName"] == build.log_group, app
 
 
 def _function_arn(deployed: Deployed, token: dict[str, Any]) -> str:

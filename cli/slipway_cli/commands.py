@@ -19,19 +19,44 @@ from slipway_cli.errors import CliError
 
 def cmd_release(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     with transfer.git_archive(args.ref) as (path, commit):
-        upload_id, parts = transfer.upload_file(api, args.app, args.env, path, quiet=args.json)
+        uploaded = transfer.upload_file(api, args.app, args.env, path, quiet=args.json)
         size = os.path.getsize(path)
     ref = transfer.ref_name(args.ref)
-    body: dict[str, Any] = {"upload_id": upload_id, "git": {"ref": ref, "commit": commit}}
+    body: dict[str, Any] = {**uploaded.finalizing(), "git": {"ref": ref, "commit": commit}}
     if args.message:
         body["description"] = args.message
-    if parts:
-        body["parts"] = parts
-    release = api.call("POST", api_path(args.app, args.env, "releases"), body)
+    build = api.call("POST", api_path(args.app, args.env, "releases"), body)
+    build = _follow_build(api, args, build)
+    if build["status"] != "SUCCEEDED":
+        raise CliError(f"the build of {args.app} failed: {build['error'] or 'see the log above'}; nothing was released")
+    release = api.call("GET", api_path(args.app, args.env, "releases", build["release"]))
     return (
         release,
-        f"Published {args.app} {release['id']} to {args.env} ({ref} @ {commit[:10]}, {output.human_size(size)})",
+        f"Published {args.app} {release['id']} to {args.env} ({ref} @ {commit[:10]}, {output.human_size(size)}; "
+        f"{_runtime(release)})",
     )
+
+
+def _follow_build(api: Api, args: argparse.Namespace, build: dict[str, Any]) -> dict[str, Any]:
+    """Print the build's log as it comes (on stderr, like the progress bars) until it ends."""
+    after: str | None = None
+    path = api_path(args.app, args.env, "builds", build["id"])
+    while True:
+        shown = api.call("GET", path, query={"after": after} if after else None)
+        for line in shown["log"]:
+            if not args.json:
+                print(f"  {line}", file=sys.stderr)
+        after = shown["next"]
+        if shown["status"] != "BUILDING" and not shown["log"]:
+            return dict(shown)
+        if shown["status"] == "BUILDING":
+            time.sleep(args.interval)
+
+
+def _runtime(release: Mapping[str, Any]) -> str:
+    """What a release runs on: ``python 3.11.2``, ``node 18.19.0``, or ``Procfile only``."""
+    runtime = (release.get("build") or {}).get("runtime")
+    return f"{runtime['name']} {runtime['version']}" if runtime else "Procfile only"
 
 
 def cmd_releases(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
@@ -41,7 +66,7 @@ def cmd_releases(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
         mark = "*" if r.get("current") else " "
         lines.append(
             f"{mark} {r['id']:>5}  {r['created_at']}  {r['created_by']:<12}  {r['git']['ref']} @ "
-            f"{r['git']['commit'][:10]}  {r['description']}".rstrip()
+            f"{r['git']['commit'][:10]}  {_runtime(r):<15}  {r['description']}".rstrip()
         )
     if listing.get("next_before"):
         lines.append(f"  … older releases: --limit {args.limit * 2}")
@@ -85,23 +110,26 @@ def cmd_promote(args: argparse.Namespace, apis: Mapping[str, Api]) -> tuple[Any,
     manifest = source.call("GET", api_path(args.app, args.source, "releases", release_id))
     download = source.call("GET", api_path(args.app, args.source, "releases", release_id, "source"))
     with tempfile.TemporaryDirectory(prefix="slipway-") as folder:
-        path = os.path.join(folder, "source.tar.gz")
-        transfer.download(download["url"], path, int(download["size"]), quiet=args.json)
-        if transfer.sha256(path) != manifest["source"]["sha256"]:
-            raise CliError(f"the source of {args.source} {release_id} did not download intact; run promote again")
-        upload_id, parts = transfer.upload_file(target, args.app, args.target, path, quiet=args.json)
+        # The same bytes: the source, and the slug it was built into (not built again).
+        path, slug = os.path.join(folder, "source.tar.gz"), os.path.join(folder, "slug.tar.gz")
+        for url, size, digest, into, what in (
+            (download["url"], download["size"], manifest["source"]["sha256"], path, "source"),
+            (download["slug"]["url"], download["slug"]["size"], manifest["slug"]["sha256"], slug, "slug"),
+        ):
+            transfer.download(url, into, int(size), quiet=args.json)
+            if transfer.sha256(into) != digest:
+                raise CliError(f"the {what} of {args.source} {release_id} did not download intact; run promote again")
+        uploaded = transfer.upload_file(target, args.app, args.target, path, slug=slug, quiet=args.json)
     body: dict[str, Any] = {
-        "upload_id": upload_id,
+        **uploaded.finalizing(),
         "git": manifest["git"],
         "description": args.message or manifest.get("description", ""),
         "promoted_from": {"env": args.source, "release": release_id},
     }
-    if parts:
-        body["parts"] = parts
     release = target.call("POST", api_path(args.app, args.target, "releases"), body)
     return release, (
         f"Promoted {args.app} {args.source} {release_id} to {args.target} as {release['id']} "
-        f"(same source, {args.target}'s config)"
+        f"(the same slug, {_runtime(release)}; {args.target}'s config)"
     )
 
 

@@ -23,6 +23,7 @@ def parser() -> argparse.ArgumentParser:
     release.add_argument("env")
     release.add_argument("--ref", default="HEAD", help="branch, tag or commit to publish (default HEAD)")
     release.add_argument("-m", "--message", default="", help="why: recorded in the release")
+    release.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
 
     releases = commands.add_parser("releases", help="list releases, newest first")
     releases.add_argument("app")
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         if args.command == "config" and args.action and not args.items:
             wanted = "NAME=value" if args.action == "set" else "NAME"
             raise CliError(f"config {args.action} needs at least one {wanted}")
+        if args.command == "promote" and args.source == args.target:
+            raise CliError(f"cannot promote {args.app} from {args.source} to itself; name another environment")
         envs = [args.source, args.target] if args.command == "promote" else [args.env]
         apis = {}
         for env in envs:

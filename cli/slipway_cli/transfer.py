@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
 from slipway_cli.client import Api
@@ -38,13 +39,43 @@ class _Slice:
         return chunk
 
 
-def upload_file(api: Api, app: str, env: str, path: str, *, quiet: bool) -> tuple[str, list[dict[str, Any]] | None]:
-    """Upload the file at ``path`` through presigned URLs, parts in parallel as ``aws s3 cp`` does;
-    the upload id and, if multipart, the parts' ETags."""
+@dataclass(frozen=True)
+class Uploaded:
+    """An upload: its id, and the ETags of the source's (and the slug's) parts if they went multipart."""
+
+    upload_id: str
+    parts: list[dict[str, Any]] | None
+    slug_parts: list[dict[str, Any]] | None = None
+
+    def finalizing(self) -> dict[str, Any]:
+        """What the releases call adds for this upload."""
+        body: dict[str, Any] = {"upload_id": self.upload_id}
+        if self.parts:
+            body["parts"] = self.parts
+        if self.slug_parts:
+            body["slug_parts"] = self.slug_parts
+        return body
+
+
+def upload_file(api: Api, app: str, env: str, path: str, *, quiet: bool, slug: str | None = None) -> Uploaded:
+    """Upload the source at ``path`` (and the slug at ``slug``: a promotion) through presigned
+    URLs, parts in parallel as ``aws s3 cp`` does."""
     size, digest = os.path.getsize(path), sha256(path)
-    upload = api.call("POST", api_path(app, env, "uploads"), {"size": size, "sha256": digest})
+    request: dict[str, Any] = {"size": size, "sha256": digest}
+    if slug is not None:
+        request["slug"] = {"size": os.path.getsize(slug), "sha256": sha256(slug)}
+    upload = api.call("POST", api_path(app, env, "uploads"), request)
     part_size = int(upload.get("part_size") or size)
-    progress = Progress(size, "upload", quiet)
+    parts = _send_parts(path, upload["parts"], part_size, "upload", quiet)
+    slug_parts = _send_parts(slug, upload["slug_parts"], part_size, "slug", quiet) if slug is not None else None
+    return Uploaded(upload["upload_id"], parts, slug_parts)
+
+
+def _send_parts(
+    path: str, urls: list[Mapping[str, Any]], part_size: int, what: str, quiet: bool
+) -> list[dict[str, Any]] | None:
+    size = os.path.getsize(path)
+    progress = Progress(size, what, quiet)
 
     def send(part: Mapping[str, Any]) -> dict[str, Any]:
         number = int(part["part_number"])
@@ -55,10 +86,10 @@ def upload_file(api: Api, app: str, env: str, path: str, *, quiet: bool) -> tupl
 
     try:
         with ThreadPoolExecutor(max_workers=PARALLEL_PARTS) as pool:
-            parts = list(pool.map(send, upload["parts"]))
+            parts = list(pool.map(send, urls))
     finally:
         progress.close()
-    return upload["upload_id"], (parts if len(parts) > 1 else None)
+    return parts if len(parts) > 1 else None
 
 
 def _put(url: str, body: _Slice, length: int) -> str:

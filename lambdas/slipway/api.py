@@ -11,6 +11,7 @@ CORS preflight this API never grants), and not marked cross-site by the browser.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -57,6 +58,36 @@ def _release_error(error: ReleaseError) -> Response[str]:
     return _json(error.status, {"message": str(error)})
 
 
+def _query_names(document: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:
+    """The query parameters each operation of the document takes, by (method, path template)."""
+    names: dict[tuple[str, str], frozenset[str]] = {}
+    for path, item in document["paths"].items():
+        shared = item.get("parameters", [])
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            parameters = [*shared, *operation.get("parameters", [])]
+            names[method.upper(), path] = frozenset(p["name"] for p in parameters if p["in"] == "query")
+    return names
+
+
+# The one definition of each operation's query parameters is the API's own document.
+QUERY_NAMES = _query_names(json.loads((Path(__file__).with_name("openapi.json")).read_text()))
+
+
+def _known_query(resolver: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Refuse a query parameter the operation does not take, rather than ignore a misspelt one."""
+    event = resolver.current_event
+    given = set(event.query_string_parameters or {})
+    takes = QUERY_NAMES.get((event.http_method, event.resource))
+    if takes is not None and given - takes:
+        unknown = ", ".join(repr(name) for name in sorted(given - takes))
+        offered = ", ".join(sorted(takes)) or "none"
+        operation = f"{event.http_method} {event.resource}"
+        raise ReleaseError(400, f"{operation} takes no query parameter {unknown}; it takes: {offered}")
+    return next_middleware(resolver)
+
+
 # Methods that change nothing; every other one must pass :func:`_same_site_json`.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -76,7 +107,7 @@ def _same_site_json(resolver: APIGatewayRestResolver, next_middleware: NextMiddl
     return next_middleware(resolver)
 
 
-app.use(middlewares=[_same_site_json])
+app.use(middlewares=[_known_query, _same_site_json])
 
 
 def _served(served: console.Served) -> Response[str]:
@@ -106,23 +137,37 @@ def list_apps() -> Response[str]:
 @app.post(f"{APP}/uploads")
 def create_upload(app_name: str, env: str) -> Response[str]:
     body = _body()
-    upload = _publisher(app_name, env).create_upload(size=body.get("size"), sha256=body.get("sha256"), user=_user())
+    upload = _publisher(app_name, env).create_upload(
+        size=body.get("size"), sha256=body.get("sha256"), slug=body.get("slug"), user=_user()
+    )
     return _json(201, upload)
 
 
 @app.post(f"{APP}/releases")
 def create_release(app_name: str, env: str) -> Response[str]:
     body = _body()
-    release = _publisher(app_name, env).finalize(
+    status, made = operations.create_release(
+        app_name,
+        env,
         upload_id=body.get("upload_id"),
         git=body.get("git"),
         description=body.get("description"),
         parts=body.get("parts"),
+        slug_parts=body.get("slug_parts"),
         promoted_from=body.get("promoted_from"),
         user=_user(),
     )
-    logger.info("release published", extra={"app": app_name, "env": env, "release": release["id"], "by": _user()})
-    return _json(201, release)
+    if status == 201:
+        logger.info("release published", extra={"app": app_name, "env": env, "release": made["id"], "by": _user()})
+    else:
+        logger.info("build started", extra={"app": app_name, "env": env, "build": made["id"], "by": _user()})
+    return _json(status, made)
+
+
+@app.get(f"{APP}/builds/<build>")
+def show_build(app_name: str, env: str, build: str) -> Response[str]:
+    after = (app.current_event.query_string_parameters or {}).get("after")
+    return _json(200, operations.show_build(app_name, env, build, after=after))
 
 
 @app.get(f"{APP}/releases")

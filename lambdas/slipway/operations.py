@@ -17,11 +17,12 @@ from functools import cache
 from typing import Any
 
 from slipway import aws, deploys
+from slipway.builds import requests as builds
 from slipway.publisher import Publisher
 from slipway.releases import ReleaseError
 from slipway.rollout.lock import Lock, decide, refusal
 from slipway.rollout.strategy import Strategy, StrategyError
-from slipway.settings import ControlPlaneSettings, FleetSettings
+from slipway.settings import BuildSettings, ControlPlaneSettings, FleetSettings
 from slipway.store import Bucket
 
 
@@ -48,6 +49,79 @@ def publisher(app_name: str, env: str) -> Publisher:
         runtime=config.apps[app_name],
         max_source_bytes=config.max_source_bytes,
     )
+
+
+def _building(app_name: str, env: str) -> tuple[Publisher, BuildSettings, str]:
+    releases = publisher(app_name, env)
+    config = settings()
+    build = config.builds.get(app_name)
+    if config.release_workflow is None or build is None:
+        raise ReleaseError(503, f"builds are not set up for {app_name} in {env}; deploy the Platform-{env} stack")
+    return releases, build, config.release_workflow
+
+
+def create_release(
+    app_name: str,
+    env: str,
+    *,
+    upload_id: object,
+    git: object,
+    description: object,
+    parts: object,
+    slug_parts: object,
+    promoted_from: object,
+    user: str,
+) -> tuple[int, dict[str, Any]]:
+    """Finalize an upload: a promotion (source and slug) is published at once (201, the release);
+    a source is built by the release workflow (202, the build, which makes the release)."""
+    if promoted_from is not None:
+        releases = publisher(app_name, env)
+        promoted = releases.finalize(
+            upload_id=upload_id,
+            git=git,
+            description=description,
+            parts=parts,
+            slug_parts=slug_parts,
+            promoted_from=promoted_from,
+            user=user,
+        )
+        return 201, releases.publish_upload(promoted["upload_id"])
+    releases, build, workflow = _building(app_name, env)
+    prepared = releases.finalize(
+        upload_id=upload_id, git=git, description=description, parts=parts, promoted_from=None, user=user
+    )
+    name = builds.execution_name(app_name, prepared["upload_id"])
+    request = builds.workflow_input(
+        app=app_name,
+        env=env,
+        upload_id=prepared["upload_id"],
+        build=build,
+        runtime=releases.runtime,
+        bucket=settings().bucket,
+        timing=settings().timing,
+    )
+    try:
+        aws.client("stepfunctions").start_execution(stateMachineArn=workflow, name=name, input=json.dumps(request))
+    except Exception:
+        releases.note_build(prepared["upload_id"], status=None)  # not building: finalizing again may start it
+        raise
+    return 202, releases.build(prepared["upload_id"])
+
+
+def show_build(app_name: str, env: str, upload_id: str, *, after: str | None) -> dict[str, Any]:
+    """A build's status, the release it made or why it failed, and its log from ``after`` on
+    (the ``next`` token of the previous answer): what ``slipway release`` streams."""
+    releases = publisher(app_name, env)
+    shown = releases.build(upload_id)
+    log: list[str] = []
+    token = after
+    if shown["build_id"]:
+        [found] = aws.client("codebuild").batch_get_builds(ids=[shown["build_id"]])["builds"] or [{}]
+        shown["phase"] = found.get("currentPhase")
+        group, stream = (found.get("logs") or {}).get("groupName"), (found.get("logs") or {}).get("streamName")
+        if group and stream:
+            log, token = builds.read_log(aws.client("logs"), group, stream, after)
+    return {**shown, "log": log, "next": token}
 
 
 def _deploying(app_name: str, env: str) -> tuple[Publisher, FleetSettings, str]:

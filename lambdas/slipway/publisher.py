@@ -17,12 +17,15 @@ from typing import Any
 from slipway.releases import (
     SHA256,
     UPLOAD_ID,
+    Artifact,
     ReleaseError,
     build_manifest,
     change_config,
     check_description,
     check_git,
+    check_slug,
     check_source,
+    config_changes,
     page,
     read_config,
     release_number,
@@ -31,13 +34,15 @@ from slipway.settings import AppRuntime
 from slipway.store import Bucket
 from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.envfile import render_env
-from slipway_release.layout import ENV_FILE, MANIFEST, SOURCE, UPLOAD_RECORD, AppKeys
+from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE, UPLOAD_RECORD, AppKeys
 from slipway_release.names import newest_first, next_release_id
 
 # Uploads larger than one part go multipart; the CLI sends parts in parallel.
 PART_SIZE = 16 * 1024 * 1024
 URL_LIFETIME = 3600
 CLAIM_ATTEMPTS = 20
+# Where an upload's build stands (its record's ``status``).
+BUILDING, SUCCEEDED, FAILED = "BUILDING", "SUCCEEDED", "FAILED"
 
 
 def _utc_now() -> datetime:
@@ -133,36 +138,51 @@ class Publisher(AppReleases):
 
     # Uploads ------------------------------------------------------------------------------------
 
-    def create_upload(self, *, size: object, sha256: object, user: str) -> dict[str, Any]:
-        """Presigned URLs for the source: one PUT, or one per part of ``PART_SIZE``."""
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ReleaseError(400, "size must be the source's size in bytes")
-        if size > self.max_source_bytes:
-            raise ReleaseError(413, f"the source is {size} bytes; the limit is {self.max_source_bytes} bytes")
-        if not isinstance(sha256, str) or not SHA256.match(sha256):
-            raise ReleaseError(400, "sha256 must be the source's sha256 as 64 lowercase hex digits")
+    def create_upload(self, *, size: object, sha256: object, user: str, slug: object = None) -> dict[str, Any]:
+        """Presigned URLs for the source: one PUT, or one per part of ``PART_SIZE``. With ``slug``
+        (``{"size", "sha256"}``: a promotion, which ships the slug another environment built),
+        URLs for the slug too."""
+        source = _declared(size, sha256, "the source", self.max_source_bytes)
         upload_id = uuid.uuid4().hex
-        key = self.keys.upload(upload_id, SOURCE)
-        count = -(-size // PART_SIZE)
-        record: dict[str, Any] = {"size": size, "sha256": sha256, "created_by": user}
-        if count == 1:
-            parts = [{"part_number": 1, "url": self.bucket.presigned_put(key, URL_LIFETIME)}]
-        else:
-            record["multipart_upload_id"] = self.bucket.start_multipart(key)
-            parts = [
-                {
-                    "part_number": n,
-                    "url": self.bucket.presigned_part(key, record["multipart_upload_id"], n, URL_LIFETIME),
-                }
-                for n in range(1, count + 1)
-            ]
-        self.bucket.put(self.keys.upload(upload_id, UPLOAD_RECORD), json.dumps(record).encode())
-        return {
+        record: dict[str, Any] = {"size": source.size, "sha256": source.sha256, "created_by": user}
+        answer: dict[str, Any] = {
             "upload_id": upload_id,
             "expires_at": _timestamp(self.clock() + timedelta(seconds=URL_LIFETIME)),
             "part_size": PART_SIZE,
-            "parts": parts,
         }
+        answer["parts"], record["multipart_upload_id"] = self._upload_urls(self.keys.upload(upload_id, SOURCE), source)
+        if slug is not None:
+            if not isinstance(slug, Mapping):
+                raise ReleaseError(400, 'slug must be {"size": <bytes>, "sha256": "<hex>"} of the slug to promote')
+            built = _declared(slug.get("size"), slug.get("sha256"), "the slug", DEFAULT_MAX_UNPACKED_BYTES)
+            record["slug"] = {"size": built.size, "sha256": built.sha256}
+            answer["slug_parts"], record["slug_multipart_upload_id"] = self._upload_urls(
+                self.keys.upload(upload_id, SLUG), built
+            )
+        self.bucket.put(self.keys.upload(upload_id, UPLOAD_RECORD), json.dumps(record).encode())
+        return answer
+
+    def _upload_urls(self, key: str, artifact: Artifact) -> tuple[list[dict[str, Any]], str | None]:
+        count = -(-artifact.size // PART_SIZE)
+        if count == 1:
+            return [{"part_number": 1, "url": self.bucket.presigned_put(key, URL_LIFETIME)}], None
+        multipart = self.bucket.start_multipart(key)
+        return [
+            {"part_number": n, "url": self.bucket.presigned_part(key, multipart, n, URL_LIFETIME)}
+            for n in range(1, count + 1)
+        ], multipart
+
+    def _record(self, upload_id: object) -> tuple[str, dict[str, Any]]:
+        if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
+            raise ReleaseError(400, "upload_id must be the id createUpload returned")
+        stored = self.bucket.read(self.keys.upload(upload_id, UPLOAD_RECORD))
+        if stored is None:
+            raise ReleaseError(422, f"upload {upload_id} does not exist or has expired; start a new upload")
+        record: dict[str, Any] = json.loads(stored.body)
+        return upload_id, record
+
+    def _note(self, upload_id: str, record: dict[str, Any]) -> None:
+        self.bucket.put(self.keys.upload(upload_id, UPLOAD_RECORD), json.dumps(record).encode())
 
     def finalize(
         self,
@@ -171,10 +191,13 @@ class Publisher(AppReleases):
         git: object,
         description: object,
         parts: object,
+        slug_parts: object = None,
         promoted_from: object,
         user: str,
     ) -> dict[str, Any]:
-        """Turn a checked upload into the next release; nothing is written if a check fails."""
+        """Check an upload: its source, and for a promotion (``promoted_from``) the slug it ships.
+        Returns the upload's record: a promotion is then published with :meth:`publish_upload`, a
+        source is built first (its status ``BUILDING``). A check that fails changes nothing."""
         if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
             raise ReleaseError(400, "upload_id must be the id createUpload returned")
         git_ref, git_commit = check_git(git)
@@ -182,19 +205,29 @@ class Publisher(AppReleases):
         if promoted_from is not None:
             if not isinstance(promoted_from, Mapping) or not {"env", "release"} <= set(promoted_from):
                 raise ReleaseError(400, 'promoted_from must be {"env": ..., "release": ...}')
+            if promoted_from["env"] == self.env:
+                raise ReleaseError(
+                    400, f"a release cannot be promoted from {self.env} to itself; promote to another environment"
+                )
             origin = f"promoted from {promoted_from['env']} {promoted_from['release']}"
             note = f"{origin}: {note}" if note else origin
             check_description(note)
-        record_key = self.keys.upload(upload_id, UPLOAD_RECORD)
-        stored = self.bucket.read(record_key)
-        if stored is None:
-            raise ReleaseError(422, f"upload {upload_id} does not exist or has expired; start a new upload")
-        record = json.loads(stored.body)
+        upload_id, record = self._record(upload_id)
         if "release" in record:
             raise ReleaseError(409, f"upload {upload_id} was already published as {record['release']}")
+        if record.get("status") == BUILDING:
+            raise ReleaseError(409, f"upload {upload_id} is being built (build {upload_id}); follow it, not again")
+        if (promoted_from is not None) != ("slug" in record):
+            raise ReleaseError(
+                400,
+                "a promotion ships the slug its release was built into, with the source, and only a promotion "
+                "does: publish a source alone (it is built here), or promote with `slipway promote`",
+            )
         source = self.keys.upload(upload_id, SOURCE)
-        if "multipart_upload_id" in record:
+        if record.get("multipart_upload_id"):
             self._complete(source, record["multipart_upload_id"], parts)
+        if record.get("slug_multipart_upload_id"):
+            self._complete(self.keys.upload(upload_id, SLUG), record["slug_multipart_upload_id"], slug_parts)
         body = self.bucket.stream(source)
         if body is None:
             raise ReleaseError(422, f"nothing was uploaded for upload {upload_id}; PUT the source to its URL first")
@@ -206,19 +239,78 @@ class Publisher(AppReleases):
             max_unpacked_bytes=DEFAULT_MAX_UNPACKED_BYTES,
             formation=self.runtime.formation,
         )
-        env_text = self._canonical_env()[0]
-        manifest = self._publish(
-            source_key=source,
-            source_sha256=record["sha256"],
-            source_size=record["size"],
-            git=(git_ref, git_commit),
-            env_text=env_text,
+        record.update(
+            git={"ref": git_ref, "commit": git_commit},
             description=note,
-            user=user,
+            finalized_by=user,
+            multipart_upload_id=None,
+            slug_multipart_upload_id=None,
         )
-        # Mark the upload used (a retry gets 409, not a second release) and drop its copy.
-        self.bucket.put(record_key, json.dumps({**record, "release": manifest["id"]}).encode())
-        self.bucket.delete(source)
+        if "slug" not in record:
+            record["status"] = BUILDING
+        self._note(upload_id, record)
+        return {"upload_id": upload_id, **record}
+
+    def note_build(self, upload_id: str, **fields: Any) -> dict[str, Any]:
+        """Note where the upload's build stands (``build_id``, ``status``, ``error``) in its record."""
+        upload_id, record = self._record(upload_id)
+        record.update(fields)
+        self._note(upload_id, record)
+        return record
+
+    def build(self, upload_id: object) -> dict[str, Any]:
+        """The upload's record as a build's status: 404 for an upload that was never finalized."""
+        try:
+            upload_id, record = self._record(upload_id)
+        except ReleaseError as error:
+            raise ReleaseError(404 if error.status == 422 else error.status, str(error)) from None
+        if "git" not in record:
+            raise ReleaseError(404, f"upload {upload_id} was not finalized; nothing is being built")
+        status = record.get("status") or (SUCCEEDED if "release" in record else BUILDING)
+        return {
+            "id": upload_id,
+            "status": status,
+            "release": record.get("release"),
+            "error": record.get("error"),
+            "build_id": record.get("build_id"),
+            "git": record["git"],
+            "description": record.get("description", ""),
+            "created_by": record.get("finalized_by", record.get("created_by")),
+        }
+
+    def publish_upload(self, upload_id: str) -> dict[str, Any]:
+        """The upload's slug, checked as the instance will read it, becomes the next release with
+        the upload's source; the upload's copies are dropped. 409 if it was already published."""
+        upload_id, record = self._record(upload_id)
+        if "release" in record:
+            raise ReleaseError(409, f"upload {upload_id} was already published as {record['release']}")
+        source_artifact = Artifact(record["sha256"], record["size"])
+        slug_key = self.keys.upload(upload_id, SLUG)
+        declared = record.get("slug")  # a promotion's; a slug the builder wrote is taken as it is
+        stream = self.bucket.stream(slug_key)
+        if stream is None:
+            raise ReleaseError(422, f"upload {upload_id} has no slug: the build wrote none, or it was never PUT")
+        build, slug_artifact = check_slug(
+            stream,
+            slug=Artifact(declared["sha256"], declared["size"]) if declared else None,
+            source=source_artifact,
+            max_unpacked_bytes=DEFAULT_MAX_UNPACKED_BYTES,
+            formation=self.runtime.formation,
+        )
+        manifest = self._publish(
+            slug_key=slug_key,
+            slug=slug_artifact,
+            build=build,
+            source_key=self.keys.upload(upload_id, SOURCE),
+            source=source_artifact,
+            git=(record["git"]["ref"], record["git"]["commit"]),
+            env_text=self._canonical_env()[0],
+            description=record.get("description", ""),
+            user=record.get("finalized_by", record["created_by"]),
+        )
+        # Mark the upload used (a retry gets 409, not a second release) and drop its copies.
+        self._note(upload_id, {**record, "release": manifest["id"], "status": SUCCEEDED})
+        self.bucket.delete(self.keys.upload(upload_id, SOURCE), slug_key)
         return self._with_current(manifest)
 
     def _complete(self, key: str, multipart_id: str, parts: object) -> None:
@@ -237,28 +329,34 @@ class Publisher(AppReleases):
     def _publish(
         self,
         *,
+        slug_key: str,
+        slug: Artifact,
+        build: Mapping[str, Any],
         source_key: str,
-        source_sha256: str,
-        source_size: int,
+        source: Artifact,
         git: tuple[str, str],
         env_text: str,
         description: str,
         user: str,
     ) -> dict[str, Any]:
-        """Claim the next id by creating its release.json, then add the source and env."""
+        """Claim the next id by creating its release.json, then add the slug, source and env."""
         for _ in range(CLAIM_ATTEMPTS):
             existing = list(self.bucket.child_names(self.keys.prefix))
+            newest = newest_first(existing)
             release_id = next_release_id(existing)
-            parent = newest_first(existing)[0] if newest_first(existing) else None
+            parent = newest[0] if newest else None
+            parent_env = self._env_text(parent) if parent else ""
             manifest = build_manifest(
                 release_id=release_id,
                 app=self.app,
                 env=self.env,
-                source_sha256=source_sha256,
-                source_size=source_size,
+                slug=slug,
+                build=build,
+                source=source,
                 git_ref=git[0],
                 git_commit=git[1],
                 env_text=env_text,
+                config_changes=config_changes(parent_env, env_text),
                 created_by=user,
                 created_at=_timestamp(self.clock()),
                 description=description,
@@ -268,6 +366,7 @@ class Publisher(AppReleases):
             key = self.keys.release(release_id, MANIFEST)
             if self.bucket.create(key, (json.dumps(manifest, indent=2) + "\n").encode()):
                 try:
+                    self.bucket.copy(slug_key, self.keys.release(release_id, SLUG))
                     self.bucket.copy(source_key, self.keys.release(release_id, SOURCE))
                     self.bucket.put(self.keys.release(release_id, ENV_FILE), env_text.encode())
                 except Exception:
@@ -276,6 +375,10 @@ class Publisher(AppReleases):
                     raise
                 return manifest
         raise ReleaseError(503, f"{CLAIM_ATTEMPTS} publishers raced for a release id; try again")
+
+    def _env_text(self, release_id: str) -> str:
+        stored = self.bucket.read(self.keys.release(release_id, ENV_FILE))
+        return stored.body.decode() if stored else ""
 
     def list_releases(self, *, limit: int, before: str | None) -> dict[str, Any]:
         ids, next_before = page(self.bucket.child_names(self.keys.prefix), limit=limit, before=before)
@@ -286,14 +389,20 @@ class Publisher(AppReleases):
         }
 
     def download(self, release_id: str) -> dict[str, Any]:
-        """A presigned URL for a release's source, for promotion to another environment."""
+        """Presigned URLs for a release's source and slug, for promotion to another environment
+        (which ships the same slug: it is not built again)."""
         manifest = self._manifest(release_id)
-        key = self.keys.release(release_id, SOURCE)
+        expires = _timestamp(self.clock() + timedelta(seconds=URL_LIFETIME))
         return {
-            "url": self.bucket.presigned_get(key, URL_LIFETIME),
-            "expires_at": _timestamp(self.clock() + timedelta(seconds=URL_LIFETIME)),
+            "url": self.bucket.presigned_get(self.keys.release(release_id, SOURCE), URL_LIFETIME),
+            "expires_at": expires,
             "size": manifest["source"]["size"],
             "sha256": manifest["source"]["sha256"],
+            "slug": {
+                "url": self.bucket.presigned_get(self.keys.release(release_id, SLUG), URL_LIFETIME),
+                "size": manifest["slug"]["size"],
+                "sha256": manifest["slug"]["sha256"],
+            },
         }
 
     # Config -------------------------------------------------------------------------------------
@@ -326,17 +435,30 @@ class Publisher(AppReleases):
         return {"vars": values, "release": release}
 
     def _release_config(self, env_text: str, description: str, user: str) -> dict[str, Any] | None:
+        """The newest release's slug and source with ``env_text``: a config change never builds."""
         newest = newest_first(self.bucket.child_names(self.keys.prefix))
         if not newest:
             return None  # nothing published yet: the first release picks the config up
         base = self._manifest(newest[0])
         manifest = self._publish(
+            slug_key=self.keys.release(base["id"], SLUG),
+            slug=Artifact(base["slug"]["sha256"], base["slug"]["size"]),
+            build=base["build"],
             source_key=self.keys.release(base["id"], SOURCE),
-            source_sha256=base["source"]["sha256"],
-            source_size=base["source"]["size"],
+            source=Artifact(base["source"]["sha256"], base["source"]["size"]),
             git=(base["git"]["ref"], base["git"]["commit"]),
             env_text=env_text,
             description=description,
             user=user,
         )
         return self._with_current(manifest)
+
+
+def _declared(size: object, sha256: object, what: str, limit: int) -> Artifact:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ReleaseError(400, f"size must be {what}'s size in bytes")
+    if size > limit:
+        raise ReleaseError(413, f"{what} is {size} bytes; the limit is {limit} bytes")
+    if not isinstance(sha256, str) or not SHA256.match(sha256):
+        raise ReleaseError(400, f"sha256 must be {what}'s sha256 as 64 lowercase hex digits")
+    return Artifact(sha256, size)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import IO, Any
 
 from slipway.settings import AppRuntime
 from slipway_release import names
 from slipway_release.archive import UnsafeArchive, scan
+from slipway_release.build import BUILD_MANIFEST, MAX_BUILD_MANIFEST_BYTES, BuildManifestError, parse_build_manifest
 from slipway_release.envfile import EnvFileError, check_carriable, parse_env, render_env
 from slipway_release.manifest import load_schema, schema_errors
 from slipway_release.procfile import ProcfileError, parse_procfile, resolve_formation
@@ -23,8 +25,16 @@ from slipway_release.procfile import ProcfileError, parse_procfile, resolve_form
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GIT_COMMIT = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 MAX_DESCRIPTION = 1000
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file of a release as release.json records it: its sha256 and size in bytes."""
+
+    sha256: str
+    size: int
 
 
 class ReleaseError(ValueError):
@@ -58,11 +68,13 @@ def build_manifest(
     release_id: str,
     app: str,
     env: str,
-    source_sha256: str,
-    source_size: int,
+    slug: Artifact,
+    build: Mapping[str, Any],
+    source: Artifact,
     git_ref: str,
     git_commit: str,
     env_text: str,
+    config_changes: Mapping[str, list[str]],
     created_by: str,
     created_at: str,
     description: str,
@@ -75,20 +87,37 @@ def build_manifest(
         "id": release_id,
         "app": app,
         "env": env,
-        "source": {"sha256": source_sha256, "size": source_size},
+        "slug": {"sha256": slug.sha256, "size": slug.size},
+        "build": dict(build),
+        "source": {"sha256": source.sha256, "size": source.size},
         "git": {"ref": git_ref, "commit": git_commit},
         "env_sha256": hashlib.sha256(env_text.encode()).hexdigest(),
+        "config_changes": {"set": list(config_changes["set"]), "unset": list(config_changes["unset"])},
         "created_by": created_by,
         "created_at": created_at,
         "description": description,
         "formation": dict(runtime.formation),
-        "health_check": {"path": runtime.health_check_path, "port": runtime.port},
+        "health_check": {
+            "path": runtime.health_check_path,
+            "port": runtime.port,
+            "codes": runtime.health_check_codes,
+        },
         "parent": parent,
     }
     errors = schema_errors(manifest, load_schema())
     if errors:
         raise ReleaseError(400, "the release would not be valid: " + "; ".join(errors[:3]))
     return manifest
+
+
+def config_changes(before: str, after: str) -> dict[str, list[str]]:
+    """The names a release's env file sets (new or changed) and unsets against its parent's.
+    Names only: the values may be secrets."""
+    old, new = read_config(before), read_config(after)
+    return {
+        "set": sorted(name for name, value in new.items() if old.get(name) != value),
+        "unset": sorted(set(old) - set(new)),
+    }
 
 
 def check_git(git: object) -> tuple[str, str]:
@@ -155,12 +184,69 @@ def check_source(
             f"the uploaded source has {hashing.size} bytes and sha256 {actual[:12]}…, but {size} bytes and "
             f"{sha256[:12]}… were declared; upload the file again",
         )
-    if scanned.procfile is None:
+    _check_procfile(scanned.procfile, formation, "the source")
+
+
+def check_slug(
+    stream: IO[bytes],
+    *,
+    slug: Artifact | None,
+    source: Artifact,
+    max_unpacked_bytes: int,
+    formation: Mapping[str, int],
+) -> tuple[dict[str, Any], Artifact]:
+    """Read a slug once, with the archive rules the instance applies: the size and sha256
+    declared (``slug``; ``None`` for one the builder wrote), a build manifest
+    (``.slipway/build.json``) this platform understands that names ``source`` as what was built,
+    and a root ``Procfile`` defining the types ``formation`` runs. Returns the build manifest as
+    release.json records it, and the slug's size and sha256.
+
+    Raises :class:`ReleaseError` (422) naming the first problem found.
+    """
+    hashing = _Hashing(stream, slug.size if slug else max_unpacked_bytes)
+    try:
+        scanned = scan(
+            hashing,  # type: ignore[arg-type]
+            max_unpacked_bytes,
+            read={BUILD_MANIFEST: MAX_BUILD_MANIFEST_BYTES},
+            what="the slug",
+        )
+    except UnsafeArchive as error:
+        raise ReleaseError(422, f"refusing the slug: {error}; build the release again") from None
+    except ReleaseError:
+        raise ReleaseError(422, f"the slug is larger than {hashing.limit} bytes; it cannot be a release") from None
+    hashing.drain()
+    actual = hashing.digest.hexdigest()
+    if slug is not None and (hashing.size != slug.size or actual != slug.sha256):
         raise ReleaseError(
-            422, "the source has no Procfile at its root; add one (e.g. `web: python app.py`) and publish again"
+            422,
+            f"the slug has {hashing.size} bytes and sha256 {actual[:12]}…, but {slug.size} bytes and "
+            f"{slug.sha256[:12]}… were declared; upload it again",
+        )
+    data = scanned.files.get(BUILD_MANIFEST)
+    if data is None:
+        raise ReleaseError(422, f"the slug has no {BUILD_MANIFEST}: it was not made by the build program")
+    try:
+        built = parse_build_manifest(data)
+    except BuildManifestError as error:
+        raise ReleaseError(422, f"the slug's {BUILD_MANIFEST}: {error}") from None
+    if built.source_sha256 != source.sha256:
+        raise ReleaseError(
+            422,
+            f"the slug was built from source {built.source_sha256[:12]}…, not this release's {source.sha256[:12]}…; "
+            "build the release again",
+        )
+    _check_procfile(scanned.procfile, formation, "the slug")
+    return built.raw, Artifact(actual, hashing.size)
+
+
+def _check_procfile(text: str | None, formation: Mapping[str, int], what: str) -> None:
+    if text is None:
+        raise ReleaseError(
+            422, f"{what} has no Procfile at its root; add one (e.g. `web: python app.py`) and publish again"
         )
     try:
-        resolve_formation(parse_procfile(scanned.procfile), formation)
+        resolve_formation(parse_procfile(text), formation)
     except ProcfileError as error:
         raise ReleaseError(
             422, f"{error}; fix the Procfile (or the app's formation in cdk.json) and publish again"

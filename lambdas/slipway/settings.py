@@ -16,6 +16,7 @@ from typing import Any
 
 from slipway.rollout.strategy import Strategy
 from slipway.slack.rules import Rule, RuleError, parse_rules
+from slipway_release.health import DEFAULT_CODES
 
 DEFAULT_MAX_SOURCE_BYTES = 1024 * 1024 * 1024
 
@@ -31,14 +32,23 @@ class AppRuntime:
     port: int
     health_check_path: str
     formation: Mapping[str, int]
+    health_check_codes: str = DEFAULT_CODES  # slipway_release.health syntax: the agent's and the load balancer's
 
     def to_json(self) -> dict[str, Any]:
-        return {"port": self.port, "health_check_path": self.health_check_path, "formation": dict(self.formation)}
+        return {
+            "port": self.port,
+            "health_check_path": self.health_check_path,
+            "health_check_codes": self.health_check_codes,
+            "formation": dict(self.formation),
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> AppRuntime:
         return cls(
-            port=int(raw["port"]), health_check_path=str(raw["health_check_path"]), formation=dict(raw["formation"])
+            port=int(raw["port"]),
+            health_check_path=str(raw["health_check_path"]),
+            health_check_codes=str(raw["health_check_codes"]),
+            formation=dict(raw["formation"]),
         )
 
 

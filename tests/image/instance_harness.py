@@ -11,18 +11,16 @@ import socket
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from local.instance import IMAGE, free_port
-from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES, scan
-from slipway_release.build import BUILD_MANIFEST, MAX_BUILD_MANIFEST_BYTES, parse_build_manifest
+from slugs import host_build, slug_build
+
+from local.instance import free_port
 from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE
 
 BUCKET = "slipway-test-releases"
@@ -99,42 +97,6 @@ def tarball(files: Mapping[str, bytes | str], extra: list[tarfile.TarInfo] | Non
         for info in extra or []:
             tar.addfile(info)
     return buffer.getvalue()
-
-
-def host_build(source: bytes) -> bytes:
-    """The slug the image's real build program makes of ``source`` on this machine.
-
-    For procfile apps (no runtime, nothing to install); apps with dependencies are built
-    on an instance (``local.instance.build``).
-    """
-    with tempfile.TemporaryDirectory() as work:
-        Path(work, "source.tar.gz").write_bytes(source)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-I",
-                str(IMAGE / "build"),
-                "--source",
-                f"{work}/source.tar.gz",
-                "--output",
-                f"{work}/slug.tar.gz",
-                "--runtimes",
-                f"{work}/none.json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise AssertionError(f"build failed: {result.stderr}{result.stdout[-2000:]}")
-        return Path(work, "slug.tar.gz").read_bytes()
-
-
-def slug_build(slug: bytes) -> dict[str, Any]:
-    """The build manifest inside a slug, read as the publisher reads it (one scan)."""
-    scanned = scan(io.BytesIO(slug), DEFAULT_MAX_UNPACKED_BYTES, read={BUILD_MANIFEST: MAX_BUILD_MANIFEST_BYTES})
-    return parse_build_manifest(scanned.files[BUILD_MANIFEST]).raw
 
 
 @dataclass

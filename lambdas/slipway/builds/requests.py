@@ -1,4 +1,5 @@
-"""What the release workflow asks CodeBuild, and what it makes of the answers. Pure: no AWS calls.
+"""What the release workflow asks CodeBuild, and what it makes of the answers: pure, but for
+:func:`read_log`, which reads a build's log with the client it is given.
 
 :func:`start_build_request` is the exact ``StartBuild`` request (a test asserts its text and
 botocore's model checks it); :func:`build_verdict` reads a ``BatchGetBuilds`` entry, and
@@ -11,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from slipway.settings import BuildSettings
+from slipway.settings import AppRuntime, BuildSettings, Timing
 from slipway_release.layout import SLUG, SOURCE, AppKeys
 
 # The builder's environment variables: where the source is, and where the slug goes.
@@ -68,3 +69,42 @@ def failure_reason(build: Mapping[str, Any], log_lines: Iterable[str]) -> str:
             detail = f": {messages[-1]}" if messages else ""
             return f"the build failed in its {phase.get('phaseType', 'unknown').lower()} phase{detail}"
     return f"the build ended {build.get('buildStatus', 'without a status')}"
+
+
+def execution_name(app: str, upload_id: str) -> str:
+    """The release workflow's execution for an upload: one per upload, so a retried start is refused."""
+    return f"{app}-{upload_id}"
+
+
+def workflow_input(
+    *,
+    app: str,
+    env: str,
+    upload_id: str,
+    build: BuildSettings,
+    runtime: AppRuntime,
+    bucket: str,
+    timing: Timing,
+) -> dict[str, Any]:
+    """The release workflow's input (see :mod:`slipway.builds.tasks`)."""
+    return {
+        "app": app,
+        "env": env,
+        "upload_id": upload_id,
+        "build": build.to_json(),
+        "runtime": runtime.to_json(),
+        "bucket": bucket,
+        "timing": timing.to_json(),
+    }
+
+
+def read_log(logs: Any, group: str, stream: str, after: str | None) -> tuple[list[str], str | None]:
+    """A build's log lines from ``after`` (a token this returned) on, and the token to read on from."""
+    request: dict[str, Any] = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
+    if after:
+        request["nextToken"] = after
+    try:
+        page = logs.get_log_events(**request)
+    except logs.exceptions.ResourceNotFoundException:  # CodeBuild creates the stream when the build starts
+        return [], after
+    return [event["message"].rstrip("\n") for event in page["events"]], page.get("nextForwardToken") or after

@@ -3,7 +3,7 @@
 One Lambda, one small function per state, like the rollout's tasks. The state (set by the
 API when it finalizes an upload)::
 
-    app, env, upload_id, user, execution   what is built, for whom
+    app, env, upload_id, execution         what is built (who asked is in the upload's record)
     build: {...}                           slipway.settings.BuildSettings (as JSON)
     runtime: {...}                         slipway.settings.AppRuntime: what the release records
     bucket, timing: {...}                  the release bucket; slipway.settings.Timing
@@ -25,7 +25,7 @@ from typing import Any
 
 from slipway import aws
 from slipway.builds.requests import build_verdict, failure_reason, start_build_request
-from slipway.publisher import Publisher
+from slipway.publisher import FAILED, Publisher
 from slipway.releases import ReleaseError
 from slipway.settings import AppRuntime, BuildSettings, Timing
 from slipway.store import Bucket
@@ -56,11 +56,14 @@ def start(state: State) -> State:
     """Start the build of the upload's source on the app's CodeBuild project."""
     publisher = _publisher(state)
     request = start_build_request(
-        BuildSettings.from_json(state["build"]), bucket=state["bucket"], keys=publisher.keys, upload_id=state["upload_id"]
+        BuildSettings.from_json(state["build"]),
+        bucket=state["bucket"],
+        keys=publisher.keys,
+        upload_id=state["upload_id"],
     )
-    build = aws.client("codebuild").start_build(**request)["build"]
-    publisher.note_build(state["upload_id"], build_id=build["id"])
-    return {**state, "build_id": build["id"], "checked_at": _now().isoformat()}
+    started = aws.client("codebuild").start_build(**request)["build"]
+    publisher.note_build(state["upload_id"], build_id=started["id"])
+    return {**state, "build_id": started["id"], "checked_at": _now().isoformat()}
 
 
 def check(state: State) -> State:
@@ -94,7 +97,7 @@ def _log_tail(build: Mapping[str, Any]) -> list[str]:
 def publish(state: State) -> State:
     """The build succeeded: its slug (checked like any upload) becomes the next release."""
     try:
-        release = _publisher(state).publish_build(state["upload_id"], user=state["user"])
+        release = _publisher(state).publish_upload(state["upload_id"])
     except ReleaseError as error:
         raise BuildError(str(error)) from None
     return {**state, "release": release["id"]}
@@ -103,7 +106,7 @@ def publish(state: State) -> State:
 def fail(state: State) -> State:
     """Note why the build made no release (a failed build, or a step that raised)."""
     reason = state.get("reason") or _caught(state)
-    _publisher(state).note_build(state["upload_id"], status="FAILED", error=reason)
+    _publisher(state).note_build(state["upload_id"], status=FAILED, error=reason)
     return {**state, "reason": reason}
 
 
