@@ -85,11 +85,24 @@ class RolloutStateMachine(Construct):
         failed = sfn.Fail(self, "RolledBack", error="RolloutFailed", cause_path="$.failure.reason")
         refused = sfn.Fail(self, "Refused", error="LockHeld", cause_path="$.error.Cause")
         succeeded = sfn.Succeed(self, "Deployed")
+        # After `current` moved: the release is current, but something after it failed.
+        incomplete = sfn.Fail(self, "DeployedIncompletely", error="ConvergeFailed", cause_path="$.failure.reason")
+        # Unlock itself failed after its retries: the lock frees itself when it expires.
+        stranded = sfn.Fail(self, "LockLeft", error="UnlockFailed", cause_path="$.failure.reason")
+
+        # Every path ends through an unlock that is retried and, failing that, says so: no lock is
+        # ever held on by a failure, and no instance stays in standby (rollback attaches first).
+        def unlock(id_: str, then: sfn.IChainable) -> sfn.IChainable:
+            task = self._task("unlock", id_)
+            task.add_retry(errors=["States.ALL"], interval=Duration.seconds(2), max_attempts=3, backoff_rate=2)
+            task.add_catch(self._task("unlock_failed", f"{id_}Failed").next(stranded), result_path="$.error")
+            return task.next(then)
 
         # Rollback: previous release onto the changed instances, then unsurge and unlock.
-        rollback_unlock = self._task("unlock", "UnlockAfterRollback").next(failed)
-        rollback_unsurge = self._task("unsurge", "UnsurgeAfterRollback").next(rollback_unlock)
-        rollback = self._task("rollback")
+        rollback_unlock = unlock("UnlockAfterRollback", failed)
+        rollback_unsurge = self._caught(self._task("unsurge", "UnsurgeAfterRollback"), rollback_unlock)
+        rollback_unsurge.next(rollback_unlock)
+        rollback = self._caught(self._task("rollback"), rollback_unsurge)
         rollback_wait = self._poll(
             "RollbackCommand", "command_done", on_ready=rollback_unsurge, on_failed=rollback_unsurge
         )
@@ -97,17 +110,23 @@ class RolloutStateMachine(Construct):
             sfn.Choice(self, "RollbackSent?").when(self._verdict("WAIT"), rollback_wait).otherwise(rollback_unsurge)
         )
 
+        # After `current` moved, a failure cannot roll back (the release is current): report it.
+        incomplete_unlock = unlock("UnlockAfterConverge", incomplete)
+        incomplete_unsurge = self._caught(self._task("unsurge", "UnsurgeAfterConverge"), incomplete_unlock)
+        incomplete_unsurge.next(incomplete_unlock)
+        converge_failed = self._task("converge_failed").next(incomplete_unsurge)
+
         # After the last batch.
-        unlock = self._task("unlock").next(succeeded)
-        unsurge = self._caught(self._task("unsurge"), rollback)
-        unsurge.next(unlock)
-        converge = self._caught(self._task("converge"), rollback)
-        converge_wait = self._poll("ConvergeCommand", "command_done", on_ready=unsurge, on_failed=unsurge)
+        done_unlock = unlock("Unlock", succeeded)
+        unsurge = self._caught(self._task("unsurge"), converge_failed)
+        unsurge.next(done_unlock)
+        converge = self._caught(self._task("converge"), converge_failed)
+        converge_wait = self._poll("ConvergeCommand", "command_done", on_ready=unsurge, on_failed=converge_failed)
         converge.next(sfn.Choice(self, "Converging?").when(self._verdict("WAIT"), converge_wait).otherwise(unsurge))
         promote = self._caught(self._task("promote"), rollback).next(converge)
 
         # One batch.
-        advance = self._task("advance")
+        advance = self._caught(self._task("advance"), rollback)
         detach = self._caught(self._task("detach"), rollback)
         advance.next(
             sfn.Choice(self, "MoreBatches?")
@@ -134,6 +153,7 @@ class RolloutStateMachine(Construct):
         )
         lock = self._task("lock")
         lock.add_catch(refused, errors=["LockRefused"], result_path="$.error")
+        lock.add_catch(rollback, result_path="$.error")  # nothing changed yet: rollback only unlocks
         return lock.next(plan)
 
     def _grant_tasks(self, release_store: ReleaseStore, env_name: str, apps: Sequence[str]) -> None:
@@ -179,7 +199,9 @@ class RolloutStateMachine(Construct):
                 actions=[
                     "autoscaling:DescribeAutoScalingGroups",
                     "elasticloadbalancing:DescribeTargetHealth",
+                    "elasticloadbalancing:DescribeTargetGroupAttributes",
                     "cloudwatch:DescribeAlarms",
+                    "ssm:ListCommandInvocations",
                     "ssm:GetCommandInvocation",
                 ],
                 resources=["*"],

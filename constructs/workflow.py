@@ -12,13 +12,16 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
+from slipway.aws import Throttled
 
-# Lambda's own transient errors (throttling included) are retried with backoff, never a failure.
+# Lambda's own transient errors (throttling included), and a task's AWS call still throttled after
+# the client's retries (slipway.aws.Throttled), are retried with backoff, never a failure.
 RETRYABLE = [
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
+    Throttled.__name__,
 ]
 
 

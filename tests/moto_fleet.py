@@ -35,6 +35,9 @@ class Faults:
     command_fails_on: set[str] = field(default_factory=set)
     unhealthy: set[str] = field(default_factory=set)
     on_send: Callable[[list[str], str], None] | None = None
+    # "service:method" -> what its next calls do, one per call: raise the error before reaching
+    # moto, or pass through (None)
+    raises: dict[str, list[Exception | None]] = field(default_factory=dict)
 
 
 class World:
@@ -70,6 +73,20 @@ class World:
             "expires_at": expires_at,
         }
         self.clients.s3.put_object(Bucket=self.bucket, Key=KEYS.lock, Body=json.dumps(lock).encode())
+
+    def lock(self) -> dict[str, Any] | None:
+        """The app's deploy lock, or ``None`` when no rollout holds it."""
+        try:
+            body = self.clients.s3.get_object(Bucket=self.bucket, Key=KEYS.lock)["Body"].read()
+        except self.clients.s3.exceptions.NoSuchKey:
+            return None
+        lock: dict[str, Any] = json.loads(body)
+        return lock
+
+    def lifecycle(self) -> dict[str, str]:
+        """Each instance's Auto Scaling lifecycle state (InService, Standby, ...)."""
+        group = self.clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group])
+        return {i["InstanceId"]: i["LifecycleState"] for i in group["AutoScalingGroups"][0]["Instances"]}
 
     def instances(self) -> list[str]:
         return self.deployed_stack.instances(APP)
@@ -116,7 +133,12 @@ class FaultyClients:
         world = self.world
         if service == "ssm":
             return _Bent(
-                client, world.calls, send_command=self._send(client), get_command_invocation=self._invocation(client)
+                client,
+                world.calls,
+                world.faults,
+                send_command=self._send(client),
+                get_command_invocation=self._invocation(client),
+                get_paginator=self._paginator(client),
             )
         if service == "elbv2":
 
@@ -127,8 +149,8 @@ class FaultyClients:
                         target["TargetHealth"] = {"State": "unhealthy", "Reason": "Target.FailedHealthChecks"}
                 return answer
 
-            return _Bent(client, world.calls, describe_target_health=health)
-        return _Bent(client, world.calls)
+            return _Bent(client, world.calls, world.faults, describe_target_health=health)
+        return _Bent(client, world.calls, world.faults)
 
     def cache_clear(self) -> None:
         self.real.cache_clear()  # type: ignore[attr-defined]
@@ -142,6 +164,13 @@ class FaultyClients:
             return client.send_command(**kwargs)
 
         return send
+
+    def _paginator(self, client: Any) -> Callable[..., Any]:
+        def paginator(name: str) -> Any:
+            real = client.get_paginator(name)
+            return _FailingPages(real, self.world) if name == "list_command_invocations" else real
+
+        return paginator
 
     def _invocation(self, client: Any) -> Callable[..., Any]:
         def invocation(**kwargs: Any) -> Any:
@@ -157,11 +186,27 @@ class FaultyClients:
         return invocation
 
 
+class _FailingPages:
+    """A ``ListCommandInvocations`` paginator whose pages show the world's failing instances as failed."""
+
+    def __init__(self, paginator: Any, world: World) -> None:
+        self.paginator, self.world = paginator, world
+
+    def paginate(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        self.world.calls["ssm:ListCommandInvocations"] = self.world.calls.get("ssm:ListCommandInvocations", 0)
+        for page in self.paginator.paginate(**kwargs):
+            self.world.calls["ssm:ListCommandInvocations"] += 1
+            for invocation in page["CommandInvocations"]:
+                if invocation["InstanceId"] in self.world.faults.command_fails_on:
+                    invocation["Status"] = "Failed"
+            yield page
+
+
 class _Bent:
     """A client with some methods replaced; every call counted in the world's ``calls``."""
 
-    def __init__(self, client: Any, calls: dict[str, int], **overrides: Callable[..., Any]) -> None:
-        self._client, self._calls, self._overrides = client, calls, overrides
+    def __init__(self, client: Any, calls: dict[str, int], faults: Faults, **overrides: Callable[..., Any]) -> None:
+        self._client, self._calls, self._faults, self._overrides = client, calls, faults, overrides
 
     def __getattr__(self, name: str) -> Any:
         method = self._overrides.get(name) or getattr(self._client, name)
@@ -171,6 +216,10 @@ class _Bent:
         def counted(*args: Any, **kwargs: Any) -> Any:
             service = self._client.meta.service_model.service_name
             self._calls[f"{service}:{name}"] = self._calls.get(f"{service}:{name}", 0) + 1
+            pending = self._faults.raises.get(f"{service}:{name}")
+            error = pending.pop(0) if pending else None
+            if error is not None:
+                raise error
             return method(*args, **kwargs)
 
         return counted

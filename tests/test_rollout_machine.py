@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from moto_fleet import World, faulty
 
 from local.aws import Deployed
@@ -142,3 +143,75 @@ def test_fleet_at_its_maximum_cannot_surge_and_says_what_to_change(
     assert status == "FAILED"
     assert "the fleet's maximum is 2; raise max_capacity or lower min_capacity" in output["cause"]
     assert world.sent == [] and world.current() == "r1"
+
+
+def _client_error(code: str, operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "Rate exceeded"}}, operation)
+
+
+def test_a_throttled_call_is_retried_not_a_failed_deploy(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=2, min_size=1)
+    # Still throttled after the client's own retries: the task fails with Throttled, which the
+    # state machine retries with backoff (constructs.workflow.RETRYABLE).
+    world.faults.raises["elbv2:describe_target_health"] = [_client_error("Throttling", "DescribeTargetHealth")]
+    world.faults.raises["ssm:send_command"] = [_client_error("ThrottlingException", "SendCommand")]
+    status, output = machine(world)
+    assert status == "SUCCEEDED", output
+    assert world.current() == "r2" and world.lock() is None
+    assert not world.faults.raises["elbv2:describe_target_health"] and not world.faults.raises["ssm:send_command"]
+
+
+def test_another_error_is_a_failed_deploy_with_its_reason(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=2, min_size=1)
+    world.faults.raises["ssm:send_command"] = [_client_error("InvalidDocument", "SendCommand")]
+    status, output = machine(world)
+    assert status == "FAILED" and output["error"] == "RolloutFailed"
+    assert "InvalidDocument" in output["cause"]
+    assert world.current() == "r1" and world.lock() is None
+    assert set(world.lifecycle().values()) == {"InService"}  # the detached batch went back
+
+
+def test_a_failing_rollback_still_gives_back_the_lock_and_leaves_nothing_in_standby(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=3, min_size=1)
+    world.faults.command_fails_on.update(world.instances())  # the canary fails: roll back ...
+    # ... and the rollback's own command (the second one sent) cannot be sent.
+    world.faults.raises["ssm:send_command"] = [None, _client_error("InternalServerError", "SendCommand")]
+    status, output = machine(world)
+    assert status == "FAILED" and output["error"] == "RolloutFailed", output
+    assert world.lock() is None  # given back
+    assert set(world.lifecycle().values()) == {"InService"}  # nothing left in standby
+    assert world.current() == "r1"
+    assert world.calls["ssm:send_command"] == 2 and not world.faults.raises["ssm:send_command"]  # it was tried
+
+
+def test_an_instance_that_does_not_take_the_release_after_the_switch_is_reported(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=2, min_size=1)
+
+    def scale_out(instances: list[str], url: str) -> None:
+        if len(world.sent) == 1:  # while the canary deploys, the fleet scales out by one ...
+            group = world.clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[world.group])
+            desired = group["AutoScalingGroups"][0]["DesiredCapacity"]
+            world.clients.autoscaling.set_desired_capacity(
+                AutoScalingGroupName=world.group, DesiredCapacity=desired + 1
+            )
+        elif len(world.sent) == 3:  # ... and the converge command fails on the new instance
+            world.faults.command_fails_on.update(instances)
+
+    world.faults.on_send = scale_out
+    status, output = machine(world)
+    assert status == "FAILED" and output["error"] == "ConvergeFailed", output
+    late = world.sent[-1][0]
+    assert (
+        f"r2 is current and on every instance of the plan, but the rollout's last step failed on {late[0]}"
+        in (output["cause"])
+    )
+    assert "slipway cycle web staging --instance ID" in output["cause"]
+    assert world.current() == "r2" and world.lock() is None

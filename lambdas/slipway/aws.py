@@ -6,10 +6,36 @@ a caller sees them: a throttled API call is not a failed deploy.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
 MAX_ATTEMPTS = 8
+# The error codes AWS services answer a throttled call with (botocore's own list, and Lambda's).
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+
+
+class Throttled(Exception):
+    """An AWS call was still throttled after the client's own retries. Step Functions retries a task
+    that raises it with backoff (``constructs.workflow``): a throttled call is not a failed deploy."""
 
 
 @cache
@@ -19,3 +45,17 @@ def client(service: str) -> Any:
     from botocore.config import Config
 
     return boto3.client(service, config=Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS}))
+
+
+@contextmanager
+def throttling_is_retried() -> Iterator[None]:
+    """Raise :class:`Throttled` for a throttled AWS call, whatever the service called it."""
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in THROTTLING_CODES:
+            raise Throttled(f"{error.operation_name} was throttled ({code}); retried with backoff") from error
+        raise

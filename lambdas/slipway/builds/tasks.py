@@ -125,4 +125,5 @@ def handler(event: Mapping[str, Any], context: Any) -> State:
     """The Lambda entry point: ``{"task": "<name>", "state": {...}}``."""
     state = dict(event["state"])
     state.setdefault("execution", event.get("execution", ""))
-    return TASKS[event["task"]](state)
+    with aws.throttling_is_retried():
+        return TASKS[event["task"]](state)

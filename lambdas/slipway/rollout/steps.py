@@ -48,6 +48,14 @@ STEPS: dict[str, str] = {
     "UnlockAfterRollback": "releasing the deploy lock",
     "RolledBack": "rolled back",
     "Refused": "refused",
+    "ConvergeFailed": "reporting instances that did not take the release",
+    "UnsurgeAfterConverge": "giving back added instances",
+    "UnlockAfterConverge": "releasing the deploy lock",
+    "DeployedIncompletely": "deployed, except on instances launched meanwhile",
+    "UnlockFailed": "releasing the deploy lock failed",
+    "UnlockAfterRollbackFailed": "releasing the deploy lock failed",
+    "UnlockAfterConvergeFailed": "releasing the deploy lock failed",
+    "LockLeft": "the deploy lock was left to expire",
 }
 
 

@@ -40,6 +40,8 @@ from slipway_release.layout import release_url
 
 State = dict[str, Any]
 OUTPUT_TAIL = 2000
+# ELB's default deregistration delay, for a target group that does not state its own.
+DEFAULT_DEREGISTRATION_DELAY = 300
 
 
 class RolloutError(Exception):
@@ -213,19 +215,29 @@ def detach(state: State) -> State:
     aws.client("autoscaling").enter_standby(
         AutoScalingGroupName=fleet.group, InstanceIds=batch, ShouldDecrementDesiredCapacity=True
     )
-    aws.client("elbv2").deregister_targets(TargetGroupArn=fleet.target_group, Targets=[{"Id": i} for i in batch])
-    return {**state, "standby": batch, "checked_at": _now().isoformat()}
+    elbv2 = aws.client("elbv2")
+    elbv2.deregister_targets(TargetGroupArn=fleet.target_group, Targets=[{"Id": i} for i in batch])
+    return {**state, "standby": batch, "checked_at": _now().isoformat(), "drain_seconds": _drain_seconds(fleet)}
+
+
+def _drain_seconds(fleet: FleetSettings) -> int:
+    """How long the load balancer may take to drain a target: the target group's own deregistration delay."""
+    attributes = aws.client("elbv2").describe_target_group_attributes(TargetGroupArn=fleet.target_group)
+    values = {a["Key"]: a["Value"] for a in attributes["Attributes"]}
+    return int(values.get("deregistration_delay.timeout_seconds", DEFAULT_DEREGISTRATION_DELAY))
 
 
 def drained(state: State) -> State:
-    """Has the load balancer finished draining the batch?"""
+    """Has the load balancer finished draining the batch? It is done by the deregistration delay at the latest,
+    so the batch goes on then (with a poll's margin) even if a target still shows draining."""
     health = aws.client("elbv2").describe_target_health(TargetGroupArn=_fleet(state).target_group)
     still = [
         t["Target"]["Id"]
         for t in health["TargetHealthDescriptions"]
         if t["Target"]["Id"] in state["standby"] and t["TargetHealth"]["State"] != "unused"
     ]
-    verdict = "WAIT" if still and _elapsed(state, "checked_at") < _timing(state).healthy_timeout else "READY"
+    limit = state.get("drain_seconds", DEFAULT_DEREGISTRATION_DELAY) + _timing(state).poll_seconds
+    verdict = "WAIT" if still and _elapsed(state, "checked_at") < limit else "READY"
     return {**state, "verdict": verdict, "reason": f"draining {', '.join(still)}" if still else "drained"}
 
 
@@ -252,21 +264,33 @@ def _send(state: State, instances: list[str], url: str) -> State:
 
 
 def command_done(state: State) -> State:
-    """Where the command stands on every instance; the failing instance's output if one failed."""
+    """Where the command stands on every instance; the failing instance's output if one failed.
+
+    One ``ListCommandInvocations`` page per 50 instances, whatever the batch's size; the
+    full output only of the instance that failed.
+    """
     command = state["command"]
-    invocations = {i: _invocation(command["id"], i) for i in command["instances"]}
-    statuses = {i: invocation["Status"] for i, invocation in invocations.items()}
+    statuses = {i: "Pending" for i in command["instances"]}  # until SSM registers the invocation
+    statuses.update(_statuses(command["id"]))
     result = command_verdict(statuses, waited=_elapsed(state, "checked_at"), timeout=_timing(state).command_timeout)
     update: State = {"verdict": result.verdict.name, "reason": result.reason}
     if result.verdict.name == "FAILED":
         failed = result.subjects[0] if result.subjects else command["instances"][0]
+        invocation = _invocation(command["id"], failed)
         output = (
-            invocations[failed].get("StandardOutputContent", "")
-            + "\n"
-            + invocations[failed].get("StandardErrorContent", "")
+            invocation.get("StandardOutputContent", "") + "\n" + invocation.get("StandardErrorContent", "")
         ).strip()
         update["failure"] = {"instance": failed, "reason": result.reason, "output": output[-OUTPUT_TAIL:]}
     return {**state, **update}
+
+
+def _statuses(command_id: str) -> dict[str, str]:
+    pages = aws.client("ssm").get_paginator("list_command_invocations")
+    return {
+        invocation["InstanceId"]: invocation["Status"]
+        for page in pages.paginate(CommandId=command_id, PaginationConfig={"PageSize": 50})
+        for invocation in page["CommandInvocations"]
+    }
 
 
 def _invocation(command_id: str, instance: str) -> dict[str, Any]:
@@ -341,7 +365,7 @@ def promote(state: State) -> State:
         _releases(state).move_current(state["release"], expected=state["previous"])
     except ReleaseError as error:
         raise RolloutError(str(error)) from None
-    return state
+    return {**state, "promoted": True}
 
 
 def converge(state: State) -> State:
@@ -387,6 +411,28 @@ def rollback(state: State) -> State:
     return {**sent, "verdict": "WAIT"}
 
 
+def converge_failed(state: State) -> State:
+    """After ``current`` moved, instances launched meanwhile did not take the release (or a step after
+    the move failed): the deploy is reported failed, not rolled back, with what to do."""
+    cause = state.get("failure") if state.get("verdict") == "FAILED" and state.get("failure") else _caught(state)
+    where = f" on {cause['instance']}" if cause.get("instance") else ""
+    reason = (
+        f"{state['release']} is current and on every instance of the plan, but the rollout's last step failed"
+        f"{where}: {cause['reason']}; replace the instance that did not take it "
+        f"(slipway cycle {state['app']} {state['env']} --instance ID), or deploy again"
+    )
+    return {**state, "failure": {**cause, "reason": reason}}
+
+
+def unlock_failed(state: State) -> State:
+    """The deploy lock could not be released even after retries: say so, and when it frees itself."""
+    error = _caught(state)
+    before = state.get("failure")
+    expires = state.get("lock_expires_at") or "its expiry"
+    reason = f"the deploy lock could not be released ({error['reason']}); it frees itself at {expires}"
+    return {**state, "failure": {**error, "reason": f"{before['reason']}; and {reason}" if before else reason}}
+
+
 def _caught(state: State) -> State:
     """The failure of a task that raised (Step Functions put its error under ``$.error``)."""
     error = state.get("error") or {}
@@ -412,11 +458,13 @@ TASKS: dict[str, Callable[[State], State]] = {
     "unsurge": unsurge,
     "unlock": unlock,
     "rollback": rollback,
+    "converge_failed": converge_failed,
+    "unlock_failed": unlock_failed,
 }
 
 
 # Tasks that run while the rollout holds the lock and must keep it: all but taking and releasing it.
-_HOLDING_LOCK = set(TASKS) - {"lock", "unlock"}
+_HOLDING_LOCK = set(TASKS) - {"lock", "unlock", "unlock_failed"}
 
 
 def handler(event: Mapping[str, Any], context: Any) -> State:
@@ -424,6 +472,7 @@ def handler(event: Mapping[str, Any], context: Any) -> State:
     state = dict(event["state"])
     state.setdefault("execution", event.get("execution", ""))
     task = event["task"]
-    if task in _HOLDING_LOCK:
-        state = keep_lock(state)
-    return TASKS[task](state)
+    with aws.throttling_is_retried():
+        if task in _HOLDING_LOCK:
+            state = keep_lock(state)
+        return TASKS[task](state)
