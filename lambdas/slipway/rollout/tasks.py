@@ -414,7 +414,8 @@ def rollback(state: State) -> State:
 def converge_failed(state: State) -> State:
     """After ``current`` moved, instances launched meanwhile did not take the release (or a step after
     the move failed): the deploy is reported failed, not rolled back, with what to do."""
-    cause = state.get("failure") if state.get("verdict") == "FAILED" and state.get("failure") else _caught(state)
+    noted: State | None = state.get("failure")
+    cause: State = noted if noted and state.get("verdict") == "FAILED" else _caught(state)
     where = f" on {cause['instance']}" if cause.get("instance") else ""
     reason = (
         f"{state['release']} is current and on every instance of the plan, but the rollout's last step failed"
