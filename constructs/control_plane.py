@@ -235,6 +235,7 @@ class ControlPlane(Construct):
                 (f"{keys.prefix}*", "reads every release, pointer and record"),
                 (f"{keys.uploads}*", "reads and writes the uploads"),
                 (keys.releases(), "writes the files of new releases (never current, lock, previous or instances/)"),
+                (f"{keys.cancels}*", "writes requests to cancel a running rollout"),
             ):
                 acknowledge(
                     function.role,

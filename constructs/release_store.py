@@ -92,7 +92,8 @@ class ReleaseStore(Construct):
         Read everything under ``<app>/<env>/`` and ``uploads/<app>/<env>/``; write and delete
         only new releases' files (``<app>/<env>/r*``: a delete, in this versioned bucket, adds
         a marker that gives back a release id that could not be completed), the canonical
-        ``env``, and uploads (where multipart uploads are also inspected and aborted). Never
+        ``env``, uploads (where multipart uploads are also inspected and aborted), and requests
+        to cancel a rollout (``<app>/<env>/cancels/*``, which the rollout reads). Never
         ``current``, ``previous``, ``lock`` or ``instances/``: only rollouts move those.
         Nothing of other environments' prefixes, no version deletes.
         """
@@ -109,7 +110,9 @@ class ReleaseStore(Construct):
                 iam.PolicyStatement(
                     actions=["s3:PutObject", "s3:DeleteObject"],
                     resources=[
-                        self._bucket.arn_for_objects(key) for k in all_keys for key in (k.releases(), k.env_file)
+                        self._bucket.arn_for_objects(key)
+                        for k in all_keys
+                        for key in (k.releases(), k.env_file, f"{k.cancels}*")
                     ]
                     + [self._bucket.arn_for_objects(f"{k.uploads}*") for k in all_keys],
                 )

@@ -23,7 +23,7 @@ class RolloutStateMachine(Construct):
 
     lock → plan (surge first if the fleet is too small) → per batch: detach (standby +
     deregister, drain) → send the deploy command → wait for every invocation → attach →
-    wait for healthy targets → bake, then check alarms → next batch → promote ``current``
+    wait for healthy targets → bake, watching alarms → next batch → promote ``current``
     (compare-and-swap) → converge instances launched meanwhile → unsurge → unlock. Any
     failure rolls the changed instances back to the previous release, leaves ``current``
     alone, unlocks, and fails with the failing instance and its output.
@@ -133,11 +133,17 @@ class RolloutStateMachine(Construct):
             .when(sfn.Condition.boolean_equals("$.more", True), detach)
             .otherwise(promote)
         )
-        alarms = self._caught(self._task("alarms"), rollback)
-        alarms.next(sfn.Choice(self, "AlarmsQuiet?").when(self._verdict("FAILED"), rollback).otherwise(advance))
-        bake = self._wait("Bake", "$.bake_seconds").next(alarms)
+        # The bake: the fleet's alarms watched every poll, so a firing alarm (or a cancel) stops it at once.
+        baked = self._caught(self._task("baked"), rollback)
+        bake_wait = self._wait("Bake").next(baked)
+        baked.next(
+            sfn.Choice(self, "Baked?")
+            .when(self._verdict("WAIT"), bake_wait)
+            .when(self._verdict("FAILED"), rollback)
+            .otherwise(advance)
+        )
         attach = self._caught(self._task("attach"), rollback)
-        attach.next(self._poll("Healthy", "healthy", on_ready=bake, on_failed=rollback))
+        attach.next(self._poll("Healthy", "healthy", on_ready=baked, on_failed=rollback))
         send = self._caught(self._task("send"), rollback)
         send.next(self._poll("Command", "command_done", on_ready=attach, on_failed=rollback))
         detach.next(self._poll("Drained", "drained", on_ready=send, on_failed=rollback))

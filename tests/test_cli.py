@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
-from end_to_end import PASSWORD, Run, releases
+from end_to_end import PASSWORD, SLIPWAY, Run, releases
 
 
 def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> None:
@@ -158,9 +161,19 @@ def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
     first = releases(slipway, "web", "staging")[0]["id"]
     result = slipway("deploy", "web", "staging", first, "--bake", "0", "--interval", "0.2")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].startswith(f"Deploying web {first} to staging (deploy web-{first}-")
-    assert result.stdout.splitlines()[-1] == (
-        f"Deployed web {first} to staging: 2 instance(s) in 2 batch(es); {first} is current"
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"Deploying web {first} to staging (deploy web-{first}-")
+    # Each step in words, with its batch and how long it took; no raw state names.
+    steps = [re.fullmatch(r"  (.+?)(?: — batch (\d) of 2)? \((\d+\.\d) s\)", line) for line in lines[1:-1]]
+    assert all(steps), lines
+    words = [(m.group(1), m.group(2)) for m in steps if m]
+    assert words[0] == ("taking the deploy lock", None)
+    assert ("deploying to a batch", "1") in words and ("deploying to a batch", "2") in words
+    assert words[-1] == ("deployed", None)
+    assert not any(re.search(r"[A-Z][a-z]+[A-Z]|\?", w) for w, _ in words)  # e.g. WaitCommand, Healthy?
+    assert re.fullmatch(
+        rf"Deployed web {first} to staging: 2 instance\(s\) in 2 batch\(es\) in \d+\.\d s; {first} is current",
+        lines[-1],
     )
     assert slipway("config", "web", "staging", "set", "GREETING=hi").returncode == 0
     second = releases(slipway, "web", "staging")[0]["id"]
@@ -179,6 +192,75 @@ def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
         ["SUCCEEDED", "deploy"],
         ["SUCCEEDED", "deploy"],
     ]
+
+
+def test_a_rollout_is_followed_again_and_cancelled_from_the_cli(
+    slipway: Run, local_platforms: dict[str, dict[str, Any]], checkout: Path, tmp_path: Path
+) -> None:
+    assert slipway("release", "web", "staging", "-m", "to cancel").returncode == 0
+    release = releases(slipway, "web", "staging")[0]["id"]
+    before = json.loads(slipway("--json", "status", "web", "staging").stdout)["current"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
+    environ.update(
+        HOME=str(tmp_path),
+        SLIPWAY_URL_STAGING=local_platforms["staging"]["url"],
+        SLIPWAY_USER="admin",
+        SLIPWAY_PASSWORD=PASSWORD,
+    )
+    # A rollout with a long bake, followed from another terminal that then presses Ctrl-C.
+    process = subprocess.Popen(
+        [str(SLIPWAY), "deploy", "web", "staging", release, "--no-canary", "--bake", "600", "--interval", "0.2"],
+        cwd=checkout,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # until the rollout bakes its first batch
+            listed = json.loads(slipway("--json", "deploys", "web", "staging").stdout)["deploys"]
+            running = [d for d in listed if d["status"] == "RUNNING"]
+            if running and running[0]["step"] == "baking (watching alarms)":
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the rollout never reached its bake")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    deploy = running[0]["id"]
+    assert process.returncode == 1
+    assert stderr.splitlines()[-1] == (
+        f"slipway: stopped following {deploy}; the rollout goes on. Follow it: slipway deploys web staging "
+        f"--follow {deploy}; cancel it: slipway deploy web staging --cancel"
+    )
+    assert json.loads(slipway("--json", "deploys", "web", "staging").stdout)["deploys"][0]["status"] == "RUNNING"
+
+    # Cancelled mid-bake: the rollout stops at its next check and rolls back what it changed.
+    result = slipway("deploy", "web", "staging", "--cancel", "--interval", "0.2")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0] == (
+        f"Cancelling {deploy}: it stops at its next step and rolls back what it changed"
+    )
+    assert "rolling back" in result.stdout
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(
+        f"slipway: web {release} was not deployed to staging: Cancelled: admin cancelled the rollout at "
+    )
+    assert last.endswith(f"{before} is still current")
+    # Followed again once it ended: the same outcome, read from its history.
+    followed = slipway("deploys", "web", "staging", "--follow", deploy, "--interval", "0.2")
+    assert followed.returncode == 1 and followed.stderr.splitlines()[-1] == last
+    assert json.loads(slipway("--json", "status", "web", "staging").stdout)["current"] == before
+    nothing = slipway("deploy", "web", "staging", "--cancel")
+    assert (nothing.returncode, nothing.stderr.strip()) == (
+        1,
+        "slipway: no rollout of web is running in staging (see `slipway deploys web staging`)",
+    )
 
 
 def test_deploy_of_a_missing_release_is_one_line(slipway: Run) -> None:

@@ -4,12 +4,13 @@ every Lambda invocation (tests/moto_fleet.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from moto_fleet import World, faulty
+from moto_fleet import KEYS, World, faulty
 
 from local.aws import Deployed
 
@@ -215,3 +216,27 @@ def test_an_instance_that_does_not_take_the_release_after_the_switch_is_reported
     )
     assert "slipway cycle web staging --instance ID" in output["cause"]
     assert world.current() == "r2" and world.lock() is None
+
+
+def test_a_cancel_mid_batch_rolls_back_what_changed(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
+    world = fleet(instances=3, min_size=1)
+
+    def cancel(instances: list[str], url: str) -> None:
+        if len(world.sent) == 1:  # while the canary deploys, someone cancels (as the API writes it)
+            listed = world.clients.stepfunctions.list_executions(
+                stateMachineArn=world.deployed_stack.settings.state_machine
+            )
+            running = [e for e in listed["executions"] if e["status"] == "RUNNING"]
+            assert len(running) == 1, listed
+            name = running[0]["executionArn"].rsplit(":", 1)[1]
+            request = json.dumps({"by": "bob", "at": "2026-12-01T12:00:00+00:00"}).encode()
+            world.clients.s3.put_object(Bucket=world.bucket, Key=KEYS.cancel(name), Body=request)
+
+    world.faults.on_send = cancel
+    status, output = machine(world)
+    assert status == "FAILED" and output["error"] == "RolloutFailed", output
+    assert output["cause"] == "Cancelled: bob cancelled the rollout at 2026-12-01T12:00:00+00:00"
+    [canary] = world.sent[0][0]
+    assert world.sent[-1] == ([canary], f"s3://{world.bucket}/web/staging/r1")  # the canary put back
+    assert world.current() == "r1" and world.lock() is None
+    assert set(world.lifecycle().values()) == {"InService"}

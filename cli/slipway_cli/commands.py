@@ -9,6 +9,7 @@ import tempfile
 import time
 import webbrowser
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from slipway_cli import output, transfer
@@ -147,6 +148,14 @@ def _strategy(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_deploy(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    if args.cancel:
+        if args.release is not None:
+            raise CliError("--cancel stops the running rollout; give no release with it")
+        running = _running(args, api)
+        cancelling = api.call("POST", api_path(args.app, args.env, "deploys", running["id"], "cancel"), {})
+        if not args.json:
+            print(f"Cancelling {running['id']}: it stops at its next step and rolls back what it changed", flush=True)
+        return follow(api, args, cancelling)
     release = args.release
     if release is None:
         newest = api.call("GET", api_path(args.app, args.env, "releases"), query={"limit": "1"})["releases"]
@@ -159,13 +168,32 @@ def cmd_deploy(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     return follow(api, args, started)
 
 
+def _running(args: argparse.Namespace, api: Api) -> dict[str, Any]:
+    """The app's running rollout (the API allows one at a time)."""
+    listing = api.call("GET", api_path(args.app, args.env, "deploys"))["deploys"]
+    running = [d for d in listing if d["status"] == "RUNNING"]
+    if not running:
+        raise CliError(
+            f"no rollout of {args.app} is running in {args.env} (see `slipway deploys {args.app} {args.env}`)"
+        )
+    return dict(running[0])
+
+
 def cmd_rollback(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     started = api.call("POST", api_path(args.app, args.env, "rollback"), {"strategy": _strategy(args)})
     return follow(api, args, started)
 
 
+def _step_line(entry: dict[str, Any], batches: int) -> str:
+    where = f" — batch {entry['batch']} of {batches}" if entry["batch"] and batches else ""
+    return f"  {entry['step']}{where} ({entry['seconds']:.1f} s)"
+
+
 def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[Any, str]:
-    """Print the deploy's progress as it changes until it ends; fail if it failed."""
+    """Print the deploy's steps, each with its duration, as they end; fail if the deploy failed.
+
+    Ctrl-C stops following, not the rollout: the message says how to follow or cancel it again.
+    """
     path = api_path(args.app, args.env, "deploys", deploy["id"])
 
     def say(line: str) -> None:
@@ -173,17 +201,25 @@ def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[
             print(line, flush=True)
 
     say(f"Deploying {args.app} {deploy['release']} to {args.env} ({deploy['kind']} {deploy['id']})")
-    seen = ""
-    while deploy["status"] == "RUNNING":
-        time.sleep(args.interval)
-        deploy = api.call("GET", path)
-        done = sum(1 for b in deploy["batches"] if b["state"] == "done")
-        line = f"  {deploy['step'] or 'starting'}" + (
-            f" — batch {min(done + 1, len(deploy['batches']))} of {len(deploy['batches'])}" if deploy["batches"] else ""
-        )
-        if line != seen:
-            say(line)
-            seen = line
+    printed = 0
+    try:
+        while True:
+            deploy = api.call("GET", path)
+            steps = deploy.get("timeline") or []
+            ended = steps if deploy["status"] != "RUNNING" else steps[:-1]  # the last one may still run
+            for entry in ended[printed:]:
+                if entry["seconds"] is not None:
+                    say(_step_line(entry, len(deploy["batches"])))
+            printed = max(printed, len(ended))
+            if deploy["status"] != "RUNNING":
+                break
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        raise CliError(
+            f"stopped following {deploy['id']}; the rollout goes on. Follow it: slipway deploys {args.app} "
+            f"{args.env} --follow {deploy['id']}; cancel it: slipway deploy {args.app} {args.env} --cancel"
+        ) from None
+    took = _seconds(deploy)
     if deploy["status"] != "SUCCEEDED":
         failure = deploy.get("failure") or {}
         where = f" on {failure['instance']}" if failure.get("instance") else ""
@@ -199,8 +235,16 @@ def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[
     instances = sum(len(b["instances"]) for b in deploy["batches"]) + len(deploy.get("converged") or [])
     return deploy, (
         f"Deployed {args.app} {deploy['release']} to {args.env}: {instances} instance(s) in "
-        f"{len(deploy['batches'])} batch(es); {deploy['release']} is current"
+        f"{len(deploy['batches'])} batch(es){took}; {deploy['release']} is current"
     )
+
+
+def _seconds(deploy: dict[str, Any]) -> str:
+    started, stopped = deploy.get("started_at"), deploy.get("stopped_at")
+    if not started or not stopped:
+        return ""
+    seconds = (datetime.fromisoformat(stopped) - datetime.fromisoformat(started)).total_seconds()
+    return f" in {seconds:.1f} s"
 
 
 def cmd_status(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
@@ -264,6 +308,13 @@ def _follow_replacement(api: Api, args: argparse.Namespace, started: dict[str, A
 
 
 def cmd_deploys(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    if args.follow is not None:
+        deploy = (
+            api.call("GET", api_path(args.app, args.env, "deploys", args.follow))
+            if args.follow
+            else _running(args, api)
+        )
+        return follow(api, args, deploy)
     listing = api.call("GET", api_path(args.app, args.env, "deploys"))
     lines = [
         f"{d['id']}  {d['status']:<9} {d['kind']:<8} {d['release']:<6} {d['user'] or ''}" for d in listing["deploys"]

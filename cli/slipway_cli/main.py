@@ -52,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("app")
     deploy.add_argument("env")
     deploy.add_argument("release", nargs="?", help="default: the newest release")
+    deploy.add_argument("--cancel", action="store_true", help="stop the running rollout and roll back what it changed")
     strategy_options(deploy)
 
     rollback = commands.add_parser("rollback", help="deploy the release that was current before this one")
@@ -62,6 +63,14 @@ def parser() -> argparse.ArgumentParser:
     deploys = commands.add_parser("deploys", help="recent deploys, newest first")
     deploys.add_argument("app")
     deploys.add_argument("env")
+    deploys.add_argument(
+        "--follow",
+        nargs="?",
+        const="",
+        metavar="ID",
+        help="follow a rollout to its end (default: the running one)",
+    )
+    deploys.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
 
     status = commands.add_parser("status", help="current release, capacity, instances and their health")
     status.add_argument("app")

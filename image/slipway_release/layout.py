@@ -37,6 +37,8 @@ MANIFEST = "release.json"
 UPLOAD_RECORD = "upload.json"
 # Under <app>/<env>/, beside the releases.
 PREVIOUS, LOCK, INSTANCES = "previous", "lock", "instances/"
+# Under <app>/<env>/: a request to cancel a running rollout, written by the API, read by the rollout.
+CANCELS = "cancels/"
 # What only rollouts write under an app's prefix (their IAM grant names these).
 ROLLOUT_KEYS = (CURRENT, PREVIOUS, LOCK, f"{INSTANCES}*")
 
@@ -81,6 +83,14 @@ class AppKeys:
 
     def instance(self, instance_id: str) -> str:
         return f"{self.instances}{instance_id}"
+
+    @property
+    def cancels(self) -> str:
+        """The prefix of cancel requests: ``cancels/<deploy id>`` asks that rollout to stop and roll back."""
+        return f"{self.prefix}{CANCELS}"
+
+    def cancel(self, deploy_id: str) -> str:
+        return f"{self.cancels}{deploy_id}"
 
     def release(self, release_id: str, name: str) -> str:
         """One file (:data:`SLUG`, :data:`SOURCE`, :data:`ENV_FILE`, :data:`MANIFEST`) of a release."""

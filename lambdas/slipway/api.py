@@ -243,6 +243,14 @@ def show_deploy(app_name: str, env: str, deploy: str) -> Response[str]:
     return _json(200, operations.show_deploy(app_name, env, deploy))
 
 
+@app.post(f"{APP}/deploys/<deploy>/cancel")
+def cancel_deploy(app_name: str, env: str, deploy: str) -> Response[str]:
+    _body()  # JSON like every change, {} when there is nothing to say
+    cancelling = operations.cancel_deploy(app_name, env, deploy, user=_user())
+    logger.info("cancel requested", extra={"app": app_name, "env": env, "deploy": deploy, "by": _user()})
+    return _json(202, cancelling)
+
+
 @app.get(f"{APP}/status")
 def status(app_name: str, env: str) -> Response[str]:
     return _json(200, operations.status(app_name, env))

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from slipway.rollout.steps import step
+from slipway.rollout.steps import BATCH_STATES, step
 from slipway.rollout.strategy import Strategy
 from slipway.settings import FleetSettings, Timing
 from slipway_release import names
@@ -76,9 +76,44 @@ def last_state(events: Iterable[Mapping[str, Any]]) -> tuple[str | None, dict[st
     return entered, state
 
 
+def timeline(events: Iterable[Mapping[str, Any]], stopped_at: Any = None) -> list[dict[str, Any]]:
+    """The rollout's steps in words, in order: each with its batch (1-based; ``None`` outside the
+    batches), when it started and how long it took (``None`` while it runs). Consecutive states
+    with the same words and batch are one step."""
+    entries: list[dict[str, Any]] = []
+    for event in events:
+        if not event["type"].endswith("StateEntered"):
+            continue
+        details = event["stateEnteredEventDetails"]
+        batch = None
+        if details["name"] in BATCH_STATES:
+            state = json.loads(details.get("input") or "{}")
+            batch = int(state.get("cursor", 0)) + 1
+        words = step(details["name"])
+        if entries and (entries[-1]["step"], entries[-1]["batch"]) == (words, batch):
+            continue
+        entries.append({"step": words, "batch": batch, "at": _when(event["timestamp"])})
+    ends = [entry["at"] for entry in entries[1:]] + [_when(stopped_at) if stopped_at is not None else None]
+    return [
+        {
+            "step": entry["step"],
+            "batch": entry["batch"],
+            "started_at": entry["at"].isoformat(),
+            "seconds": None if end is None else round((end - entry["at"]).total_seconds(), 1),
+        }
+        for entry, end in zip(entries, ends, strict=True)
+    ]
+
+
+def _when(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
 def view(description: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """What ``GET .../deploys/{id}`` answers: status, progress by batch, the failure if any."""
+    """What ``GET .../deploys/{id}`` answers: status, progress by batch, the timeline of its steps,
+    the failure if any."""
     request = json.loads(description.get("input") or "{}")
+    events = list(events)
     entered, state = last_state(events)
     batches = state.get("batches") or []
     done = set(state.get("done") or [])
@@ -107,6 +142,7 @@ def view(description: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) ->
         "converged": state.get("converged") or [],
         "rolled_back": state.get("rolled_back") or [],
         "failure": state.get("failure"),
+        "timeline": timeline(events, description.get("stopDate")),
     }
     if description["status"] == "FAILED":
         result["error"] = {"error": description.get("error"), "cause": description.get("cause")}

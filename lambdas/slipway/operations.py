@@ -186,17 +186,35 @@ def list_deploys(app_name: str, env: str) -> list[dict[str, Any]]:
     return sorted(shown, key=lambda d: d["started_at"] or "", reverse=True)
 
 
-def show_deploy(app_name: str, env: str, deploy: str) -> dict[str, Any]:
-    """A deploy's status, step, batches, and its failure if it failed."""
-    _, _, machine = _deploying(app_name, env)
+def _execution(app_name: str, env: str, deploy: str) -> tuple[Publisher, str, dict[str, Any]]:
+    """The deploy's release store, execution ARN and description; 404 for one that is not the app's."""
+    releases, _, machine = _deploying(app_name, env)
     if (deploys.deploy_of(deploy) or ("",))[0] != app_name:
         raise ReleaseError(404, f"{deploy!r} is not a deploy of {app_name}; list them with `slipway deploys`")
     arn = machine.replace(":stateMachine:", ":execution:") + f":{deploy}"
     sfn = aws.client("stepfunctions")
     try:
-        description = sfn.describe_execution(executionArn=arn)
+        description: dict[str, Any] = sfn.describe_execution(executionArn=arn)
     except sfn.exceptions.ExecutionDoesNotExist:
         raise ReleaseError(404, f"no deploy {deploy} of {app_name} in {env}") from None
+    return releases, arn, description
+
+
+def cancel_deploy(app_name: str, env: str, deploy: str, *, user: str) -> dict[str, Any]:
+    """Ask a running rollout to stop and roll back: it reads the request at its next step
+    (:mod:`slipway.rollout.tasks`), then puts the changed instances back, as after a failure."""
+    releases, _, description = _execution(app_name, env, deploy)
+    if description["status"] != "RUNNING":
+        raise ReleaseError(409, f"deploy {deploy} has already ended ({description['status']}); nothing to cancel")
+    request = {"by": user, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    releases.bucket.put(releases.keys.cancel(deploy), json.dumps(request).encode())
+    return {**deploys.view(description, []), "cancel": request}
+
+
+def show_deploy(app_name: str, env: str, deploy: str) -> dict[str, Any]:
+    """A deploy's status, step, batches, and its failure if it failed."""
+    _, arn, description = _execution(app_name, env, deploy)
+    sfn = aws.client("stepfunctions")
     pages = sfn.get_paginator("get_execution_history").paginate(executionArn=arn)
     events: Iterable[dict[str, Any]] = (e for page in pages for e in page["events"])
     return deploys.view(description, events)

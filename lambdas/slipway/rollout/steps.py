@@ -26,8 +26,8 @@ STEPS: dict[str, str] = {
     "CheckHealthy": "waiting for healthy targets",
     "Healthy?": "waiting for healthy targets",
     "Bake": "baking (watching alarms)",
-    "Alarms": "checking alarms",
-    "AlarmsQuiet?": "checking alarms",
+    "Baked": "baking (watching alarms)",
+    "Baked?": "baking (watching alarms)",
     "Advance": "moving to the next batch",
     "MoreBatches?": "moving to the next batch",
     "Promote": "moving current",
@@ -57,6 +57,29 @@ STEPS: dict[str, str] = {
     "UnlockAfterConvergeFailed": "releasing the deploy lock failed",
     "LockLeft": "the deploy lock was left to expire",
 }
+
+
+# The states of one batch: the timeline names the batch they worked on.
+BATCH_STATES = frozenset(
+    {
+        "Detach",
+        "WaitDrained",
+        "CheckDrained",
+        "Drained?",
+        "Send",
+        "WaitCommand",
+        "CheckCommand",
+        "Command?",
+        "Attach",
+        "WaitHealthy",
+        "CheckHealthy",
+        "Healthy?",
+        "Bake",
+        "Baked",
+        "Baked?",
+        "Advance",
+    }
+)
 
 
 def step(state: str | None) -> str | None:

@@ -36,7 +36,7 @@ from slipway.rollout.plan import Instance, plan_batches
 from slipway.rollout.strategy import Strategy
 from slipway.settings import FleetSettings, Timing
 from slipway.store import Bucket
-from slipway_release.layout import release_url
+from slipway_release.layout import AppKeys, release_url
 
 State = dict[str, Any]
 OUTPUT_TAIL = 2000
@@ -46,6 +46,10 @@ DEFAULT_DEREGISTRATION_DELAY = 300
 
 class RolloutError(Exception):
     """A step cannot go on; Step Functions sees the class name as the error and rolls back."""
+
+
+class Cancelled(Exception):
+    """Someone asked the rollout to stop (``POST .../deploys/<id>/cancel``): it rolls back."""
 
 
 class LockRefused(Exception):
@@ -337,15 +341,18 @@ def healthy(state: State) -> State:
     return {**state, **update}
 
 
-def alarms(state: State) -> State:
-    """After the bake time: is any of the fleet's alarms firing?"""
+def baked(state: State) -> State:
+    """The bake: is any of the fleet's alarms firing (FAILED at once), and has the bake time passed?"""
+    since = state.get("baking_since") or _now().isoformat()
     names = list(_fleet(state).alarms)
     found = aws.client("cloudwatch").describe_alarms(AlarmNames=names)["MetricAlarms"] if names else []
     result = alarms_verdict({a["AlarmName"]: a["StateValue"] for a in found})
     update: State = {"verdict": result.verdict.name, "reason": result.reason}
     if result.verdict.name == "FAILED":
         update["failure"] = {"instance": None, "reason": result.reason, "output": ""}
-    return {**state, **update}
+    elif (_now() - datetime.fromisoformat(since)).total_seconds() < state["bake_seconds"]:
+        update.update(verdict="WAIT", reason=f"baking since {since}: {result.reason}")
+    return {**state, **update, "baking_since": since if update["verdict"] == "WAIT" else None}
 
 
 def advance(state: State) -> State:
@@ -452,7 +459,7 @@ TASKS: dict[str, Callable[[State], State]] = {
     "command_done": command_done,
     "attach": attach,
     "healthy": healthy,
-    "alarms": alarms,
+    "baked": baked,
     "advance": advance,
     "promote": promote,
     "converge": converge,
@@ -466,6 +473,21 @@ TASKS: dict[str, Callable[[State], State]] = {
 
 # Tasks that run while the rollout holds the lock and must keep it: all but taking and releasing it.
 _HOLDING_LOCK = set(TASKS) - {"lock", "unlock", "unlock_failed"}
+# Where a cancel request stops the rollout: any step before ``current`` moves, except rolling back.
+_CANCELLABLE = {"plan", "detach", "drained", "send", "command_done", "attach", "healthy", "baked", "advance"}
+
+
+def stop_if_cancelled(state: State) -> None:
+    """Raise :class:`Cancelled` if someone asked this rollout to stop (the API's cancel request)."""
+    if state.get("promoted") or "rolled_back" in state or "error" in state:
+        return  # past the switch, or already putting instances back
+    deploy = state["execution"].rsplit(":", 1)[-1]
+    found = Bucket(aws.client("s3"), _fleet(state).bucket).read(AppKeys(state["app"], state["env"]).cancel(deploy))
+    if found is not None:
+        request = json.loads(found.body)
+        raise Cancelled(
+            f"{request.get('by', 'someone')} cancelled the rollout at {request.get('at', 'an unknown time')}"
+        )
 
 
 def handler(event: Mapping[str, Any], context: Any) -> State:
@@ -476,4 +498,6 @@ def handler(event: Mapping[str, Any], context: Any) -> State:
     with aws.throttling_is_retried():
         if task in _HOLDING_LOCK:
             state = keep_lock(state)
+        if task in _CANCELLABLE:
+            stop_if_cancelled(state)
         return TASKS[task](state)
