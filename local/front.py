@@ -42,7 +42,7 @@ class Front(BaseHTTPRequestHandler):
             method=self.command,
             path=url.path[len(prefix) :] or "/",
             headers={k: v for k, v in self.headers.items()},
-            query=dict(parse_qsl(url.query)),
+            query=dict(parse_qsl(url.query, keep_blank_values=True)),  # as API Gateway: ?x= is x=""
             source_ip=self.client_address[0],
             now=datetime.now(UTC),
         )

@@ -43,7 +43,8 @@ def staging() -> Iterator[dict[str, Any]]:
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same examples on every run, so a CI result is reproducible here.
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_error_and_every_answer_as_documented(case: Any, staging: dict[str, Any]) -> None:
     authorization = "Basic " + base64.b64encode(f"{staging['user']}:{PASSWORD}".encode()).decode()
     case.call_and_validate(

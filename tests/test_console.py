@@ -231,7 +231,7 @@ def test_a_refusal_is_shown_in_the_api_s_words(console: Watched, staging: dict[s
         staging,
         "POST",
         "/apps/web/envs/staging/deploys",
-        {"release": release, "strategy": {"canary": False, "batch_percent": 100, "bake_seconds": 8}},
+        {"release": release, "strategy": {"canary": False, "batch_percent": 100, "bake_seconds": 25}},
     )
     open_page(console, staging["url"] + f"/#/apps/web/releases/{release}", "releasePage")
     console.page.locator("#deploy-form").get_by_role("button", name=f"Deploy {release}").click()

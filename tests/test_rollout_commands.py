@@ -52,7 +52,11 @@ def test_a_long_comment_is_cut_to_what_ssm_keeps() -> None:
 
 
 def _states(template: dict[str, Any]) -> set[str]:
-    [machine] = [r for r in template["Resources"].values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
+    [machine] = [
+        r
+        for logical_id, r in template["Resources"].items()
+        if r["Type"] == "AWS::StepFunctions::StateMachine" and logical_id.startswith("Rollout")
+    ]
     text = "".join(p if isinstance(p, str) else "ARN" for p in machine["Properties"]["DefinitionString"]["Fn::Join"][1])
     return set(json.loads(text)["States"])
 
