@@ -230,7 +230,7 @@ def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[
         raise CliError(
             f"{args.app} {deploy['release']} was not deployed to {args.env}{where}: "
             f"{failure.get('reason') or (deploy.get('error') or {}).get('cause') or deploy['status']}{rolled}; "
-            f"{deploy.get('previous') or 'the previous release'} is still current"
+            + (f"{deploy['previous']} is still current" if deploy.get("previous") else "no release is current yet")
         )
     instances = sum(len(b["instances"]) for b in deploy["batches"]) + len(deploy.get("converged") or [])
     return deploy, (

@@ -93,6 +93,8 @@ def timeline(events: Iterable[Mapping[str, Any]], stopped_at: Any = None) -> lis
         if entries and (entries[-1]["step"], entries[-1]["batch"]) == (words, batch):
             continue
         entries.append({"step": words, "batch": batch, "at": _when(event["timestamp"])})
+    if not entries:
+        return []
     ends = [entry["at"] for entry in entries[1:]] + [_when(stopped_at) if stopped_at is not None else None]
     return [
         {
