@@ -14,7 +14,7 @@ import shutil
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # Margin over an estimate: filesystem blocks, directories, the unit and env files.
-HEADROOM_BYTES = 16 * 1024 * 1024
+HEADROOM_BYTES = 8 * 1024 * 1024
 
 
 class NoSpace(RuntimeError):
@@ -62,8 +62,15 @@ def require_space(what: str, path: str, needed: int) -> None:
 
 
 def explain_no_space(what: str, path: str, needed: int) -> NoSpace:
-    """A write failed with ENOSPC/EDQUOT: the same sentence, with what is free now."""
-    return NoSpace(no_space_message(what, path, mount_point(path), needed, free_bytes(path)))
+    """A write failed with ENOSPC/EDQUOT: the same sentence, with what is free now (or that
+    the filesystem has no inodes left, which ENOSPC also reports)."""
+    mount, counts = mount_point(path), os.statvfs(path)
+    if counts.f_files > 0 and counts.f_favail == 0:  # btrfs and others count no inodes: f_files 0
+        return NoSpace(
+            f"no disk space left for {what}: the filesystem mounted at {mount} (holding {path}) has no free "
+            "inodes (it holds as many files as it can); delete files there or give the instance a larger volume"
+        )
+    return NoSpace(no_space_message(what, path, mount, needed, free_bytes(path)))
 
 
 def gzip_unpacked_size(path: str, compressed_size: int) -> int:
