@@ -14,7 +14,7 @@ from typing import TextIO
 from slipway_release.layout import ReleaseUrl
 
 from . import host
-from .space import NoSpace
+from .space import NoSpace, explain_no_space, is_no_space
 
 
 class DeployFailed(Exception):
@@ -92,8 +92,11 @@ class Report:
 
 def reason(error: BaseException) -> str:
     """The sentence for a failure. Our own errors (DeployFailed, ValueError/LookupError
-    subclasses, CommandFailed, NoSpace) already read as one; anything else (a bug, a network
-    error) is named by its type."""
+    subclasses, CommandFailed, NoSpace) already read as one, and so does a full disk; anything
+    else (a bug, a network error) is named by its type."""
     if isinstance(error, (DeployFailed, ValueError, LookupError, host.CommandFailed, NoSpace)):
         return str(error)
+    if is_no_space(error):  # a small write the steps do not size (a record, a unit file)
+        filename = getattr(error, "filename", None)
+        return str(explain_no_space(f"writing {filename}" if filename else "the deploy", filename or "/", None))
     return f"{type(error).__name__}: {error}"

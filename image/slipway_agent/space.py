@@ -29,11 +29,12 @@ def format_bytes(size: int) -> str:
     return f"{size} B"
 
 
-def no_space_message(what: str, path: str, mount: str, needed: int, free: int) -> str:
-    """One sentence: which filesystem is full, for what, how much it needed and had."""
+def no_space_message(what: str, path: str, mount: str, needed: int | None, free: int) -> str:
+    """One sentence: which filesystem is full, for what, how much it needed (when known) and had."""
+    need = f" and this needs about {format_bytes(needed)}" if needed is not None else ""
     return (
         f"not enough disk space for {what}: the filesystem mounted at {mount} (holding {path}) has "
-        f"{format_bytes(free)} free and this needs about {format_bytes(needed)}; free space there "
+        f"{format_bytes(free)} free{need}; free space there "
         "(du -xsh on it shows what fills it) or give the instance a larger volume"
     )
 
@@ -43,9 +44,17 @@ def is_no_space(error: BaseException) -> bool:
 
 
 def mount_point(path: str) -> str:
-    """The mount point of the filesystem holding ``path`` (which must exist)."""
-    current = os.path.realpath(path)
+    """The mount point of the filesystem holding ``path`` (or its nearest existing parent)."""
+    current = existing_parent(path)
     while not os.path.ismount(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def existing_parent(path: str) -> str:
+    """``path`` if it exists, else its nearest parent that does (a failed write's file may not)."""
+    current = os.path.realpath(path)
+    while not os.path.exists(current):
         current = os.path.dirname(current)
     return current
 
@@ -61,9 +70,10 @@ def require_space(what: str, path: str, needed: int) -> None:
         raise NoSpace(no_space_message(what, path, mount_point(path), needed + HEADROOM_BYTES, free))
 
 
-def explain_no_space(what: str, path: str, needed: int) -> NoSpace:
+def explain_no_space(what: str, path: str, needed: int | None) -> NoSpace:
     """A write failed with ENOSPC/EDQUOT: the same sentence, with what is free now (or that
     the filesystem has no inodes left, which ENOSPC also reports)."""
+    path = existing_parent(path)
     mount, counts = mount_point(path), os.statvfs(path)
     if counts.f_files > 0 and counts.f_favail == 0:  # btrfs and others count no inodes: f_files 0
         return NoSpace(

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -293,12 +294,21 @@ def test_killed_during_the_switch_current_units_and_deployed_agree_after_the_rer
 # Disk full -----------------------------------------------------------------------------------------
 
 
+@contextmanager
+def small_filesystem(instance, app_dir: str, options: str):
+    """A tmpfs over an app's directory inside the container, unmounted after."""
+    instance.run(["mkdir", "-p", app_dir])
+    instance.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", app_dir])
+    try:
+        yield
+    finally:
+        instance.run(["umount", app_dir])
+
+
 def test_disk_full_names_the_filesystem_and_the_need_and_leaves_nothing(instance_world):
     instance = instance_world["instance"]
     app_dir = "/home/deploy/apps/tiny"
-    instance.run(["mkdir", "-p", app_dir])
-    instance.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", app_dir])
-    try:
+    with small_filesystem(instance, app_dir, "size=24m"):
         publisher = Publisher(instance_world["client"], "tiny", ENV)
         files = {"app.py": APP_PY, "Procfile": PROCFILE, "RELEASE": "r1", "zeros.bin": bytes(40_000_000)}
         url = publisher.publish("r1", tarball(files), ENV_FILE, port=free_port())
@@ -313,5 +323,23 @@ def test_disk_full_names_the_filesystem_and_the_need_and_leaves_nothing(instance
         # The tmpfs is mounted in the container's namespace: look from inside.
         left = instance.run(["find", app_dir, "-mindepth", "1", "-not", "-name", "deploy.lock"]).stdout.split()
         assert left == [f"{app_dir}/releases"], "no partial release, no download"
-    finally:
-        instance.run(["umount", app_dir])
+
+
+def test_running_out_while_unpacking_is_named_too_and_leaves_nothing(instance_world):
+    # Space enough by bytes, not by files: the check before unpacking passes, the unpacking fails.
+    instance = instance_world["instance"]
+    app_dir = "/home/deploy/apps/many"
+    with small_filesystem(instance, app_dir, "size=64m,nr_inodes=40"):
+        publisher = Publisher(instance_world["client"], "many", ENV)
+        files = {"app.py": APP_PY, "Procfile": PROCFILE, "RELEASE": "r1"}
+        files.update({f"static/{n}.txt": str(n) for n in range(60)})
+        url = publisher.publish("r1", tarball(files), ENV_FILE, port=free_port())
+        result = instance.run([DEPLOY, "--stage", url], env=instance_world["env"], check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.stderr == (
+            f"deploy: FAILED: r1 not staged: no disk space left for unpacking r1: the filesystem mounted at {app_dir} "
+            f"(holding {app_dir}/releases) has no free inodes (it holds as many files as it can); delete files "
+            "there or give the instance a larger volume; nothing was running\n"
+        )
+        left = instance.run(["find", app_dir, "-mindepth", "1", "-not", "-name", "deploy.lock"]).stdout.split()
+        assert left == [f"{app_dir}/releases"], "no partial release, no download"

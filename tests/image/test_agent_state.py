@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slipway_agent.space import format_bytes, gzip_unpacked_size, no_space_message
+from slipway_agent.report import reason
+from slipway_agent.space import format_bytes, gzip_unpacked_size, mount_point, no_space_message
 from slipway_agent.staging import tree_digest
 from slipway_agent.state import (
     KEEP_RELEASES,
@@ -152,3 +153,13 @@ def test_tree_digest_sees_every_change_but_the_staged_record(tmp_path):
         digest = tree_digest(str(root))
         assert digest not in seen
         seen.add(digest)
+
+
+def test_a_full_disk_on_any_write_reads_as_a_sentence_naming_the_file_and_filesystem(tmp_path):
+    missing = tmp_path / "gone" / "ACTIVATING"
+    line = reason(OSError(28, "No space left on device", str(missing)))
+    assert line.startswith(
+        f"not enough disk space for writing {missing}: the filesystem mounted at {mount_point(str(tmp_path))} "
+        f"(holding {tmp_path}) has "
+    )
+    assert "Errno" not in line and "needs about" not in line
