@@ -91,7 +91,8 @@ class Activator:
 
         :class:`NotStaged` (nothing changed) if it is not staged, naming ``stage_hint``.
         """
-        problem = staged_problem(self.layout, release_id)
+        with self.report.phase("verify"):
+            problem = staged_problem(self.layout, release_id)
         if problem is not None:
             raise NotStaged(f"{problem}; stage it first: {stage_hint}")
         self.report.step(f"Activating {release_id}" + (f" over {previous}" if previous else ""))

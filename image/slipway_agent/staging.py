@@ -92,7 +92,9 @@ class Stager:
             if any(name.startswith(f"slipway-{self.url.app}-{WEB}.") for name in units):
                 with self.report.phase("preflight"):
                     self._preflight(release_id, processes[WEB], manifest, runtime)
-            host.write_atomic(os.path.join(final, STAGED), render_staged(StagedRecord(release_id, tree_digest(final))))
+            with self.report.phase("verify"):
+                record = StagedRecord(release_id, tree_digest(final))
+            host.write_atomic(os.path.join(final, STAGED), render_staged(record))
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             if installed and release_id != deployed:  # a failed stage leaves nothing half-made behind
