@@ -159,9 +159,10 @@ def main() -> int:
                 assert line["exit_code"] == 0, result.stdout + result.stderr
                 return line
 
-            running = deploy(publish(publisher, release_source(1000, -1)))["release"]
-            for run in range(runs):
-                for label, size in SIZES.items():
+            for label, size in SIZES.items():
+                # The release to roll back to, of the same size.
+                running = deploy(publish(publisher, release_source(size, -1)))["release"]
+                for run in range(runs):
                     url = publish(publisher, release_source(size, run))
                     staged = deploy("--stage", url)
                     assert staged["result"] == "staged", staged
