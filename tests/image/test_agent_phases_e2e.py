@@ -239,6 +239,32 @@ def test_killed_while_staging_the_rerun_stages_and_nothing_partial_stays(phased)
     assert_agree(phased, before)
 
 
+def test_killed_during_the_preflight_the_rerun_stops_its_process_and_stages(phased):
+    before = running_release(phased)
+    release_id, url = publish(phased, "web: sleep 2; python3 app.py\n")
+    unit = f"slipway-{APP}-preflight-{release_id}.service"
+    run = Started(phased, ["--stage", url])
+    wait_active(phased, unit)
+    run.kill()
+    assert serving(phased) == before
+    # Left running on its spare port by the killed agent; any next run stops it (here: another stage).
+    assert phased["instance"].run(["systemctl", "is-active", unit], check=False).stdout.strip() == "active"
+    _, other = publish(phased)
+    code, out, err, result = agent(phased, "--stage", other)
+    assert code == 0 and result["result"] == "staged", out + err
+    assert phased["instance"].run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active"
+    code, out, err, result = agent(phased, "--stage", url)
+    assert code == 0 and result["result"] == "staged", out + err
+    assert_agree(phased, before)
+
+
+def wait_active(world, unit: str) -> None:
+    deadline = time.monotonic() + 30
+    while world["instance"].run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active":
+        assert time.monotonic() < deadline, f"{unit} did not start"
+        time.sleep(0.05)
+
+
 def test_killed_during_the_release_phase_the_rerun_waits_for_it_and_runs_it_once(phased):
     running_release(phased)
     release_id = staged(phased, PROCFILE + SLOW_RELEASE)
@@ -246,10 +272,7 @@ def test_killed_during_the_release_phase_the_rerun_waits_for_it_and_runs_it_once
     log.unlink(missing_ok=True)
     unit = f"slipway-{APP}-release-{release_id}.service"
     run = Started(phased, ["--activate", url_of(release_id)])
-    deadline = time.monotonic() + 30
-    while phased["instance"].run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active":
-        assert time.monotonic() < deadline, "the release phase did not start"
-        time.sleep(0.05)
+    wait_active(phased, unit)
     run.kill()
     code, out, err, result = agent(phased, "--activate", url_of(release_id))
     assert code == 0, out + err
