@@ -30,7 +30,7 @@ from .services import (
     service_exit,
     wait_stopped,
 )
-from .staging import instance_runtime, one_off_environment, read_processes, staged_manifest, staged_problem
+from .staged import instance_runtime, one_off_environment, read_processes, staged_manifest, staged_problem
 from .state import (
     ACTIVATING,
     KEEP_RELEASES,

@@ -14,27 +14,35 @@ import json
 import os
 import re
 import shutil
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from slipway_release.archive import MAX_PROCFILE_BYTES, UnsafeArchive
+from slipway_release.archive import UnsafeArchive
 from slipway_release.build import BUILD_MANIFEST, MAX_BUILD_MANIFEST_BYTES, BuildManifestError, parse_build_manifest
 from slipway_release.build import process_environment as slug_environment
 from slipway_release.envfile import check_carriable, parse_env, render_environment_file
 from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, ReleaseUrl
 from slipway_release.manifest import Manifest, parse_manifest
-from slipway_release.procfile import WEB, parse_procfile, resolve_formation
-from slipway_release.runtimes import Offer, load_runtimes, offered_lines
+from slipway_release.procfile import WEB, resolve_formation
+from slipway_release.runtimes import Offer
 
 from . import host
 from .report import DeployFailed, Report
-from .s3 import CHUNK, ReleaseStore, sha256_file
+from .s3 import ReleaseStore, sha256_file
 from .services import discard_unit, transient_exit
 from .space import explain_no_space, gzip_unpacked_size, is_no_space, require_space
+from .staged import (
+    decode_text,
+    ensure_home,
+    instance_runtime,
+    one_off_environment,
+    read_processes,
+    staged_problem,
+    tree_digest,
+)
 from .state import STAGED, StagedRecord, parse_staged, render_staged
-from .units import APP, RUN_AS, AppLayout, preflight_command, render_units, verify_command
+from .units import APP, AppLayout, preflight_command, render_units, verify_command
 from .unpack import unpack
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -204,7 +212,7 @@ class Stager:
     ) -> tuple[dict[str, str], dict[str, str]]:
         processes = read_processes(manifest.id, os.path.join(partial, APP))
         formation = resolve_formation(processes, manifest.formation)
-        values = parse_env(_decode(env_bytes, "env file"))
+        values = parse_env(decode_text(env_bytes, "env file"))
         check_carriable(values)
         units_dir = os.path.join(partial, "units")
 
@@ -250,101 +258,6 @@ class Stager:
         self.report.detail(f"answered {manifest.health_check.path} on port {port}")
 
 
-# What activation reads back from a staged release ------------------------------------------------
-
-
-def staged_problem(layout: AppLayout, release_id: str) -> str | None:
-    """``None`` if ``releases/<id>`` is staged and unchanged since, else what is wrong with it."""
-    final = layout.release_dir(release_id)
-    record = parse_staged(host.read_text(os.path.join(final, STAGED))) if os.path.isdir(final) else None
-    if record is None or record.release != release_id:
-        return f"{release_id} is not staged on this instance"
-    if tree_digest(final) != record.tree_sha256:
-        return f"the staged copy of {release_id} changed on disk since it was staged"
-    return None
-
-
-def staged_manifest(layout: AppLayout, release_id: str, schema: dict[str, Any]) -> Manifest:
-    """The ``release.json`` kept with a release (verified when it was staged)."""
-    with open(os.path.join(layout.release_dir(release_id), MANIFEST), "rb") as handle:
-        return parse_manifest(handle.read(), schema)
-
-
-def read_processes(release_id: str, app_dir: str) -> dict[str, str]:
-    """The slug's Procfile: ``{process type: command}``."""
-    procfile_path = os.path.join(app_dir, "Procfile")
-    if not os.path.isfile(procfile_path):
-        raise DeployFailed(
-            f"{release_id}'s slug has no Procfile at its root; add one (e.g. 'web: python app.py') and publish again"
-        )
-    with open(procfile_path, "rb") as handle:
-        raw = handle.read(MAX_PROCFILE_BYTES + 1)
-    if len(raw) > MAX_PROCFILE_BYTES:
-        raise DeployFailed(f"Procfile is larger than {MAX_PROCFILE_BYTES} bytes")
-    return parse_procfile(_decode(raw, "Procfile"))
-
-
-def instance_runtime(manifest: Manifest, runtimes_path: str) -> Offer | None:
-    """The instance's interpreter for the slug's runtime line; refuse the release if there is none."""
-    runtime = manifest.build.runtime
-    if runtime is None:
-        return None
-    offers = load_runtimes(runtimes_path)
-    offer = offers.get(runtime.name, {}).get(runtime.line)
-    if offer is None:
-        offered = ", ".join(offered_lines(offers, runtime.name)) or "none"
-        raise DeployFailed(
-            f"{manifest.id} was built for {runtime.name} {runtime.line} ({runtime.version}), which this instance "
-            f"does not offer (it offers {runtime.name} {offered}); build it for an offered version or update "
-            "the instance's base image"
-        )
-    return offer
-
-
-def one_off_environment(
-    layout: AppLayout, release_id: str, manifest: Manifest, runtime: Offer | None
-) -> dict[str, str]:
-    """PATH and PYTHONPATH for the one-off processes (preflight, release phase): they run
-    from ``releases/<id>``, since ``current`` still points at the serving release."""
-    return slug_environment(f"{layout.release_dir(release_id)}/{APP}", manifest.build, runtime.bin if runtime else None)
-
-
-def ensure_home(layout: AppLayout) -> None:
-    """The app's HOME: the one place its processes may write, kept across releases."""
-    home = layout.home_dir
-    if not os.path.isdir(home) or os.path.islink(home):
-        if os.path.lexists(home):
-            os.unlink(home)
-        os.mkdir(home, 0o700)
-    host.chown_to(home, RUN_AS)
-
-
-def tree_digest(root: str) -> str:
-    """sha256 over a release directory: every entry's path, type, mode, and content or link
-    target, in a fixed order; ``STAGED`` itself left out."""
-    digest = hashlib.sha256()
-
-    def walk(directory: str, relative: str) -> None:
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            path = f"{relative}/{entry.name}" if relative else entry.name
-            if path == STAGED:
-                continue
-            info = entry.stat(follow_symlinks=False)
-            digest.update(f"{path}\0{info.st_mode:o}\0".encode("utf-8", "surrogateescape"))
-            if stat.S_ISLNK(info.st_mode):
-                digest.update(os.readlink(entry.path).encode("utf-8", "surrogateescape"))
-            elif stat.S_ISDIR(info.st_mode):
-                walk(entry.path, path)
-            elif stat.S_ISREG(info.st_mode):
-                with open(entry.path, "rb") as handle:
-                    for chunk in iter(lambda: handle.read(CHUNK), b""):
-                        digest.update(chunk)
-            digest.update(b"\0")
-
-    walk(root, "")
-    return digest.hexdigest()
-
-
 def _staged_manifest_raw(release_dir: str) -> Any:
     text = host.read_text(os.path.join(release_dir, MANIFEST))
     try:
@@ -385,10 +298,3 @@ def _unpack_checked(archive: str, partial: str, limit: int) -> tuple[int, int]:
 def _built(manifest: Manifest) -> str:
     runtime = manifest.build.runtime
     return f"{manifest.build.kind} app" + (f" on {runtime}" if runtime else "")
-
-
-def _decode(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DeployFailed(f"{what} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from slipway_agent.report import reason
 from slipway_agent.space import format_bytes, gzip_unpacked_size, mount_point, no_space_message
-from slipway_agent.staging import tree_digest
+from slipway_agent.staged import tree_digest
 from slipway_agent.state import (
     KEEP_RELEASES,
     Intent,
