@@ -1,4 +1,15 @@
-"""Command-line parsing for ``deploy``: pure, so tests assert what each argument means."""
+"""Command-line parsing for ``deploy``: pure, so tests assert what each argument means.
+
+Three forms (image/README.md, "The deploy command")::
+
+    deploy URL                 stage, then activate (one run, one lock)
+    deploy --stage URL         download, verify, unpack, configure, preflight; the serving release untouched
+    deploy --activate rN       release phase, switch, restart, health check; nothing downloaded
+    deploy --activate URL      the same, the app and environment taken from the URL (s3://…/rN)
+
+``--activate rN`` names its app through ``/etc/slipway/instance.env`` (what provisioning
+wrote); the caller reads that file and passes it here as a mapping.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +19,12 @@ from dataclasses import dataclass
 
 from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.layout import USAGE, ReleaseUrl, parse_release_url
+from slipway_release.names import CURRENT, is_app_name, is_env_name, is_release_id
 
-USAGE_EXAMPLE = f"deploy {USAGE}"
+# What a run does: both phases, or one of them.
+DEPLOY, STAGE, ACTIVATE = "deploy", "stage", "activate"
+INSTANCE_ENV = "/etc/slipway/instance.env"
+USAGE_EXAMPLE = f"deploy [--stage] {USAGE}, or deploy --activate r7"
 
 
 class UsageError(ValueError):
@@ -18,8 +33,14 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class DeployArgs:
-    """Everything one ``deploy`` run needs from its command line."""
+    """Everything one ``deploy`` run needs from its command line.
 
+    ``release`` always names bucket, app, environment and target: for ``--activate rN`` the
+    bucket, app and environment come from the instance's provisioning (``instance.env``); the
+    bucket then only appears in messages (activation never downloads).
+    """
+
+    mode: str
     release: ReleaseUrl
     max_unpacked_bytes: int
 
@@ -52,24 +73,76 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``deploy`` argument parser (also renders ``deploy --help``)."""
     parser = _Parser(
         prog="deploy",
-        description="Deploy one Slipway release onto this instance, with systemd units from its Procfile.",
-        epilog="Exit codes: 0 deployed or already running, 1 failed with the previous release restored, "
-        "2 usage error, 3 failed and the previous release could not be restored.",
+        description="Deploy one Slipway release onto this instance, with systemd units from its Procfile: "
+        "stage it (download, verify, unpack, preflight) and activate it (release phase, switch, health check).",
+        epilog="Exit codes: 0 done (or already so), 1 failed with the previous release running, "
+        "2 usage error, 3 failed and the previous release could not be restored, "
+        "4 --activate of a release not staged on this instance.",
     )
-    parser.add_argument("url", help="s3://<bucket>/<app>/<env>/r<N> or s3://<bucket>/<app>/<env>/current")
+    parser.add_argument("url", nargs="?", help="s3://<bucket>/<app>/<env>/r<N> or s3://<bucket>/<app>/<env>/current")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--stage", action="store_true", help="only stage URL; the serving release is untouched")
+    mode.add_argument(
+        "--activate",
+        metavar="RELEASE",
+        help="activate a staged release: r<N> (this instance's app) or s3://<bucket>/<app>/<env>/r<N>",
+    )
     parser.add_argument(
         "--max-unpacked-bytes",
         type=_positive_int,
         default=DEFAULT_MAX_UNPACKED_BYTES,
-        help=f"refuse source archives that unpack to more than this (default {DEFAULT_MAX_UNPACKED_BYTES})",
+        help=f"refuse slugs that unpack to more than this (default {DEFAULT_MAX_UNPACKED_BYTES})",
     )
     return parser
 
 
-def parse_args(argv: Sequence[str]) -> DeployArgs:
-    """Parse ``deploy`` arguments; raise :class:`UsageError` with the fix."""
+def parse_args(argv: Sequence[str], instance_env: Mapping[str, str] | None = None) -> DeployArgs:
+    """Parse ``deploy`` arguments; raise :class:`UsageError` with the fix.
+
+    ``instance_env`` is ``/etc/slipway/instance.env`` (:func:`parse_instance_env`), read only
+    by ``--activate rN``.
+    """
     namespace = build_parser().parse_args(list(argv))
-    return DeployArgs(release=parse_url(namespace.url), max_unpacked_bytes=namespace.max_unpacked_bytes)
+    if namespace.activate is not None:
+        if namespace.url is not None:
+            raise UsageError(
+                f"--activate takes the release alone, not also {namespace.url!r}; usage: deploy --activate r7"
+            )
+        release = _activation_target(namespace.activate, instance_env or {})
+        return DeployArgs(ACTIVATE, release, namespace.max_unpacked_bytes)
+    if namespace.url is None:
+        raise UsageError(f"the following arguments are required: url; usage: {USAGE_EXAMPLE}")
+    return DeployArgs(STAGE if namespace.stage else DEPLOY, parse_url(namespace.url), namespace.max_unpacked_bytes)
+
+
+def _activation_target(text: str, instance_env: Mapping[str, str]) -> ReleaseUrl:
+    if text.startswith("s3://"):
+        release = parse_url(text)
+        if release.target == CURRENT:
+            raise UsageError(
+                "--activate needs a release id, not current (reading current needs S3); "
+                f"use deploy {release} to stage and activate what current names"
+            )
+        return release
+    if not is_release_id(text):
+        raise UsageError(f"--activate {text!r}: give a release id like r7, or s3://<bucket>/<app>/<env>/r7")
+    app, env = instance_env.get("SLIPWAY_APP", ""), instance_env.get("SLIPWAY_ENV", "")
+    if not (is_app_name(app) and is_env_name(env)):
+        raise UsageError(
+            f"--activate {text} needs this instance's app and environment, and {INSTANCE_ENV} does not name them "
+            f"(SLIPWAY_APP, SLIPWAY_ENV); pass the release's URL instead: deploy --activate s3://<bucket>/<app>/<env>/{text}"
+        )
+    return ReleaseUrl(instance_env.get("SLIPWAY_BUCKET") or "<bucket>", app, env, text)
+
+
+def parse_instance_env(text: str | None) -> dict[str, str]:
+    """``KEY=value`` lines of ``instance.env`` (provision.sh writes them unquoted); ``{}`` if absent."""
+    values = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            values[key] = value
+    return values
 
 
 def s3_endpoint(environ: Mapping[str, str]) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import tempfile
@@ -106,9 +107,11 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = path  # a full disk's message then names the file
         raise
 
 
@@ -184,3 +187,14 @@ def wait_healthy(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"no healthy answer on port {port} at {path} within {timeout:g}s ({last})")
         time.sleep(0.05)
+
+
+def pause_if(point: str, pause_at: str | None) -> None:
+    """Stop this process (SIGSTOP) at the named point when ``pause_at`` names it.
+
+    The fault tests' seam (``SLIPWAY_AGENT_PAUSE_AT``): they wait for the stop, look at the
+    instance mid-deploy, SIGKILL the agent there and run it again.
+    """
+    if point == pause_at:
+        print(f"       paused at {point} (SLIPWAY_AGENT_PAUSE_AT)", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)

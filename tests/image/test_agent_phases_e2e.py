@@ -1,0 +1,368 @@
+"""The agent's two phases and its faults on real systemd: stage while serving, activate, activate
+the previous release with S3 out of reach, and the agent SIGKILLed at each phase, then run again.
+
+The app here is ``phased`` (its own port and releases; the session's instance is provisioned
+for ``demo``, whose tests live in test_agent_e2e.py), so these tests do not disturb demo's.
+Each test states its own precondition. Kills are exact: the agent stops itself at a named point
+(``SLIPWAY_AGENT_PAUSE_AT``, host.pause_if), the test looks at the instance there, then
+SIGKILLs the agent process from the host; or, for the release phase, the test kills it while
+systemd reports the phase's unit running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from instance_harness import BUCKET, ENV, Poller, Publisher, get, tarball
+from test_agent_e2e import APP_PY, DEPLOY, ENV_FILE, PROCFILE, good_source
+
+from local.instance import free_port, missing_prerequisites
+
+pytestmark = pytest.mark.e2e
+if missing_prerequisites():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=f"instance e2e {missing_prerequisites()}")]
+
+APP = "phased"
+APP_DIR = f"/home/deploy/apps/{APP}"
+PHASE_LOG = f"{APP_DIR}/home/phase.log"
+# A release phase long enough to be killed in, that leaves a trace of each start and end.
+SLOW_RELEASE = "release: echo start >> $HOME/phase.log; sleep 3; echo end >> $HOME/phase.log\n"
+
+
+@pytest.fixture(scope="module")
+def phased(instance_world):
+    world = dict(instance_world)
+    world["publisher"] = Publisher(world["client"], APP, ENV)
+    world["port"] = free_port()
+    world["next"] = 1
+    return world
+
+
+def publish(world, procfile: str = PROCFILE) -> tuple[str, str]:
+    """Publish the next release of ``phased``; (id, URL)."""
+    release_id = f"r{world['next']}"
+    world["next"] += 1
+    url = world["publisher"].publish(release_id, good_source(release_id, procfile), ENV_FILE, port=world["port"])
+    return release_id, url
+
+
+def url_of(release_id: str) -> str:
+    return f"s3://{BUCKET}/{APP}/{ENV}/{release_id}"
+
+
+def agent(world, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str, dict]:
+    result = world["instance"].run([DEPLOY, *argv], env=env or world["env"], check=False, timeout=120)
+    return result.returncode, result.stdout, result.stderr, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def text(world, path: str) -> str | None:
+    try:
+        return world["instance"].path(path).read_text()
+    except FileNotFoundError:
+        return None
+
+
+def deployed(world) -> str | None:
+    return (text(world, f"{APP_DIR}/DEPLOYED") or "").strip() or None
+
+
+def current(world) -> str:
+    return os.readlink(world["instance"].path(f"{APP_DIR}/current"))
+
+
+def serving(world) -> str | None:
+    answer = get(world["port"])
+    return answer[1].strip() if answer and answer[0] == 200 else None
+
+
+def assert_agree(world, release_id: str) -> None:
+    """current, the running web process, DEPLOYED and the absence of a record in flight agree."""
+    assert deployed(world) == release_id
+    assert current(world) == f"releases/{release_id}"
+    assert text(world, f"{APP_DIR}/ACTIVATING") is None
+    deadline = time.monotonic() + 15
+    while serving(world) != release_id and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert serving(world) == release_id
+    assert json.loads(get(world["port"], "/env")[1])["cwd"] == f"{APP_DIR}/releases/{release_id}/app"
+
+
+def running_release(world) -> str:
+    """Make sure some good release of ``phased`` runs, its previous one staged too; return it."""
+    if deployed(world) is None or serving(world) != deployed(world):
+        for _ in range(2):
+            _, url = publish(world)
+            code, out, err, _ = agent(world, url)
+            assert code == 0, out + err
+    release = deployed(world)
+    assert release is not None and serving(world) == release
+    return release
+
+
+def staged(world, procfile: str = PROCFILE) -> str:
+    release_id, url = publish(world, procfile)
+    code, out, err, _ = agent(world, "--stage", url)
+    assert code == 0, out + err
+    return release_id
+
+
+class Started:
+    """An agent started in the container; ``pid`` is its host pid (nsenter forks once, then execs)."""
+
+    def __init__(self, world, argv: list[str], pause_at: str | None = None):
+        env = {**world["env"], **({"SLIPWAY_AGENT_PAUSE_AT": pause_at} if pause_at else {})}
+        self.process: subprocess.Popen[str] = world["instance"].popen([DEPLOY, *argv], env)
+        self.pid = self._child()
+
+    def _child(self) -> int:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+            if children:
+                return int(children[0])
+            time.sleep(0.01)
+        raise AssertionError("the agent did not start")
+
+    def wait_paused(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"the agent ended before pausing: {self.process.communicate()}")
+            time.sleep(0.02)
+        raise AssertionError("the agent did not reach its pause point")
+
+    def kill(self) -> str:
+        os.kill(self.pid, signal.SIGKILL)
+        # nsenter stops itself when its child stops (to pass the stop on): let it see the kill and exit.
+        os.kill(self.process.pid, signal.SIGCONT)
+        out, _ = self.process.communicate(timeout=30)
+        assert self.process.returncode != 0
+        return out
+
+
+# The two phases ------------------------------------------------------------------------------------
+
+
+def test_stage_leaves_the_old_release_serving_and_staging_again_is_a_verified_no_op(phased):
+    before = running_release(phased)
+    release_id, url = publish(phased)
+    with Poller(phased["port"]) as poller:
+        code, out, err, result = agent(phased, "--stage", url)
+    assert code == 0, out + err
+    assert (result["mode"], result["phase"], result["result"], result["release"]) == (
+        "stage",
+        "stage",
+        "staged",
+        release_id,
+    )
+    assert "preflight" in result["durations"] and "switch" not in result["durations"]
+    print(f"stage: {poller.ok} requests, {len(poller.failures)} failed; durations {result['durations']}")
+    assert poller.failures == [] and poller.ok > 10 and poller.bodies == {before}
+    assert current(phased) == f"releases/{before}" and deployed(phased) == before
+    assert text(phased, f"{APP_DIR}/releases/{release_id}/STAGED") is not None
+    code, out, err, again = agent(phased, "--stage", url)
+    assert code == 0, out + err
+    assert again["result"] == "unchanged" and "already staged and unchanged since (verified)" in out
+    assert set(again["durations"]) <= {"download", "verify", "total"}, "no slug download, unpack or preflight"
+    assert again["durations"]["total"] < result["durations"]["total"]
+
+
+def test_activate_a_staged_release(phased):
+    before = running_release(phased)
+    release_id = staged(phased)
+    code, out, err, result = agent(phased, "--activate", url_of(release_id))
+    assert code == 0, out + err
+    assert (result["mode"], result["phase"], result["result"]) == ("activate", "activate", "activated")
+    assert (result["release"], result["previous"]) == (release_id, before)
+    assert "download" not in result["durations"] and "preflight" not in result["durations"]
+    assert_agree(phased, release_id)
+    assert text(phased, f"{APP_DIR}/PREVIOUS") == f"{before}\n"
+
+
+def test_activate_the_previous_release_needs_no_download(phased):
+    running_release(phased)
+    previous = (text(phased, f"{APP_DIR}/PREVIOUS") or "").strip()
+    assert previous, "the precondition keeps a previous release"
+    client = phased["client"]
+    for listed in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{APP}/{ENV}/{previous}/")["Contents"]:
+        client.delete_object(Bucket=BUCKET, Key=listed["Key"])
+    # And no S3 at all: any download would fail to connect.
+    offline = {**phased["env"], "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}"}
+    code, out, err, result = agent(phased, "--activate", url_of(previous), env=offline)
+    assert code == 0, out + err
+    print(f"activate previous (S3 gone): durations {result['durations']}")
+    assert_agree(phased, previous)
+
+
+def test_activate_refuses_a_release_not_staged_and_names_how_to_stage_it(phased):
+    before = running_release(phased)
+    code, out, err, result = agent(phased, "--activate", url_of("r999"))
+    assert code == 4, out + err
+    assert err == (
+        f"deploy: FAILED: r999 not activated: r999 is not staged on this instance; "
+        f"stage it first: deploy --stage {url_of('r999')}\n"
+    )
+    assert (result["result"], result["exit_code"], result["phase"]) == ("failed", 4, "activate")
+    assert_agree(phased, before)
+
+
+def test_activate_by_id_is_this_instances_app(phased):
+    code, out, err, result = agent(phased, "--activate", "r998")
+    assert code == 4, out + err
+    assert (result["app"], result["env"]) == ("demo", ENV)
+    assert f"stage it first: deploy --stage s3://{BUCKET}/demo/{ENV}/r998" in err
+
+
+# Kills ---------------------------------------------------------------------------------------------
+
+
+def test_killed_while_staging_the_rerun_stages_and_nothing_partial_stays(phased):
+    before = running_release(phased)
+    release_id, url = publish(phased)
+    run = Started(phased, ["--stage", url], pause_at="unpacked")
+    run.wait_paused()
+    assert (phased["instance"].path(f"{APP_DIR}/releases/.{release_id}.partial")).is_dir()
+    run.kill()
+    assert serving(phased) == before
+    code, out, err, result = agent(phased, "--stage", url)
+    assert code == 0 and result["result"] == "staged", out + err
+    assert not [p for p in os.listdir(phased["instance"].path(f"{APP_DIR}/releases")) if p.startswith(".")]
+    assert_agree(phased, before)
+
+
+def test_killed_during_the_preflight_the_rerun_stops_its_process_and_stages(phased):
+    before = running_release(phased)
+    release_id, url = publish(phased, "web: sleep 2; python3 app.py\n")
+    unit = f"slipway-{APP}-preflight-{release_id}.service"
+    run = Started(phased, ["--stage", url])
+    wait_active(phased, unit)
+    run.kill()
+    assert serving(phased) == before
+    # Left running on its spare port by the killed agent; any next run stops it (here: another stage).
+    assert phased["instance"].run(["systemctl", "is-active", unit], check=False).stdout.strip() == "active"
+    _, other = publish(phased)
+    code, out, err, result = agent(phased, "--stage", other)
+    assert code == 0 and result["result"] == "staged", out + err
+    assert phased["instance"].run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active"
+    code, out, err, result = agent(phased, "--stage", url)
+    assert code == 0 and result["result"] == "staged", out + err
+    assert_agree(phased, before)
+
+
+def wait_active(world, unit: str) -> None:
+    deadline = time.monotonic() + 30
+    while world["instance"].run(["systemctl", "is-active", unit], check=False).stdout.strip() != "active":
+        assert time.monotonic() < deadline, f"{unit} did not start"
+        time.sleep(0.05)
+
+
+def test_killed_during_the_release_phase_the_rerun_waits_for_it_and_runs_it_once(phased):
+    running_release(phased)
+    release_id = staged(phased, PROCFILE + SLOW_RELEASE)
+    log = phased["instance"].path(PHASE_LOG)
+    log.unlink(missing_ok=True)
+    unit = f"slipway-{APP}-release-{release_id}.service"
+    run = Started(phased, ["--activate", url_of(release_id)])
+    wait_active(phased, unit)
+    run.kill()
+    code, out, err, result = agent(phased, "--activate", url_of(release_id))
+    assert code == 0, out + err
+    assert "already loaded" not in out + err
+    assert f"Waiting for {unit}, left running by an interrupted deploy, to finish" in out
+    assert result["durations"]["release_wait"] > 0.5
+    # The orphan finished before the rerun's own phase began: never two at once.
+    assert log.read_text().split() == ["start", "end", "start", "end"]
+    assert_agree(phased, release_id)
+
+
+@pytest.mark.parametrize(
+    ("point", "outcome"),
+    [("linked", "restored"), ("restarted", "restored"), ("healthy", "restored"), ("committed", "finished")],
+)
+def test_killed_during_the_switch_current_units_and_deployed_agree_after_the_rerun(phased, point, outcome):
+    before = running_release(phased)
+    release_id = staged(phased)
+    run = Started(phased, ["--activate", url_of(release_id)], pause_at=point)
+    run.wait_paused()
+    # The agent stopped mid-switch: current already names the new release, DEPLOYED does not (yet).
+    assert current(phased) == f"releases/{release_id}"
+    assert text(phased, f"{APP_DIR}/ACTIVATING") is not None
+    run.kill()
+    # Any run repairs first: a stage of something else here.
+    _, other_url = publish(phased)
+    code, out, err, _ = agent(phased, "--stage", other_url)
+    assert code == 0, out + err
+    expected = release_id if outcome == "finished" else before
+    if outcome == "finished":
+        assert f"Finishing the activation of {release_id}, interrupted after its health check" in out
+        assert text(phased, f"{APP_DIR}/PREVIOUS") == f"{before}\n"
+    else:
+        assert f"An activation of {release_id} was interrupted; putting back {before}" in out
+    assert_agree(phased, expected)
+    # The bug this prevents: the old process crashing later and systemd starting the unchecked release.
+    phased["instance"].run(["systemctl", "kill", "--signal=KILL", f"slipway-{APP}-web.1.service"])
+    time.sleep(1.5)
+    assert_agree(phased, expected)
+
+
+# Disk full -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def small_filesystem(instance, app_dir: str, options: str):
+    """A tmpfs over an app's directory inside the container, unmounted after."""
+    instance.run(["mkdir", "-p", app_dir])
+    instance.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", app_dir])
+    try:
+        yield
+    finally:
+        instance.run(["umount", app_dir])
+
+
+def test_disk_full_names_the_filesystem_and_the_need_and_leaves_nothing(instance_world):
+    instance = instance_world["instance"]
+    app_dir = "/home/deploy/apps/tiny"
+    with small_filesystem(instance, app_dir, "size=24m"):
+        publisher = Publisher(instance_world["client"], "tiny", ENV)
+        files = {"app.py": APP_PY, "Procfile": PROCFILE, "RELEASE": "r1", "zeros.bin": bytes(40_000_000)}
+        url = publisher.publish("r1", tarball(files), ENV_FILE, port=free_port())
+        result = instance.run([DEPLOY, "--stage", url], env=instance_world["env"], check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.stderr.startswith(
+            f"deploy: FAILED: r1 not staged: not enough disk space for unpacking r1: the filesystem mounted at "
+            f"{app_dir} (holding {app_dir}/releases) has "
+        )
+        assert "MB free and this needs about 48." in result.stderr and result.stderr.count("\n") == 1
+        assert "Errno" not in result.stderr
+        # The tmpfs is mounted in the container's namespace: look from inside.
+        left = instance.run(["find", app_dir, "-mindepth", "1", "-not", "-name", "deploy.lock"]).stdout.split()
+        assert left == [f"{app_dir}/releases"], "no partial release, no download"
+
+
+def test_running_out_while_unpacking_is_named_too_and_leaves_nothing(instance_world):
+    # Space enough by bytes, not by files: the check before unpacking passes, the unpacking fails.
+    instance = instance_world["instance"]
+    app_dir = "/home/deploy/apps/many"
+    with small_filesystem(instance, app_dir, "size=64m,nr_inodes=40"):
+        publisher = Publisher(instance_world["client"], "many", ENV)
+        files = {"app.py": APP_PY, "Procfile": PROCFILE, "RELEASE": "r1"}
+        files.update({f"static/{n}.txt": str(n) for n in range(60)})
+        url = publisher.publish("r1", tarball(files), ENV_FILE, port=free_port())
+        result = instance.run([DEPLOY, "--stage", url], env=instance_world["env"], check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.stderr == (
+            f"deploy: FAILED: r1 not staged: no disk space left for unpacking r1: the filesystem mounted at {app_dir} "
+            f"(holding {app_dir}/releases) has no free inodes (it holds as many files as it can); delete files "
+            "there or give the instance a larger volume; nothing was running\n"
+        )
+        left = instance.run(["find", app_dir, "-mindepth", "1", "-not", "-name", "deploy.lock"]).stdout.split()
+        assert left == [f"{app_dir}/releases"], "no partial release, no download"

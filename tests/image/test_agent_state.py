@@ -1,0 +1,165 @@
+"""The agent's records (STAGED, ACTIVATING), recovery after a kill, pruning, disk-space sentences,
+and the staged directory's digest."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slipway_agent.report import reason
+from slipway_agent.space import format_bytes, gzip_unpacked_size, mount_point, no_space_message
+from slipway_agent.staged import tree_digest
+from slipway_agent.state import (
+    KEEP_RELEASES,
+    Intent,
+    Recovery,
+    StagedRecord,
+    parse_intent,
+    parse_staged,
+    plan_recovery,
+    protected_releases,
+    releases_to_prune,
+    render_intent,
+    render_staged,
+)
+
+release_ids = st.integers(min_value=1, max_value=999_999_999).map(lambda n: f"r{n}")
+
+
+@given(release_ids, st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
+def test_staged_record_round_trips(release, digest):
+    record = StagedRecord(release, digest)
+    assert parse_staged(render_staged(record)) == record
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        "{",
+        "[]",
+        '{"version": 2, "release": "r1", "tree_sha256": "' + "a" * 64 + '"}',
+        '{"version": 1, "release": "r0", "tree_sha256": "' + "a" * 64 + '"}',
+        '{"version": 1, "release": "r1", "tree_sha256": "short"}',
+    ],
+)
+def test_a_missing_or_unreadable_staged_record_means_not_staged(text):
+    assert parse_staged(text) is None
+
+
+@given(release_ids, st.none() | release_ids)
+def test_intent_round_trips(release, previous):
+    intent = Intent(release, previous)
+    assert parse_intent(render_intent(intent)) == intent
+
+
+@pytest.mark.parametrize(
+    "text", ["", "{}", '{"version": 1, "release": "x"}', '{"version": 1, "release": "r2", "previous": 7}']
+)
+def test_a_garbled_intent_parses_as_none(text):
+    assert parse_intent(text) is None
+
+
+@given(release_ids, st.none() | release_ids, st.none() | release_ids)
+def test_recovery_undoes_to_deployed_unless_deployed_names_the_release(release, previous, deployed):
+    plan = plan_recovery(Intent(release, previous), deployed)
+    if deployed == release:
+        # DEPLOYED is written only after the health check: the activation had succeeded.
+        assert plan == Recovery(finish=True, restore=None, previous=previous)
+    else:
+        # Anything short of it goes back to the last release known healthy, never to the new one.
+        assert plan == Recovery(finish=False, restore=deployed, previous=None)
+
+
+@given(st.none() | release_ids)
+def test_a_garbled_intent_restores_what_deployed_names(deployed):
+    assert plan_recovery(None, deployed) == Recovery(finish=False, restore=deployed, previous=None)
+
+
+def test_prune_keeps_the_highest_ids_and_the_protected():
+    names = ["r1", "r2", "r10", "r3", "r4", "r5", "r6", ".r7.partial", "notes"]
+    assert releases_to_prune(names, 5, {"r1"}) == ["r2"]
+    assert releases_to_prune(names, 5, set()) == ["r2", "r1"]
+    assert releases_to_prune(["r1"], 5, set()) == []
+
+
+@given(st.sets(st.integers(1, 60), max_size=30), st.sets(st.integers(1, 60), max_size=3))
+def test_prune_never_touches_protected_and_keeps_enough(numbers, protected_numbers):
+    names = [f"r{n}" for n in numbers]
+    protect = protected_releases(*(f"r{n}" for n in protected_numbers), None)
+    pruned = releases_to_prune(names, KEEP_RELEASES, protect)
+    assert not set(pruned) & protect
+    kept = set(names) - set(pruned)
+    assert len(kept) >= min(len(names), KEEP_RELEASES)
+    assert all(int(p[1:]) < min(int(k[1:]) for k in kept - protect) for p in pruned if kept - protect)
+
+
+def test_protected_releases_ignores_absent_ones():
+    assert protected_releases("r3", None, "r2", "") == {"r2", "r3"}
+
+
+def test_format_bytes():
+    assert [format_bytes(n) for n in (12, 1_500, 52_400_000, 3 * 10**9)] == ["12 B", "1.5 kB", "52.4 MB", "3.0 GB"]
+
+
+def test_no_space_message_names_the_filesystem_the_need_and_the_fix():
+    line = no_space_message("unpacking r2", "/home/deploy/apps/demo/releases", "/home", 52_400_000, 10_100_000)
+    assert line == (
+        "not enough disk space for unpacking r2: the filesystem mounted at /home (holding "
+        "/home/deploy/apps/demo/releases) has 10.1 MB free and this needs about 52.4 MB; free space there "
+        "(du -xsh on it shows what fills it) or give the instance a larger volume"
+    )
+
+
+def test_gzip_unpacked_size_reads_the_trailer(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("zeros")
+        info.size = 3_000_000
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    path = tmp_path / "slug.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    tar_size = len(gzip.decompress(buffer.getvalue()))
+    assert gzip_unpacked_size(str(path), len(buffer.getvalue())) == tar_size >= 3_000_000
+    # A wrapped (over 4 GiB) or lying trailer never claims less than the compressed bytes.
+    assert gzip_unpacked_size(str(path), 10**10) == 10**10
+
+
+def test_tree_digest_sees_every_change_but_the_staged_record(tmp_path):
+    root = tmp_path / "r2"
+    (root / "app" / "lib").mkdir(parents=True)
+    (root / "app" / "lib" / "a.py").write_text("print(1)\n")
+    (root / "env").write_text('A="1"\n')
+    os.symlink("lib/a.py", root / "app" / "link")
+    first = tree_digest(str(root))
+    (root / "STAGED").write_text("anything")
+    assert tree_digest(str(root)) == first
+    changes = [
+        lambda: (root / "app" / "lib" / "a.py").write_text("print(2)\n"),
+        lambda: (root / "app" / "lib" / "a.py").chmod(0o755),
+        lambda: (root / "app" / "new").write_text(""),
+        lambda: (os.unlink(root / "app" / "link"), os.symlink("lib", root / "app" / "link")),
+    ]
+    seen = {first}
+    for change in changes:
+        change()
+        digest = tree_digest(str(root))
+        assert digest not in seen
+        seen.add(digest)
+
+
+def test_a_full_disk_on_any_write_reads_as_a_sentence_naming_the_file_and_filesystem(tmp_path):
+    missing = tmp_path / "gone" / "ACTIVATING"
+    line = reason(OSError(28, "No space left on device", str(missing)))
+    assert line.startswith(
+        f"not enough disk space for writing {missing}: the filesystem mounted at {mount_point(str(tmp_path))} "
+        f"(holding {tmp_path}) has "
+    )
+    assert "Errno" not in line and "needs about" not in line
