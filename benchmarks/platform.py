@@ -50,8 +50,9 @@ from slipway.rollout.steps import step  # noqa: E402
 
 # The phases of a batch a rollout's time is split into (the words of slipway.rollout.steps).
 PHASES = {
+    "staging the release on every instance (while they serve)": "stage",
     "draining connections": "drain",
-    "deploying to a batch": "deploy command",
+    "switching a batch to the release": "activate",
     "waiting for healthy targets": "healthy",
 }
 

@@ -14,7 +14,7 @@ from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.fleet import DEPLOY_PROGRAM
 from constructs.release_store import ReleaseStore
-from slipway.rollout.commands import RELEASE_URL_PARAMETER
+from slipway.rollout.commands import ACTION_PARAMETER, ACTIONS, DEPLOY, RELEASE_URL_PARAMETER
 from slipway_release import layout, names
 
 # Long enough for a cold deploy (download, unpack, the Procfile's release step, health
@@ -54,24 +54,41 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
     """The exact content (schema 2.2) of the deploy document of ``env``.
 
     One step runs the instance's deploy program with the release URL, which
-    :func:`release_url_pattern` restricts to releases of ``apps`` in ``env``.
+    :func:`release_url_pattern` restricts to releases of ``apps`` in ``env``, in the mode
+    ``Action`` names: ``stage`` (``deploy --stage URL``: download, verify, unpack, preflight,
+    the serving release untouched), ``activate`` (``deploy --activate URL``: switch to the
+    staged release) or ``deploy`` (both, the default). SSM puts both values into the shell
+    text; their patterns admit nothing else.
     """
+    url, action = f"{{{{ {RELEASE_URL_PARAMETER} }}}}", f"{{{{ {ACTION_PARAMETER} }}}}"
     return {
         "schemaVersion": "2.2",
-        "description": f"Slipway deploy in {env}: runs {DEPLOY_PROGRAM} with a release URL.",
+        "description": f"Slipway deploy in {env}: runs {DEPLOY_PROGRAM} with a release URL (stage, activate or both).",
         "parameters": {
             RELEASE_URL_PARAMETER: {
                 "type": "String",
                 "description": f"The release to deploy: s3://<release bucket>/<app>/{env}/r<N> or .../current",
                 "allowedPattern": release_url_pattern(bucket_pattern=bucket_pattern, apps=apps, env=env),
-            }
+            },
+            ACTION_PARAMETER: {
+                "type": "String",
+                "description": "stage: download and prepare only; activate: switch to the staged release; deploy: both",
+                "default": DEPLOY,
+                "allowedPattern": f"^({'|'.join(ACTIONS)})$",
+            },
         },
         "mainSteps": [
             {
                 "action": "aws:runShellScript",
                 "name": "Deploy",
                 "inputs": {
-                    "runCommand": [f"{DEPLOY_PROGRAM} {{{{ {RELEASE_URL_PARAMETER} }}}}"],
+                    "runCommand": [
+                        f'case "{action}" in',
+                        f"  stage) exec {DEPLOY_PROGRAM} --stage {url} ;;",
+                        f"  activate) exec {DEPLOY_PROGRAM} --activate {url} ;;",
+                        f"  *) exec {DEPLOY_PROGRAM} {url} ;;",
+                        "esac",
+                    ],
                     "timeoutSeconds": str(DEPLOY_TIMEOUT_SECONDS),
                 },
             }

@@ -21,8 +21,9 @@ TASK_HANDLER = "slipway.rollout.tasks.handler"
 class RolloutStateMachine(Construct):
     """A Standard workflow whose every task is the one rollout Lambda (``slipway.rollout.tasks``).
 
-    lock → plan (surge first if the fleet is too small) → per batch: detach (standby +
-    deregister, drain) → send the deploy command → wait for every invocation → attach →
+    lock → plan (surge first if the fleet is too small) → stage the release on every instance
+    at once while they serve → per batch: detach (standby + deregister, drain) → activate the
+    staged release → wait for every invocation → attach →
     wait for healthy targets → bake, watching alarms → next batch → promote ``current``
     (compare-and-swap) → converge instances launched meanwhile → unsurge → unlock. Any
     failure rolls the changed instances back to the previous release, leaves ``current``
@@ -148,13 +149,17 @@ class RolloutStateMachine(Construct):
         send.next(self._poll("Command", "command_done", on_ready=attach, on_failed=rollback))
         detach.next(self._poll("Drained", "drained", on_ready=send, on_failed=rollback))
 
+        # Stage on every instance at once while they serve; a failure there changed nothing.
+        stage = self._caught(self._task("stage"), rollback)
+        stage.next(self._poll("StageCommand", "command_done", on_ready=detach, on_failed=rollback))
+
         # Lock and plan.
         plan = self._caught(self._task("plan"), rollback)
         plan_wait = self._wait("WaitSurge").next(plan)
         plan.next(
             sfn.Choice(self, "Planned?")
             .when(self._verdict("WAIT"), plan_wait)
-            .when(sfn.Condition.is_present("$.batches[0]"), detach)
+            .when(sfn.Condition.is_present("$.batches[0]"), stage)
             .otherwise(promote)
         )
         lock = self._task("lock")

@@ -32,7 +32,8 @@ TIMING = Timing(poll_seconds=0, command_timeout=60, healthy_timeout=60, lock_min
 class Faults:
     """What the fake world does wrong, by instance id."""
 
-    command_fails_on: set[str] = field(default_factory=set)
+    command_fails_on: set[str] = field(default_factory=set)  # activations and full deploys
+    stage_fails_on: set[str] = field(default_factory=set)  # staging
     unhealthy: set[str] = field(default_factory=set)
     on_send: Callable[[list[str], str], None] | None = None
     # "service:method" -> what its next calls do, one per call: raise the error before reaching
@@ -55,7 +56,9 @@ class World:
                 Bucket=self.bucket, Key=KEYS.release(release, "release.json"), Body=json.dumps(manifest).encode()
             )
         self.clients.s3.put_object(Bucket=self.bucket, Key=KEYS.current, Body=b"r1\n")
-        self.sent: list[tuple[list[str], str]] = []
+        self.sent: list[tuple[list[str], str]] = []  # activations and full deploys, in order
+        self.staged: list[tuple[list[str], str]] = []  # stage commands, in order
+        self.actions: dict[str, str] = {}  # command id -> its Action
         self.faults = Faults()
         self.calls: dict[str, int] = {}  # AWS API calls through slipway.aws.client, by service:operation
 
@@ -73,6 +76,11 @@ class World:
             "expires_at": expires_at,
         }
         self.clients.s3.put_object(Bucket=self.bucket, Key=KEYS.lock, Body=json.dumps(lock).encode())
+
+    def failing(self, command_id: str) -> set[str]:
+        """The instances on which command ``command_id`` fails, by its action."""
+        faults = self.faults
+        return faults.stage_fails_on if self.actions.get(command_id) == "stage" else faults.command_fails_on
 
     def lock(self) -> dict[str, Any] | None:
         """The app's deploy lock, or ``None`` when no rollout holds it."""
@@ -158,10 +166,16 @@ class FaultyClients:
     def _send(self, client: Any) -> Callable[..., Any]:
         def send(**kwargs: Any) -> Any:
             url = kwargs["Parameters"]["ReleaseUrl"][0]
-            self.world.sent.append((list(kwargs["InstanceIds"]), url))
-            if self.world.faults.on_send:
-                self.world.faults.on_send(list(kwargs["InstanceIds"]), url)
-            return client.send_command(**kwargs)
+            action = kwargs["Parameters"].get("Action", ["deploy"])[0]
+            if action == "stage":  # prepares, changes nothing served: kept apart from what was deployed
+                self.world.staged.append((list(kwargs["InstanceIds"]), url))
+            else:
+                self.world.sent.append((list(kwargs["InstanceIds"]), url))
+                if self.world.faults.on_send:
+                    self.world.faults.on_send(list(kwargs["InstanceIds"]), url)
+            sent = client.send_command(**kwargs)
+            self.world.actions[sent["Command"]["CommandId"]] = action
+            return sent
 
         return send
 
@@ -175,7 +189,7 @@ class FaultyClients:
     def _invocation(self, client: Any) -> Callable[..., Any]:
         def invocation(**kwargs: Any) -> Any:
             answer = client.get_command_invocation(**kwargs)
-            if kwargs["InstanceId"] in self.world.faults.command_fails_on:
+            if kwargs["InstanceId"] in self.world.failing(kwargs["CommandId"]):
                 answer.update(
                     Status="Failed",
                     StandardOutputContent="-----> Deploying r2\n",
@@ -197,7 +211,7 @@ class _FailingPages:
         for page in self.paginator.paginate(**kwargs):
             self.world.calls["ssm:ListCommandInvocations"] += 1
             for invocation in page["CommandInvocations"]:
-                if invocation["InstanceId"] in self.world.faults.command_fails_on:
+                if invocation["InstanceId"] in self.world.failing(invocation["CommandId"]):
                     invocation["Status"] = "Failed"
             yield page
 

@@ -169,7 +169,8 @@ def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
     assert all(steps), lines
     words = [(m.group(1), m.group(2)) for m in steps if m]
     assert words[0] == ("taking the deploy lock", None)
-    assert ("deploying to a batch", "1") in words and ("deploying to a batch", "2") in words
+    assert ("staging the release on every instance (while they serve)", None) in words
+    assert ("switching a batch to the release", "1") in words and ("switching a batch to the release", "2") in words
     assert words[-1] == ("deployed", None)
     assert not any(re.search(r"[A-Z][a-z]+[A-Z]|\?", w) for w, _ in words)  # e.g. WaitCommand, Healthy?
     assert re.fullmatch(

@@ -36,7 +36,8 @@ def _one(template: Template, resource_type: str, prefix: str) -> tuple[str, dict
 def test_document_content_exact_text() -> None:
     assert deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=APPS, env="staging") == {
         "schemaVersion": "2.2",
-        "description": "Slipway deploy in staging: runs /home/deploy/bin/deploy with a release URL.",
+        "description": "Slipway deploy in staging: runs /home/deploy/bin/deploy with a release URL (stage, activate or "
+        "both).",
         "parameters": {
             "ReleaseUrl": {
                 "type": "String",
@@ -45,16 +46,43 @@ def test_document_content_exact_text() -> None:
                     "^s3://platform\\-staging\\-releasebucket\\-1a2b3c4d5e6f/(web|billing)/staging/"
                     "(r[1-9][0-9]{0,8}|current)$"
                 ),
-            }
+            },
+            "Action": {
+                "type": "String",
+                "description": "stage: download and prepare only; activate: switch to the staged release; deploy: both",
+                "default": "deploy",
+                "allowedPattern": "^(deploy|stage|activate)$",
+            },
         },
         "mainSteps": [
             {
                 "action": "aws:runShellScript",
                 "name": "Deploy",
-                "inputs": {"runCommand": ["/home/deploy/bin/deploy {{ ReleaseUrl }}"], "timeoutSeconds": "900"},
+                "inputs": {
+                    "runCommand": [
+                        'case "{{ Action }}" in',
+                        "  stage) exec /home/deploy/bin/deploy --stage {{ ReleaseUrl }} ;;",
+                        "  activate) exec /home/deploy/bin/deploy --activate {{ ReleaseUrl }} ;;",
+                        "  *) exec /home/deploy/bin/deploy {{ ReleaseUrl }} ;;",
+                        "esac",
+                    ],
+                    "timeoutSeconds": "900",
+                },
             }
         ],
     }
+
+
+@pytest.mark.parametrize("action", ["deploy", "stage", "activate"])
+def test_the_action_pattern_admits_the_three_modes(action: str) -> None:
+    content = deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=APPS, env="staging")
+    assert re.fullmatch(content["parameters"]["Action"]["allowedPattern"], action)
+
+
+@pytest.mark.parametrize("action", ["", "Stage", "stage; rm -rf /", "--stage", "deploy stage", "activate now"])
+def test_the_action_pattern_refuses_anything_else(action: str) -> None:
+    content = deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=APPS, env="staging")
+    assert re.search(content["parameters"]["Action"]["allowedPattern"], action) is None
 
 
 GOOD_URLS = [

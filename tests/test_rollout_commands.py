@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from slipway.rollout.commands import send_deploy_request
 from slipway.rollout.steps import STEPS
 from slipway.settings import FleetSettings
@@ -29,12 +31,13 @@ def test_the_deploy_command_request_is_exactly_this() -> None:
         kind="deploy",
         user="alice",
         timeout_seconds=900,
+        action="stage",
     )
     assert request == {
         "DocumentName": "Platform-staging-Deploy",
         "InstanceIds": ["i-0a", "i-0b"],
-        "Parameters": {"ReleaseUrl": ["s3://platform-staging-releasebucket-1/web/staging/r7"]},
-        "Comment": "slipway deploy web staging r7 by alice",
+        "Parameters": {"ReleaseUrl": ["s3://platform-staging-releasebucket-1/web/staging/r7"], "Action": ["stage"]},
+        "Comment": "slipway deploy web staging r7 (stage) by alice",
         "TimeoutSeconds": 900,
         # The deploy program's output reaches the log group the stack made for it.
         "CloudWatchOutputConfig": {
@@ -48,7 +51,21 @@ def test_a_long_comment_is_cut_to_what_ssm_keeps() -> None:
     request = send_deploy_request(
         FLEET, instances=["i-0a"], url="s3://bkt/web/staging/r7", kind="rollback", user="x" * 200, timeout_seconds=60
     )
-    assert len(request["Comment"]) == 100 and request["Comment"].startswith("slipway rollback web staging r7 by xxx")
+    assert len(request["Comment"]) == 100
+    assert request["Comment"].startswith("slipway rollback web staging r7 (deploy) by xxx")
+
+
+def test_an_action_the_document_does_not_know_is_refused() -> None:
+    with pytest.raises(ValueError, match="action 'restart' is not one of"):
+        send_deploy_request(
+            FLEET,
+            instances=["i-0a"],
+            url="s3://bkt/web/staging/r7",
+            kind="deploy",
+            user="a",
+            timeout_seconds=60,
+            action="restart",
+        )
 
 
 def _states(template: dict[str, Any]) -> set[str]:

@@ -39,9 +39,24 @@ def test_clean_rollout_over_five_instances(machine: Callable[..., Any], fleet: C
     assert status == "SUCCEEDED", output
     assert world.current() == "r2"
     assert world.deployed() == {i: "r2" for i in world.instances()}
+    # Staged everywhere at once first, while every instance serves; then activated batch by batch.
+    assert world.staged == [(world.instances(), f"s3://{world.bucket}/web/staging/r2")]
     batches = [instances for instances, _ in world.sent]
     assert len(batches[0]) == 1  # the canary goes alone
     assert sorted(i for b in batches for i in b) == world.instances()  # every instance exactly once
+
+
+def test_a_release_that_cannot_be_staged_changes_nothing(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=3, min_size=1)
+    world.faults.stage_fails_on.add(world.instances()[1])
+    status, output = machine(world)
+    assert status == "FAILED" and output["error"] == "RolloutFailed"
+    assert world.instances()[1] in output["cause"]
+    assert world.sent == []  # no instance was switched, none rolled back
+    assert world.current() == "r1" and world.lock() is None
+    assert set(world.lifecycle().values()) == {"InService"}  # none was taken out of service
 
 
 def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:

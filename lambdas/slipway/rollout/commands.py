@@ -10,27 +10,42 @@ from typing import Any
 from slipway.settings import FleetSettings
 from slipway_release.layout import parse_release_url
 
-# The deploy document's one parameter (constructs.deploy_document.RELEASE_URL_PARAMETER).
+# The deploy document's parameters (constructs.deploy_document): the release, and what to do with it.
 RELEASE_URL_PARAMETER = "ReleaseUrl"
+ACTION_PARAMETER = "Action"
+# The deploy program's modes (image/README.md): stage only (download, verify, unpack, preflight;
+# the serving release untouched), activate a staged release, or both.
+STAGE, ACTIVATE, DEPLOY = "stage", "activate", "deploy"
+ACTIONS = (DEPLOY, STAGE, ACTIVATE)
 # SSM keeps a command's comment to 100 characters.
 MAX_COMMENT = 100
 
 
 def send_deploy_request(
-    fleet: FleetSettings, *, instances: list[str], url: str, kind: str, user: str, timeout_seconds: int
+    fleet: FleetSettings,
+    *,
+    instances: list[str],
+    url: str,
+    kind: str,
+    user: str,
+    timeout_seconds: int,
+    action: str = DEPLOY,
 ) -> dict[str, Any]:
-    """The ``SendCommand`` request that runs the deploy document on ``instances`` for ``url``.
+    """The ``SendCommand`` request that runs the deploy document on ``instances`` for ``url``:
+    ``action`` is one of :data:`ACTIONS`.
 
     Output goes to the fleet's deploy log group (one stream per command and instance), so
     what the deploy program printed stays readable after SSM's own 24,000-character
     excerpt is cut; the comment says who deployed what, as the execution history does.
     """
+    if action not in ACTIONS:
+        raise ValueError(f"action {action!r} is not one of {ACTIONS}")
     release = parse_release_url(url)
-    comment = f"slipway {kind} {release.app} {release.env} {release.target} by {user}"
+    comment = f"slipway {kind} {release.app} {release.env} {release.target} ({action}) by {user}"
     return {
         "DocumentName": fleet.document,
         "InstanceIds": list(instances),
-        "Parameters": {RELEASE_URL_PARAMETER: [url]},
+        "Parameters": {RELEASE_URL_PARAMETER: [url], ACTION_PARAMETER: [action]},
         "Comment": comment[:MAX_COMMENT],
         "TimeoutSeconds": timeout_seconds,
         "CloudWatchOutputConfig": {"CloudWatchLogGroupName": fleet.output_log_group, "CloudWatchOutputEnabled": True},

@@ -29,7 +29,7 @@ from typing import Any
 from slipway import aws
 from slipway.publisher import AppReleases
 from slipway.releases import ReleaseError
-from slipway.rollout.commands import send_deploy_request
+from slipway.rollout.commands import ACTIVATE, DEPLOY, STAGE, send_deploy_request
 from slipway.rollout.health import alarms_verdict, command_verdict, targets_verdict
 from slipway.rollout.lock import DeployLock, LockHeld, LockLost
 from slipway.rollout.plan import Instance, plan_batches
@@ -245,12 +245,19 @@ def drained(state: State) -> State:
     return {**state, "verdict": verdict, "reason": f"draining {', '.join(still)}" if still else "drained"}
 
 
+def stage(state: State) -> State:
+    """Stage the release on every planned instance at once, while they all serve: download, verify,
+    unpack and preflight; nothing they serve changes."""
+    return _send(state, state["planned"], _release_url(state, state["release"]), action=STAGE)
+
+
 def send(state: State) -> State:
-    """Send the deploy command for the release to the batch."""
-    return _send(state, _batch(state), _release_url(state, state["release"]))
+    """Activate the staged release on the batch (out of traffic): release phase, switch, restart, health."""
+    sent = _send(state, _batch(state), _release_url(state, state["release"]), action=ACTIVATE)
+    return {**sent, "activating": _batch(state)}
 
 
-def _send(state: State, instances: list[str], url: str) -> State:
+def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY) -> State:
     request = send_deploy_request(
         _fleet(state),
         instances=instances,
@@ -258,11 +265,12 @@ def _send(state: State, instances: list[str], url: str) -> State:
         kind=state["kind"],
         user=state["user"],
         timeout_seconds=_timing(state).command_timeout,
+        action=action,
     )
     command = aws.client("ssm").send_command(**request)["Command"]
     return {
         **state,
-        "command": {"id": command["CommandId"], "instances": instances, "url": url},
+        "command": {"id": command["CommandId"], "instances": instances, "url": url, "action": action},
         "checked_at": _now().isoformat(),
     }
 
@@ -360,7 +368,7 @@ def advance(state: State) -> State:
     _releases(state).record_instances(_batch(state), state["release"])
     done = [*state["done"], *_batch(state)]
     cursor = state["cursor"] + 1
-    return {**state, "done": done, "cursor": cursor, "more": cursor < len(state["batches"])}
+    return {**state, "done": done, "activating": [], "cursor": cursor, "more": cursor < len(state["batches"])}
 
 
 # The end --------------------------------------------------------------------------------------
@@ -410,7 +418,8 @@ def unlock(state: State) -> State:
 def rollback(state: State) -> State:
     """Put the instances already changed back on the previous release; ``current`` is untouched."""
     attach(state)  # a batch caught in standby goes back into service first
-    changed = sorted({*state.get("done", []), *(_batch(state) if state.get("batches") else [])})
+    # Changed: the batches done, and the batch whose activation was sent. Staging changed nothing.
+    changed = sorted({*state.get("done", []), *state.get("activating", [])})
     update: State = {"rolled_back": changed, "failure": state.get("failure") or _caught(state)}
     if not changed or not state.get("previous"):
         return {**state, **update, "verdict": "READY"}
@@ -453,6 +462,7 @@ def _caught(state: State) -> State:
 TASKS: dict[str, Callable[[State], State]] = {
     "lock": lock,
     "plan": plan,
+    "stage": stage,
     "detach": detach,
     "drained": drained,
     "send": send,
@@ -474,7 +484,7 @@ TASKS: dict[str, Callable[[State], State]] = {
 # Tasks that run while the rollout holds the lock and must keep it: all but taking and releasing it.
 _HOLDING_LOCK = set(TASKS) - {"lock", "unlock", "unlock_failed"}
 # Where a cancel request stops the rollout: any step before ``current`` moves, except rolling back.
-_CANCELLABLE = {"plan", "detach", "drained", "send", "command_done", "attach", "healthy", "baked", "advance"}
+_CANCELLABLE = {"plan", "stage", "detach", "drained", "send", "command_done", "attach", "healthy", "baked", "advance"}
 
 
 def stop_if_cancelled(state: State) -> None:
