@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slipway.rollout.strategy import OPTIONS, Strategy, StrategyError
+from slipway.rollout.plan import Instance, plan_batches
+from slipway.rollout.strategy import OPTIONS, Strategy, StrategyError, rollback_strategy
 
 
 def test_no_options_keep_the_base() -> None:
@@ -127,3 +128,11 @@ def test_batch_count_by_size_or_percent_of_the_fleet() -> None:
     assert Strategy(batch_percent=25).batch_count(10) == 3  # ceil(2.5)
     assert Strategy(batch_percent=1).batch_count(5) == 1  # at least one
     assert Strategy(batch_percent=100).batch_count(7) == 7
+
+
+def test_a_rollback_goes_in_batches_as_large_as_the_minimum_in_service_allows() -> None:
+    chosen = rollback_strategy(Strategy(batch_percent=50, bake_seconds=60))
+    assert chosen == Strategy(canary=False, batch_size=None, batch_percent=100, bake_seconds=0, surge=True)
+    fleet = [Instance(id=f"i-{n:02}", zone="us-east-1a" if n % 2 else "us-east-1b") for n in range(10)]
+    plan = plan_batches(fleet, strategy=chosen, min_healthy=2)
+    assert [len(batch) for batch in plan.batches] == [8, 2] and plan.surge == 0

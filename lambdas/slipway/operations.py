@@ -21,7 +21,7 @@ from slipway.builds import requests as builds
 from slipway.publisher import Publisher
 from slipway.releases import ReleaseError
 from slipway.rollout.lock import Lock, decide, refusal
-from slipway.rollout.strategy import Strategy, StrategyError
+from slipway.rollout.strategy import Strategy, StrategyError, rollback_strategy
 from slipway.settings import BuildSettings, ControlPlaneSettings, FleetSettings
 from slipway.store import Bucket
 
@@ -138,8 +138,9 @@ def start_deploy(app_name: str, env: str, release: str, *, kind: str, strategy: 
     release does not exist. The deploy's view, as :func:`show_deploy` gives it."""
     releases, fleet, machine = _deploying(app_name, env)
     try:
-        # The app's own defaults (cdk.json `rollout`), then this deploy's options.
-        chosen = Strategy.parse(strategy, fleet.strategy)
+        # The app's own defaults (cdk.json `rollout`; a rollback's from them), then this deploy's options.
+        base = rollback_strategy(fleet.strategy) if kind == "rollback" else fleet.strategy
+        chosen = Strategy.parse(strategy, base)
     except StrategyError as error:
         raise ReleaseError(400, str(error)) from None
     releases.show(release)  # 404 for a release that does not exist

@@ -136,3 +136,10 @@ class Strategy:
             return self.batch_size
         assert self.batch_percent is not None  # __post_init__ guarantees one of the two
         return max(1, math.ceil(self.batch_percent * fleet / 100))
+
+
+def rollback_strategy(base: Strategy) -> Strategy:
+    """How a rollback goes, from the app's strategy: back to a release the fleet ran and keeps
+    staged, so no canary and no bake, in batches as large as the fleet's minimum in service allows
+    (:func:`slipway.rollout.plan.plan_batches` caps a batch at what may go out)."""
+    return replace(base, canary=False, batch_size=None, batch_percent=100, bake_seconds=0)
