@@ -11,7 +11,8 @@ then MODELLED with the fixed per-step latencies below:
     poll loop of a step taking s seconds: k = ceil(s / POLL_S) iterations, each a Wait, a
         check Task and a Choice (3 transitions, 1 Lambda invocation), ending at k x POLL_S;
         the zero-wait run polled each loop once or so, so its iterations are replaced by k
-    waits  = surge loop (if the plan surged) + Σ over batches (drain + command + healthy + bake)
+    waits  = surge loop (if the plan surged) + stage (once, every instance at once)
+             + Σ over batches (drain + activate + healthy + bake)
     control plane = transitions x TRANSITION_S + Lambda invocations x LAMBDA_S
     modelled wall time = waits + control plane;  overhead = control plane / wall time
 
@@ -52,10 +53,10 @@ from slipway.settings import Timing  # noqa: E402
 from slipway_release.layout import AppKeys  # noqa: E402
 
 # Simulated latencies (seconds), fixed.
-DRAIN_S = 15.0  # the target group's default deregistration delay (constructs/config.py)
-COMMAND_S = 20.0  # the deploy command on an instance, send to Success
+DRAIN_S = 15.0  # the target group's default deregistration delay (constructs/config.py), drained in full
+STAGE_S = 20.0  # `deploy --stage` on every instance at once: download, verify, unpack, preflight
+ACTIVATE_S = 5.0  # `deploy --activate`: switch (0.04 s), release phase none, the app's boot to healthy (~3 s)
 HEALTHY_S = 10.0  # back in the target group to healthy: 2 checks x 5 s interval (constructs/fleet.py)
-BAKE_S = 30.0  # the default strategy's bake time (slipway.rollout.plan.Strategy)
 SURGE_S = 60.0  # a surge instance from SetDesiredCapacity to InService (the fleet's instance warmup)
 POLL_S = 5.0  # timing.poll_seconds: every check loop waits this long between checks
 TRANSITION_S = 0.05  # one Step Functions state transition
@@ -80,8 +81,9 @@ class PollLoop:
 
 LOOPS = (
     PollLoop(start="Lock", wait="WaitSurge", check="Plan", seconds=SURGE_S, per_batch=False),
+    PollLoop(start="Stage", wait="WaitStageCommand", check="CheckStageCommand", seconds=STAGE_S, per_batch=False),
     PollLoop(start="Detach", wait="WaitDrained", check="CheckDrained", seconds=DRAIN_S, per_batch=True),
-    PollLoop(start="Send", wait="WaitCommand", check="CheckCommand", seconds=COMMAND_S, per_batch=True),
+    PollLoop(start="Send", wait="WaitCommand", check="CheckCommand", seconds=ACTIVATE_S, per_batch=True),
     PollLoop(start="Attach", wait="WaitHealthy", check="CheckHealthy", seconds=HEALTHY_S, per_batch=True),
 )
 FIRST_BATCH_STATE, LAST_BATCH_STATE = "Detach", "MoreBatches?"
@@ -240,7 +242,7 @@ def execute(template: dict[str, Any], instances: int, batch_percent: int) -> Mea
     )
 
 
-def model(measured: Measured) -> Modelled:
+def model(measured: Measured, bake_s: float) -> Modelled:
     """Replace the zero-wait run's polls by those of the fixed latencies; add up the wall time."""
     names = [s.name for s in measured.steps]
     first, last = names.index(FIRST_BATCH_STATE), len(names) - 1 - names[::-1].index(LAST_BATCH_STATE)
@@ -261,7 +263,11 @@ def model(measured: Measured) -> Modelled:
             calls += extra * final_check_calls
             waits[loop.per_batch] += modelled_polls * POLL_S
     batches = len(measured.output["batches"])
-    waits[True] += batches * BAKE_S
+    # The bake is a poll loop too (alarms checked every poll); the zero-wait run did not bake.
+    bake_polls = math.ceil(bake_s / POLL_S)
+    transitions[True] += batches * bake_polls * 2  # Bake (Wait) and Baked (Task); its Choice is counted once
+    invocations[True] += batches * bake_polls
+    waits[True] += batches * bake_polls * POLL_S
 
     def control(part: bool) -> float:
         return transitions[part] * TRANSITION_S + invocations[part] * LAMBDA_S
@@ -314,6 +320,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleets", type=int, nargs="+", default=[2, 10, 100], help="fleet sizes (instances)")
     parser.add_argument("--batch-percent", type=int, default=25, help="batch size after the canary, in percent")
+    parser.add_argument("--bake", type=float, nargs="+", default=[0, 30], help="bake seconds per batch, each modelled")
     args = parser.parse_args()
     if min(args.fleets) < 1:
         parser.error("--fleets: give fleet sizes of at least 1 instance")
@@ -326,7 +333,7 @@ def main() -> None:
     template = synthesize("staging")
     print(f"synthesized Platform-staging in {time.perf_counter() - started:.1f} s")
     print(
-        f"latencies: drain {DRAIN_S:g} s, command {COMMAND_S:g} s, healthy {HEALTHY_S:g} s, bake {BAKE_S:g} s, "
+        f"latencies: stage {STAGE_S:g} s, drain {DRAIN_S:g} s, activate {ACTIVATE_S:g} s, healthy {HEALTHY_S:g} s, "
         f"surge {SURGE_S:g} s, poll every {POLL_S:g} s; transition {TRANSITION_S:g} s, Lambda {LAMBDA_S:g} s"
     )
     print(
@@ -334,29 +341,32 @@ def main() -> None:
         "min size as shown\n"
     )
     header = (
-        f"{'inst':>4} {'min':>3} {'surge':>5} {'batches':>7} {'sizes':<16} {'transitions':>11} {'(moto)':>6} "
-        f"{'Lambda':>6} {'API calls':>9} {'(model)':>7} {'wall s':>7} {'surge s':>7} {'per batch s':>11} "
-        f"{'fixed s':>7} {'overhead':>8} {'+API 30ms':>9} {'moto s':>6}"
+        f"{'bake':>4} {'inst':>4} {'min':>3} {'surge':>5} {'batches':>7} {'sizes':<16} {'transitions':>11} "
+        f"{'(moto)':>6} {'Lambda':>6} {'API calls':>9} {'(model)':>7} {'wall s':>7} {'stage+surge s':>13} "
+        f"{'per batch s':>11} {'fixed s':>7} {'overhead':>8} {'+API 30ms':>9} {'moto s':>6}"
     )
     print(header)
     rows: list[tuple[int, Modelled]] = []
     failures: list[str] = []
-    for instances in args.fleets:
-        measured = execute(template, instances, args.batch_percent)
-        if measured.status != "SUCCEEDED":
-            failures.append(f"{instances} instances: the execution ended {measured.status}: {measured.output}")
-            print(f"{instances:>4} {min_size(instances):>3}  FAILED on moto ({measured.status}); not modelled")
-            continue
-        modelled = model(measured)
-        rows.append((instances, modelled))
-        figures = [
-            f"{instances:>4} {min_size(instances):>3} {measured.surges:>5} {len(measured.output['batches']):>7}",
-            f"{_batch_sizes(measured.batch_sizes):<16} {modelled.transitions:>11} {len(measured.steps):>6}",
-            f"{modelled.invocations:>6} {measured.calls:>9} {modelled.calls:>7} {modelled.wall_s:>7.1f}",
-            f"{modelled.surge_s:>7.1f} {modelled.batch_s:>11.2f} {modelled.fixed_s:>7.2f}",
-            f"{modelled.overhead:>8.1%} {modelled.overhead_with_api():>9.1%} {measured.moto_s:>6.1f}",
-        ]
-        print(" ".join(figures))
+    measured_runs = {instances: execute(template, instances, args.batch_percent) for instances in args.fleets}
+    for bake_s in args.bake:
+        for instances, measured in measured_runs.items():
+            if measured.status != "SUCCEEDED":
+                failures.append(f"{instances} instances: the execution ended {measured.status}: {measured.output}")
+                print(f"{instances:>4} {min_size(instances):>3}  FAILED on moto ({measured.status}); not modelled")
+                continue
+            modelled = model(measured, bake_s)
+            if bake_s == args.bake[0]:
+                rows.append((instances, modelled))
+            figures = [
+                f"{bake_s:>4g} {instances:>4} {min_size(instances):>3} {measured.surges:>5}",
+                f"{len(measured.output['batches']):>7} {_batch_sizes(measured.batch_sizes):<16}",
+                f"{modelled.transitions:>11} {len(measured.steps):>6} {modelled.invocations:>6} {measured.calls:>9}",
+                f"{modelled.calls:>7} {modelled.wall_s:>7.1f} {modelled.surge_s:>13.1f} {modelled.batch_s:>11.2f}",
+                f"{modelled.fixed_s:>7.2f} {modelled.overhead:>8.1%} {modelled.overhead_with_api():>9.1%}",
+                f"{measured.moto_s:>6.1f}",
+            ]
+            print(" ".join(figures))
     print(
         "\ntransitions and Lambda invocations are modelled (the moto run's zero-wait polls replaced by "
         f"ceil(step / {POLL_S:g} s) polls); (moto) is the run's own count. API calls are measured on moto; "
