@@ -82,7 +82,7 @@ bench: $(VENV)/.dev instance-packages
 	$(PYTHON) benchmarks/rollout.py
 	$(PYTHON) benchmarks/slack.py
 	$(PYTHON) benchmarks/console.py
-	$(PYTHON) benchmarks/platform.py
+	$(PYTHON) benchmarks/fleet.py
 
 ENV ?= staging
 local: $(VENV)/.dev instance-packages

@@ -82,7 +82,8 @@ def timeline(events: Iterable[Mapping[str, Any]], stopped_at: Any = None) -> lis
     with the same words and batch are one step."""
     entries: list[dict[str, Any]] = []
     for event in events:
-        if not event["type"].endswith("StateEntered"):
+        # Choice states decide in no time: their words would only repeat a step's.
+        if not event["type"].endswith("StateEntered") or event["type"] == "ChoiceStateEntered":
             continue
         details = event["stateEnteredEventDetails"]
         batch = None

@@ -20,7 +20,7 @@ has no request in flight, as on ALB), the rollout's polling (1 s locally), the b
 (``--bake``, 0 by default here: a bake is a fixed wait that would only add itself to each
 batch) and the instance refresh's warmup (capped at 5 s locally).
 
-Run: `make bench` or `.venv/bin/python benchmarks/platform.py [--bake 0]` (as root).
+Run: `make bench` or `.venv/bin/python benchmarks/fleet.py [--bake 0]` (as root).
 """
 
 from __future__ import annotations
@@ -38,10 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# This file is named as the standard library's `platform` (which uuid imports): its folder stays off the path.
-sys.path[:] = [str(ROOT), str(ROOT / "lambdas"), *(p for p in sys.path if Path(p or ".").resolve() != HERE)]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "lambdas")]
 
 from local.demo import DEMO_APP, DEMO_ENV, sample_checkout  # noqa: E402
 from local.load import Load  # noqa: E402
@@ -156,7 +154,7 @@ def main() -> int:
     args = parser.parse_args()
     problem = missing_prerequisites()
     if problem:
-        print(f"benchmarks/platform.py: {problem}", file=sys.stderr)
+        print(f"benchmarks/fleet.py: {problem}", file=sys.stderr)
         return 1
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="slipway-bench-") as directory:
