@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--publishes", type=int, default=5, help="per client")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
+    sys.path[:0] = [str(REPO), str(REPO / "lambdas")]  # as the local platform runs
     from local.platform import launch
 
     process, local = launch("staging", PASSWORD)

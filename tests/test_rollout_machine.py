@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -255,3 +256,14 @@ def test_a_cancel_mid_batch_rolls_back_what_changed(machine: Callable[..., Any],
     assert world.sent[-1] == ([canary], f"s3://{world.bucket}/web/staging/r1")  # the canary put back
     assert world.current() == "r1" and world.lock() is None
     assert set(world.lifecycle().values()) == {"InService"}
+
+
+def test_a_bake_longer_than_half_the_lock_renews_it(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
+    world = fleet(instances=2, min_size=1)
+    # A one-minute lock and a 35 s bake: the lock is renewed once less than half of it is left.
+    timing = {"poll_seconds": 1, "command_timeout": 60, "healthy_timeout": 60, "lock_minutes": 1}
+    status, output = machine(world, timing=timing, strategy={"canary": False, "batch_percent": 100, "bake_seconds": 35})
+    assert status == "SUCCEEDED", output
+    started = datetime.fromisoformat(output["started_at"])
+    assert datetime.fromisoformat(output["lock_expires_at"]) > started + timedelta(minutes=1)
+    assert world.lock() is None and world.current() == "r2"
