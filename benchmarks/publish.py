@@ -86,7 +86,7 @@ def main() -> None:
                 "--endpoint-url",
                 local["aws_endpoint"],
                 str(tarball),
-                "s3://slipway-staging-releases/bench/source.tar.gz",
+                f"s3://{local['bucket']}/bench/source.tar.gz",  # the stack's release bucket
             ]
             publish = [str(BIN / "slipway"), "release", "web", "staging"]
             cli, baseline, phases = [], [], []
