@@ -62,9 +62,16 @@ def test_a_release_that_cannot_be_staged_changes_nothing(
 
 def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
     world = fleet(instances=5, min_size=2)
-    world.faults.on_send = lambda instances, url: (
-        world.faults.command_fails_on.update(instances) if url.endswith("/r2") and len(world.sent) == 1 else None
-    )
+    out_of_service_during_rollback: list[str] = []
+
+    def on_send(instances: list[str], url: str) -> None:
+        if url.endswith("/r2") and len(world.sent) == 1:
+            world.faults.command_fails_on.update(instances)
+        if url.endswith("/r1"):  # the rollback: the canary gets traffic again only once it is back
+            states = world.lifecycle()
+            out_of_service_during_rollback.extend(i for i in instances if states[i] == "Standby")
+
+    world.faults.on_send = on_send
     status, output = machine(world)
     assert status == "FAILED"
     assert output["error"] == "RolloutFailed"
@@ -73,6 +80,8 @@ def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any], f
     assert world.current() == "r1"  # current untouched
     assert world.sent[-1] == ([canary], f"s3://{world.bucket}/web/staging/r1")  # rolled back to r1
     assert world.deployed() == {canary: "r1"}
+    assert out_of_service_during_rollback == [canary]
+    assert set(world.lifecycle().values()) == {"InService"}  # and back in service after it
 
 
 def test_unhealthy_target_in_batch_two_rolls_back_batches_one_and_two(

@@ -393,7 +393,10 @@ def converge(state: State) -> State:
 
 
 def unsurge(state: State) -> State:
-    """Give back the capacity added for the rollout."""
+    """Put a batch still out of service back (after its rollback), then give back the capacity added
+    for the rollout. Every path of the state machine ends through here: no instance stays in standby."""
+    if state.get("standby"):
+        state = attach(state)
     if state.get("surged"):
         group = _fleet(state).group
         _, asg = _in_service(group)
@@ -416,8 +419,10 @@ def unlock(state: State) -> State:
 
 
 def rollback(state: State) -> State:
-    """Put the instances already changed back on the previous release; ``current`` is untouched."""
-    attach(state)  # a batch caught in standby goes back into service first
+    """Put the instances already changed back on the previous release; ``current`` is untouched.
+
+    A batch caught out of service stays out while it rolls back: it takes traffic again only
+    with the previous release (``unsurge``, which every path ends through, attaches it)."""
     # Changed: the batches done, and the batch whose activation was sent. Staging changed nothing.
     changed = sorted({*state.get("done", []), *state.get("activating", [])})
     update: State = {"rolled_back": changed, "failure": state.get("failure") or _caught(state)}
