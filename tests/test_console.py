@@ -226,12 +226,12 @@ def test_roll_back_to_the_release_before(console: Watched, staging: dict[str, An
 def test_a_refusal_is_shown_in_the_api_s_words(console: Watched, staging: dict[str, Any], slipway: Run) -> None:
     assert slipway("release", "web", "staging", "-m", "console: locked").returncode == 0
     release = releases(slipway, "web", "staging")[0]["id"]
-    # Someone else's rollout holds web's deploy lock while it watches its alarms.
+    # Someone else's rollout holds web's deploy lock while it watches its alarms (a long bake).
     holding = api(
         staging,
         "POST",
         "/apps/web/envs/staging/deploys",
-        {"release": release, "strategy": {"canary": False, "batch_percent": 100, "bake_seconds": 25}},
+        {"release": release, "strategy": {"canary": False, "batch_percent": 100, "bake_seconds": 600}},
     )
     open_page(console, staging["url"] + f"/#/apps/web/releases/{release}", "releasePage")
     console.page.locator("#deploy-form").get_by_role("button", name=f"Deploy {release}").click()
@@ -239,9 +239,11 @@ def test_a_refusal_is_shown_in_the_api_s_words(console: Watched, staging: dict[s
     expect(notice).to_contain_text("cannot deploy web in staging")
     expect(notice).to_contain_text(staging["user"])  # who holds it
     console.shot("refused")
-    # The refusal changed nothing: the holder's rollout goes on and ends.
+    # The refusal changed nothing: the holder's rollout goes on; cancelled, it rolls back and ends.
     open_page(console, staging["url"] + f"/#/apps/web/deploys/{holding['id']}", "deployPage")
-    expect(console.page.locator("#deploy .facts dd").first).to_have_text("SUCCEEDED", timeout=WAIT_MS)
+    expect(console.page.locator("#deploy .facts dd").first).to_have_text("RUNNING")
+    api(staging, "POST", f"/apps/web/envs/staging/deploys/{holding['id']}/cancel", {})
+    expect(console.page.locator("#deploy .facts dd").first).to_have_text("FAILED", timeout=WAIT_MS)
     # The failed call is the page's to show, not an error of the page.
     console.problems = [p for p in console.problems if "409" not in p]
     console.assert_clean()

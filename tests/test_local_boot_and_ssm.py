@@ -4,6 +4,7 @@ deploy document as the SSM agent runs it, with what SSM reports back (local.ssm)
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,6 @@ from local.boot import IMAGE_ON_INSTANCE as LOCAL_IMAGE
 from local.ssm import (
     InvalidDocument,
     InvalidParameters,
-    Step,
     command_status,
     list_invocations,
     outcome,
@@ -75,11 +75,24 @@ BUCKET = "platform-demo-releasebucket-1a2b"
 DOCUMENT = deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=["web", "billing"], env="demo")
 
 
-def test_the_deploy_document_runs_the_deploy_program_with_the_release_url() -> None:
+@pytest.mark.parametrize(
+    ("action", "argv"),
+    [(None, ["{url}"]), ("deploy", ["{url}"]), ("stage", ["--stage", "{url}"]), ("activate", ["--activate", "{url}"])],
+)
+def test_the_deploy_document_runs_the_deploy_program_in_the_mode_asked(action: str | None, argv: list[str]) -> None:
     url = f"s3://{BUCKET}/web/demo/r3"
-    assert shell_steps(DOCUMENT, {"ReleaseUrl": [url]}) == [
-        Step(name="Deploy", script=f"/home/deploy/bin/deploy {url}\n", timeout_seconds=900)
-    ]
+    parameters = {"ReleaseUrl": [url], **({"Action": [action]} if action else {})}
+    [step] = shell_steps(DOCUMENT, parameters)
+    assert (step.name, step.timeout_seconds) == ("Deploy", 900)
+    # The script as the SSM agent runs it, the deploy program replaced by one that prints its arguments.
+    script = step.script.replace("exec /home/deploy/bin/deploy", "exec printf '%s\\n'")
+    ran = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert ran.stdout.splitlines() == [a.format(url=url) for a in argv]
+
+
+def test_an_action_the_document_does_not_admit_is_refused() -> None:
+    with pytest.raises(InvalidParameters, match=re.escape('Parameter "Action" "restart" failed to satisfy')):
+        shell_steps(DOCUMENT, {"ReleaseUrl": [f"s3://{BUCKET}/web/demo/r3"], "Action": ["restart"]})
 
 
 @pytest.mark.parametrize(
