@@ -186,9 +186,8 @@ class RolloutStateMachine(Construct):
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",
-            "Auto Scaling standby and capacity changes are conditioned on the slipway:env tag; the Describe* and "
-            "GetCommandInvocation calls it also grants on * (groups, target health, alarms, command results) have "
-            "no resource level in IAM.",
+            "Auto Scaling standby and capacity changes are conditioned on the slipway:env tag; the Describe* calls "
+            "it also grants on * (groups, target health and attributes, alarms) have no resource level in IAM.",
         )
         acknowledge(
             role,
@@ -212,8 +211,6 @@ class RolloutStateMachine(Construct):
                     "elasticloadbalancing:DescribeTargetHealth",
                     "elasticloadbalancing:DescribeTargetGroupAttributes",
                     "cloudwatch:DescribeAlarms",
-                    "ssm:ListCommandInvocations",
-                    "ssm:GetCommandInvocation",
                 ],
                 resources=["*"],
             )

@@ -4,14 +4,10 @@ phase timings, and the final JSON line."""
 from __future__ import annotations
 
 import json
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TextIO
+from dataclasses import dataclass
 
 from slipway_release.layout import ReleaseUrl
+from slipway_release.report import StepReport
 
 from . import host
 from .space import NoSpace, explain_no_space, is_no_space
@@ -59,35 +55,17 @@ def result_line(
 
 
 @dataclass
-class Report:
-    """Human-readable steps on stdout, timing of each phase, the failure line on stderr."""
+class Report(StepReport):
+    """The agent's steps (``slipway_release.report``), its failure line ``deploy: FAILED: ...``, and
+    a unit's last journal lines."""
 
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
-    durations: dict[str, float] = field(default_factory=dict)
-
-    def step(self, message: str) -> None:
-        print(f"-----> {message}", file=self.out, flush=True)
-
-    def detail(self, message: str) -> None:
-        print(f"       {message}", file=self.out, flush=True)
-
-    def failure(self, message: str) -> None:
-        print(f"deploy: FAILED: {message}", file=self.err, flush=True)
+    failure_prefix: str = "deploy: FAILED: "
 
     def show_log(self, unit: str) -> None:
         """The last lines ``unit`` wrote to the journal, indented."""
         result = host.run(["journalctl", "--no-pager", "-o", "cat", "-n", "10", "-u", unit], check=False)
         for line in result.stdout.strip().splitlines()[-10:]:
             self.detail(f"| {line}")
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.durations[name] = self.durations.get(name, 0.0) + time.monotonic() - started
 
 
 def reason(error: BaseException) -> str:

@@ -24,10 +24,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from slipway_agent.unpack import unpack
 from slipway_release.archive import ArchiveRules, UnsafeArchive
@@ -44,6 +43,7 @@ from slipway_release.build import (
     process_environment,
 )
 from slipway_release.procfile import BUILD, ProcfileError, parse_procfile
+from slipway_release.report import StepReport
 from slipway_release.runtimes import Offer, RuntimesError, load_runtimes
 
 from .cli import BuildArgs, UsageError, parse_args
@@ -77,29 +77,10 @@ class BuildFailed(Exception):
 
 
 @dataclass
-class Report:
-    """Heroku-style steps on stdout, tool output indented, timings, the failure line on stderr."""
+class Report(StepReport):
+    """The build's steps (``slipway_release.report``), tool output indented, its failure line ``build: ...``."""
 
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
-    durations: dict[str, float] = field(default_factory=dict)
-
-    def step(self, message: str) -> None:
-        print(f"-----> {message}", file=self.out, flush=True)
-
-    def detail(self, message: str) -> None:
-        print(f"       {message}", file=self.out, flush=True)
-
-    def failure(self, message: str) -> None:
-        print(f"build: {message}", file=self.err, flush=True)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.durations[name] = self.durations.get(name, 0.0) + time.monotonic() - started
+    failure_prefix: str = "build: "
 
 
 @dataclass(frozen=True)
