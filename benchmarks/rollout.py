@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Modelled wall time of a rollout over fleets of 2, 10 and 100 instances, from real executions on moto.
+"""Modelled wall time of a rollout over fleets of 2, 10 and 100 instances and of a rollback, from real
+executions on moto.
 
 For each fleet size the synthesized Platform-staging stack is deployed into moto (the local
 platform's own simulated AWS, local.aws), web's Auto Scaling group resized, and the
@@ -8,19 +9,31 @@ task handlers in-process, with every Wait (polls, bake) set to 0 so it finishes 
 From the execution's history, and the AWS calls each task made, the rollout's wall time is
 then MODELLED with the fixed per-step latencies below:
 
-    poll loop of a step taking s seconds: k = ceil(s / POLL_S) iterations, each a Wait, a
-        check Task and a Choice (3 transitions, 1 Lambda invocation), ending at k x POLL_S;
-        the zero-wait run polled each loop once or so, so its iterations are replaced by k
+    a step taking s seconds (stage, drain, activate, healthy): its check starts at once and
+        watches it, looking every LOOK_S for up to WATCH_S in one Lambda invocation; a step
+        not done by then waits POLL_S (a Wait state) and is watched again. It is seen done at
+        ceil(s / LOOK_S) x LOOK_S (plus POLL_S per extra watch), each extra watch a Wait, a
+        check Task and a Choice (3 transitions, 1 Lambda invocation); the zero-wait run
+        checked each step about once, so its checks are replaced by the modelled ones
+    the surge (and the bake) is a Wait → check loop of ceil(s / POLL_S) polls
     waits  = surge loop (if the plan surged) + stage (once, every instance at once)
              + Σ over batches (drain + activate + healthy + bake)
     control plane = transitions x TRANSITION_S + Lambda invocations x LAMBDA_S
     modelled wall time = waits + control plane;  overhead = control plane / wall time
 
-The 2-instance fleet sits at its minimum size (2), so the plan must surge by one
-instance before it can take any out of service; larger fleets have half their size as
-the minimum, so the batch percent, not the minimum healthy, sizes the batches.
+Every fleet has half its size as its minimum (the instances kept in service), so the batch
+percent and the minimum together size the batches. A 2-instance fleet also runs at its
+minimum (2, marked "at min"): the plan must surge by one instance before it can take any out
+of service, and the surge instance's boot dominates. A rollback (kind rollback: no canary, no
+bake, batches as large as the minimum allows) goes back to a release every instance keeps
+staged, so its stage step only verifies.
 
-Run: `make bench` or `.venv/bin/python benchmarks/rollout.py [--fleets 2 10 100] [--batch-percent 25]`.
+The drain is modelled twice: ELB completes a deregistration at once when the target has no
+in-flight request and no active connection (its documented behaviour), so an app whose
+requests end within a second drains in about DRAIN_IDLE_S; a target that keeps a connection
+open drains for the target group's whole deregistration delay (15 s by default).
+
+Run: `make bench` or `.venv/bin/python benchmarks/rollout.py [--fleets 2 10 100] [--batch-percent 50]`.
 """
 
 from __future__ import annotations
@@ -48,17 +61,25 @@ from local.platform import synthesize  # noqa: E402
 from local.template import REGION  # noqa: E402
 from slipway import aws, deploys  # noqa: E402
 from slipway.rollout import tasks  # noqa: E402
-from slipway.rollout.strategy import Strategy  # noqa: E402
+from slipway.rollout.strategy import Strategy, rollback_strategy  # noqa: E402
 from slipway.settings import Timing  # noqa: E402
 from slipway_release.layout import AppKeys  # noqa: E402
 
 # Simulated latencies (seconds), fixed.
-DRAIN_S = 15.0  # the target group's default deregistration delay (constructs/config.py), drained in full
-STAGE_S = 20.0  # `deploy --stage` on every instance at once: download, verify, unpack, preflight
-ACTIVATE_S = 5.0  # `deploy --activate`: switch (0.04 s), release phase none, the app's boot to healthy (~3 s)
+SSM_DISPATCH_S = 2.0  # SendCommand until the instance's SSM agent runs the document
+APP_BOOT_S = 3.0  # the app's web process from start to answering its health check
+STAGE_S = SSM_DISPATCH_S + 1.0 + APP_BOOT_S  # `deploy --stage`: download, verify, unpack (measured: 0.8 s
+# for 50 MB on this machine's agent), then the preflight boot on a spare port; every instance at once
+STAGED_S = SSM_DISPATCH_S + 0.5  # `deploy --stage` of a release the instance keeps staged: verified only
+ACTIVATE_S = SSM_DISPATCH_S + 0.2 + APP_BOOT_S  # `deploy --activate`: switch (measured 0.2 s), no release
+# phase, restart, the app's boot to healthy on its real port
 HEALTHY_S = 10.0  # back in the target group to healthy: 2 checks x 5 s interval (constructs/fleet.py)
+DRAIN_IDLE_S = 1.0  # in-flight requests end (under a second), then ELB completes the deregistration at once
+DRAIN_DELAY_S = 15.0  # the target group's default deregistration delay (constructs/config.py), in full
 SURGE_S = 60.0  # a surge instance from SetDesiredCapacity to InService (the fleet's instance warmup)
-POLL_S = 5.0  # timing.poll_seconds: every check loop waits this long between checks
+POLL_S = float(Timing().poll_seconds)  # the Wait between two watches (and each surge and bake poll)
+WATCH_S = float(Timing().watch_seconds)  # a check watches its step this long ...
+LOOK_S = tasks.WATCH_INTERVAL_SECONDS  # ... looking again this often
 TRANSITION_S = 0.05  # one Step Functions state transition
 LAMBDA_S = 0.1  # one Lambda task invocation, the AWS calls it makes included
 API_CALL_S = 0.03  # one AWS API call: not in the model above, only in its sensitivity column
@@ -70,28 +91,61 @@ FLAT_TOLERANCE = 0.01
 
 @dataclass(frozen=True)
 class PollLoop:
-    """A Wait → check → Choice loop of the state machine and how long its step takes."""
+    """A check → Choice → Wait loop of the state machine and how long its step takes."""
 
     start: str  # the state after which a run of the loop begins
     wait: str
     check: str
     seconds: float
     per_batch: bool
+    watched: bool = True  # the check watches (tasks.watching); else one look per poll
 
 
-LOOPS = (
-    PollLoop(start="Lock", wait="WaitSurge", check="Plan", seconds=SURGE_S, per_batch=False),
-    PollLoop(start="Stage", wait="WaitStageCommand", check="CheckStageCommand", seconds=STAGE_S, per_batch=False),
-    PollLoop(start="Detach", wait="WaitDrained", check="CheckDrained", seconds=DRAIN_S, per_batch=True),
-    PollLoop(start="Send", wait="WaitCommand", check="CheckCommand", seconds=ACTIVATE_S, per_batch=True),
-    PollLoop(start="Attach", wait="WaitHealthy", check="CheckHealthy", seconds=HEALTHY_S, per_batch=True),
-)
+def watched_step(seconds: float) -> tuple[float, int, int]:
+    """A step of ``seconds`` under a watching check that starts at once: when it is seen done,
+    in how many check invocations, and with how many looks in all.
+
+    A watch looks at once and then every LOOK_S for WATCH_S; a step not done by then waits
+    POLL_S (a Wait state) for the next watch."""
+    start, invocations, looks = 0.0, 0, 0
+    per_watch = int(WATCH_S // LOOK_S)  # looks after the first, within one watch
+    while True:
+        invocations += 1
+        if seconds <= start + per_watch * LOOK_S:
+            more = max(0, math.ceil((seconds - start) / LOOK_S))
+            return start + more * LOOK_S, invocations, looks + more + 1
+        looks += per_watch + 1
+        start += per_watch * LOOK_S + POLL_S
+
+
+def loops(*, stage_s: float, drain_s: float) -> tuple[PollLoop, ...]:
+    """The state machine's poll loops, with the modelled duration of each step."""
+    return (
+        PollLoop(start="Lock", wait="WaitSurge", check="Plan", seconds=SURGE_S, per_batch=False, watched=False),
+        PollLoop(start="Stage", wait="WaitStageCommand", check="CheckStageCommand", seconds=stage_s, per_batch=False),
+        PollLoop(start="Detach", wait="WaitDrained", check="CheckDrained", seconds=drain_s, per_batch=True),
+        PollLoop(start="Send", wait="WaitCommand", check="CheckCommand", seconds=ACTIVATE_S, per_batch=True),
+        PollLoop(start="Attach", wait="WaitHealthy", check="CheckHealthy", seconds=HEALTHY_S, per_batch=True),
+    )
+
+
 FIRST_BATCH_STATE, LAST_BATCH_STATE = "Detach", "MoreBatches?"
+# Goals (bake 0): a rollout over 2 / 10 / 100 instances, and a rollback of 10.
+GOALS = {("deploy", 2): 45.0, ("deploy", 10): 60.0, ("deploy", 100): 90.0, ("rollback", 10): 20.0}
 
 
-def min_size(instances: int) -> int:
-    """The fleet's minimum size: at its minimum up to 2 instances (surge), else half of it."""
-    return instances if instances <= 2 else instances // 2
+@dataclass(frozen=True)
+class Scenario:
+    """One execution: a fleet of ``instances`` keeping ``minimum`` in service, deploying or rolling back."""
+
+    instances: int
+    minimum: int
+    kind: str = "deploy"
+
+    @property
+    def label(self) -> str:
+        at_min = " at min" if self.minimum == self.instances else ""
+        return f"{self.instances}{at_min}{' rollback' if self.kind == 'rollback' else ''}"
 
 
 @dataclass
@@ -188,31 +242,37 @@ def counted_tasks(counting: CountingClients, log: list[tuple[str, int]]) -> Iter
         yield
 
 
-def _fleet(deployed: Deployed, instances: int) -> None:
-    """web's group at ``instances`` (minimum as :func:`min_size`), releases r1 (current) and r2."""
-    deployed.resize("web", desired=instances, minimum=min_size(instances), maximum=max(4, instances * 2))
+def _fleet(deployed: Deployed, scenario: Scenario) -> None:
+    """web's group as ``scenario``, releases r1 and r2; r1 current for a deploy (of r2), r2 for a
+    rollback (to r1)."""
+    instances = scenario.instances
+    deployed.resize("web", desired=instances, minimum=scenario.minimum, maximum=max(4, instances * 2))
     keys, bucket = AppKeys("web", "staging"), deployed.fleet("web").bucket
     for release in ("r1", "r2"):
         body = json.dumps({"id": release, "app": "web", "env": "staging"}).encode()
         deployed.clients.s3.put_object(Bucket=bucket, Key=keys.release(release, "release.json"), Body=body)
-    deployed.clients.s3.put_object(Bucket=bucket, Key=keys.current, Body=b"r1\n")
+    current = b"r2\n" if scenario.kind == "rollback" else b"r1\n"
+    deployed.clients.s3.put_object(Bucket=bucket, Key=keys.current, Body=current)
 
 
-def execute(template: dict[str, Any], instances: int, batch_percent: int) -> Measured:
-    """A clean rollout of r2 over a fresh moto fleet of ``instances``, every wait 0."""
+def execute(template: dict[str, Any], scenario: Scenario, batch_percent: int) -> Measured:
+    """A clean rollout of r2 (or rollback to r1) over a fresh moto fleet, every wait 0."""
+    strategy = Strategy.parse({"canary": True, "batch_percent": batch_percent, "bake_seconds": 0})
+    if scenario.kind == "rollback":
+        strategy = rollback_strategy(strategy)  # as the API starts a rollback
     with mock_platform(template) as deployed:
         os.environ.update(deployed.environment)
         aws.client.cache_clear()
-        _fleet(deployed, instances)
+        _fleet(deployed, scenario)
         state = deploys.execution_input(
             app="web",
             env="staging",
-            release="r2",
+            release="r1" if scenario.kind == "rollback" else "r2",
             user="bench",
-            kind="deploy",
+            kind=scenario.kind,
             fleet=deployed.fleet("web"),
-            strategy=Strategy.parse({"canary": True, "batch_percent": batch_percent, "bake_seconds": 0}),
-            timing=Timing(poll_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30),
+            strategy=strategy,
+            timing=Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30),
         )
         counting = CountingClients(aws.client)
         log: list[tuple[str, int]] = []
@@ -224,7 +284,7 @@ def execute(template: dict[str, Any], instances: int, batch_percent: int) -> Mea
     entered = [e for e in execution.events if e["type"].endswith("StateEntered")]
     task_states = [e for e in entered if e["type"] == "TaskStateEntered"]
     if len(task_states) != len(log):
-        raise SystemExit(f"{instances} instances: {len(task_states)} Task states in the history, {len(log)} tasks run")
+        raise SystemExit(f"{scenario.label}: {len(task_states)} Task states in the history, {len(log)} tasks run")
     calls = iter(log)
     steps = []
     for event in entered:
@@ -242,7 +302,7 @@ def execute(template: dict[str, Any], instances: int, batch_percent: int) -> Mea
     )
 
 
-def model(measured: Measured, bake_s: float) -> Modelled:
+def model(measured: Measured, *, bake_s: float, drain_s: float, stage_s: float) -> Modelled:
     """Replace the zero-wait run's polls by those of the fixed latencies; add up the wall time."""
     names = [s.name for s in measured.steps]
     first, last = names.index(FIRST_BATCH_STATE), len(names) - 1 - names[::-1].index(LAST_BATCH_STATE)
@@ -254,14 +314,21 @@ def model(measured: Measured, bake_s: float) -> Modelled:
     }
     calls = measured.calls
     waits = {True: 0.0, False: 0.0}
-    for loop in LOOPS:
-        for polls, final_check_calls in _loop_runs(measured.steps, loop):
-            modelled_polls = math.ceil(loop.seconds / POLL_S)
-            extra = modelled_polls - polls
+    for loop in loops(stage_s=stage_s, drain_s=drain_s):
+        for checks, polls, final_check_calls in _loop_runs(measured.steps, loop):
+            if loop.watched:
+                seen, modelled_checks, looks = watched_step(loop.seconds)
+            elif polls:  # the surge loop: only when the plan surged
+                modelled_polls = math.ceil(loop.seconds / POLL_S)
+                seen, modelled_checks = modelled_polls * POLL_S, modelled_polls + 1
+                looks = modelled_checks
+            else:
+                continue
+            extra = modelled_checks - checks
             transitions[loop.per_batch] += extra * STATES_PER_POLL
             invocations[loop.per_batch] += extra
-            calls += extra * final_check_calls
-            waits[loop.per_batch] += modelled_polls * POLL_S
+            calls += (looks - checks) * final_check_calls
+            waits[loop.per_batch] += seen
     batches = len(measured.output["batches"])
     # The bake is a poll loop too (alarms checked every poll); the zero-wait run did not bake.
     bake_polls = math.ceil(bake_s / POLL_S)
@@ -273,12 +340,11 @@ def model(measured: Measured, bake_s: float) -> Modelled:
         return transitions[part] * TRANSITION_S + invocations[part] * LAMBDA_S
 
     control_s = control(True) + control(False)
-    surge_s = waits[False]
     return Modelled(
         transitions=transitions[True] + transitions[False],
         invocations=invocations[True] + invocations[False],
         calls=calls,
-        surge_s=surge_s,
+        surge_s=waits[False],
         batch_s=(waits[True] + control(True)) / batches,
         fixed_s=control(False),
         control_s=control_s,
@@ -286,23 +352,25 @@ def model(measured: Measured, bake_s: float) -> Modelled:
     )
 
 
-def _loop_runs(steps: list[Step], loop: PollLoop) -> list[tuple[int, int]]:
-    """Each run of ``loop``: how many times it waited, and the AWS calls of its last check.
+def _loop_runs(steps: list[Step], loop: PollLoop) -> list[tuple[int, int, int]]:
+    """Each run of ``loop``: how many checks it made, how many times it waited, and the AWS
+    calls of its last check.
 
-    A check's calls do not depend on its verdict, so every modelled extra poll makes the
+    A check's calls do not depend on its verdict, so every modelled extra look makes the
     calls of the check that found the step done.
     """
     runs: list[list[int]] = []
     current: list[int] | None = None
     for step in steps:
         if step.name == loop.start:
-            current = [0, 0]
+            current = [0, 0, 0]
             runs.append(current)
         elif current is not None and step.name == loop.wait:
+            current[1] += 1
+        elif current is not None and step.name == loop.check:
             current[0] += 1
-        elif current is not None and step.name == loop.check and current[0]:
-            current[1] = step.calls
-    return [(polls, made) for polls, made in runs if polls]
+            current[2] = step.calls
+    return [(checks, polls, made) for checks, polls, made in runs if checks]
 
 
 def _batch_sizes(sizes: list[int]) -> str:
@@ -316,16 +384,38 @@ def _batch_sizes(sizes: list[int]) -> str:
     return "+".join(f"{size}x{count}" if count > 1 else str(size) for size, count in runs)
 
 
+def scenarios(fleets: list[int], at_minimum: list[int], rollbacks: list[int]) -> list[Scenario]:
+    """Each fleet keeping half its size in service; those ``at_minimum`` keeping all; rollbacks."""
+    chosen = [Scenario(n, max(1, n // 2)) for n in fleets]
+    chosen += [Scenario(n, n) for n in at_minimum]
+    chosen += [Scenario(n, max(1, n // 2), kind="rollback") for n in rollbacks]
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleets", type=int, nargs="+", default=[2, 10, 100], help="fleet sizes (instances)")
-    parser.add_argument("--batch-percent", type=int, default=25, help="batch size after the canary, in percent")
+    parser.add_argument("--at-minimum", type=int, nargs="*", default=[2], help="fleet sizes also run at their minimum")
+    parser.add_argument("--rollbacks", type=int, nargs="*", default=[10], help="fleet sizes also rolled back")
+    parser.add_argument(
+        "--batch-percent",
+        type=int,
+        default=Strategy().batch_percent,
+        help="batch size after the canary, in percent (default: the platform's default strategy's)",
+    )
     parser.add_argument("--bake", type=float, nargs="+", default=[0, 30], help="bake seconds per batch, each modelled")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        nargs="+",
+        default=[DRAIN_IDLE_S, DRAIN_DELAY_S],
+        help="seconds a drain takes, each modelled (default: idle, and the whole deregistration delay)",
+    )
     args = parser.parse_args()
-    if min(args.fleets) < 1:
-        parser.error("--fleets: give fleet sizes of at least 1 instance")
+    if min(args.fleets + args.at_minimum + args.rollbacks) < 1:
+        parser.error("--fleets, --at-minimum, --rollbacks: give fleet sizes of at least 1 instance")
     if not 1 <= args.batch_percent <= 100:
-        parser.error("--batch-percent: give a whole percent from 1 to 100, e.g. 25")
+        parser.error("--batch-percent: give a whole percent from 1 to 100, e.g. 50")
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION)
     os.environ.pop("AWS_ENDPOINT_URL", None)  # moto's in-process mock, never a server
 
@@ -333,50 +423,65 @@ def main() -> None:
     template = synthesize("staging")
     print(f"synthesized Platform-staging in {time.perf_counter() - started:.1f} s")
     print(
-        f"latencies: stage {STAGE_S:g} s, drain {DRAIN_S:g} s, activate {ACTIVATE_S:g} s, healthy {HEALTHY_S:g} s, "
-        f"surge {SURGE_S:g} s, poll every {POLL_S:g} s; transition {TRANSITION_S:g} s, Lambda {LAMBDA_S:g} s"
+        f"latencies: stage {STAGE_S:g} s (staged already: {STAGED_S:g} s), activate {ACTIVATE_S:g} s, healthy "
+        f"{HEALTHY_S:g} s, drain {' or '.join(f'{d:g}' for d in args.drain)} s, surge {SURGE_S:g} s; checks watch "
+        f"{WATCH_S:g} s looking every {LOOK_S:g} s, Waits {POLL_S:g} s; transition {TRANSITION_S:g} s, "
+        f"Lambda {LAMBDA_S:g} s"
     )
     print(
-        f"strategy: canary, then {args.batch_percent}% batches; each fleet over the staging stack's two zones, "
-        "min size as shown\n"
+        f"strategy: canary, then {args.batch_percent}% batches (a rollback: no canary, batches as large as the "
+        "minimum allows); each fleet over the staging stack's two zones, min size as shown\n"
     )
     header = (
-        f"{'bake':>4} {'inst':>4} {'min':>3} {'surge':>5} {'batches':>7} {'sizes':<16} {'transitions':>11} "
-        f"{'(moto)':>6} {'Lambda':>6} {'API calls':>9} {'(model)':>7} {'wall s':>7} {'stage+surge s':>13} "
-        f"{'per batch s':>11} {'fixed s':>7} {'overhead':>8} {'+API 30ms':>9} {'moto s':>6}"
+        f"{'bake':>4} {'drain':>5} {'fleet':<14} {'min':>3} {'surge':>5} {'batches':>7} {'sizes':<12} "
+        f"{'transitions':>11} {'(moto)':>6} {'Lambda':>6} {'API calls':>9} {'(model)':>7} {'wall s':>7} "
+        f"{'stage+surge s':>13} {'per batch s':>11} {'overhead':>8} {'+API 30ms':>9} {'goal s':>6}"
     )
     print(header)
-    rows: list[tuple[int, Modelled]] = []
+    rows: list[tuple[Scenario, Modelled]] = []
+    goals: list[tuple[Scenario, float, float]] = []
     failures: list[str] = []
-    measured_runs = {instances: execute(template, instances, args.batch_percent) for instances in args.fleets}
-    for bake_s in args.bake:
-        for instances, measured in measured_runs.items():
-            if measured.status != "SUCCEEDED":
-                failures.append(f"{instances} instances: the execution ended {measured.status}: {measured.output}")
-                print(f"{instances:>4} {min_size(instances):>3}  FAILED on moto ({measured.status}); not modelled")
-                continue
-            modelled = model(measured, bake_s)
-            if bake_s == args.bake[0]:
-                rows.append((instances, modelled))
-            figures = [
-                f"{bake_s:>4g} {instances:>4} {min_size(instances):>3} {measured.surges:>5}",
-                f"{len(measured.output['batches']):>7} {_batch_sizes(measured.batch_sizes):<16}",
-                f"{modelled.transitions:>11} {len(measured.steps):>6} {modelled.invocations:>6} {measured.calls:>9}",
-                f"{modelled.calls:>7} {modelled.wall_s:>7.1f} {modelled.surge_s:>13.1f} {modelled.batch_s:>11.2f}",
-                f"{modelled.fixed_s:>7.2f} {modelled.overhead:>8.1%} {modelled.overhead_with_api():>9.1%}",
-                f"{measured.moto_s:>6.1f}",
-            ]
-            print(" ".join(figures))
+    measured_runs = {
+        s: execute(template, s, args.batch_percent) for s in scenarios(args.fleets, args.at_minimum, args.rollbacks)
+    }
+    for drain_s in args.drain:
+        for bake_s in args.bake:
+            for scenario, measured in measured_runs.items():
+                if measured.status != "SUCCEEDED":
+                    failures.append(f"{scenario.label}: the execution ended {measured.status}: {measured.output}")
+                    print(f"{scenario.label:<14} FAILED on moto ({measured.status}); not modelled")
+                    continue
+                stage_s = STAGED_S if scenario.kind == "rollback" else STAGE_S
+                modelled = model(measured, bake_s=bake_s, drain_s=drain_s, stage_s=stage_s)
+                first = (bake_s, drain_s) == (args.bake[0], args.drain[0])
+                if first and scenario.kind == "deploy" and scenario.minimum < scenario.instances:
+                    rows.append((scenario, modelled))
+                goal = GOALS.get((scenario.kind, scenario.instances)) if bake_s == 0 else None
+                if goal is not None and scenario.minimum < scenario.instances:
+                    goals.append((scenario, drain_s, modelled.wall_s))
+                figures = [
+                    f"{bake_s:>4g} {drain_s:>5g} {scenario.label:<14} {scenario.minimum:>3} {measured.surges:>5}",
+                    f"{len(measured.output['batches']):>7} {_batch_sizes(measured.batch_sizes):<12}",
+                    f"{modelled.transitions:>11} {len(measured.steps):>6} {modelled.invocations:>6}",
+                    f"{measured.calls:>9} {modelled.calls:>7} {modelled.wall_s:>7.1f} {modelled.surge_s:>13.1f}",
+                    f"{modelled.batch_s:>11.2f} {modelled.overhead:>8.1%} {modelled.overhead_with_api():>9.1%}",
+                    f"{goal if goal is not None else '':>6}",
+                ]
+                print(" ".join(figures))
     print(
-        "\ntransitions and Lambda invocations are modelled (the moto run's zero-wait polls replaced by "
-        f"ceil(step / {POLL_S:g} s) polls); (moto) is the run's own count. API calls are measured on moto; "
-        "(model) adds those of the modelled extra polls. wall = surge + fixed + batches x per batch."
+        "\ntransitions and Lambda invocations are modelled (the moto run's zero-wait checks replaced by "
+        "the modelled watches); (moto) is the run's own count. API calls are measured on moto; "
+        "(model) adds those of the modelled extra polls. wall = stage + surge + control plane + batches."
     )
     for failure in failures:
         print(f"FAILED: {failure}")
     if not rows:
         raise SystemExit("no fleet size rolled out on moto; nothing to model")
-    left_out = f"; {len(failures)} fleet size(s) FAILED and are left out" if failures else ""
+    left_out = f"; {len(failures)} scenario(s) FAILED and are left out" if failures else ""
+    for scenario, drain_s, wall_s in goals:
+        goal = GOALS[(scenario.kind, scenario.instances)]
+        verdict = "MET" if wall_s <= goal else "NOT MET"
+        print(f"goal: {scenario.label}, bake 0, drain {drain_s:g} s: {wall_s:.1f} s against {goal:g} s: {verdict}")
     per_batch = [m.batch_s for _, m in rows]
     spread = max(per_batch) / min(per_batch) - 1
     if len(rows) < 2:
@@ -385,7 +490,7 @@ def main() -> None:
         verdict = "SUPPORTED" if spread <= FLAT_TOLERANCE else "NOT SUPPORTED"
     print(
         f"\nclaim 1, wall time is flat in fleet size beyond the batch count: time per batch "
-        f"{min(per_batch):.2f} to {max(per_batch):.2f} s across {', '.join(str(i) for i, _ in rows)} instances "
+        f"{min(per_batch):.2f} to {max(per_batch):.2f} s across {', '.join(s.label for s, _ in rows)} instances "
         f"(spread {spread:.2%}, tolerance {FLAT_TOLERANCE:.0%}): {verdict}{left_out}"
     )
     worst = max(m.overhead for _, m in rows)

@@ -26,8 +26,9 @@ class RolloutStateMachine(Construct):
     staged release → wait for every invocation → attach →
     wait for healthy targets → bake, watching alarms → next batch → promote ``current``
     (compare-and-swap) → converge instances launched meanwhile → unsurge → unlock. Any
-    failure rolls the changed instances back to the previous release, leaves ``current``
-    alone, unlocks, and fails with the failing instance and its output.
+    failure rolls the changed instances back to the previous release through the same batch
+    steps (drained, in batches as large as the fleet's minimum allows, no bake), leaves
+    ``current`` alone, unlocks, and fails with the failing instance and its output.
     """
 
     def __init__(
@@ -64,8 +65,9 @@ class RolloutStateMachine(Construct):
     def _verdict(state: str) -> sfn.Condition:
         return sfn.Condition.string_equals("$.verdict", state)
 
-    def _poll(self, name: str, task: str, *, on_ready: sfn.IChainable, on_failed: sfn.IChainable) -> sfn.Chain:
-        """Wait, check, and go on, wait again or fail, by the check's verdict."""
+    def _poll(self, name: str, task: str, *, on_ready: sfn.IChainable, on_failed: sfn.IChainable) -> tasks.LambdaInvoke:
+        """Check at once (the check watches its step for up to ``timing.watch_seconds``, every second),
+        then go on, fail, or wait and check again, by the check's verdict."""
         wait = self._wait(f"Wait{name}")
         check = self._caught(self._task(task, f"Check{name}"), on_failed)
         choice = (
@@ -74,7 +76,9 @@ class RolloutStateMachine(Construct):
             .when(self._verdict("FAILED"), on_failed)
             .otherwise(on_ready)
         )
-        return wait.next(check).next(choice)
+        check.next(choice)
+        wait.next(check)
+        return check
 
     @staticmethod
     def _caught(task: tasks.LambdaInvoke, handler: sfn.IChainable) -> tasks.LambdaInvoke:
@@ -107,9 +111,10 @@ class RolloutStateMachine(Construct):
         rollback_wait = self._poll(
             "RollbackCommand", "command_done", on_ready=rollback_unsurge, on_failed=rollback_unsurge
         )
-        rollback.next(
-            sfn.Choice(self, "RollbackSent?").when(self._verdict("WAIT"), rollback_wait).otherwise(rollback_unsurge)
-        )
+        # BATCHES: back through the batch steps below, with the previous release; WAIT: the last
+        # resort (a step of those failed), every instance not yet back in one command.
+        rolling_back = sfn.Choice(self, "RollbackSent?").when(self._verdict("WAIT"), rollback_wait)
+        rollback.next(rolling_back)
 
         # After `current` moved, a failure cannot roll back (the release is current): report it.
         incomplete_unlock = unlock("UnlockAfterConverge", incomplete)
@@ -132,8 +137,10 @@ class RolloutStateMachine(Construct):
         advance.next(
             sfn.Choice(self, "MoreBatches?")
             .when(sfn.Condition.boolean_equals("$.more", True), detach)
+            .when(sfn.Condition.boolean_equals("$.rolling_back", True), rollback_unsurge)  # advance sets it
             .otherwise(promote)
         )
+        rolling_back.when(self._verdict("BATCHES"), detach).otherwise(rollback_unsurge)
         # The bake: the fleet's alarms watched every poll, so a firing alarm (or a cancel) stops it at once.
         baked = self._caught(self._task("baked"), rollback)
         bake_wait = self._wait("Bake").next(baked)

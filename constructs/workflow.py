@@ -13,6 +13,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 from constructs.acknowledge import acknowledge
 from slipway.aws import Throttled
+from slipway.settings import TASK_TIMEOUT_SECONDS
 
 # Lambda's own transient errors (throttling included), and a task's AWS call still throttled after
 # the client's retries (slipway.aws.Throttled), are retried with backoff, never a failure.
@@ -47,7 +48,7 @@ class WorkflowTasks(Construct):
             handler=handler,
             code=code,
             memory_size=512,
-            timeout=Duration.seconds(60),
+            timeout=Duration.seconds(TASK_TIMEOUT_SECONDS),
             log_group=log_group,
             role=self.role,
             description=description,

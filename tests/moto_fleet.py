@@ -25,7 +25,7 @@ from slipway_release.layout import AppKeys
 
 APP, ENV = "web", "staging"
 KEYS = AppKeys(APP, ENV)
-TIMING = Timing(poll_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30)
+TIMING = Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30)
 
 
 @dataclass

@@ -93,7 +93,7 @@ class Platform:
     def url(self) -> str:
         return f"{self.info['app_urls'][APP]}/"
 
-    def slipway(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPWAY_")}
         env.update(
             HOME=str(self.home),
@@ -101,8 +101,27 @@ class Platform:
             SLIPWAY_USER=self.info["user"],
             SLIPWAY_PASSWORD=PASSWORD,
         )
+        return env
+
+    def slipway(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(SLIPWAY), *args], cwd=cwd or self.checkout, env=env, capture_output=True, text=True, timeout=600
+            [str(SLIPWAY), *args],
+            cwd=cwd or self.checkout,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    def started(self, *args: str) -> subprocess.Popen[str]:
+        """``slipway ARGS`` running, its output read as it comes (the caller waits for it)."""
+        return subprocess.Popen(
+            [str(SLIPWAY), *args],
+            cwd=self.checkout,
+            env=self._env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def ok(self, *args: str, cwd: Path | None = None) -> str:
@@ -303,6 +322,44 @@ def test_a_release_the_load_balancer_finds_unhealthy_is_rolled_back(platform: Pl
     assert load.failures == [], load.summary()
     assert {b["release"] for b in _bodies(load)} == {before}
     _wait(lambda: len(platform.serving()) == DEMO_INSTANCES, 60, "the rolled-back instance to serve again")
+
+
+def test_a_cancel_after_the_canary_puts_it_back_drained(platform: Platform) -> None:
+    before = platform.status()["current"]
+    release = platform.publish(message="cancelled after the canary")
+    with Load(platform.url) as load:
+        deploy = platform.started("deploy", APP, ENV, release, *FAST)
+        try:
+            assert deploy.stdout is not None
+            for line in deploy.stdout:  # each step as it ends: the canary is done once batch 2 begins
+                if "batch 2 of 3" in line:
+                    break
+            else:
+                pytest.fail(f"the deploy ended before its second batch: {deploy.communicate()}")
+            # The canceller follows it to its end: rolled back, so the deploy did not happen (exit 1).
+            cancelled = platform.slipway("deploy", APP, ENV, "--cancel", "--interval", "0.5")
+            out, err = deploy.communicate(timeout=300)
+        finally:
+            if deploy.poll() is None:
+                deploy.kill()
+                deploy.wait()
+    print(f"cancel after the canary, rolled back: {load.summary()}")
+    assert deploy.returncode == 1 and cancelled.returncode == 1, out + err
+    assert cancelled.stderr.splitlines()[-1] == err.splitlines()[-1], cancelled.stderr  # the same outcome
+    assert "cancelled the rollout" in err and f"{before} is still current" in err, err
+    # The canary (and the second batch, if its switch was sent before the cancel was seen) back in
+    # drained batches of one: three instances keeping two in service.
+    rolled = re.search(r"; rolled back (i-[0-9a-f, i-]+); ", err)
+    assert rolled, err
+    count = len(rolled.group(1).split(", "))
+    back = re.findall(r"rolling back: switching a batch back to the previous release — batch (\d) of (\d)", out)
+    assert count in (1, 2) and back == [(str(n), str(count)) for n in range(1, count + 1)], out
+    # Zero by design: the canary, in service on the new release, goes back drained like any batch.
+    assert load.failures == [], load.summary()
+    assert release in {b["release"] for b in _bodies(load)}  # the canary served it before the cancel
+    _wait(lambda: len(platform.serving()) == DEMO_INSTANCES, 60, "every instance to serve again")
+    assert set(platform.serving().values()) == {before}
+    assert platform.status()["current"] == before
 
 
 def test_cycling_one_instance(platform: Platform) -> None:

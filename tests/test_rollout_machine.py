@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from moto_fleet import KEYS, World, faulty
 
 from local.aws import Deployed
+from slipway import deploys
 
 
 @pytest.fixture
@@ -70,6 +71,7 @@ def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any], f
         if url.endswith("/r1"):  # the rollback: the canary gets traffic again only once it is back
             states = world.lifecycle()
             out_of_service_during_rollback.extend(i for i in instances if states[i] == "Standby")
+            world.faults.command_fails_on.difference_update(instances)  # r1 runs fine
 
     world.faults.on_send = on_send
     status, output = machine(world)
@@ -78,25 +80,60 @@ def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any], f
     [canary] = world.sent[0][0]
     assert canary in output["cause"]
     assert world.current() == "r1"  # current untouched
-    assert world.sent[-1] == ([canary], f"s3://{world.bucket}/web/staging/r1")  # rolled back to r1
+    assert world.sent[1:] == [([canary], f"s3://{world.bucket}/web/staging/r1")]  # rolled back to r1, once
+    assert list(world.actions.values())[-1] == "activate"  # the staged previous release, no download
     assert world.deployed() == {canary: "r1"}
     assert out_of_service_during_rollback == [canary]
     assert set(world.lifecycle().values()) == {"InService"}  # and back in service after it
 
 
-def test_unhealthy_target_in_batch_two_rolls_back_batches_one_and_two(
+def test_unhealthy_target_in_batch_two_rolls_back_in_drained_batches_that_keep_the_minimum(
     machine: Callable[..., Any], fleet: Callable[..., World]
 ) -> None:
     world = fleet(instances=5, min_size=2)
-    world.faults.on_send = lambda instances, url: (
-        world.faults.unhealthy.update(instances) if url.endswith("/r2") and len(world.sent) == 2 else None
-    )
+    out_of_service: list[int] = []
+
+    def on_send(instances: list[str], url: str) -> None:
+        out_of_service.append(sum(1 for state in world.lifecycle().values() if state == "Standby"))
+        if url.endswith("/r2") and len(world.sent) == 2:
+            world.faults.unhealthy.update(instances)
+        if url.endswith("/r1"):
+            world.faults.unhealthy.difference_update(instances)  # healthy again on r1
+
+    world.faults.on_send = on_send
     status, output = machine(world)
     assert status == "FAILED", output
-    changed = sorted(world.sent[0][0] + world.sent[1][0])
-    assert world.sent[-1] == (changed, f"s3://{world.bucket}/web/staging/r1")
-    assert world.current() == "r1"
+    canary, second = world.sent[0][0], world.sent[1][0]
+    assert len(canary) == 1 and len(second) == 3  # 50 % of five, the room of five keeping two
+    r1 = f"s3://{world.bucket}/web/staging/r1"
+    # The unhealthy batch first, then the canary: each drained, never more than three out at once.
+    assert world.sent[2:] == [(sorted(second), r1), (canary, r1)]
+    assert max(out_of_service) <= 3
+    assert list(world.actions.values())[-2:] == ["activate", "activate"]
+    assert world.current() == "r1" and world.lock() is None
     assert set(world.deployed().values()) == {"r1"}
+    assert set(world.lifecycle().values()) == {"InService"}
+    assert "Target.FailedHealthChecks" in output["cause"] or second[0] in output["cause"]
+
+
+def test_the_timeline_says_which_batches_roll_back(fleet: Callable[..., World]) -> None:
+    world = fleet(instances=4, min_size=2)
+
+    def on_send(instances: list[str], url: str) -> None:
+        if url.endswith("/r2") and len(world.sent) == 2:  # the second batch fails its activation
+            world.faults.command_fails_on.update(instances)
+        if url.endswith("/r1"):
+            world.faults.command_fails_on.difference_update(instances)
+
+    world.faults.on_send = on_send
+    with faulty(world):
+        execution = world.run()
+    assert execution.status == "FAILED", execution.output
+    steps = [(entry["step"], entry["batch"]) for entry in deploys.timeline(execution.events)]
+    assert ("switching a batch to the release", 2) in steps
+    back = [batch for words, batch in steps if words == "rolling back: switching a batch back to the previous release"]
+    assert back == [1, 2]  # the failed batch, then the canary: two batches, two out at most (four keeping two)
+    assert steps[-1] == ("rolled back", None)
 
 
 def test_second_concurrent_deploy_is_refused(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
@@ -206,14 +243,19 @@ def test_a_failing_rollback_still_gives_back_the_lock_and_leaves_nothing_in_stan
 ) -> None:
     world = fleet(instances=3, min_size=1)
     world.faults.command_fails_on.update(world.instances())  # the canary fails: roll back ...
-    # ... and the rollback's own command (the second one sent) cannot be sent.
-    world.faults.raises["ssm:send_command"] = [None, _client_error("InternalServerError", "SendCommand")]
+    # ... and the rollback's activation fails there too, and so does the last resort (a full deploy),
+    # whose command cannot even be sent (stage, canary, rollback's activation, last resort).
+    world.faults.raises["ssm:send_command"] = [None, None, None, _client_error("InternalServerError", "SendCommand")]
     status, output = machine(world)
     assert status == "FAILED" and output["error"] == "RolloutFailed", output
+    [canary] = world.sent[0][0]
+    assert output["cause"].startswith(f"the deploy command failed on {canary}")
+    assert "; and rolling back in batches failed too (the deploy command failed on" in output["cause"]
+    assert f"the command giving {canary} r1 at once could not be sent (ClientError" in output["cause"]
     assert world.lock() is None  # given back
     assert set(world.lifecycle().values()) == {"InService"}  # nothing left in standby
     assert world.current() == "r1"
-    assert world.calls["ssm:send_command"] == 2 and not world.faults.raises["ssm:send_command"]  # it was tried
+    assert world.calls["ssm:send_command"] == 4 and not world.faults.raises["ssm:send_command"]  # it was tried
 
 
 def test_an_instance_that_does_not_take_the_release_after_the_switch_is_reported(

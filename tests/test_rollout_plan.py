@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slipway.rollout.plan import Instance, RolloutPlan, plan_batches
+from slipway.rollout.plan import Instance, RolloutPlan, plan_batches, plan_rollback
 from slipway.rollout.strategy import Strategy
 
 # plan_batches: properties -------------------------------------------------------------------------
@@ -239,3 +239,41 @@ def test_a_hundred_instances_half_at_a_time_stop_at_the_minimum() -> None:
     fleet = fleet_of(100)
     plan = plan_batches(fleet, strategy=Strategy(canary=False, batch_percent=60), min_healthy=90)
     assert [len(b) for b in plan.batches] == [10] * 10 and plan.surge == 0
+
+
+# plan_rollback --------------------------------------------------------------------------------
+
+
+@given(fleet=fleets(max_size=40), data=st.data())
+@settings(max_examples=200, deadline=None)
+def test_a_rollback_puts_every_changed_instance_back_once_failing_first_never_below_the_minimum(
+    fleet: list[Instance], data: st.DataObject
+) -> None:
+    changed = data.draw(st.lists(st.sampled_from(fleet), unique=True)) if fleet else []
+    failing = {i.id for i in data.draw(st.lists(st.sampled_from(changed), unique=True))} if changed else set()
+    serving = len(fleet)
+    min_healthy = data.draw(st.integers(0, serving))
+    batches = plan_rollback(changed, failing=failing, serving=serving, min_healthy=min_healthy)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == sorted(i.id for i in changed)  # each changed instance exactly once
+    assert all(batches)  # no empty batch
+    if failing:
+        assert failing <= set(batches[0])  # the batch caught mid-switch is put back first
+    room = max(1, serving - min_healthy)
+    # A batch takes out no more than the room; the failing batch is out already and takes up its share.
+    if failing:
+        assert len(set(batches[0]) - failing) <= max(0, room - len(failing))
+    assert all(len(batch) <= room for batch in batches[1 if failing else 0 :])
+
+
+def test_a_rollback_of_ten_keeping_five_goes_in_two_batches_the_failing_one_first() -> None:
+    fleet = [Instance(f"i-{n:02d}", ZONES[n % 2]) for n in range(10)]
+    batches = plan_rollback(fleet[:6], failing={"i-05"}, serving=10, min_healthy=5)
+    assert batches == (("i-05", "i-00", "i-01", "i-02", "i-03"), ("i-04",))
+    # Nothing failing (a cancel between batches): batches as large as the room, zones spread.
+    assert plan_rollback(fleet, failing=set(), serving=10, min_healthy=5) == (
+        ("i-00", "i-01", "i-02", "i-03", "i-04"),
+        ("i-05", "i-06", "i-07", "i-08", "i-09"),
+    )
+    # A fleet at its minimum still rolls back, one instance at a time.
+    assert plan_rollback(fleet[:2], failing=set(), serving=2, min_healthy=2) == (("i-00",), ("i-01",))

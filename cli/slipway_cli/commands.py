@@ -185,6 +185,7 @@ def cmd_rollback(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
 
 
 def _step_line(entry: dict[str, Any], batches: int) -> str:
+    batches = entry.get("batches") or batches  # the plan's at that step: a rollback plans its own
     where = f" — batch {entry['batch']} of {batches}" if entry["batch"] and batches else ""
     return f"  {entry['step']}{where} ({entry['seconds']:.1f} s)"
 

@@ -55,7 +55,13 @@ def throttling_is_retried() -> Iterator[None]:
     try:
         yield
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code in THROTTLING_CODES:
+        if is_throttled(error):
+            code = error.response["Error"]["Code"]
             raise Throttled(f"{error.operation_name} was throttled ({code}); retried with backoff") from error
         raise
+
+
+def is_throttled(error: Exception) -> bool:
+    """Is ``error`` an AWS call refused for its rate (to be retried, never a failure)?"""
+    response = getattr(error, "response", None)
+    return isinstance(response, dict) and response.get("Error", {}).get("Code", "") in THROTTLING_CODES

@@ -78,7 +78,8 @@ def last_state(events: Iterable[Mapping[str, Any]]) -> tuple[str | None, dict[st
 
 def timeline(events: Iterable[Mapping[str, Any]], stopped_at: Any = None) -> list[dict[str, Any]]:
     """The rollout's steps in words, in order: each with its batch (1-based; ``None`` outside the
-    batches), when it started and how long it took (``None`` while it runs). Consecutive states
+    batches) and how many batches the plan then had (a rollback plans its own), when it started
+    and how long it took (``None`` while it runs). Consecutive states
     with the same words and batch are one step."""
     entries: list[dict[str, Any]] = []
     for event in events:
@@ -86,14 +87,15 @@ def timeline(events: Iterable[Mapping[str, Any]], stopped_at: Any = None) -> lis
         if not event["type"].endswith("StateEntered") or event["type"] == "ChoiceStateEntered":
             continue
         details = event["stateEnteredEventDetails"]
-        batch = None
+        batch, batches, rolling_back = None, None, False
         if details["name"] in BATCH_STATES:
             state = json.loads(details.get("input") or "{}")
-            batch = int(state.get("cursor", 0)) + 1
-        words = step(details["name"])
+            batch, batches = int(state.get("cursor", 0)) + 1, len(state.get("batches") or [])
+            rolling_back = bool(state.get("rolling_back"))
+        words = step(details["name"], rolling_back=rolling_back)
         if entries and (entries[-1]["step"], entries[-1]["batch"]) == (words, batch):
             continue
-        entries.append({"step": words, "batch": batch, "at": _when(event["timestamp"])})
+        entries.append({"step": words, "batch": batch, "batches": batches, "at": _when(event["timestamp"])})
     if not entries:
         return []
     ends = [entry["at"] for entry in entries[1:]] + [_when(stopped_at) if stopped_at is not None else None]
@@ -101,6 +103,7 @@ def timeline(events: Iterable[Mapping[str, Any]], stopped_at: Any = None) -> lis
         {
             "step": entry["step"],
             "batch": entry["batch"],
+            "batches": entry["batches"],
             "started_at": entry["at"].isoformat(),
             "seconds": None if end is None else round((end - entry["at"]).total_seconds(), 1),
         }
@@ -119,7 +122,8 @@ def view(description: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) ->
     events = list(events)
     entered, state = last_state(events)
     batches = state.get("batches") or []
-    done = set(state.get("done") or [])
+    # While rolling back, the batches are those putting instances back, done once restored.
+    done = set(state.get("restored" if state.get("rolling_back") else "done") or [])
     result: dict[str, Any] = {
         "id": description["name"],
         "app": request.get("app"),

@@ -88,15 +88,28 @@ class FleetSettings:
             raise SettingsError(f"fleet settings are malformed ({type(error).__name__}: {error})") from None
 
 
+# The rollout tasks' Lambda timeout (constructs.workflow), and the longest watch that fits in it.
+TASK_TIMEOUT_SECONDS = 60
+MAX_WATCH_SECONDS = 40
+
+
 @dataclass(frozen=True)
 class Timing:
     """How a rollout paces itself: seconds between checks and how long each wait may take."""
 
-    poll_seconds: int = 5
+    poll_seconds: int = 5  # the state machine's Wait between two watches (and between build checks)
+    watch_seconds: int = 20  # a check watches its step this long, every second, before such a Wait
     command_timeout: int = 900  # a deploy command: download, unpack, release phase, health check
     healthy_timeout: int = 300  # targets back to healthy, and draining
     lock_minutes: int = 60  # a lock outlives a dead execution by at most this
     build_timeout: int = 1800  # a build: provisioning the runtimes, installing dependencies, the build: line
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.watch_seconds <= MAX_WATCH_SECONDS:
+            raise SettingsError(
+                f"rollout timing watch_seconds is {self.watch_seconds}; use 0 to {MAX_WATCH_SECONDS} (a watching "
+                "check runs in one Lambda invocation, which must end well within the task's timeout)"
+            )
 
     def to_json(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

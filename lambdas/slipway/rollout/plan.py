@@ -11,7 +11,7 @@ the larger fleet, so they are deployed in a batch like the others.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import chain, zip_longest
 
@@ -82,3 +82,24 @@ def plan_batches(instances: Sequence[Instance], *, strategy: Strategy, min_healt
         batches.append((order.pop(0),))
     batches.extend(tuple(order[start : start + size]) for start in range(0, len(order), size))
     return RolloutPlan(batches=tuple(batches), surge=surge)
+
+
+def plan_rollback(
+    changed: Sequence[Instance], *, failing: Collection[str], serving: int, min_healthy: int
+) -> tuple[tuple[str, ...], ...]:
+    """Batches that put the ``changed`` instances back on the previous release, fastest first.
+
+    ``failing`` (the batch that was being switched, out of service or unhealthy) goes in the
+    first batch, with as many of the others as the room allows; the rest follow in batches
+    as large as keeping ``min_healthy`` of the ``serving`` instances allows, spread across
+    zones. ``serving`` counts the instances that take traffic when none is out (the failing
+    ones included), so the room is ``serving - min_healthy``, and at least one.
+    """
+    first = [i.id for i in sorted(changed, key=lambda i: i.id) if i.id in failing]
+    rest = _spread([i for i in changed if i.id not in failing])
+    room = max(1, serving - min_healthy)
+    head = max(0, room - len(first))
+    batches = [tuple(first + rest[:head])] if first else []
+    rest = rest[head:] if first else rest
+    batches.extend(tuple(rest[start : start + room]) for start in range(0, len(rest), room))
+    return tuple(b for b in batches if b)

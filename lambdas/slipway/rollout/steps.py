@@ -86,8 +86,20 @@ BATCH_STATES = frozenset(
 )
 
 
-def step(state: str | None) -> str | None:
-    """The words for ``state`` (``None`` before the first state)."""
+# The same batch states while they put changed instances back on the previous release.
+ROLLING_BACK: dict[str, str] = {
+    **{name: "rolling back: " + STEPS[name] for name in BATCH_STATES},
+    **{
+        name: "rolling back: switching a batch back to the previous release"
+        for name in ("Send", "WaitCommand", "CheckCommand", "Command?")
+    },
+}
+
+
+def step(state: str | None, *, rolling_back: bool = False) -> str | None:
+    """The words for ``state`` (``None`` before the first state); a batch state's while rolling back."""
     if state is None:
         return None
+    if rolling_back and state in ROLLING_BACK:
+        return ROLLING_BACK[state]
     return STEPS.get(state, state)

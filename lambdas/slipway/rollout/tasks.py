@@ -14,6 +14,8 @@ State fields (set by the API that starts the execution, or by earlier tasks)::
     timing: {...}                            slipway.settings.Timing
     previous, lock_expires_at                current before the rollout, and the lock's expiry (lock)
     batches, cursor, done                    the plan and progress (plan, advance)
+    rolling_back, rolled_back, restored      after a failure: the batches put the changed instances
+                                             back on ``previous`` (rollback, advance)
     command: {id, instances, sent_at}        the command being waited for
     checked_at, verdict, reason, failure     the latest check's outcome
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +35,7 @@ from slipway.releases import ReleaseError
 from slipway.rollout.commands import ACTIVATE, DEPLOY, STAGE, send_deploy_request
 from slipway.rollout.health import alarms_verdict, command_verdict, targets_verdict
 from slipway.rollout.lock import DeployLock, LockHeld, LockLost
-from slipway.rollout.plan import Instance, plan_batches
+from slipway.rollout.plan import Instance, plan_batches, plan_rollback
 from slipway.rollout.strategy import Strategy
 from slipway.settings import FleetSettings, Timing
 from slipway.store import Bucket
@@ -40,6 +43,8 @@ from slipway_release.layout import AppKeys, release_url
 
 State = dict[str, Any]
 OUTPUT_TAIL = 2000
+# A watching check (drained, command_done, healthy) looks again this often within its watch.
+WATCH_INTERVAL_SECONDS = 1.0
 # ELB's default deregistration delay, for a target group that does not state its own.
 DEFAULT_DEREGISTRATION_DELAY = 300
 
@@ -141,11 +146,16 @@ def keep_lock(state: State) -> State:
     return {**state, "lock_expires_at": renewed.expires_at.isoformat()}
 
 
-def _in_service(group: str) -> tuple[list[Instance], Mapping[str, Any]]:
+def _group(group: str) -> Mapping[str, Any]:
     described = aws.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     if not described["AutoScalingGroups"]:
         raise RolloutError(f"the fleet's Auto Scaling group {group} does not exist; deploy the stack")
-    asg = described["AutoScalingGroups"][0]
+    found: Mapping[str, Any] = described["AutoScalingGroups"][0]
+    return found
+
+
+def _in_service(group: str) -> tuple[list[Instance], Mapping[str, Any]]:
+    asg = _group(group)
     instances = [
         Instance(id=i["InstanceId"], zone=i["AvailabilityZone"])
         for i in asg["Instances"]
@@ -213,14 +223,23 @@ def _batch(state: State) -> list[str]:
     return batch
 
 
+def _target(state: State) -> str:
+    """The release the batches switch to: the rollout's, or the previous one while rolling back."""
+    return str(state["previous"] if state.get("rolling_back") else state["release"])
+
+
 def detach(state: State) -> State:
-    """Take the batch out of traffic: standby (no replacement launched) and deregistration (draining)."""
+    """Take the batch out of traffic: standby (no replacement launched) and deregistration (draining).
+
+    Instances already in standby (a batch caught out of service, now rolled back first) stay there."""
     batch, fleet = _batch(state), _fleet(state)
-    aws.client("autoscaling").enter_standby(
-        AutoScalingGroupName=fleet.group, InstanceIds=batch, ShouldDecrementDesiredCapacity=True
-    )
-    elbv2 = aws.client("elbv2")
-    elbv2.deregister_targets(TargetGroupArn=fleet.target_group, Targets=[{"Id": i} for i in batch])
+    entering = [i for i in batch if i not in (state.get("standby") or [])]
+    if entering:
+        aws.client("autoscaling").enter_standby(
+            AutoScalingGroupName=fleet.group, InstanceIds=entering, ShouldDecrementDesiredCapacity=True
+        )
+        elbv2 = aws.client("elbv2")
+        elbv2.deregister_targets(TargetGroupArn=fleet.target_group, Targets=[{"Id": i} for i in entering])
     return {**state, "standby": batch, "checked_at": _now().isoformat(), "drain_seconds": _drain_seconds(fleet)}
 
 
@@ -252,8 +271,9 @@ def stage(state: State) -> State:
 
 
 def send(state: State) -> State:
-    """Activate the staged release on the batch (out of traffic): release phase, switch, restart, health."""
-    sent = _send(state, _batch(state), _release_url(state, state["release"]), action=ACTIVATE)
+    """Activate the staged release on the batch (out of traffic): release phase, switch, restart, health.
+    While rolling back, the previous release, which every changed instance keeps staged."""
+    sent = _send(state, _batch(state), _release_url(state, _target(state)), action=ACTIVATE)
     return {**sent, "activating": _batch(state)}
 
 
@@ -262,7 +282,7 @@ def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY)
         _fleet(state),
         instances=instances,
         url=url,
-        kind=state["kind"],
+        kind="rollback" if state.get("rolled_back") is not None else state["kind"],
         user=state["user"],
         timeout_seconds=_timing(state).command_timeout,
         action=action,
@@ -350,7 +370,12 @@ def healthy(state: State) -> State:
 
 
 def baked(state: State) -> State:
-    """The bake: is any of the fleet's alarms firing (FAILED at once), and has the bake time passed?"""
+    """The bake: is any of the fleet's alarms firing (FAILED at once), and has the bake time passed?
+
+    Not while rolling back: the alarm that stopped the rollout may still be firing, and the
+    previous release is what the fleet ran before."""
+    if state.get("rolling_back"):
+        return {**state, "verdict": "READY", "reason": "rolling back: no bake"}
     since = state.get("baking_since") or _now().isoformat()
     names = list(_fleet(state).alarms)
     found = aws.client("cloudwatch").describe_alarms(AlarmNames=names)["MetricAlarms"] if names else []
@@ -365,10 +390,17 @@ def baked(state: State) -> State:
 
 def advance(state: State) -> State:
     """The batch is done: note its release and move to the next batch."""
-    _releases(state).record_instances(_batch(state), state["release"])
-    done = [*state["done"], *_batch(state)]
+    _releases(state).record_instances(_batch(state), _target(state))
     cursor = state["cursor"] + 1
-    return {**state, "done": done, "activating": [], "cursor": cursor, "more": cursor < len(state["batches"])}
+    progress = "restored" if state.get("rolling_back") else "done"
+    return {
+        **state,
+        progress: [*state.get(progress, []), *_batch(state)],
+        "rolling_back": bool(state.get("rolling_back")),
+        "activating": [],
+        "cursor": cursor,
+        "more": cursor < len(state["batches"]),
+    }
 
 
 # The end --------------------------------------------------------------------------------------
@@ -411,7 +443,9 @@ def unlock(state: State) -> State:
     failed = state.get("verdict") == "FAILED"  # the last command (converge or rollback) did not succeed
     releases = _releases(state)
     if state.get("rolled_back"):
-        releases.record_instances(state["rolled_back"], None if failed else state.get("previous"))
+        # Those the rollback's batches restored were noted as they went (advance).
+        rest = [i for i in state["rolled_back"] if i not in state.get("restored", [])]
+        releases.record_instances(rest, None if failed else state.get("previous"))
     elif state.get("converged"):
         releases.record_instances(state["converged"], None if failed else state["release"])
     _deploy_lock(state).release(state["app"], state["env"], execution=state["execution"])
@@ -421,14 +455,79 @@ def unlock(state: State) -> State:
 def rollback(state: State) -> State:
     """Put the instances already changed back on the previous release; ``current`` is untouched.
 
-    A batch caught out of service stays out while it rolls back: it takes traffic again only
-    with the previous release (``unsurge``, which every path ends through, attaches it)."""
+    In drained batches through the same steps as the rollout (verdict ``BATCHES``), as large as
+    the fleet's minimum in service allows, activating the previous release each instance keeps
+    staged: the batch caught mid-switch first (it stays out of service until it is back), then
+    those done. If a step of that fails too, the instances not yet back get the previous release
+    at once, in service or not (verdict ``WAIT``, the last resort), and the failure says both."""
+    if state.get("rolling_back"):
+        return _rollback_at_once(state)
+    failure = state.get("failure") or _caught(state)
+    try:
+        return _rollback_in_batches(state, failure)
+    except Exception as error:  # reported in the failure, which must survive it
+        if aws.is_throttled(error):
+            raise
+        reason = f"{failure['reason']}; and the rollback could not start ({type(error).__name__}: {error})"
+        return {**state, "failure": {**failure, "reason": reason}, "rolled_back": [], "verdict": "READY"}
+
+
+def _rollback_in_batches(state: State, failure: State) -> State:
     # Changed: the batches done, and the batch whose activation was sent. Staging changed nothing.
-    changed = sorted({*state.get("done", []), *state.get("activating", [])})
-    update: State = {"rolled_back": changed, "failure": state.get("failure") or _caught(state)}
-    if not changed or not state.get("previous"):
+    changed = {*state.get("done", []), *state.get("activating", [])}
+    if not changed and not state.get("standby"):
+        return {**state, "rolled_back": [], "restored": [], "failure": failure, "verdict": "READY"}
+    asg = _group(_fleet(state).group)
+    members = {i["InstanceId"]: i for i in asg["Instances"]}
+    # A batch out of service whose switch was never sent is unchanged: it serves again at once.
+    unchanged = [i for i in state.get("standby") or [] if i not in changed and i in members]
+    if unchanged:
+        state = attach({**state, "standby": unchanged})
+    standby = [i for i in state.get("standby") or [] if i in changed]
+    present = sorted(i for i in changed if i in members)
+    update: State = {"rolled_back": present, "restored": [], "failure": failure, "standby": standby}
+    if not present or not state.get("previous"):
         return {**state, **update, "verdict": "READY"}
-    sent = _send({**state, **update, "kind": "rollback"}, changed, _release_url(state, state["previous"]))
+    serving = sum(1 for i in members.values() if i["LifecycleState"] in ("InService", "Standby"))
+    batches = plan_rollback(
+        [Instance(id=i, zone=members[i]["AvailabilityZone"]) for i in present],
+        failing={*state.get("activating", []), *standby},
+        serving=serving,
+        min_healthy=asg["MinSize"],
+    )
+    return {
+        **state,
+        **update,
+        "rolling_back": True,
+        "rollback_cause": failure,
+        "batches": [list(b) for b in batches],
+        "cursor": 0,
+        "verdict": "BATCHES",
+        "reason": f"rolling back {len(present)} instance(s) to {state['previous']} in {len(batches)} batch(es)",
+    }
+
+
+def _rollback_at_once(state: State) -> State:
+    """The last resort: a step of the batched rollback failed; the rest go back in one command."""
+    cause: State = state["rollback_cause"]
+    noted: State | None = state.get("failure")
+    then = noted if noted and state.get("verdict") == "FAILED" else _caught(state)
+    remaining = [i for i in state["rolled_back"] if i not in state.get("restored", [])]
+    failed_too = f"{cause['reason']}; and rolling back in batches failed too ({then['reason']})"
+    reason = f"{failed_too}, so {', '.join(remaining) or 'no instance'} got {state['previous']} at once"
+    update: State = {"rolling_back": False, "failure": {**cause, "reason": reason}}
+    if not remaining:
+        return {**state, **update, "verdict": "READY"}
+    try:
+        sent = _send({**state, **update}, remaining, _release_url(state, state["previous"]))
+    except Exception as error:  # reported in the failure, which must survive it
+        if aws.is_throttled(error):
+            raise
+        reason = (
+            f"{failed_too}, and the command giving {', '.join(remaining)} {state['previous']} at once could not "
+            f"be sent ({type(error).__name__}: {error}); see slipway status {state['app']} {state['env']}"
+        )
+        return {**state, **update, "failure": {**cause, "reason": reason}, "verdict": "READY"}
     return {**sent, "verdict": "WAIT"}
 
 
@@ -464,16 +563,35 @@ def _caught(state: State) -> State:
     return {"instance": None, "reason": f"{error.get('Error', 'error')}: {cause}", "output": ""}
 
 
+def watching(check: Callable[[State], State]) -> Callable[[State], State]:
+    """``check`` repeated every :data:`WATCH_INTERVAL_SECONDS` while it says ``WAIT``, for up to
+    ``timing.watch_seconds``: the step is seen done within a second of ending, and one Lambda
+    invocation covers most steps, where a Wait state would round each up to ``poll_seconds``.
+    Each look first reads the cancel request, so a cancel is seen as soon."""
+
+    def watched(state: State) -> State:
+        deadline = time.monotonic() + _timing(state).watch_seconds
+        while True:
+            state = check(state)
+            if state["verdict"] != "WAIT" or time.monotonic() + WATCH_INTERVAL_SECONDS > deadline:
+                return state
+            time.sleep(WATCH_INTERVAL_SECONDS)
+            stop_if_cancelled(state)
+
+    watched.__doc__ = check.__doc__
+    return watched
+
+
 TASKS: dict[str, Callable[[State], State]] = {
     "lock": lock,
     "plan": plan,
     "stage": stage,
     "detach": detach,
-    "drained": drained,
+    "drained": watching(drained),
     "send": send,
-    "command_done": command_done,
+    "command_done": watching(command_done),
     "attach": attach,
-    "healthy": healthy,
+    "healthy": watching(healthy),
     "baked": baked,
     "advance": advance,
     "promote": promote,
