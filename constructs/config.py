@@ -36,6 +36,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from aws_cdk import aws_ec2 as ec2
+
+from constructs import aws_catalog
+from constructs.base_image import PARENT_IMAGES
 from slipway.rollout.strategy import Strategy, StrategyError, describe_json
 from slipway.slack.rules import Rule, RuleError, parse_rules
 from slipway_release import names
@@ -43,9 +47,8 @@ from slipway_release.health import DEFAULT_CODES, HealthCodesError, parse_codes
 from slipway_release.health import SYNTAX as HEALTH_SYNTAX
 from slipway_release.procfile import PROCESS_TYPE, RELEASE, WEB
 
-REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ACCOUNT = re.compile(r"^\d{12}$")
-INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+LINUX_TYPES = 'use a type that runs Amazon Linux 2023, x86_64 (e.g. "t3.small") or arm64 (e.g. "t4g.small")'
 CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$")
 HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
 HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
@@ -333,7 +336,7 @@ class EnvironmentSettings:
         if not names.is_env_name(name):
             raise ConfigError(path, f"{name!r} is not a valid environment name", f"use {names.ENV_NAME_RULE}")
         section = _Section(raw, path, cls.KEYS)
-        region = section.text("region", pattern=REGION, fix='use an AWS region code such as "us-east-1"')
+        region = _region(section)
         account = section.optional_text(
             "account", pattern=ACCOUNT, fix='use the 12-digit account id as a string, e.g. "123456789012"'
         )
@@ -346,6 +349,51 @@ class EnvironmentSettings:
             base_image=BaseImageSettings.parse(section.mapping("base_image"), section.key("base_image")),
             slack=SlackConfig.parse(section.raw["slack"], section.key("slack")) if section.has("slack") else None,
         )
+
+
+def _region(section: _Section) -> str:
+    """A region AWS has (botocore's endpoint data), the closest one named on a typo."""
+    region = section.text("region", fix='use an AWS region code such as "us-east-1"')
+    known = aws_catalog.regions()
+    if region not in known:
+        near = aws_catalog.closest(region, known)
+        raise ConfigError(
+            section.key("region"),
+            f"{region!r} is not an AWS region ({aws_catalog.source()} knows {len(known)})",
+            (f"did you mean {near!r}? " if near else "")
+            + 'use a region code such as "us-east-1" (a region newer than botocore needs botocore upgraded in '
+            "requirements.txt)",
+        )
+    return region
+
+
+def _instance_type(section: _Section) -> str:
+    """An EC2 instance type a fleet can launch (botocore's EC2 model), the closest one named on a typo."""
+    value = section.text("instance_type", fix='use an EC2 instance type such as "t3.small"')
+    if value not in aws_catalog.instance_types():
+        near = aws_catalog.closest(value, aws_catalog.instance_types())
+        raise ConfigError(
+            section.key("instance_type"),
+            f"{value!r} is not an EC2 instance type ({aws_catalog.source()}'s EC2 model)",
+            (f"did you mean {near!r}? " if near else "")
+            + 'use one such as "t3.small" or "t4g.small" (a type newer than botocore needs botocore upgraded in '
+            "requirements.txt)",
+        )
+    why = aws_catalog.unlaunchable(value)
+    if why:
+        raise ConfigError(section.key("instance_type"), f"{value!r} {why}", LINUX_TYPES)
+    # The fleet's image and builder follow the type's CPU architecture, as the CDK reads it.
+    try:
+        architecture = ec2.InstanceType(value).architecture
+    except RuntimeError:  # jsii's error for a name the CDK cannot parse
+        architecture = None
+    if architecture not in PARENT_IMAGES:
+        raise ConfigError(
+            section.key("instance_type"),
+            f"the CDK cannot tell which CPU architecture {value!r} has, so no base image can be chosen for it",
+            LINUX_TYPES,
+        )
+    return value
 
 
 def _rollout(raw: Mapping[str, Any], path: str, base: Strategy) -> Strategy:
@@ -451,9 +499,7 @@ class AppSettings:
                 raise ConfigError(section.key("health_check_codes"), str(error), f"use {HEALTH_SYNTAX}") from None
             values["health_check_codes"] = codes
         if section.has("instance_type"):
-            values["instance_type"] = section.text(
-                "instance_type", pattern=INSTANCE_TYPE, fix='use an EC2 instance type such as "t3.small"'
-            )
+            values["instance_type"] = _instance_type(section)
         if section.has("desired_capacity"):
             values["desired_capacity"] = (
                 None

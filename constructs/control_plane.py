@@ -510,10 +510,15 @@ class ControlPlane(Construct):
         function.add_to_role_policy(
             iam.PolicyStatement(actions=["states:ListExecutions"], resources=[state_machine.state_machine_arn])
         )
-        # Status and cycling: read the fleets; replace instances only of this environment's groups.
+        # Status, cycling and scaling: read the fleets; replace instances and change capacity only of this
+        # environment's groups.
         function.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["autoscaling:StartInstanceRefresh", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+                actions=[
+                    "autoscaling:StartInstanceRefresh",
+                    "autoscaling:TerminateInstanceInAutoScalingGroup",
+                    "autoscaling:UpdateAutoScalingGroup",
+                ],
                 resources=["*"],
                 conditions={"StringEquals": {"autoscaling:ResourceTag/slipway:env": self._env_name}},
             )

@@ -177,6 +177,8 @@ class PlatformStack(Stack):
                         bucket=self.release_store.bucket.bucket_name,
                         url=fleet.url,
                         strategy=app_settings[name].rollout,
+                        min_capacity=app_settings[name].min_capacity,
+                        max_capacity=app_settings[name].max_capacity,
                     )
                     for name, fleet in self.fleets.items()
                 },

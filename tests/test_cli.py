@@ -102,6 +102,8 @@ def test_credentials_from_netrc(slipway: Run, local_platforms: dict[str, dict[st
         (("config", "web", "staging", "set", "NOEQUALS"), {}, "is not NAME=value"),
         (("config", "web", "staging", "set", "PORT=80"), {}, "the platform assigns itself"),
         (("releases", "web", "staging"), {"SLIPWAY_URL_STAGING": "http://127.0.0.1:9"}, "cannot reach"),
+        (("scale", "web", "staging"), {}, "scale web staging needs --min, --desired or --max"),
+        (("scale", "web", "staging", "--max", "9"), {}, "max 9 is outside what web in staging may scale to: 1 to 2"),
     ],
 )
 def test_errors_are_one_clear_line(slipway: Run, args: tuple[str, ...], environ: dict[str, str], message: str) -> None:
@@ -370,3 +372,25 @@ def test_promoting_an_environment_to_itself_is_refused(slipway: Run) -> None:
         1,
         "slipway: cannot promote web from staging to itself; name another environment",
     )
+
+
+def test_apps_lists_each_environment_s_apps_current_release_and_url(slipway: Run) -> None:
+    listed = json.loads(slipway("--json", "apps", "staging").stdout)
+    assert [a["name"] for a in listed] == ["billing", "web"]
+    assert all(app["url"].startswith("http") for app in listed)
+    # Without an environment: every one the CLI has an API URL for, by name.
+    lines = slipway("apps").stdout.splitlines()
+    assert [line for line in lines if line.startswith("===")] == ["=== production", "=== staging"]
+    staging = lines[lines.index("=== staging") + 1 :]
+    for app, line in zip(listed, staging, strict=True):
+        instances = app["instances"]
+        assert line.split()[:3] == [
+            app["name"],
+            app["current"] or "-",
+            f"{instances['in_service']}/{instances['desired']}",
+        ]
+        assert line.endswith(app["url"])
+    # No environment given and none configured: one line saying what to set.
+    result = slipway("apps", SLIPWAY_URL_STAGING="", SLIPWAY_URL_PRODUCTION="")
+    assert result.returncode == 1
+    assert result.stderr.startswith("slipway: no environment to list: give one (slipway apps staging)")

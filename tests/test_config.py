@@ -7,9 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aws_cdk import aws_ec2 as ec2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from constructs import aws_catalog
+from constructs.base_image import PARENT_IMAGES
 from constructs.config import AppSettings, ConfigError, PlatformConfig
 from slipway.rollout.strategy import Strategy, StrategyError
 
@@ -128,6 +131,26 @@ RULES = {
         'starting with "/"',
     ),
     "bad instance type": (_set("apps.web.instance_type", "large"), "platform.apps.web.instance_type", "t3.small"),
+    "misspelt instance type": (
+        _set("apps.web.instance_type", "t3.smal"),
+        "platform.apps.web.instance_type",
+        "did you mean 't3.small'?",
+    ),
+    "instance type of macOS": (
+        _set("apps.web.instance_type", "mac2.metal"),
+        "platform.apps.web.instance_type",
+        "runs macOS on a dedicated host",
+    ),
+    "instance type only on dedicated hosts": (
+        _set("apps.web.instance_type", "u-6tb1.metal"),
+        "platform.apps.web.instance_type",
+        "the CDK cannot tell which CPU architecture 'u-6tb1.metal' has",
+    ),
+    "instance type overridden per environment": (
+        _set("apps.web.environments", {"staging": {"instance_type": "t4g.smal"}}),
+        "platform.apps.web.environments.staging.instance_type",
+        "did you mean 't4g.small'?",
+    ),
     "formation without web": (_set("apps.web.formation", {"worker": 1}), "platform.apps.web.formation.web", '"web": 1'),
     "release in formation": (
         _set("apps.web.formation", {"web": 1, "release": 1}),
@@ -155,6 +178,11 @@ RULES = {
         "10 to 30",
     ),
     "bad region": (_set("environments.staging.region", "us-east"), "platform.environments.staging.region", "us-east-1"),
+    "region AWS does not have": (
+        _set("environments.staging.region", "us-east-9"),
+        "platform.environments.staging.region",
+        "is not an AWS region (botocore",
+    ),
     "missing region": (_delete("environments.staging.region"), "platform.environments.staging.region", "add it"),
     "account not 12 digits": (
         _set("environments.staging.account", "1234"),
@@ -311,3 +339,32 @@ def test_rollout_settings_are_refused_exactly_where_the_control_plane_refuses_a_
         AppSettings.parse("api", {"rollout": raw}, "platform.apps.api")
     assert raised.value.path == f"platform.apps.api.rollout.{refused.value.option}"
     assert str(raised.value) == f"{raised.value.path}: {refused.value.problem}; {refused.value.fix}"
+
+
+def test_instance_types_and_regions_come_from_botocore_s_models() -> None:
+    types, regions = aws_catalog.instance_types(), aws_catalog.regions()
+    assert {"t3.small", "t4g.small", "m7g.large", "c7i.xlarge"} <= types and "t3.smal" not in types
+    assert regions["us-east-1"] == "aws" and regions["cn-north-1"] == "aws-cn"
+    assert regions["us-gov-west-1"] == "aws-us-gov" and "us-east-9" not in regions
+    # The defaults pass their own rules.
+    assert AppSettings(name="web").instance_type in types
+    # Every type a fleet can launch has a CPU architecture the CDK reads and a base image exists for.
+    assert AppSettings(name="web").instance_type in types
+    # Every type the rules let through has a CPU architecture a base image exists for.
+    passed = set()
+    for instance_type in sorted(types):
+        try:
+            AppSettings.parse("web", {"instance_type": instance_type}, "platform.apps.web")
+        except ConfigError:
+            continue
+        passed.add(ec2.InstanceType(instance_type).architecture)
+    assert passed == set(PARENT_IMAGES)
+
+
+def test_a_whole_configuration_with_every_kind_of_instance_type_synthesizes_its_settings() -> None:
+    raw = {
+        "environments": {"dev": {"region": "eu-central-1"}, "gov": {"region": "us-gov-west-1"}},
+        "apps": {"x86": {"instance_type": "c7i.large"}, "arm": {"instance_type": "t4g.micro"}},
+    }
+    config = PlatformConfig.from_context(raw)
+    assert [e.region for e in config.environments] == ["eu-central-1", "us-gov-west-1"]

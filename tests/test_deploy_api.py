@@ -233,3 +233,52 @@ def wait_for_state(world: World, arn: str, name: str, timeout: float = 60) -> di
                 return dict(json.loads(details["input"]))
         time.sleep(0.05)
     raise AssertionError(f"the execution did not reach {name} within {timeout} s")
+
+
+def _capacity(world: World) -> dict[str, int]:
+    group = world.clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[world.group])
+    found = group["AutoScalingGroups"][0]
+    return {"min": found["MinSize"], "desired": found["DesiredCapacity"], "max": found["MaxSize"]}
+
+
+def test_scaling_within_the_configured_limits_changes_capacity(world: World) -> None:
+    # web in staging may scale from 1 to 2 instances (cdk.json); the world's group runs 4 of 2 to 20.
+    assert (world.fleet.min_capacity, world.fleet.max_capacity) == (1, 2)
+    status, scaled = call("POST", "/apps/web/envs/staging/scale", {"min": 1, "desired": 2, "max": 2})
+    assert status == 200, scaled
+    assert scaled["before"] == {"min": 2, "desired": 4, "max": 20}
+    assert scaled["after"] == {"min": 1, "desired": 2, "max": 2} == _capacity(world)
+    assert scaled["limits"] == {"min": 1, "max": 2}
+    assert len(world.instances()) == 2  # two instances stopped
+    # Only min: desired follows it within the bounds, max is kept.
+    status, scaled = call("POST", "/apps/web/envs/staging/scale", {"min": 2})
+    assert status == 200 and scaled["after"] == {"min": 2, "desired": 2, "max": 2}, scaled
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "give at least one of min, desired and max"),
+        ({"max": 3}, "max 3 is outside what web in staging may scale to: 1 to 2 instances (min_capacity"),
+        ({"desired": 0}, "desired 0 is outside what web in staging may scale to: 1 to 2 instances"),
+        ({"desired": "2"}, "desired must be a whole number of instances"),
+        ({"min": 2, "max": 1}, "min 2 would be above max 1"),
+    ],
+)
+def test_a_scale_outside_the_limits_is_refused_and_changes_nothing(
+    world: World, body: dict[str, Any], message: str
+) -> None:
+    before = _capacity(world)
+    status, refused = call("POST", "/apps/web/envs/staging/scale", body)
+    assert status == 400 and message in refused["message"], refused
+    assert _capacity(world) == before
+
+
+def test_scaling_is_refused_during_a_rollout(world: World) -> None:
+    world.hold_lock(
+        owner="bob", execution="arn:other", acquired_at="2026-11-26T03:00:00Z", expires_at="2999-01-01T00:00:00Z"
+    )
+    before = _capacity(world)
+    status, refused = call("POST", "/apps/web/envs/staging/scale", {"desired": 2})
+    assert status == 409 and refused["message"].startswith("cannot scale web in staging: "), refused
+    assert _capacity(world) == before

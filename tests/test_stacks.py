@@ -166,9 +166,27 @@ def test_python_app_synthesizes_every_stack_without_credentials(repo: Path, tmp_
         assert (tmp_path / "cdk.out" / f"{stack}.template.json").is_file()
 
 
-def test_bad_configuration_gives_one_line_and_a_nonzero_exit(repo: Path, example_platform: dict[str, Any]) -> None:
+BAD_CONFIGURATIONS = {
+    "capacity": (
+        lambda platform: platform["apps"]["web"].update(min_capacity=9),
+        "error: invalid platform configuration: platform.apps.web.min_capacity: 9 is greater than max_capacity 6;"
+        " lower min_capacity or raise max_capacity",
+    ),
+    # Once a 33-line jsii traceback that never named the region.
+    "region": (
+        lambda platform: platform["environments"]["staging"].update(region="us-east-9"),
+        "error: invalid platform configuration: platform.environments.staging.region: 'us-east-9' is not an AWS "
+        "region (botocore",
+    ),
+}
+
+
+@pytest.mark.parametrize("change, line", BAD_CONFIGURATIONS.values(), ids=BAD_CONFIGURATIONS.keys())
+def test_bad_configuration_gives_one_line_and_a_nonzero_exit(
+    repo: Path, example_platform: dict[str, Any], change: Callable[[dict[str, Any]], None], line: str
+) -> None:
     platform = json.loads(json.dumps(example_platform))
-    platform["apps"]["web"]["min_capacity"] = 9
+    change(platform)
     result = subprocess.run(
         [sys.executable, "app.py"],
         cwd=repo,
@@ -180,10 +198,8 @@ def test_bad_configuration_gives_one_line_and_a_nonzero_exit(repo: Path, example
     )
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [
-        "error: invalid platform configuration: platform.apps.web.min_capacity: 9 is greater than max_capacity 6;"
-        " lower min_capacity or raise max_capacity"
-    ]
+    [printed] = result.stderr.splitlines()
+    assert printed.startswith(line), printed
 
 
 def test_cdk_cli_synthesizes_the_same_templates(

@@ -32,6 +32,21 @@ def api_url(env: str, environ: Mapping[str, str]) -> str:
     return url.rstrip("/")
 
 
+def configured_envs(environ: Mapping[str, str]) -> list[str]:
+    """The environments with an API URL of their own (``SLIPWAY_URL_<ENV>``), by name."""
+    envs = sorted(
+        key.removeprefix("SLIPWAY_URL_").lower()
+        for key, url in environ.items()
+        if key.startswith("SLIPWAY_URL_") and url
+    )
+    if not envs:
+        raise CliError(
+            "no environment to list: give one (slipway apps staging) or set SLIPWAY_URL_<ENV> to the ApiUrl "
+            "output of each Platform-<env> stack"
+        )
+    return envs
+
+
 def credentials(url: str, environ: Mapping[str, str], netrc_path: str | None = None) -> tuple[str, str]:
     """``SLIPWAY_USER``/``SLIPWAY_PASSWORD``, else the ``~/.netrc`` entry of the URL's host."""
     if environ.get("SLIPWAY_USER") and environ.get("SLIPWAY_PASSWORD"):

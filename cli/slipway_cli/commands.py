@@ -248,6 +248,23 @@ def _seconds(deploy: dict[str, Any]) -> str:
     return f" in {seconds:.1f} s"
 
 
+def cmd_apps(args: argparse.Namespace, apis: Mapping[str, Api]) -> tuple[Any, str]:
+    """Each environment's apps: current release, instances in service of those wanted, URL."""
+    listed = {env: api.call("GET", "/apps")["apps"] for env, api in apis.items()}
+    lines = []
+    for env, apps in listed.items():
+        lines.append(f"=== {env}" + ("" if apps else " (no apps)"))
+        width = max((len(a["name"]) for a in apps), default=0)
+        for app in apps:
+            instances = app.get("instances")
+            serving = f"{instances['in_service']}/{instances['desired']} in service" if instances else "no fleet"
+            lines.append(
+                f"{app['name']:<{width}}  {app['current'] or '-':<6} {serving:<16} {app['url'] or ''}".rstrip()
+            )
+    result: Any = listed[args.env] if args.env else listed
+    return result, "\n".join(lines)
+
+
 def cmd_status(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     shown = api.call("GET", api_path(args.app, args.env, "status"))
     capacity = shown["capacity"]
@@ -265,6 +282,21 @@ def cmd_status(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
         for i in shown["instances"]
     ]
     return shown, "\n".join(lines)
+
+
+def cmd_scale(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    body = {key: getattr(args, key) for key in ("min", "desired", "max") if getattr(args, key) is not None}
+    if not body:
+        raise CliError(f"scale {args.app} {args.env} needs --min, --desired or --max, e.g. --desired 3")
+    scaled = api.call("POST", api_path(args.app, args.env, "scale"), body)
+    before, after, limits = scaled["before"], scaled["after"], scaled["limits"]
+    parts = [
+        f"{key} {before[key]} -> {after[key]}" if before[key] != after[key] else f"{key} {after[key]}"
+        for key in ("min", "desired", "max")
+    ]
+    return scaled, (
+        f"Scaled {args.app} in {args.env}: {', '.join(parts)} (it may scale from {limits['min']} to {limits['max']})"
+    )
 
 
 def cmd_cycle(args: argparse.Namespace, api: Api) -> tuple[Any, str]:

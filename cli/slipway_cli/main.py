@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 
 from slipway_cli import commands
-from slipway_cli.client import Api, api_url, credentials
+from slipway_cli.client import Api, api_url, configured_envs, credentials
 from slipway_cli.errors import EXIT_FAILED, CliError
 
 
@@ -72,6 +72,9 @@ def parser() -> argparse.ArgumentParser:
     )
     deploys.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
 
+    apps = commands.add_parser("apps", help="the apps: current release, instances in service, URL")
+    apps.add_argument("env", nargs="?", help="default: every environment with a SLIPWAY_URL_<ENV>")
+
     status = commands.add_parser("status", help="current release, capacity, instances and their health")
     status.add_argument("app")
     status.add_argument("env")
@@ -83,6 +86,13 @@ def parser() -> argparse.ArgumentParser:
     cycle.add_argument("--min-healthy", type=int, default=90, help="percent in service while cycling (default 90)")
     cycle.add_argument("--timeout", type=float, default=900, help="seconds to wait for a replacement")
     cycle.add_argument("--interval", type=float, default=5.0, help=argparse.SUPPRESS)
+
+    scale = commands.add_parser("scale", help="set the fleet's capacity within the limits cdk.json gives it")
+    scale.add_argument("app")
+    scale.add_argument("env")
+    scale.add_argument("--min", type=int, help="fewest instances the fleet keeps")
+    scale.add_argument("--desired", type=int, help="instances to run now")
+    scale.add_argument("--max", type=int, help="most instances the fleet may grow to")
 
     open_app = commands.add_parser("open", help="open the app's URL in a browser")
     open_app.add_argument("app")
@@ -111,13 +121,20 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
             raise CliError(f"config {args.action} needs at least one {wanted}")
         if args.command == "promote" and args.source == args.target:
             raise CliError(f"cannot promote {args.app} from {args.source} to itself; name another environment")
-        envs = [args.source, args.target] if args.command == "promote" else [args.env]
+        if args.command == "promote":
+            envs = [args.source, args.target]
+        elif args.command == "apps" and args.env is None:
+            envs = configured_envs(environ)
+        else:
+            envs = [args.env]
         apis = {}
         for env in envs:
             url = api_url(env, environ)
             apis[env] = Api(url, *credentials(url, environ))
         if args.command == "promote":
             result, text = commands.cmd_promote(args, apis)
+        elif args.command == "apps":
+            result, text = commands.cmd_apps(args, apis)
         else:
             handler = {
                 "release": commands.cmd_release,
@@ -128,6 +145,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                 "deploys": commands.cmd_deploys,
                 "status": commands.cmd_status,
                 "cycle": commands.cmd_cycle,
+                "scale": commands.cmd_scale,
                 "open": commands.cmd_open,
                 "console": commands.cmd_console,
             }[args.command]

@@ -266,6 +266,13 @@ def cycle(app_name: str, env: str) -> Response[str]:
     return _json(202, cycling)
 
 
+@app.post(f"{APP}/scale")
+def scale(app_name: str, env: str) -> Response[str]:
+    scaled = operations.scale(app_name, env, requested=_body())
+    logger.info("scaled", extra={**scaled, "by": _user()})
+    return _json(200, scaled)
+
+
 @app.get(f"{APP}/cycle/<refresh>")
 def show_cycle(app_name: str, env: str, refresh: str) -> Response[str]:
     return _json(200, operations.show_cycle(app_name, env, refresh))

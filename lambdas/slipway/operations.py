@@ -295,6 +295,51 @@ def cycle(app_name: str, env: str, *, instance: object, min_healthy_percent: obj
     return {"kind": "fleet", "refresh": refresh["InstanceRefreshId"], "status": "Pending"}
 
 
+SCALE_KEYS = ("min", "desired", "max")
+
+
+def scale(app_name: str, env: str, *, requested: dict[str, Any]) -> dict[str, Any]:
+    """Set the fleet's capacity (any of min, desired, max) within what cdk.json allows.
+
+    A value left out keeps the group's own; desired follows min and max when only they move
+    (as Auto Scaling does). Refused, changing nothing, while a rollout holds the lock (it
+    surges and gives capacity back), or when a value given leaves the configured limits."""
+    releases, fleet, _ = _deploying(app_name, env)
+    given = {key: requested[key] for key in SCALE_KEYS if requested.get(key) is not None}
+    if not given:
+        raise ReleaseError(400, 'give at least one of min, desired and max, e.g. {"desired": 3}')
+    for key, value in given.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ReleaseError(400, f"{key} must be a whole number of instances, 0 or more; got {value!r}")
+        if not fleet.min_capacity <= value <= fleet.max_capacity:
+            raise ReleaseError(
+                400,
+                f"{key} {value} is outside what {app_name} in {env} may scale to: {fleet.min_capacity} to "
+                f"{fleet.max_capacity} instances (min_capacity and max_capacity in cdk.json, which a platform "
+                "engineer changes)",
+            )
+    refuse_if_locked(releases, "scale")
+    group = _group(fleet)
+    before = {"min": group["MinSize"], "desired": group["DesiredCapacity"], "max": group["MaxSize"]}
+    low, high = given.get("min", before["min"]), given.get("max", before["max"])
+    if low > high:
+        raise ReleaseError(400, f"min {low} would be above max {high}; give a min at most the max")
+    desired = given.get("desired", min(max(before["desired"], low), high))
+    if not low <= desired <= high:
+        raise ReleaseError(400, f"desired {desired} is outside min {low} and max {high}; give one from {low} to {high}")
+    after = {"min": low, "desired": desired, "max": high}
+    aws.client("autoscaling").update_auto_scaling_group(
+        AutoScalingGroupName=fleet.group, MinSize=low, MaxSize=high, DesiredCapacity=desired
+    )
+    return {
+        "app": app_name,
+        "env": env,
+        "before": before,
+        "after": after,
+        "limits": {"min": fleet.min_capacity, "max": fleet.max_capacity},
+    }
+
+
 def instance_refresh_request(fleet: FleetSettings, min_healthy_percent: int) -> dict[str, Any]:
     """The StartInstanceRefresh request that replaces a whole fleet: rolling, never below
     ``min_healthy_percent`` in service, stopped and rolled back if a fleet alarm fires."""

@@ -64,6 +64,9 @@ class FleetSettings:
     bucket: str  # the release bucket's name
     url: str  # where the app answers: its load balancer's http(s) URL
     strategy: Strategy = field(default_factory=Strategy)  # the app's default rollout
+    # The capacity cdk.json allows (min_capacity, max_capacity): `slipway scale` stays within it.
+    min_capacity: int = 0
+    max_capacity: int = 1000
 
     def to_json(self) -> dict[str, Any]:
         values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -83,6 +86,8 @@ class FleetSettings:
                 bucket=str(raw["bucket"]),
                 url=str(raw["url"]),
                 strategy=Strategy.parse(raw.get("strategy")),
+                min_capacity=int(raw["min_capacity"]),
+                max_capacity=int(raw["max_capacity"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise SettingsError(f"fleet settings are malformed ({type(error).__name__}: {error})") from None
