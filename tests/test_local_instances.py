@@ -393,15 +393,9 @@ def test_cycling_the_whole_fleet(platform: Platform) -> None:
 def test_scaling_from_three_to_four_serves_current_on_the_new_instance(platform: Platform) -> None:
     current = platform.status()["current"]
     before = set(platform.serving())
-    group = platform.status()
-    autoscaling = platform.client("autoscaling")
-    [name] = [
-        g["AutoScalingGroupName"]
-        for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
-        if {i["InstanceId"] for i in g["Instances"]} == {i["id"] for i in group["instances"]}
-    ]
     with Load(platform.url) as load:
-        autoscaling.set_desired_capacity(AutoScalingGroupName=name, DesiredCapacity=4)
+        out = platform.ok("scale", APP, ENV, "--desired", "4")
+        assert out.strip() == f"Scaled {APP} in {ENV}: min 2, desired 3 -> 4, max 6 (it may scale from 2 to 6)"
         _wait(lambda: len(platform.serving()) == 4, 90, "a fourth healthy instance")
         [new] = set(platform.serving()) - before
         _wait(lambda: any(b["instance"] == new for b in _bodies(load)), 30, "the new instance to answer")
@@ -411,7 +405,7 @@ def test_scaling_from_three_to_four_serves_current_on_the_new_instance(platform:
     assert {b["release"] for b in _bodies(load) if b["instance"] == new} == {current}
     assert platform.containers() == 4
     with Load(platform.url) as load:
-        autoscaling.set_desired_capacity(AutoScalingGroupName=name, DesiredCapacity=3)
+        platform.ok("scale", APP, ENV, "--desired", "3")
         _wait(lambda: platform.containers() == 3, 60, "the container of the instance scaled in to stop")
     print(f"scale 4 -> 3: {load.summary()}")
     # Zero by design: the instance scaled in is drained before its container stops.
