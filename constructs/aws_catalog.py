@@ -9,6 +9,7 @@ it is refused until botocore is upgraded, which the error says.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Collection
 from functools import cache
 
 import botocore
@@ -32,7 +33,7 @@ def regions() -> dict[str, str]:
     return {region: p["partition"] for p in endpoints["partitions"] for region in p["regions"]}
 
 
-def closest(value: str, choices: frozenset[str] | dict[str, str]) -> str | None:
+def closest(value: str, choices: Collection[str]) -> str | None:
     """The known name nearest ``value`` (a typo's fix), or ``None``."""
     found = difflib.get_close_matches(value, sorted(choices), n=1, cutoff=0.6)
     return found[0] if found else None

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -351,34 +351,34 @@ class EnvironmentSettings:
         )
 
 
-def _region(section: _Section) -> str:
-    """A region AWS has (botocore's endpoint data), the closest one named on a typo."""
-    region = section.text("region", fix='use an AWS region code such as "us-east-1"')
-    known = aws_catalog.regions()
-    if region not in known:
-        near = aws_catalog.closest(region, known)
+def _known(section: _Section, key: str, known: Collection[str], *, what: str, example: str) -> str:
+    """``key``'s value if botocore's models know it; else one line naming the nearest name."""
+    value = section.text(key, fix=f"use {example}")
+    if value not in known:
+        near = aws_catalog.closest(value, known)
         raise ConfigError(
-            section.key("region"),
-            f"{region!r} is not an AWS region ({aws_catalog.source()} knows {len(known)})",
+            section.key(key),
+            f"{value!r} is not {what} ({aws_catalog.source()} knows {len(known)})",
             (f"did you mean {near!r}? " if near else "")
-            + 'use a region code such as "us-east-1" (a region newer than botocore needs botocore upgraded in '
-            "requirements.txt)",
+            + f"use {example} (one newer than botocore needs botocore upgraded in requirements.txt)",
         )
-    return region
+    return value
+
+
+def _region(section: _Section) -> str:
+    """A region AWS has (botocore's endpoint data)."""
+    return _known(section, "region", aws_catalog.regions(), what="an AWS region", example='a code such as "us-east-1"')
 
 
 def _instance_type(section: _Section) -> str:
-    """An EC2 instance type a fleet can launch (botocore's EC2 model), the closest one named on a typo."""
-    value = section.text("instance_type", fix='use an EC2 instance type such as "t3.small"')
-    if value not in aws_catalog.instance_types():
-        near = aws_catalog.closest(value, aws_catalog.instance_types())
-        raise ConfigError(
-            section.key("instance_type"),
-            f"{value!r} is not an EC2 instance type ({aws_catalog.source()}'s EC2 model)",
-            (f"did you mean {near!r}? " if near else "")
-            + 'use one such as "t3.small" or "t4g.small" (a type newer than botocore needs botocore upgraded in '
-            "requirements.txt)",
-        )
+    """An EC2 instance type a fleet can launch (botocore's EC2 model) on a base image's architecture."""
+    value = _known(
+        section,
+        "instance_type",
+        aws_catalog.instance_types(),
+        what="an EC2 instance type",
+        example='a type such as "t3.small" or "t4g.small"',
+    )
     why = aws_catalog.unlaunchable(value)
     if why:
         raise ConfigError(section.key("instance_type"), f"{value!r} {why}", LINUX_TYPES)
