@@ -16,7 +16,7 @@ sequential GETs through the load balancer, a new connection each):
 Nothing is modelled: these are wall times on this machine. What they depend on is the
 demo environment's timing, printed with the figures: the target group's health check
 (interval, healthy threshold), its deregistration delay (draining ends as soon as a target
-has no request in flight, as on ALB), the rollout's polling (1 s locally), the bake
+has no request in flight, as on ALB), the rollout's checks (looking every 1 s), the bake
 (``--bake``, 0 by default here: a bake is a fixed wait that would only add itself to each
 batch) and the instance refresh's warmup (capped at 5 s locally).
 
@@ -44,7 +44,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "lambdas")]
 from local.demo import DEMO_APP, DEMO_ENV, sample_checkout  # noqa: E402
 from local.load import Load  # noqa: E402
 from local.platform import REFRESH_WARMUP_CAP, launch, missing_prerequisites  # noqa: E402
-from slipway.rollout.steps import step  # noqa: E402
 
 # The phases of a batch a rollout's time is split into (the words of slipway.rollout.steps).
 PHASES = {
@@ -113,18 +112,12 @@ class Bench:
         )
 
     def phases(self) -> dict[str, float]:
-        """Seconds the latest rollout spent in each phase, from its execution's history."""
-        sfn = self.client("stepfunctions")
-        [machine] = sfn.list_state_machines()["stateMachines"]
-        executions = sfn.list_executions(stateMachineArn=machine["stateMachineArn"])["executions"]
-        latest = max(executions, key=lambda e: e["startDate"])
-        events = sfn.get_execution_history(executionArn=latest["executionArn"], maxResults=1000)["events"]
-        entered = [
-            (e["timestamp"], e["stateEnteredEventDetails"]["name"]) for e in events if "stateEnteredEventDetails" in e
-        ]
+        """Seconds the latest rollout spent in each phase, from its timeline as the API gives it."""
+        [latest, *_] = json.loads(self.slipway("--json", "deploys", DEMO_APP, DEMO_ENV))["deploys"]
+        shown = json.loads(self.slipway("--json", "deploys", DEMO_APP, DEMO_ENV, "--follow", latest["id"]))
         totals = dict.fromkeys([*PHASES.values(), "rest"], 0.0)
-        for (at, state), (then, _) in zip(entered, [*entered[1:], (events[-1]["timestamp"], "")], strict=True):
-            totals[PHASES.get(step(state) or "", "rest")] += (then - at).total_seconds()
+        for entry in shown["timeline"]:
+            totals[PHASES.get(entry["step"], "rest")] += entry["seconds"] or 0.0
         return totals
 
     def deploy(self, release: str) -> Callable[[], object]:
@@ -189,7 +182,8 @@ def main() -> int:
         f"Platform up with 3 real instances in {boot:.1f}s; first deploy (nothing served before) {first_deploy:.1f}s."
     )
     print(
-        f"Timing: {timing}; bake {args.bake} s; rollout polls every 1 s; refresh warmup at most {REFRESH_WARMUP_CAP} s."
+        f"Timing: {timing}; bake {args.bake} s; rollout checks look every 1 s; "
+        f"refresh warmup at most {REFRESH_WARMUP_CAP} s."
     )
     print()
     print("| operation | what | wall time | of which (summed over batches) | failed / total requests |")

@@ -57,13 +57,15 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
     :func:`release_url_pattern` restricts to releases of ``apps`` in ``env``, in the mode
     ``Action`` names: ``stage`` (``deploy --stage URL``: download, verify, unpack, preflight,
     the serving release untouched), ``activate`` (``deploy --activate URL``: switch to the
-    staged release) or ``deploy`` (both, the default). SSM puts both values into the shell
+    staged release), ``deploy`` (both, the default) or ``restart`` (``deploy --restart URL``:
+    restart the release the instance runs, a rolling restart's step). SSM puts both values into the shell
     text; their patterns admit nothing else.
     """
     url, action = f"{{{{ {RELEASE_URL_PARAMETER} }}}}", f"{{{{ {ACTION_PARAMETER} }}}}"
     return {
         "schemaVersion": "2.2",
-        "description": f"Slipway deploy in {env}: runs {DEPLOY_PROGRAM} with a release URL (stage, activate or both).",
+        "description": f"Slipway deploy in {env}: runs {DEPLOY_PROGRAM} with a release URL (stage, activate, both, "
+        "or restart).",
         "parameters": {
             RELEASE_URL_PARAMETER: {
                 "type": "String",
@@ -72,7 +74,8 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
             },
             ACTION_PARAMETER: {
                 "type": "String",
-                "description": "stage: download and prepare only; activate: switch to the staged release; deploy: both",
+                "description": "stage: download and prepare only; activate: switch to the staged release; "
+                "deploy: both; restart: restart the running release",
                 "default": DEPLOY,
                 "allowedPattern": f"^({'|'.join(ACTIONS)})$",
             },
@@ -86,6 +89,7 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
                         f'case "{action}" in',
                         f"  stage) exec {DEPLOY_PROGRAM} --stage {url} ;;",
                         f"  activate) exec {DEPLOY_PROGRAM} --activate {url} ;;",
+                        f"  restart) exec {DEPLOY_PROGRAM} --restart {url} ;;",
                         f"  *) exec {DEPLOY_PROGRAM} {url} ;;",
                         "esac",
                     ],

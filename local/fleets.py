@@ -46,7 +46,8 @@ from local.haproxy import (
     Tracked,
     add_server,
     drain_server,
-    remove_server,
+    park_server,
+    reuse_server,
     target_health,
 )
 from local.instance import IMAGE, Instance, boot, mount_root, shutdown, unmount_root
@@ -101,6 +102,8 @@ class Fleet:
     balancer: LoadBalancer
     boxes: dict[str, Box] = field(default_factory=dict)
     servers: dict[str, Tracked] = field(default_factory=dict)
+    # Drained servers kept in maintenance (local.haproxy.park_server), by (instance, address, port).
+    parked: dict[tuple[str, str, int], str] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     serial: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -223,8 +226,12 @@ class Fleets:
                 self._drain(fleet, name)
                 name = None
             if name is None:
-                name = f"{instance_id}.{next(fleet.serial)}"
-                fleet.balancer.commands(add_server(balancer, name, box.address, port))
+                name = fleet.parked.pop((instance_id, box.address, port), None)
+                if name is not None:
+                    fleet.balancer.commands(reuse_server(balancer, name))
+                else:
+                    name = f"{instance_id}.{next(fleet.serial)}"
+                    fleet.balancer.commands(add_server(balancer, name, box.address, port))
                 fleet.servers[name] = Tracked(name, instance_id, box.address, port, registered_at=time.monotonic())
                 log.info("%s: target %s registered (%s:%d)", fleet.spec.app, instance_id, box.address, port)
         for instance_id, name in active.items():
@@ -241,7 +248,8 @@ class Fleets:
             over = read_at - tracked.draining_since >= balancer.deregistration_delay_seconds
             if idle or over:
                 if stat is not None:
-                    fleet.balancer.commands(remove_server(balancer, name, cut=not idle))
+                    fleet.balancer.commands(park_server(balancer, name, cut=not idle))
+                    fleet.parked[(tracked.instance, tracked.address, tracked.port)] = name
                 del fleet.servers[name]
                 log.info(
                     "%s: target %s drained%s", fleet.spec.app, tracked.instance, "" if idle else " (delay over: cut)"

@@ -2,8 +2,9 @@
 
 One HAProxy process per fleet, its frontend on ``127.0.0.1:<port>`` (the app's URL
 locally), its backend the target group: each registered target is a server added and
-removed at run time through the stats socket (``add server``, ``set server ... state
-drain``, ``del server``), never by reloading, so no connection is dropped. Health checks
+taken out at run time through the stats socket (``add server``, ``set server ... state
+drain``, then ``maint``, where it waits to be reused by the same target), never by
+reloading, so no connection is dropped. Health checks
 are the target group's: path, interval, timeout, healthy and unhealthy thresholds, and the
 matcher's codes (as a status regex).
 
@@ -200,13 +201,28 @@ def drain_server(balancer: Balancer, server: str) -> list[str]:
     return [f"set server {balancer.name}/{server} state drain"]
 
 
-def remove_server(balancer: Balancer, server: str, *, cut: bool) -> list[str]:
-    """Remove a drained target; ``cut`` closes what is still open (the deregistration delay is over)."""
+def park_server(balancer: Balancer, server: str, *, cut: bool) -> list[str]:
+    """Take a drained target out of the backend; ``cut`` closes what is still open (the
+    deregistration delay is over). The server stays, in maintenance, for :func:`reuse_server`:
+    Debian 12's HAProxy 2.6 corrupts its heap after a few dozen ``del server`` of checked
+    servers ("corrupted double-linked list", seen here after 18), so servers are never deleted."""
     backend = f"{balancer.name}/{server}"
     commands = [f"set server {backend} state maint"]
     if cut:
         commands.append(f"shutdown sessions server {backend}")
-    return [*commands, f"del server {backend}"]
+    return commands
+
+
+def reuse_server(balancer: Balancer, server: str) -> list[str]:
+    """Commands that bring a parked target back down until its checks pass, as :func:`add_server`
+    adds one (weight 0 while it leaves maintenance, which HAProxy does UP)."""
+    backend = f"{balancer.name}/{server}"
+    return [
+        f"set weight {backend} 0",
+        f"set server {backend} state ready",
+        f"set server {backend} health down",
+        f"set weight {backend} 1",
+    ]
 
 
 @dataclass(frozen=True)

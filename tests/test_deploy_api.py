@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from api_events import call
-from moto_fleet import World, faulty
+from moto_fleet import KEYS, World, faulty
 
 from local.aws import Deployed
 from slipway import aws
@@ -282,3 +282,17 @@ def test_scaling_is_refused_during_a_rollout(world: World) -> None:
     status, refused = call("POST", "/apps/web/envs/staging/scale", {"desired": 2})
     assert status == 409 and refused["message"].startswith("cannot scale web in staging: "), refused
     assert _capacity(world) == before
+
+
+def test_restart_is_a_rollout_of_the_current_release(world: World) -> None:
+    shown = deploy(world, "/apps/web/envs/staging/restart", {"strategy": {"bake_seconds": 0}})
+    assert (shown["kind"], shown["release"], shown["status"]) == ("restart", "r1", "SUCCEEDED"), shown
+    assert world.current() == "r1"
+    assert set(world.actions.values()) == {"stage", "restart"}
+
+
+def test_restart_before_any_release_is_current_is_refused(world: World) -> None:
+    world.clients.s3.delete_object(Bucket=world.bucket, Key=KEYS.current)
+    status, refused = call("POST", "/apps/web/envs/staging/restart", {})
+    assert status == 409 and refused["message"] == "web in staging runs no release yet; deploy one first", refused
+    assert executions(world) == []

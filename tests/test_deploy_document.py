@@ -36,8 +36,8 @@ def _one(template: Template, resource_type: str, prefix: str) -> tuple[str, dict
 def test_document_content_exact_text() -> None:
     assert deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=APPS, env="staging") == {
         "schemaVersion": "2.2",
-        "description": "Slipway deploy in staging: runs /home/deploy/bin/deploy with a release URL (stage, activate or "
-        "both).",
+        "description": "Slipway deploy in staging: runs /home/deploy/bin/deploy with a release URL (stage, activate, "
+        "both, or restart).",
         "parameters": {
             "ReleaseUrl": {
                 "type": "String",
@@ -49,9 +49,10 @@ def test_document_content_exact_text() -> None:
             },
             "Action": {
                 "type": "String",
-                "description": "stage: download and prepare only; activate: switch to the staged release; deploy: both",
+                "description": "stage: download and prepare only; activate: switch to the staged release; deploy: "
+                "both; restart: restart the running release",
                 "default": "deploy",
-                "allowedPattern": "^(deploy|stage|activate)$",
+                "allowedPattern": "^(deploy|stage|activate|restart)$",
             },
         },
         "mainSteps": [
@@ -63,6 +64,7 @@ def test_document_content_exact_text() -> None:
                         'case "{{ Action }}" in',
                         "  stage) exec /home/deploy/bin/deploy --stage {{ ReleaseUrl }} ;;",
                         "  activate) exec /home/deploy/bin/deploy --activate {{ ReleaseUrl }} ;;",
+                        "  restart) exec /home/deploy/bin/deploy --restart {{ ReleaseUrl }} ;;",
                         "  *) exec /home/deploy/bin/deploy {{ ReleaseUrl }} ;;",
                         "esac",
                     ],
@@ -73,8 +75,8 @@ def test_document_content_exact_text() -> None:
     }
 
 
-@pytest.mark.parametrize("action", ["deploy", "stage", "activate"])
-def test_the_action_pattern_admits_the_three_modes(action: str) -> None:
+@pytest.mark.parametrize("action", ["deploy", "stage", "activate", "restart"])
+def test_the_action_pattern_admits_the_four_modes(action: str) -> None:
     content = deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=APPS, env="staging")
     assert re.fullmatch(content["parameters"]["Action"]["allowedPattern"], action)
 

@@ -77,7 +77,13 @@ DOCUMENT = deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=["web"
 
 @pytest.mark.parametrize(
     ("action", "argv"),
-    [(None, ["{url}"]), ("deploy", ["{url}"]), ("stage", ["--stage", "{url}"]), ("activate", ["--activate", "{url}"])],
+    [
+        (None, ["{url}"]),
+        ("deploy", ["{url}"]),
+        ("stage", ["--stage", "{url}"]),
+        ("activate", ["--activate", "{url}"]),
+        ("restart", ["--restart", "{url}"]),
+    ],
 )
 def test_the_deploy_document_runs_the_deploy_program_in_the_mode_asked(action: str | None, argv: list[str]) -> None:
     url = f"s3://{BUCKET}/web/demo/r3"
@@ -91,8 +97,8 @@ def test_the_deploy_document_runs_the_deploy_program_in_the_mode_asked(action: s
 
 
 def test_an_action_the_document_does_not_admit_is_refused() -> None:
-    with pytest.raises(InvalidParameters, match=re.escape('Parameter "Action" "restart" failed to satisfy')):
-        shell_steps(DOCUMENT, {"ReleaseUrl": [f"s3://{BUCKET}/web/demo/r3"], "Action": ["restart"]})
+    with pytest.raises(InvalidParameters, match=re.escape('Parameter "Action" "reboot" failed to satisfy')):
+        shell_steps(DOCUMENT, {"ReleaseUrl": [f"s3://{BUCKET}/web/demo/r3"], "Action": ["reboot"]})
 
 
 @pytest.mark.parametrize(

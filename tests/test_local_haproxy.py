@@ -32,8 +32,9 @@ from local.haproxy import (
     add_server,
     config_text,
     drain_server,
+    park_server,
     parse_stat,
-    remove_server,
+    reuse_server,
     status_regex,
     target_health,
 )
@@ -117,7 +118,7 @@ def test_health_check_settings_come_from_describe_target_groups() -> None:
         HealthCheck.from_target_group({**described, "HealthCheckProtocol": "HTTPS"})
 
 
-def test_runtime_commands_add_a_target_down_drain_it_and_remove_it() -> None:
+def test_runtime_commands_add_a_target_down_drain_it_park_it_and_reuse_it() -> None:
     assert add_server(BALANCER, "i-1.1", "10.231.0.2", 5000) == [
         "add server web/i-1.1 10.231.0.2:5000 weight 0 check inter 5s rise 2 fall 2",
         "enable health web/i-1.1",
@@ -128,14 +129,16 @@ def test_runtime_commands_add_a_target_down_drain_it_and_remove_it() -> None:
     other_port = Balancer(**{**BALANCER.__dict__, "check": HealthCheck(**{**CHECK.__dict__, "port": "8081"})})
     assert add_server(other_port, "i-1.1", "10.231.0.2", 5000)[0].endswith(" rise 2 fall 2 port 8081")
     assert drain_server(BALANCER, "i-1.1") == ["set server web/i-1.1 state drain"]
-    assert remove_server(BALANCER, "i-1.1", cut=False) == [
-        "set server web/i-1.1 state maint",
-        "del server web/i-1.1",
-    ]
-    assert remove_server(BALANCER, "i-1.1", cut=True) == [
+    assert park_server(BALANCER, "i-1.1", cut=False) == ["set server web/i-1.1 state maint"]
+    assert park_server(BALANCER, "i-1.1", cut=True) == [
         "set server web/i-1.1 state maint",
         "shutdown sessions server web/i-1.1",
-        "del server web/i-1.1",
+    ]
+    assert reuse_server(BALANCER, "i-1.1") == [
+        "set weight web/i-1.1 0",
+        "set server web/i-1.1 state ready",
+        "set server web/i-1.1 health down",
+        "set weight web/i-1.1 1",
     ]
 
 
@@ -307,10 +310,18 @@ def test_haproxy_sends_traffic_only_to_passing_targets_and_drains_without_cuttin
             thread.join(timeout=10)
         assert sorted(slow) == [(200, "one"), (200, "two")]
         assert balancer.stats()["one.1"].sessions == 0
-        balancer.commands(remove_server(balancer.balancer, "one.1", cut=False))
-        assert set(balancer.stats()) == {"two.1"}
-        with pytest.raises(LoadBalancerError, match=r"refused 'del server web/one\.1'"):
-            balancer.commands(["del server web/one.1"])
+        balancer.commands(park_server(balancer.balancer, "one.1", cut=False))
+        assert balancer.stats()["one.1"].status == "MAINT"
+        assert {get(balancer.url)[1] for _ in range(4)} == {"two"}
+        # Reused: down until its checks pass again, then serving, with no request lost meanwhile.
+        balancer.commands(reuse_server(balancer.balancer, "one.1"))
+        assert balancer.stats()["one.1"].status.startswith("DOWN")
+        assert {get(balancer.url)[1] for _ in range(4)} == {"two"}
+        one.delay = 0.0
+        wait_for(lambda: balancer.stats()["one.1"].status == "UP", timeout=10)
+        assert {get(balancer.url)[1] for _ in range(8)} == {"one", "two"}
+        with pytest.raises(LoadBalancerError, match=r"refused 'del server web/nothing'"):
+            balancer.commands(["del server web/nothing"])
     finally:
         one.close()
         two.close()

@@ -281,6 +281,25 @@ def test_rollback(platform: Platform) -> None:
     assert {b["greeting"] for b in _bodies(load) if b["release"] == previous} == {"Hello"}
 
 
+def test_a_rolling_restart_under_load(platform: Platform) -> None:
+    current = platform.status()["current"]
+    with Load(platform.url) as load:
+        out = platform.ok("restart", APP, ENV, *FAST)
+    print(f"rolling restart: {load.summary()}")
+    assert re.fullmatch(
+        rf"Restarted {APP} {current} in {ENV}: 3 instance\(s\) in 3 batch\(es\) in \d+\.\d s; {current} is current",
+        out.splitlines()[-1],
+    )
+    # Zero by design: each batch is drained before its processes restart, as in any rollout.
+    assert load.failures == [], load.summary()
+    assert set(platform.serving().values()) == {current}
+    # Each batch ran the deploy program's restart, on its instance, and it succeeded there.
+    ssm = platform.client("ssm")
+    restarts = [c for c in ssm.list_commands()["Commands"] if f"{current} (restart)" in c["Comment"]]
+    assert len(restarts) == 3 and {c["Status"] for c in restarts} == {"Success"}
+    assert sorted(i for c in restarts for i in c["InstanceIds"]) == sorted(platform.serving())
+
+
 def test_a_release_whose_web_process_crashes_is_rolled_back(platform: Platform) -> None:
     before = platform.status()["current"]
     crashing = platform.publish("web: python3 -c 'import sys; print(\"crashing\"); sys.exit(3)'\n", "crashes")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slipway import console
+from slipway import console, deploys
 from slipway.deploys import DEPLOY_ID_PATTERN, deploy_id, deploy_of
 from slipway.rollout.strategy import OPTIONS
 from slipway_release import layout, names
@@ -144,6 +144,11 @@ def test_the_openapi_document_spells_release_ids_and_strategies_as_the_code_does
                 assert schema == {"type": "boolean"}
             else:
                 assert (schema["type"], schema["minimum"], schema["maximum"]) == ("integer", rule.low, rule.high)
+
+
+def test_the_openapi_document_names_the_deploy_kinds_as_the_code_does() -> None:
+    kind = OPENAPI["components"]["schemas"]["Deploy"]["properties"]["kind"]
+    assert kind["enum"] == list(deploys.KINDS)
 
 
 def test_the_openapi_document_names_the_console_s_assets_as_the_code_does() -> None:

@@ -56,7 +56,7 @@ def test_a_long_comment_is_cut_to_what_ssm_keeps() -> None:
 
 
 def test_an_action_the_document_does_not_know_is_refused() -> None:
-    with pytest.raises(ValueError, match="action 'restart' is not one of"):
+    with pytest.raises(ValueError, match="action 'reboot' is not one of"):
         send_deploy_request(
             FLEET,
             instances=["i-0a"],
@@ -64,7 +64,7 @@ def test_an_action_the_document_does_not_know_is_refused() -> None:
             kind="deploy",
             user="a",
             timeout_seconds=60,
-            action="restart",
+            action="reboot",
         )
 
 

@@ -136,6 +136,22 @@ def test_the_timeline_says_which_batches_roll_back(fleet: Callable[..., World]) 
     assert steps[-1] == ("rolled back", None)
 
 
+def test_a_rolling_restart_restarts_every_instance_batch_by_batch_and_leaves_current(
+    fleet: Callable[..., World],
+) -> None:
+    world = fleet(instances=4, min_size=2)
+    with faulty(world):
+        execution = world.run(kind="restart", release="r1")
+    assert execution.status == "SUCCEEDED", execution.output
+    assert world.current() == "r1"
+    batches = [instances for instances, _ in world.sent]
+    assert len(batches[0]) == 1 and sorted(i for b in batches for i in b) == world.instances()  # canary first
+    assert set(world.actions.values()) == {"stage", "restart"}  # staged (a verified no-op), then restarted
+    assert world.deployed() == {i: "r1" for i in world.instances()}
+    steps = {entry["step"] for entry in deploys.timeline(execution.events)}
+    assert "restarting a batch" in steps and "switching a batch to the release" not in steps
+
+
 def test_second_concurrent_deploy_is_refused(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
     world = fleet(instances=2, min_size=1)
     world.hold_lock(

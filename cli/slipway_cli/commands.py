@@ -184,6 +184,11 @@ def cmd_rollback(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     return follow(api, args, started)
 
 
+def cmd_restart(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
+    started = api.call("POST", api_path(args.app, args.env, "restart"), {"strategy": _strategy(args)})
+    return follow(api, args, started)
+
+
 def _step_line(entry: dict[str, Any], batches: int) -> str:
     batches = entry.get("batches") or batches  # the plan's at that step: a rollback plans its own
     where = f" — batch {entry['batch']} of {batches}" if entry["batch"] and batches else ""
@@ -228,12 +233,18 @@ def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[
         output = failure.get("output") or ""
         if output and not args.json:
             print("\n".join(f"  | {line}" for line in output.splitlines()[-10:]), file=sys.stderr)
+        done = "restarted in" if deploy["kind"] == "restart" else "deployed to"
         raise CliError(
-            f"{args.app} {deploy['release']} was not deployed to {args.env}{where}: "
+            f"{args.app} {deploy['release']} was not {done} {args.env}{where}: "
             f"{failure.get('reason') or (deploy.get('error') or {}).get('cause') or deploy['status']}{rolled}; "
             + (f"{deploy['previous']} is still current" if deploy.get("previous") else "no release is current yet")
         )
     instances = sum(len(b["instances"]) for b in deploy["batches"]) + len(deploy.get("converged") or [])
+    if deploy["kind"] == "restart":
+        return deploy, (
+            f"Restarted {args.app} {deploy['release']} in {args.env}: {instances} instance(s) in "
+            f"{len(deploy['batches'])} batch(es){took}; {deploy['release']} is current"
+        )
     return deploy, (
         f"Deployed {args.app} {deploy['release']} to {args.env}: {instances} instance(s) in "
         f"{len(deploy['batches'])} batch(es){took}; {deploy['release']} is current"

@@ -60,6 +60,11 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("env")
     strategy_options(rollback)
 
+    restart = commands.add_parser("restart", help="restart the current release, batch by batch like a deploy")
+    restart.add_argument("app")
+    restart.add_argument("env")
+    strategy_options(restart)
+
     deploys = commands.add_parser("deploys", help="recent deploys, newest first")
     deploys.add_argument("app")
     deploys.add_argument("env")
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                 "config": commands.cmd_config,
                 "deploy": commands.cmd_deploy,
                 "rollback": commands.cmd_rollback,
+                "restart": commands.cmd_restart,
                 "deploys": commands.cmd_deploys,
                 "status": commands.cmd_status,
                 "cycle": commands.cmd_cycle,

@@ -142,6 +142,19 @@ class Activator:
             self._wait_until_healthy(units, manifest)
         return "restarted"
 
+    def restart(self, release_id: str) -> str:
+        """Restart the running release's processes (one step of a rolling restart), then its
+        health check; :class:`DeployFailed` if it does not come back (nothing to switch back to)."""
+        self.report.step(f"Restarting {release_id}")
+        manifest = staged_manifest(self.layout, release_id, self.schema)
+        units = release_units(self.layout.release_dir(release_id))
+        with self.report.phase("restart"):
+            host.run(systemctl("restart", *units))
+        with self.report.phase("healthy"):
+            self._wait_until_healthy(units, manifest)
+        self.report.step(f"{release_id} restarted and healthy")
+        return "restarted"
+
     def roll_back(self, previous: str | None) -> None:
         """After a failure past the switch: the previous release's units and link, restarted
         and health-checked (``previous`` ``None``: the app's units removed)."""

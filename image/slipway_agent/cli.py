@@ -6,6 +6,7 @@ Three forms (image/README.md, "The deploy command")::
     deploy --stage URL         download, verify, unpack, configure, preflight; the serving release untouched
     deploy --activate rN       release phase, switch, restart, health check; nothing downloaded
     deploy --activate URL      the same, the app and environment taken from the URL (s3://…/rN)
+    deploy --restart rN|URL    restart the running release rN's processes, health check (a rolling restart)
 
 ``--activate rN`` names its app through ``/etc/slipway/instance.env`` (what provisioning
 wrote); the caller reads that file and passes it here as a mapping.
@@ -21,8 +22,8 @@ from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.layout import USAGE, ReleaseUrl, parse_release_url
 from slipway_release.names import CURRENT, is_app_name, is_env_name, is_release_id
 
-# What a run does: both phases, or one of them.
-DEPLOY, STAGE, ACTIVATE = "deploy", "stage", "activate"
+# What a run does: both phases, or one of them, or restart what runs.
+DEPLOY, STAGE, ACTIVATE, RESTART = "deploy", "stage", "activate", "restart"
 INSTANCE_ENV = "/etc/slipway/instance.env"
 USAGE_EXAMPLE = f"deploy [--stage] {USAGE}, or deploy --activate r7"
 
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RELEASE",
         help="activate a staged release: r<N> (this instance's app) or s3://<bucket>/<app>/<env>/r<N>",
     )
+    mode.add_argument(
+        "--restart",
+        metavar="RELEASE",
+        help="restart the running release's processes and health-check them: r<N> or its URL (must be what runs)",
+    )
     parser.add_argument(
         "--max-unpacked-bytes",
         type=_positive_int,
@@ -110,27 +116,34 @@ def parse_args(argv: Sequence[str], instance_env: Mapping[str, str] | None = Non
             )
         release = _activation_target(namespace.activate, instance_env or {})
         return DeployArgs(ACTIVATE, release, namespace.max_unpacked_bytes)
+    if namespace.restart is not None:
+        if namespace.url is not None:
+            raise UsageError(
+                f"--restart takes the release alone, not also {namespace.url!r}; usage: deploy --restart r7"
+            )
+        release = _activation_target(namespace.restart, instance_env or {}, flag="--restart")
+        return DeployArgs(RESTART, release, namespace.max_unpacked_bytes)
     if namespace.url is None:
         raise UsageError(f"the following arguments are required: url; usage: {USAGE_EXAMPLE}")
     return DeployArgs(STAGE if namespace.stage else DEPLOY, parse_url(namespace.url), namespace.max_unpacked_bytes)
 
 
-def _activation_target(text: str, instance_env: Mapping[str, str]) -> ReleaseUrl:
+def _activation_target(text: str, instance_env: Mapping[str, str], flag: str = "--activate") -> ReleaseUrl:
     if text.startswith("s3://"):
         release = parse_url(text)
         if release.target == CURRENT:
             raise UsageError(
-                "--activate needs a release id, not current (reading current needs S3); "
+                f"{flag} needs a release id, not current (reading current needs S3); "
                 f"use deploy {release} to stage and activate what current names"
             )
         return release
     if not is_release_id(text):
-        raise UsageError(f"--activate {text!r}: give a release id like r7, or s3://<bucket>/<app>/<env>/r7")
+        raise UsageError(f"{flag} {text!r}: give a release id like r7, or s3://<bucket>/<app>/<env>/r7")
     app, env = instance_env.get("SLIPWAY_APP", ""), instance_env.get("SLIPWAY_ENV", "")
     if not (is_app_name(app) and is_env_name(env)):
         raise UsageError(
-            f"--activate {text} needs this instance's app and environment, and {INSTANCE_ENV} does not name them "
-            f"(SLIPWAY_APP, SLIPWAY_ENV); pass the release's URL instead: deploy --activate s3://<bucket>/<app>/<env>/{text}"
+            f"{flag} {text} needs this instance's app and environment, and {INSTANCE_ENV} does not name them "
+            f"(SLIPWAY_APP, SLIPWAY_ENV); pass the release's URL instead: deploy {flag} s3://<bucket>/<app>/<env>/{text}"
         )
     return ReleaseUrl(instance_env.get("SLIPWAY_BUCKET") or "<bucket>", app, env, text)
 

@@ -26,6 +26,7 @@ from .cli import (
     ACTIVATE,
     DEPLOY,
     INSTANCE_ENV,
+    RESTART,
     STAGE,
     DeployArgs,
     UsageError,
@@ -84,7 +85,7 @@ class Deployment:
         self.activator = Activator(layout, report, schema, runtimes_path, pause_at)
         self.release_id: str | None = None
         self.previous: str | None = None
-        self.phase = ACTIVATE if self.mode == ACTIVATE else STAGE
+        self.phase = self.mode if self.mode in (ACTIVATE, RESTART) else STAGE
 
     def run(self) -> int:
         """Stage and/or activate, print the outcome and the JSON line; return the exit code."""
@@ -106,6 +107,8 @@ class Deployment:
             self.activator.recover()
             self.previous = self.activator.deployed()
             self.release_id = self._resolve_target()
+            if self.mode == RESTART:
+                return self._restart(self.release_id)
             if self.mode != STAGE and self.release_id == self.previous:
                 self.phase = ACTIVATE
                 return self._ensure_running(self.release_id)
@@ -143,9 +146,24 @@ class Deployment:
             self.report.failure(line)
             return "failed", EXIT_DOWN, line
 
+    def _restart(self, release_id: str) -> tuple[str, int, str | None]:
+        if release_id != self.previous:
+            line = (
+                f"{release_id} not restarted: this instance runs {self.previous or 'no release'}; "
+                f"deploy {release_id} instead (deploy {self.url.of(release_id)})"
+            )
+            self.report.failure(line)
+            return "failed", EXIT_FAILED, line
+        try:
+            return self.activator.restart(release_id), EXIT_OK, None
+        except DeployFailed as error:
+            line = f"{release_id} does not come up after its restart: {error}; deploy a good release"
+            self.report.failure(line)
+            return "failed", EXIT_DOWN, line
+
     def _fail(self, why: str) -> tuple[str, int, str]:
         release = self.release_id or self.url.target
-        verb = {DEPLOY: "deployed", STAGE: "staged", ACTIVATE: "activated"}[self.mode]
+        verb = {DEPLOY: "deployed", STAGE: "staged", ACTIVATE: "activated", RESTART: "restarted"}[self.mode]
         if not self.activator.switched:
             keeps = f"{self.previous} keeps running" if self.previous else "nothing was running"
             line = f"{release} not {verb}: {why}; {keeps}"

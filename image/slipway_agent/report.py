@@ -34,8 +34,8 @@ def result_line(
 ) -> str:
     """The final machine-readable line, for the control plane to echo back.
 
-    ``mode`` is what was asked (``deploy``, ``stage``, ``activate``); ``phase`` the phase
-    the run ended in (``stage`` or ``activate``; for a failure, the one that failed).
+    ``mode`` is what was asked (``deploy``, ``stage``, ``activate``, ``restart``); ``phase`` the
+    phase the run ended in (``stage``, ``activate`` or ``restart``; for a failure, the one that failed).
     """
     return json.dumps(
         {

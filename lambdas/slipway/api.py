@@ -11,6 +11,7 @@ CORS preflight this API never grants), and not marked cross-site by the browser.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -227,9 +228,21 @@ def start_deploy(app_name: str, env: str) -> Response[str]:
 
 @app.post(f"{APP}/rollback")
 def rollback(app_name: str, env: str) -> Response[str]:
+    return _start_of_current(app_name, env, operations.rollback)
+
+
+@app.post(f"{APP}/restart")
+def restart(app_name: str, env: str) -> Response[str]:
+    return _start_of_current(app_name, env, operations.restart)
+
+
+def _start_of_current(app_name: str, env: str, start: Callable[..., dict[str, Any]]) -> Response[str]:
+    """A rollout the platform picks the release of (a rollback, a restart), with the body's strategy."""
     body = _body() if app.current_event.body else {}
-    started = operations.rollback(app_name, env, strategy=body.get("strategy"), user=_user())
-    logger.info("rollback started", extra={"app": app_name, "env": env, "release": started["release"], "by": _user()})
+    started = start(app_name, env, strategy=body.get("strategy"), user=_user())
+    logger.info(
+        f"{started['kind']} started", extra={"app": app_name, "env": env, "release": started["release"], "by": _user()}
+    )
     return _json(202, started)
 
 

@@ -18,6 +18,11 @@ from slipway.rollout.strategy import Strategy
 from slipway.settings import FleetSettings, Timing
 from slipway_release import names
 
+# What a rollout does: switch to a release, go back to the previous one, or restart what runs
+# (the same release, batch by batch). The API starts each; openapi.json's enum is tied by a test.
+DEPLOY, ROLLBACK, RESTART = "deploy", "rollback", "restart"
+KINDS = (DEPLOY, ROLLBACK, RESTART)
+
 _STARTED = "[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}"  # UTC start, then 4 random hex digits
 # As documents spell it (the OpenAPI document's deploy parameter); the parser below names its parts.
 DEPLOY_ID_PATTERN = f"{names.APP_NAME}-{names.RELEASE_ID}-{_STARTED}"
@@ -87,12 +92,12 @@ def timeline(events: Iterable[Mapping[str, Any]], stopped_at: Any = None) -> lis
         if not event["type"].endswith("StateEntered") or event["type"] == "ChoiceStateEntered":
             continue
         details = event["stateEnteredEventDetails"]
-        batch, batches, rolling_back = None, None, False
+        batch, batches, rolling_back, restarting = None, None, False, False
         if details["name"] in BATCH_STATES:
             state = json.loads(details.get("input") or "{}")
             batch, batches = int(state.get("cursor", 0)) + 1, len(state.get("batches") or [])
-            rolling_back = bool(state.get("rolling_back"))
-        words = step(details["name"], rolling_back=rolling_back)
+            rolling_back, restarting = bool(state.get("rolling_back")), state.get("kind") == RESTART
+        words = step(details["name"], rolling_back=rolling_back, restarting=restarting)
         if entries and (entries[-1]["step"], entries[-1]["batch"]) == (words, batch):
             continue
         entries.append({"step": words, "batch": batch, "batches": batches, "at": _when(event["timestamp"])})

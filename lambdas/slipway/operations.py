@@ -139,12 +139,12 @@ def start_deploy(app_name: str, env: str, release: str, *, kind: str, strategy: 
     releases, fleet, machine = _deploying(app_name, env)
     try:
         # The app's own defaults (cdk.json `rollout`; a rollback's from them), then this deploy's options.
-        base = rollback_strategy(fleet.strategy) if kind == "rollback" else fleet.strategy
+        base = rollback_strategy(fleet.strategy) if kind == deploys.ROLLBACK else fleet.strategy
         chosen = Strategy.parse(strategy, base)
     except StrategyError as error:
         raise ReleaseError(400, str(error)) from None
     releases.show(release)  # 404 for a release that does not exist
-    refuse_if_locked(releases, "deploy")
+    refuse_if_locked(releases, kind)
     name = deploys.deploy_id(app_name, release, datetime.now(UTC), secrets.token_hex(2))
     request = deploys.execution_input(
         app=app_name,
@@ -175,7 +175,17 @@ def rollback(app_name: str, env: str, *, strategy: object, user: str) -> dict[st
     previous = releases.previous()
     if previous is None:
         raise ReleaseError(409, f"{app_name} in {env} has no earlier deployed release to roll back to")
-    return start_deploy(app_name, env, previous, kind="rollback", strategy=strategy, user=user)
+    return start_deploy(app_name, env, previous, kind=deploys.ROLLBACK, strategy=strategy, user=user)
+
+
+def restart(app_name: str, env: str, *, strategy: object, user: str) -> dict[str, Any]:
+    """Restart the current release on every instance, batch by batch as a rollout goes (drained,
+    restarted, healthy, baked): a rolling restart; ``current`` stays."""
+    releases, _, _ = _deploying(app_name, env)
+    current = releases.current()
+    if current is None:
+        raise ReleaseError(409, f"{app_name} in {env} runs no release yet; deploy one first")
+    return start_deploy(app_name, env, current, kind=deploys.RESTART, strategy=strategy, user=user)
 
 
 def list_deploys(app_name: str, env: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import pytest
 from slipway_agent.cli import (
     ACTIVATE,
     DEPLOY,
+    RESTART,
     STAGE,
     DeployArgs,
     UsageError,
@@ -51,6 +52,10 @@ def test_parse_release_and_current_urls():
         (["--activate", "s3://bkt/ab/e/current"], "--activate needs a release id, not current"),
         (["--activate", "s3://bkt/ab/e/r1/x"], "must have 4 parts"),
         (["--activate"], "expected one argument"),
+        (["--restart", "r1", "--activate", "r1"], "not allowed with argument"),
+        (["--restart", "r1", "s3://bkt/ab/e/r1"], "--restart takes the release alone"),
+        (["--restart", "s3://bkt/ab/e/current"], "--restart needs a release id, not current"),
+        (["--restart", "latest"], "--restart 'latest': give a release id like r7"),
     ],
 )
 def test_usage_errors(argv, message):
@@ -95,6 +100,15 @@ def test_activate_by_id_needs_the_instance_to_name_its_app(instance_env):
 def test_activate_without_a_bucket_in_instance_env_still_parses():
     args = parse_args(["--activate", "r2"], {"SLIPWAY_APP": "billing", "SLIPWAY_ENV": "staging"})
     assert str(args.release) == "s3://<bucket>/billing/staging/r2"
+
+
+def test_restart_takes_its_release_as_activate_does():
+    assert parse_args(["--restart", "r7"], INSTANCE) == DeployArgs(
+        RESTART, ReleaseUrl("rel-bucket", "billing", "staging", "r7"), DEFAULT_MAX_UNPACKED_BYTES
+    )
+    assert parse_args(["--restart", "s3://other/api/prod/r3"], {}).release == ReleaseUrl("other", "api", "prod", "r3")
+    with pytest.raises(UsageError, match=r"deploy --restart s3://<bucket>/<app>/<env>/r7"):
+        parse_args(["--restart", "r7"], {})
 
 
 def test_instance_env_is_key_value_lines():

@@ -38,7 +38,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/env":
             body = json.dumps({"env": {k: os.environ.get(k) for k in KEYS}, "argv": sys.argv[1:],
-                               "cwd": os.getcwd(), "uid": os.getuid()})
+                               "cwd": os.getcwd(), "uid": os.getuid(), "pid": os.getpid()})
         else:
             body = RELEASE + "\\n"
         data = body.encode()

@@ -203,6 +203,29 @@ def test_activate_the_previous_release_needs_no_download(phased):
     assert_agree(phased, previous)
 
 
+def test_restart_restarts_the_running_release_and_refuses_another(phased):
+    release = running_release(phased)
+    before = json.loads(get(phased["port"], "/env")[1])["pid"]
+    code, out, err, result = agent(phased, "--restart", url_of(release))
+    assert code == 0, out + err
+    assert (result["mode"], result["phase"], result["result"], result["release"]) == (
+        "restart",
+        "restart",
+        "restarted",
+        release,
+    )
+    assert "restart" in result["durations"] and "download" not in result["durations"]
+    print(f"restart: durations {result['durations']}")
+    assert_agree(phased, release)
+    assert json.loads(get(phased["port"], "/env")[1])["pid"] != before  # a new process
+    # A release other than the one running is not restarted, and nothing changes.
+    other = staged(phased)
+    code, out, err, result = agent(phased, "--restart", url_of(other))
+    assert (code, result["result"]) == (1, "failed"), out + err
+    assert f"{other} not restarted: this instance runs {release}; deploy {other} instead" in err
+    assert_agree(phased, release)
+
+
 def test_activate_refuses_a_release_not_staged_and_names_how_to_stage_it(phased):
     before = running_release(phased)
     code, out, err, result = agent(phased, "--activate", url_of("r999"))

@@ -14,9 +14,9 @@ from slipway_release.layout import parse_release_url
 RELEASE_URL_PARAMETER = "ReleaseUrl"
 ACTION_PARAMETER = "Action"
 # The deploy program's modes (image/README.md): stage only (download, verify, unpack, preflight;
-# the serving release untouched), activate a staged release, or both.
-STAGE, ACTIVATE, DEPLOY = "stage", "activate", "deploy"
-ACTIONS = (DEPLOY, STAGE, ACTIVATE)
+# the serving release untouched), activate a staged release, both, or restart the running one.
+STAGE, ACTIVATE, DEPLOY, RESTART = "stage", "activate", "deploy", "restart"
+ACTIONS = (DEPLOY, STAGE, ACTIVATE, RESTART)
 # SSM keeps a command's comment to 100 characters.
 MAX_COMMENT = 100
 

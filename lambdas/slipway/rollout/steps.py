@@ -86,20 +86,24 @@ BATCH_STATES = frozenset(
 )
 
 
+# The states that switch a batch, whose words say what the switch is.
+SWITCH_STATES = ("Send", "WaitCommand", "CheckCommand", "Command?")
 # The same batch states while they put changed instances back on the previous release.
 ROLLING_BACK: dict[str, str] = {
     **{name: "rolling back: " + STEPS[name] for name in BATCH_STATES},
-    **{
-        name: "rolling back: switching a batch back to the previous release"
-        for name in ("Send", "WaitCommand", "CheckCommand", "Command?")
-    },
+    **{name: "rolling back: switching a batch back to the previous release" for name in SWITCH_STATES},
 }
+# A rolling restart's switch restarts the release a batch runs.
+RESTARTING: dict[str, str] = {name: "restarting a batch" for name in SWITCH_STATES}
 
 
-def step(state: str | None, *, rolling_back: bool = False) -> str | None:
-    """The words for ``state`` (``None`` before the first state); a batch state's while rolling back."""
+def step(state: str | None, *, rolling_back: bool = False, restarting: bool = False) -> str | None:
+    """The words for ``state`` (``None`` before the first state); a batch state's while rolling
+    back, or in a rolling restart."""
     if state is None:
         return None
     if rolling_back and state in ROLLING_BACK:
         return ROLLING_BACK[state]
+    if restarting and state in RESTARTING:
+        return RESTARTING[state]
     return STEPS.get(state, state)

@@ -30,9 +30,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slipway import aws
+from slipway.deploys import RESTART as RESTART_KIND
+from slipway.deploys import ROLLBACK
 from slipway.publisher import AppReleases
 from slipway.releases import ReleaseError
-from slipway.rollout.commands import ACTIVATE, DEPLOY, STAGE, send_deploy_request
+from slipway.rollout.commands import ACTIVATE, DEPLOY, RESTART, STAGE, send_deploy_request
 from slipway.rollout.health import alarms_verdict, command_verdict, targets_verdict
 from slipway.rollout.lock import DeployLock, LockHeld, LockLost
 from slipway.rollout.plan import Instance, plan_batches, plan_rollback
@@ -272,8 +274,10 @@ def stage(state: State) -> State:
 
 def send(state: State) -> State:
     """Activate the staged release on the batch (out of traffic): release phase, switch, restart, health.
-    While rolling back, the previous release, which every changed instance keeps staged."""
-    sent = _send(state, _batch(state), _release_url(state, _target(state)), action=ACTIVATE)
+    While rolling back, the previous release, which every changed instance keeps staged; for a
+    rolling restart, restart the release the batch runs."""
+    restarting = state["kind"] == RESTART_KIND and not state.get("rolling_back")
+    sent = _send(state, _batch(state), _release_url(state, _target(state)), action=RESTART if restarting else ACTIVATE)
     return {**sent, "activating": _batch(state)}
 
 
@@ -282,7 +286,7 @@ def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY)
         _fleet(state),
         instances=instances,
         url=url,
-        kind="rollback" if state.get("rolled_back") is not None else state["kind"],
+        kind=ROLLBACK if state.get("rolled_back") is not None else state["kind"],
         user=state["user"],
         timeout_seconds=_timing(state).command_timeout,
         action=action,
@@ -407,7 +411,10 @@ def advance(state: State) -> State:
 
 
 def promote(state: State) -> State:
-    """Every batch is on the release: move ``current`` (compare-and-swap against the rollout's start)."""
+    """Every batch is on the release: move ``current`` (compare-and-swap against the rollout's start).
+    A rolling restart leaves ``current`` where it is: it is the release restarted."""
+    if state["kind"] == RESTART_KIND:
+        return {**state, "promoted": True}
     try:
         _releases(state).move_current(state["release"], expected=state["previous"])
     except ReleaseError as error:
