@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,9 +268,18 @@ def test_cycle_the_fleet(console: Watched, staging: dict[str, Any]) -> None:
     console.page.get_by_role("button", name="Cycle all instances").click()
     expect(console.page.locator("body[data-page=cyclePage]")).to_be_attached()
     refresh = console.page.url.rsplit("/", 1)[1]
+    # The page follows the refresh live to its end (it polls every 3 s): once the API says it ended,
+    # the page says so too, with its final progress. (Comparing a moment of each raced the refresh.)
+    deadline = time.monotonic() + 120
     shown = api(staging, "GET", f"/apps/billing/envs/staging/cycle/{refresh}")
-    expect(console.page.locator("#cycle .facts dd").first).to_have_text(shown["status"])
-    expect(console.page.locator("#cycle [role=progressbar]")).to_have_attribute("aria-valuenow", str(shown["percent"]))
+    while shown["status"] in ("Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"):
+        assert time.monotonic() < deadline, f"the fleet's cycle did not end: {shown}"
+        time.sleep(0.5)
+        shown = api(staging, "GET", f"/apps/billing/envs/staging/cycle/{refresh}")
+    expect(console.page.locator("#cycle .facts dd").first).to_have_text(shown["status"], timeout=10_000)
+    expect(console.page.locator("#cycle [role=progressbar]")).to_have_attribute(
+        "aria-valuenow", str(shown["percent"]), timeout=10_000
+    )
     console.shot("cycle")
     console.assert_clean()
 
