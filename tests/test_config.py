@@ -361,10 +361,12 @@ def test_instance_types_and_regions_come_from_botocore_s_models() -> None:
     assert passed == set(PARENT_IMAGES)
 
 
-def test_a_whole_configuration_with_every_kind_of_instance_type_synthesizes_its_settings() -> None:
+def test_regions_of_other_partitions_and_types_of_both_architectures_are_accepted() -> None:
     raw = {
         "environments": {"dev": {"region": "eu-central-1"}, "gov": {"region": "us-gov-west-1"}},
         "apps": {"x86": {"instance_type": "c7i.large"}, "arm": {"instance_type": "t4g.micro"}},
     }
     config = PlatformConfig.from_context(raw)
     assert [e.region for e in config.environments] == ["eu-central-1", "us-gov-west-1"]
+    types = {app.name: app.settings_for("dev").instance_type for app in config.apps}
+    assert types == {"x86": "c7i.large", "arm": "t4g.micro"}
