@@ -23,9 +23,17 @@ from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.api_contract import ApiContract
 from constructs.config import AppSettings, SlackConfig
+from constructs.deploy_document import RunDocument
 from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
-from slipway.settings import AppRuntime, BuildSettings, ControlPlaneSettings, FleetSettings, SlackSettings
+from slipway.settings import (
+    AppRuntime,
+    BuildSettings,
+    ControlPlaneSettings,
+    FleetSettings,
+    RunSettings,
+    SlackSettings,
+)
 from slipway_release import layout, names
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
@@ -472,6 +480,17 @@ class ControlPlane(Construct):
     def credentials_secret(self) -> secretsmanager.ISecret:
         """The API's users and passwords, ``{"<user>": "<password>"}``."""
         return self._secret
+
+    def enable_runs(self, *, document: RunDocument) -> None:
+        """Let the API run one-off commands (``slipway run``) through ``document`` and read their output."""
+        self._settings = replace(
+            self._settings,
+            runs=RunSettings(document=document.document_name, log_group=document.log_group.log_group_name),
+        )
+        self._apply_settings()
+        role = self._api_function.role
+        assert role is not None
+        document.grant_run(role)
 
     def enable_builds(
         self,

@@ -1,4 +1,5 @@
-"""The SSM Command document through which rollouts deploy a release on an instance."""
+"""The SSM Command documents through which the platform reaches instances: rollouts deploy a
+release with ``Platform-<env>-Deploy``; ``slipway run`` runs a one-off command with ``Platform-<env>-Run``."""
 
 from __future__ import annotations
 
@@ -15,16 +16,29 @@ from constructs.acknowledge import acknowledge
 from constructs.fleet import DEPLOY_PROGRAM
 from constructs.release_store import ReleaseStore
 from slipway.rollout.commands import ACTION_PARAMETER, ACTIONS, DEPLOY, RELEASE_URL_PARAMETER
-from slipway_release import layout, names
+from slipway.runs import COMMAND_PARAMETER as RUN_COMMAND_PARAMETER
+from slipway.runs import RELEASE_PARAMETER as RUN_RELEASE_PARAMETER
+from slipway.runs import STEP as RUN_STEP
+from slipway.runs import TIMEOUT_PARAMETER as RUN_TIMEOUT_PARAMETER
+from slipway_release import layout, names, oneoff
 
 # Long enough for a cold deploy (download, unpack, the Procfile's release step, health
 # check, switch); the deploy program's own steps time out well within it.
 DEPLOY_TIMEOUT_SECONDS = 900
 
 
+# A one-off's own limit is enforced on the instance (systemd's RuntimeMaxSec); SSM's is a backstop.
+RUN_STEP_TIMEOUT_SECONDS = oneoff.MAX_TIMEOUT_SECONDS + 60
+
+
 def document_name(env: str) -> str:
     """The deploy document's name in ``env``: ``Platform-staging-Deploy``."""
     return f"Platform-{env}-Deploy"
+
+
+def run_document_name(env: str) -> str:
+    """The one-off document's name in ``env``: ``Platform-staging-Run``."""
+    return f"Platform-{env}-Run"
 
 
 def bucket_name_pattern(bucket_name: str) -> str:
@@ -98,6 +112,98 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
             }
         ],
     }
+
+
+def run_document_content(*, env: str) -> dict[str, Any]:
+    """The exact content (schema 2.2) of the one-off document of ``env``.
+
+    One step runs ``deploy --run`` (:mod:`slipway_agent.oneoff`): the release must be the one the
+    instance runs (the agent refuses another with 125), the command arrives as base64 (its
+    pattern admits no shell syntax into this script) and the time limit as digits; systemd
+    stops the command at that limit.
+    """
+    release, command, timeout = (
+        f"{{{{ {name} }}}}" for name in (RUN_RELEASE_PARAMETER, RUN_COMMAND_PARAMETER, RUN_TIMEOUT_PARAMETER)
+    )
+    return {
+        "schemaVersion": "2.2",
+        "description": f"Slipway run in {env}: one command with the running release's code and config "
+        f"(slipway run), through {DEPLOY_PROGRAM} --run.",
+        "parameters": {
+            RUN_RELEASE_PARAMETER: {
+                "type": "String",
+                "description": "The release the instance runs: r<N>",
+                "allowedPattern": f"^{names.RELEASE_ID}$",
+            },
+            RUN_COMMAND_PARAMETER: {
+                "type": "String",
+                "description": f"The shell command, as unpadded URL-safe base64 of at most "
+                f"{oneoff.MAX_COMMAND_BYTES} bytes",
+                "allowedPattern": oneoff.ENCODED_PATTERN,
+            },
+            RUN_TIMEOUT_PARAMETER: {
+                "type": "String",
+                "description": f"Seconds before the command is stopped, 1 to {oneoff.MAX_TIMEOUT_SECONDS}",
+                "default": str(oneoff.DEFAULT_TIMEOUT_SECONDS),
+                "allowedPattern": oneoff.TIMEOUT_PATTERN,
+            },
+        },
+        "mainSteps": [
+            {
+                "action": "aws:runShellScript",
+                "name": RUN_STEP,
+                "inputs": {
+                    "runCommand": [f"exec {DEPLOY_PROGRAM} --run {release} --command {command} --timeout {timeout}"],
+                    "timeoutSeconds": str(RUN_STEP_TIMEOUT_SECONDS),
+                },
+            }
+        ],
+    }
+
+
+def _send_policy(
+    scope: Construct,
+    grantee: iam.IRole,
+    *,
+    document_arn: str,
+    document_name: str,
+    env: str,
+    apps: Sequence[str],
+    reads: Sequence[str] = ("ssm:GetCommandInvocation", "ssm:ListCommandInvocations"),
+) -> iam.Policy:
+    """``ssm:SendCommand`` of one document to this environment's tagged instances, and reading the
+    invocations, as a policy of its own (so that its acknowledgments cover nothing else of ``grantee``)."""
+    stack = Stack.of(scope)
+    instances = stack.format_arn(service="ec2", resource="instance", resource_name="*")
+    policy = iam.Policy(
+        scope,
+        f"Send{Names.node_unique_id(grantee.node)}",
+        roles=[grantee],
+        statements=[
+            iam.PolicyStatement(actions=["ssm:SendCommand"], resources=[document_arn]),
+            iam.PolicyStatement(
+                actions=["ssm:SendCommand"],
+                resources=[instances],
+                conditions={
+                    "StringEquals": {"ssm:resourceTag/slipway:env": env, "ssm:resourceTag/slipway:app": list(apps)}
+                },
+            ),
+            iam.PolicyStatement(actions=list(reads), resources=["*"]),
+        ],
+    )
+    acknowledge(
+        policy,
+        f"AwsSolutions-IAM5[Resource::{_as_nag_shows(stack, instances)}]",
+        f"Instances come and go with their Auto Scaling groups and cannot be listed; SendCommand reaches "
+        f"only those tagged slipway:env={env} and slipway:app={'|'.join(apps)}, and only with {document_name}.",
+    )
+    acknowledge(
+        policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        f"{' and '.join(reads)} support no resource-level permissions; they only read the status and "
+        "output of commands.",
+    )
+    return policy
 
 
 def _as_nag_shows(stack: Stack, arn: str) -> str:
@@ -185,44 +291,76 @@ class DeployDocument(Construct):
         resource to restrict it to. The statements form their own policy, returned, so
         that their acknowledgments cover nothing else of ``grantee``.
         """
-        stack = Stack.of(self)
-        instances = stack.format_arn(service="ec2", resource="instance", resource_name="*")
-        policy = iam.Policy(
+        return _send_policy(
             self,
-            f"Send{Names.node_unique_id(grantee.node)}",
-            roles=[grantee],
-            statements=[
-                iam.PolicyStatement(actions=["ssm:SendCommand"], resources=[self.document_arn]),
-                iam.PolicyStatement(
-                    actions=["ssm:SendCommand"],
-                    resources=[instances],
-                    conditions={
-                        "StringEquals": {
-                            "ssm:resourceTag/slipway:env": self._env_name,
-                            "ssm:resourceTag/slipway:app": list(self._apps),
-                        }
-                    },
-                ),
-                iam.PolicyStatement(
-                    actions=["ssm:GetCommandInvocation", "ssm:ListCommandInvocations"], resources=["*"]
-                ),
-            ],
+            grantee,
+            document_arn=self.document_arn,
+            document_name=self._document_name,
+            env=self._env_name,
+            apps=self._apps,
         )
-        acknowledge(
-            policy,
-            f"AwsSolutions-IAM5[Resource::{_as_nag_shows(stack, instances)}]",
-            f"Instances come and go with their Auto Scaling groups and cannot be listed; SendCommand reaches "
-            f"only those tagged slipway:env={self._env_name} and slipway:app={'|'.join(self._apps)}, "
-            f"and only with {self._document_name}.",
-        )
-        acknowledge(
-            policy,
-            "AwsSolutions-IAM5[Resource::*]",
-            "ssm:GetCommandInvocation and ssm:ListCommandInvocations support no resource-level "
-            "permissions; they only read the status and output of commands.",
-        )
-        return policy
 
     def grant_output(self, grantee: iam.IGrantable) -> None:
         """Let ``grantee`` (an instance role) write command output to :attr:`log_group`, and nothing else."""
+        self._log_group.grant(grantee, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
+
+
+class RunDocument(Construct):
+    """The ``Platform-<env>-Run`` SSM Command document (``slipway run``) and the log group its
+    output streams to (``CloudWatchOutputConfig``), which the CLI reads while the command runs."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        env_name: str,
+        apps: Sequence[str],
+        output_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+    ) -> None:
+        super().__init__(scope, id_)
+        _check_names(apps=apps, env=env_name)
+        self._env_name = env_name
+        self._apps = tuple(apps)
+        self._document_name = run_document_name(env_name)
+        self._document = ssm.CfnDocument(
+            self,
+            "Document",
+            name=self._document_name,
+            document_type="Command",
+            document_format="JSON",
+            content=run_document_content(env=env_name),
+            update_method="NewVersion",
+        )
+        self._log_group = logs.LogGroup(self, "Output", retention=output_retention)
+
+    @property
+    def document_name(self) -> str:
+        """``Platform-<env>-Run``."""
+        return self._document_name
+
+    @property
+    def log_group(self) -> logs.ILogGroup:
+        """Where instances stream one-off output."""
+        return self._log_group
+
+    def grant_run(self, grantee: iam.IRole) -> iam.Policy:
+        """Let ``grantee`` (the API's role) run one-offs on this environment's instances and read
+        their output as it streams."""
+        policy = _send_policy(
+            self,
+            grantee,
+            document_arn=Stack.of(self).format_arn(
+                service="ssm", resource="document", resource_name=self._document.ref
+            ),
+            document_name=self._document_name,
+            env=self._env_name,
+            apps=self._apps,
+            reads=("ssm:GetCommandInvocation", "ssm:ListCommands"),
+        )
+        self._log_group.grant(grantee, "logs:GetLogEvents")
+        return policy
+
+    def grant_output(self, grantee: iam.IGrantable) -> None:
+        """Let ``grantee`` (an instance role) write one-off output to :attr:`log_group`, and nothing else."""
         self._log_group.grant(grantee, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")

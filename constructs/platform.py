@@ -15,7 +15,7 @@ from constructs.base_image import BaseImagePipeline
 from constructs.builder import Builder
 from constructs.config import EnvironmentSettings, PlatformConfig
 from constructs.control_plane import ControlPlane
-from constructs.deploy_document import DeployDocument
+from constructs.deploy_document import DeployDocument, RunDocument
 from constructs.fleet import AppFleet
 from constructs.fleet_monitoring import FleetMonitoring
 from constructs.network import Network
@@ -109,6 +109,12 @@ class PlatformStack(Stack):
             )
             for fleet in self.fleets.values():
                 self.deploy_document.grant_output(fleet.instance_role)
+        # One-off commands (slipway run) go through their own document, to one instance at a time.
+        self.run_document: RunDocument | None = None
+        if self.fleets:
+            self.run_document = RunDocument(self, "RunDocument", env_name=environment.name, apps=list(self.fleets))
+            for fleet in self.fleets.values():
+                self.run_document.grant_output(fleet.instance_role)
         control_plane_code = lambda_.Code.from_asset(
             str(LAMBDAS_DIR), exclude=ASSET_EXCLUDE, follow_symlinks=SymlinkFollowMode.ALWAYS
         )
@@ -164,6 +170,8 @@ class PlatformStack(Stack):
                 apps=[app.name for app in config.apps],
             )
             self.deploy_document.grant_send(self.rollout.role)
+            if self.run_document is not None:
+                self.control_plane.enable_runs(document=self.run_document)
             app_settings = {app.name: app.settings_for(environment.name) for app in config.apps}
             self.control_plane.enable_deploys(
                 state_machine=self.rollout.state_machine,

@@ -165,6 +165,8 @@ class FaultyClients:
 
     def _send(self, client: Any) -> Callable[..., Any]:
         def send(**kwargs: Any) -> Any:
+            if "ReleaseUrl" not in kwargs["Parameters"]:  # not a deploy (a one-off of slipway run)
+                return client.send_command(**kwargs)
             url = kwargs["Parameters"]["ReleaseUrl"][0]
             action = kwargs["Parameters"].get("Action", ["deploy"])[0]
             if action == "stage":  # prepares, changes nothing served: kept apart from what was deployed

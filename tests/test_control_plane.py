@@ -517,7 +517,14 @@ def test_every_operation_of_the_api_is_validated(staging: Template) -> None:
         r["Properties"]["Name"]: r["Properties"]["Schema"]
         for r in staging.find_resources("AWS::ApiGateway::Model").values()
     }
-    assert set(models) == {"UploadRequest", "ReleaseRequest", "ConfigChange", "DeployRequest", "ScaleRequest"}
+    assert set(models) == {
+        "UploadRequest",
+        "ReleaseRequest",
+        "ConfigChange",
+        "DeployRequest",
+        "ScaleRequest",
+        "RunRequest",
+    }
     for method in methods.values():
         properties = method["Properties"]
         validator = validators[properties["RequestValidatorId"]["Ref"]]["Properties"]

@@ -15,6 +15,7 @@ from moto_fleet import KEYS, World, faulty
 
 from local.aws import Deployed
 from slipway import aws
+from slipway_release import oneoff
 from slipway_release.layout import AppKeys
 
 
@@ -296,3 +297,73 @@ def test_restart_before_any_release_is_current_is_refused(world: World) -> None:
     status, refused = call("POST", "/apps/web/envs/staging/restart", {})
     assert status == 409 and refused["message"] == "web in staging runs no release yet; deploy one first", refused
     assert executions(world) == []
+
+
+# One-off commands (slipway run) ----------------------------------------------------------------
+
+
+def _commands(world: World) -> list[dict[str, Any]]:
+    return list(world.clients.ssm.list_commands()["Commands"])
+
+
+def test_a_one_off_runs_once_on_an_in_service_instance_with_the_current_release(world: World) -> None:
+    status, started = call(
+        "POST", "/apps/web/envs/staging/runs", {"command": "python manage.py migrate --noinput", "timeout_seconds": 60}
+    )
+    assert status == 202, started
+    assert started["release"] == "r1" and started["instance"] in world.instances(), started
+    assert (started["command"], started["timeout_seconds"]) == ("python manage.py migrate --noinput", 60)
+    [sent] = [c for c in _commands(world) if c["CommandId"] == started["id"]]
+    assert sent["DocumentName"] == "Platform-staging-Run"
+    assert sent["InstanceIds"] == [started["instance"]]
+    assert sent["Comment"] == "slipway run web staging r1 by alice"
+    assert sent["Parameters"]["Release"] == ["r1"] and sent["Parameters"]["TimeoutSeconds"] == ["60"]
+    assert oneoff.decode(sent["Parameters"]["Command"][0]) == "python manage.py migrate --noinput"
+    # The SSM agent streams the output to the run log group while the command runs.
+    runs = world.deployed_stack.settings.runs
+    assert runs is not None
+    stream = f"{started['id']}/{started['instance']}/Run/stdout"
+    world.clients.logs.create_log_stream(logGroupName=runs.log_group, logStreamName=stream)
+    world.clients.logs.put_log_events(
+        logGroupName=runs.log_group,
+        logStreamName=stream,
+        logEvents=[{"timestamp": int(time.time() * 1000), "message": m} for m in ("Applying 0001... OK", "done")],
+    )
+    status, shown = call("GET", f"/apps/web/envs/staging/runs/{started['id']}")
+    assert status == 200, shown
+    assert shown["output"] == ["Applying 0001... OK", "done"] and shown["next"], shown
+    assert (shown["status"], shown["done"], shown["exit_code"]) == ("Success", True, 0)
+    status, rest = call("GET", f"/apps/web/envs/staging/runs/{started['id']}", query={"after": shown["next"]})
+    assert status == 200 and rest["output"] == [], rest
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"command": "  "}, "give the command to run as text"),
+        ({"command": "x" * 2049}, "2049 bytes, more than the 2048 a one-off takes"),
+        ({"command": "ls", "timeout_seconds": 0}, "from 1 to 3600 (default 900); got 0"),
+        ({"command": "ls", "timeout_seconds": 3601}, "from 1 to 3600"),
+    ],
+)
+def test_a_bad_one_off_is_refused_and_nothing_is_sent(world: World, body: dict[str, Any], message: str) -> None:
+    before = len(_commands(world))
+    status, refused = call("POST", "/apps/web/envs/staging/runs", body)
+    assert status == 400 and message in refused["message"], refused
+    assert len(_commands(world)) == before
+
+
+def test_a_one_off_before_any_release_is_current_is_refused(world: World) -> None:
+    world.clients.s3.delete_object(Bucket=world.bucket, Key=KEYS.current)
+    status, refused = call("POST", "/apps/web/envs/staging/runs", {"command": "ls"})
+    assert status == 409 and "no release of web is current in staging" in refused["message"], refused
+    assert _commands(world) == []
+
+
+def test_only_this_apps_one_offs_can_be_read(world: World) -> None:
+    deploy(world, "/apps/web/envs/staging/restart", {"strategy": {"bake_seconds": 0}})
+    [deploy_command, *_] = _commands(world)
+    status, refused = call("GET", f"/apps/web/envs/staging/runs/{deploy_command['CommandId']}")
+    assert status == 404 and refused["message"].startswith("no one-off "), refused
+    status, refused = call("GET", "/apps/web/envs/staging/runs/00000000-0000-0000-0000-000000000000")
+    assert status == 404, refused

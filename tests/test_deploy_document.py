@@ -15,11 +15,14 @@ from cdk_nag import AwsSolutionsChecks
 
 from constructs.deploy_document import (
     DeployDocument,
+    RunDocument,
     bucket_name_pattern,
     deploy_document_content,
     release_url_pattern,
+    run_document_content,
 )
 from constructs.release_store import ReleaseStore
+from slipway_release import oneoff
 
 BUCKET = "platform-staging-releasebucket-1a2b3c4d5e6f"
 # The apps of cdk.json, in its order.
@@ -228,8 +231,9 @@ def test_command_output_is_kept_a_year(staging: Template) -> None:
 
 
 @pytest.mark.parametrize("app", APPS)
-def test_instances_write_command_output_to_its_log_group_only(staging: Template, app: str) -> None:
-    output_group = _one(staging, "AWS::Logs::LogGroup", "DeployDocumentOutput")[0]
+def test_instances_write_command_output_to_its_log_groups_only(staging: Template, app: str) -> None:
+    deploy_output = _one(staging, "AWS::Logs::LogGroup", "DeployDocumentOutput")[0]
+    run_output = _one(staging, "AWS::Logs::LogGroup", "RunDocumentOutput")[0]
     policy = _one(staging, "AWS::IAM::Policy", f"App{app}InstanceRole")[1]
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     logs_statements = [s for s in statements if json.dumps(s["Action"]).count("logs:")]
@@ -237,7 +241,7 @@ def test_instances_write_command_output_to_its_log_group_only(staging: Template,
         {
             "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
             "Effect": "Allow",
-            "Resource": {"Fn::GetAtt": [output_group, "Arn"]},
+            "Resource": [{"Fn::GetAtt": [deploy_output, "Arn"]}, {"Fn::GetAtt": [run_output, "Arn"]}],
         }
     ]
 
@@ -298,3 +302,134 @@ def test_sender_policy_acknowledgments_each_match_a_finding(sender: tuple[Templa
         "AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:eu-west-1:<AWS::AccountId>:instance/*]",
         "AwsSolutions::AwsSolutions-IAM5[Resource::*]",
     }
+
+
+# The one-off document (slipway run) ---------------------------------------------------------------
+
+
+def test_run_document_content_exact_text() -> None:
+    content = run_document_content(env="staging")
+    assert content["mainSteps"] == [
+        {
+            "action": "aws:runShellScript",
+            "name": "Run",
+            "inputs": {
+                "runCommand": [
+                    "exec /home/deploy/bin/deploy --run {{ Release }} --command {{ Command }} "
+                    "--timeout {{ TimeoutSeconds }}"
+                ],
+                "timeoutSeconds": str(oneoff.MAX_TIMEOUT_SECONDS + 60),
+            },
+        }
+    ]
+    assert set(content["parameters"]) == {"Release", "Command", "TimeoutSeconds"}
+    assert content["parameters"]["TimeoutSeconds"]["default"] == str(oneoff.DEFAULT_TIMEOUT_SECONDS)
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["python manage.py migrate", "echo $HOME; ls -la | wc -l && exit 3", "é" * 1024, "x" * oneoff.MAX_COMMAND_BYTES],
+)
+def test_the_run_document_admits_every_command_the_api_encodes_and_the_agent_decodes_it(command: str) -> None:
+    pattern = run_document_content(env="staging")["parameters"]["Command"]["allowedPattern"]
+    encoded = oneoff.encode(command)
+    assert re.search(pattern, encoded)
+    assert oneoff.decode(encoded) == command
+
+
+@pytest.mark.parametrize(
+    "value", ["cHl0aG9u; rm -rf /", "$(reboot)", "YQ==", "a b", "", "A" * (oneoff.MAX_COMMAND_BYTES * 4 // 3 + 2)]
+)
+def test_the_run_document_refuses_any_shell_text_in_the_command(value: str) -> None:
+    pattern = run_document_content(env="staging")["parameters"]["Command"]["allowedPattern"]
+    assert re.search(pattern, value) is None
+    with pytest.raises(oneoff.CommandError):
+        oneoff.decode(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "admitted"),
+    [
+        ("1", True),
+        ("3600", True),
+        ("900", True),
+        ("0", False),
+        ("3601", False),
+        ("10000", False),
+        ("60;reboot", False),
+        ("", False),
+    ],
+)
+def test_the_run_document_and_the_agent_admit_the_same_time_limits(value: str, admitted: bool) -> None:
+    pattern = run_document_content(env="staging")["parameters"]["TimeoutSeconds"]["allowedPattern"]
+    by_document = re.search(pattern, value) is not None
+    try:
+        oneoff.parse_timeout(value)
+        by_agent = True
+    except oneoff.CommandError:
+        by_agent = False
+    # The document admits up to four digits; the agent (and the API) hold the range.
+    assert by_agent is admitted
+    assert by_document or not by_agent
+
+
+def test_commands_over_the_limit_or_not_text_are_refused_with_the_fix() -> None:
+    with pytest.raises(oneoff.CommandError, match="2049 bytes, more than the 2048"):
+        oneoff.encode("x" * 2049)
+    with pytest.raises(oneoff.CommandError, match="give the command to run"):
+        oneoff.check_command("   ")
+    with pytest.raises(oneoff.CommandError, match="NUL"):
+        oneoff.check_command("echo \x00")
+    with pytest.raises(oneoff.CommandError, match="from 1 to 3600"):
+        oneoff.check_timeout(True)
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> tuple[Template, Path]:
+    """A stack with the run document granted to an API-like role, checked by cdk-nag."""
+    outdir = tmp_path_factory.mktemp("grant-run")
+    app = cdk.App(outdir=str(outdir))
+    stack = cdk.Stack(app, "Runner", env=cdk.Environment(region="eu-west-1"))
+    document = RunDocument(stack, "Run", env_name="staging", apps=APPS)
+    role = iam.Role(stack, "Api", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+    document.grant_run(role)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
+    assembly = app.synth()  # raises on any unacknowledged finding
+    return Template.from_json(assembly.get_stack_by_name("Runner").template), outdir
+
+
+def test_the_api_may_run_only_the_run_document_on_tagged_instances_and_read_its_output(
+    runner: tuple[Template, Path],
+) -> None:
+    template = runner[0]
+    document = _one(template, "AWS::SSM::Document", "RunDocument")[0]
+    output = _one(template, "AWS::Logs::LogGroup", "RunOutput")[0]
+    props = _one(template, "AWS::SSM::Document", "RunDocument")[1]["Properties"]
+    assert props["Name"] == "Platform-staging-Run"
+    assert props["Content"] == run_document_content(env="staging")
+    statements = [
+        statement
+        for _, policy in template.find_resources("AWS::IAM::Policy").items()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    account = {"Ref": "AWS::AccountId"}
+    assert statements == [
+        {
+            "Action": "ssm:SendCommand",
+            "Effect": "Allow",
+            "Resource": {"Fn::Join": ["", [*ARN, ":ssm:eu-west-1:", account, ":document/", {"Ref": document}]]},
+        },
+        {
+            "Action": "ssm:SendCommand",
+            "Condition": {
+                "StringEquals": {"ssm:resourceTag/slipway:env": "staging", "ssm:resourceTag/slipway:app": APPS}
+            },
+            "Effect": "Allow",
+            "Resource": {"Fn::Join": ["", [*ARN, ":ec2:eu-west-1:", account, ":instance/*"]]},
+        },
+        {"Action": ["ssm:GetCommandInvocation", "ssm:ListCommands"], "Effect": "Allow", "Resource": "*"},
+        {"Action": "logs:GetLogEvents", "Effect": "Allow", "Resource": {"Fn::GetAtt": [output, "Arn"]}},
+    ]
+    report = json.loads((runner[1] / "validation-report.json").read_text())
+    [nag] = [plugin for plugin in report["pluginReports"] if plugin["pluginName"] == "AwsSolutions"]
+    assert nag["violations"] == []

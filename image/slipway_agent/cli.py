@@ -7,6 +7,8 @@ Three forms (image/README.md, "The deploy command")::
     deploy --activate rN       release phase, switch, restart, health check; nothing downloaded
     deploy --activate URL      the same, the app and environment taken from the URL (s3://…/rN)
     deploy --restart rN|URL    restart the running release rN's processes, health check (a rolling restart)
+    deploy --run rN --command B64 [--timeout S]
+                               a one-off command with the running release rN's code and config (slipway run)
 
 ``--activate rN`` names its app through ``/etc/slipway/instance.env`` (what provisioning
 wrote); the caller reads that file and passes it here as a mapping.
@@ -21,9 +23,10 @@ from dataclasses import dataclass
 from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.layout import USAGE, ReleaseUrl, parse_release_url
 from slipway_release.names import CURRENT, is_app_name, is_env_name, is_release_id
+from slipway_release.oneoff import DEFAULT_TIMEOUT_SECONDS, CommandError, decode, parse_timeout
 
 # What a run does: both phases, or one of them, or restart what runs.
-DEPLOY, STAGE, ACTIVATE, RESTART = "deploy", "stage", "activate", "restart"
+DEPLOY, STAGE, ACTIVATE, RESTART, RUN = "deploy", "stage", "activate", "restart", "run"
 INSTANCE_ENV = "/etc/slipway/instance.env"
 USAGE_EXAMPLE = f"deploy [--stage] {USAGE}, or deploy --activate r7"
 
@@ -44,6 +47,8 @@ class DeployArgs:
     mode: str
     release: ReleaseUrl
     max_unpacked_bytes: int
+    command: str | None = None  # --run: the one-off's shell text (decoded)
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS  # --run: its time limit
 
 
 def parse_url(url: str) -> ReleaseUrl:
@@ -93,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RELEASE",
         help="restart the running release's processes and health-check them: r<N> or its URL (must be what runs)",
     )
+    mode.add_argument(
+        "--run",
+        metavar="RELEASE",
+        help="run --command once with the running release r<N>'s code and config, its output and exit status "
+        "passed through (124: the time limit stopped it, 125: refused)",
+    )
+    parser.add_argument("--command", help="--run's shell text as unpadded URL-safe base64 (slipway_release.oneoff)")
+    parser.add_argument(
+        "--timeout",
+        default=str(DEFAULT_TIMEOUT_SECONDS),
+        help=f"--run's time limit in seconds (default {DEFAULT_TIMEOUT_SECONDS})",
+    )
     parser.add_argument(
         "--max-unpacked-bytes",
         type=_positive_int,
@@ -123,9 +140,28 @@ def parse_args(argv: Sequence[str], instance_env: Mapping[str, str] | None = Non
             )
         release = _activation_target(namespace.restart, instance_env or {}, flag="--restart")
         return DeployArgs(RESTART, release, namespace.max_unpacked_bytes)
+    if namespace.run is not None:
+        return _one_off(namespace, instance_env or {})
+    if namespace.command is not None:
+        raise UsageError("--command goes with --run; usage: deploy --run r7 --command <base64>")
     if namespace.url is None:
         raise UsageError(f"the following arguments are required: url; usage: {USAGE_EXAMPLE}")
     return DeployArgs(STAGE if namespace.stage else DEPLOY, parse_url(namespace.url), namespace.max_unpacked_bytes)
+
+
+def _one_off(namespace: argparse.Namespace, instance_env: Mapping[str, str]) -> DeployArgs:
+    if namespace.url is not None:
+        raise UsageError(
+            f"--run takes the release alone, not also {namespace.url!r}; usage: deploy --run r7 --command <b64>"
+        )
+    if namespace.command is None:
+        raise UsageError("--run needs --command <base64 of the command>; usage: deploy --run r7 --command <b64>")
+    release = _activation_target(namespace.run, instance_env, flag="--run")
+    try:
+        command, timeout = decode(namespace.command), parse_timeout(namespace.timeout)
+    except CommandError as error:
+        raise UsageError(str(error)) from None
+    return DeployArgs(RUN, release, namespace.max_unpacked_bytes, command, timeout)
 
 
 def _activation_target(text: str, instance_env: Mapping[str, str], flag: str = "--activate") -> ReleaseUrl:

@@ -27,6 +27,7 @@ from .cli import (
     DEPLOY,
     INSTANCE_ENV,
     RESTART,
+    RUN,
     STAGE,
     DeployArgs,
     UsageError,
@@ -34,6 +35,7 @@ from .cli import (
     parse_instance_env,
     s3_endpoint,
 )
+from .oneoff import run_one_off
 from .report import DeployFailed, NotStaged, Report, reason, result_line
 from .s3 import ReleaseStore
 from .services import discard_unit, loaded_units
@@ -210,6 +212,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     if os.geteuid() != 0:
         print("deploy: must run as root: it writes systemd units and runs systemctl", file=sys.stderr)
         return EXIT_USAGE
+    if args.mode == RUN:
+        return run_one_off(args, AppLayout(args.release.app))
     report = Report()
     store = ReleaseStore(args.release.bucket, s3_endpoint(environ))
     layout = AppLayout(args.release.app)

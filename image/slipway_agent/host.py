@@ -51,8 +51,8 @@ def run_streaming(argv: Sequence[str]) -> int:
     return subprocess.run(list(argv), stdin=subprocess.DEVNULL, check=False).returncode
 
 
-def run_teed(argv: Sequence[str], journal: Sequence[str], out: TextIO) -> int:
-    """Run ``argv``; each line it prints goes to ``out`` (indented) and to ``journal``'s stdin.
+def run_teed(argv: Sequence[str], journal: Sequence[str], out: TextIO, indent: str = "       ") -> int:
+    """Run ``argv``; each line it prints goes to ``out`` (after ``indent``) and to ``journal``'s stdin.
 
     ``journal`` is the journal writer (``systemd-cat``): the output stays readable with
     ``journalctl -t`` and is forwarded to syslog like the app's own processes'.
@@ -64,7 +64,7 @@ def run_teed(argv: Sequence[str], journal: Sequence[str], out: TextIO) -> int:
     assert process.stdout is not None and writer.stdin is not None
     try:
         for line in process.stdout:
-            out.write("       " + line.decode("utf-8", errors="replace").rstrip("\n") + "\n")
+            out.write(indent + line.decode("utf-8", errors="replace").rstrip("\n") + "\n")
             out.flush()
             with suppress(BrokenPipeError):  # the journal is gone; the deploy's output still has every line
                 writer.stdin.write(line)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from slipway_release.oneoff import PROCESS_TYPE as ONE_OFF
 from slipway_release.procfile import WEB
 
 APPS_ROOT = "/home/deploy/apps"
@@ -82,6 +83,9 @@ class AppLayout:
 
     def release_phase_unit(self, release_id: str) -> str:
         return f"slipway-{self.app}-release-{release_id}.service"
+
+    def one_off_unit(self, release_id: str, run_id: str) -> str:
+        return f"slipway-{self.app}-run-{release_id}-{run_id}.service"
 
 
 def systemd_quote(argument: str) -> str:
@@ -261,6 +265,34 @@ def release_phase_command(
         f"--property=RuntimeMaxSec={RELEASE_PHASE_TIMEOUT_SECONDS}",
         *transient_properties(layout, release_id, release_identifier(layout), environment),
         "--setenv=DYNO=release.1",
+        "--",
+        SHELL,
+        "-c",
+        command,
+    ]
+
+
+def one_off_command(
+    layout: AppLayout,
+    release_id: str,
+    run_id: str,
+    command: str,
+    timeout_seconds: int,
+    environment: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Run a one-off command (``slipway run``) once like a process of the release and wait, its
+    output piped to the agent; systemd stops it at ``timeout_seconds`` (``RuntimeMaxSec``), so
+    it never outlives the SSM command that asked for it."""
+    return [
+        "systemd-run",
+        f"--unit={layout.one_off_unit(release_id, run_id)}",
+        "--quiet",
+        "--wait",
+        "--pipe",
+        "--collect",
+        f"--property=RuntimeMaxSec={timeout_seconds}",
+        *transient_properties(layout, release_id, f"{layout.app}-{ONE_OFF}", environment),
+        f"--setenv=DYNO={ONE_OFF}.{run_id}",
         "--",
         SHELL,
         "-c",

@@ -286,6 +286,34 @@ def scale(app_name: str, env: str) -> Response[str]:
     return _json(200, scaled)
 
 
+@app.post(f"{APP}/runs")
+def start_run(app_name: str, env: str) -> Response[str]:
+    body = _body()
+    started = operations.start_run(
+        app_name, env, command=body.get("command"), timeout=body.get("timeout_seconds"), user=_user()
+    )
+    # Who ran what, where: the audit record of a one-off (the command is the user's own text).
+    logger.info(
+        "one-off started",
+        extra={
+            "app": app_name,
+            "env": env,
+            "release": started["release"],
+            "instance": started["instance"],
+            "run": started["id"],
+            "command": started["command"],
+            "by": _user(),
+        },
+    )
+    return _json(202, started)
+
+
+@app.get(f"{APP}/runs/<run>")
+def show_run(app_name: str, env: str, run: str) -> Response[str]:
+    after = (app.current_event.query_string_parameters or {}).get("after")
+    return _json(200, operations.show_run(app_name, env, run, after=after))
+
+
 @app.get(f"{APP}/cycle/<refresh>")
 def show_cycle(app_name: str, env: str, refresh: str) -> Response[str]:
     return _json(200, operations.show_cycle(app_name, env, refresh))

@@ -65,3 +65,15 @@ def is_throttled(error: Exception) -> bool:
     """Is ``error`` an AWS call refused for its rate (to be retried, never a failure)?"""
     response = getattr(error, "response", None)
     return isinstance(response, dict) and response.get("Error", {}).get("Code", "") in THROTTLING_CODES
+
+
+def read_log(logs: Any, group: str, stream: str, after: str | None) -> tuple[list[str], str | None]:
+    """A log stream's lines from ``after`` (a token this returned) on, and the token to read on from."""
+    request: dict[str, Any] = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
+    if after:
+        request["nextToken"] = after
+    try:
+        page = logs.get_log_events(**request)
+    except logs.exceptions.ResourceNotFoundException:  # its writer (CodeBuild, the SSM agent) makes it on start
+        return [], after
+    return [event["message"].rstrip("\n") for event in page["events"]], page.get("nextForwardToken") or after

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from slipway import aws, deploys
+from slipway import aws, deploys, runs
 from slipway.builds import requests as builds
 from slipway.publisher import Publisher
 from slipway.releases import ReleaseError
@@ -120,7 +120,7 @@ def show_build(app_name: str, env: str, upload_id: str, *, after: str | None) ->
         shown["phase"] = found.get("currentPhase")
         group, stream = (found.get("logs") or {}).get("groupName"), (found.get("logs") or {}).get("streamName")
         if group and stream:
-            log, token = builds.read_log(aws.client("logs"), group, stream, after)
+            log, token = aws.read_log(aws.client("logs"), group, stream, after)
     return {**shown, "log": log, "next": token}
 
 
@@ -303,6 +303,57 @@ def cycle(app_name: str, env: str, *, instance: object, min_healthy_percent: obj
         raise ReleaseError(400, "min_healthy_percent must be a whole number from 0 to 100 (default 90)")
     refresh = autoscaling.start_instance_refresh(**instance_refresh_request(fleet, percent))
     return {"kind": "fleet", "refresh": refresh["InstanceRefreshId"], "status": "Pending"}
+
+
+def start_run(app_name: str, env: str, *, command: object, timeout: object, user: str) -> dict[str, Any]:
+    """Run ``command`` once on an in-service instance with the current release (``slipway run``);
+    refused, nothing sent, for a bad command or time limit, or when no release is current."""
+    releases, fleet, _ = _deploying(app_name, env)
+    config = settings().runs
+    if config is None:
+        raise ReleaseError(503, f"one-off commands are not set up in {env}; deploy the Platform-{env} stack")
+    text, limit = runs.check(command, timeout)
+    current = releases.current()
+    if current is None:
+        raise ReleaseError(409, f"no release of {app_name} is current in {env}; deploy one first (slipway deploy)")
+    instances = _group(fleet)["Instances"]
+    known = {i["InstanceId"]: releases.instance_release(i["InstanceId"]) for i in instances}
+    instance = runs.choose_instance(instances, known, current)
+    request = runs.send_run_request(
+        config, instance=instance, app=app_name, env=env, release=current, command=text, timeout=limit, user=user
+    )
+    sent = aws.client("ssm").send_command(**request)["Command"]
+    return {**runs.view(sent, None), "command": text, "timeout_seconds": limit, "output": [], "next": None}
+
+
+def show_run(app_name: str, env: str, run_id: str, *, after: str | None) -> dict[str, Any]:
+    """A one-off's status, its exit status once done, and its output from ``after`` on."""
+    publisher(app_name, env)
+    config = settings().runs
+    if config is None:
+        raise ReleaseError(503, f"one-off commands are not set up in {env}; deploy the Platform-{env} stack")
+    ssm = aws.client("ssm")
+    missing = ReleaseError(404, f"no one-off {run_id} of {app_name} in {env}")
+    try:
+        found = ssm.list_commands(CommandId=run_id)["Commands"]
+    except ssm.exceptions.InvalidCommandId:
+        raise missing from None
+    prefix = runs.comment_prefix(app_name, env)
+    mine = [c for c in found if c.get("DocumentName") == config.document and c.get("Comment", "").startswith(prefix)]
+    if not mine or not mine[0].get("InstanceIds"):
+        raise missing
+    command = mine[0]
+    instance = command["InstanceIds"][0]
+    try:
+        invocation = ssm.get_command_invocation(CommandId=run_id, InstanceId=instance)
+    except ssm.exceptions.InvocationDoesNotExist:  # just sent: SSM has not delivered it yet
+        invocation = None
+    lines, token = aws.read_log(aws.client("logs"), config.log_group, runs.output_stream(run_id, instance), after)
+    shown = runs.view(command, invocation)
+    if shown["done"] and token is None and invocation is not None:
+        # No stream at all (the instance could not write it): what SSM kept of the output.
+        lines = str(invocation.get("StandardOutputContent", "")).splitlines()
+    return {**shown, "output": lines, "next": token}
 
 
 SCALE_KEYS = ("min", "desired", "max")

@@ -147,6 +147,24 @@ class BuildSettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """Where one-off commands (``slipway run``) go: the SSM run document and its output's log group."""
+
+    document: str  # Platform-<env>-Run
+    log_group: str  # where the one-off's output streams (CloudWatchOutputConfig)
+
+    def to_json(self) -> dict[str, str]:
+        return {"document": self.document, "log_group": self.log_group}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RunSettings:
+        try:
+            return cls(document=str(raw["document"]), log_group=str(raw["log_group"]))
+        except (KeyError, TypeError) as error:
+            raise SettingsError(f"run settings are malformed ({type(error).__name__}: {error})") from None
+
+
+@dataclass(frozen=True)
 class SlackSettings:
     """The ``/slipway`` Slack command of one environment: who may do what, and its signing secret."""
 
@@ -179,6 +197,7 @@ RELEASE_BUCKET, PLATFORM_ENV, APPS_JSON = "RELEASE_BUCKET", "PLATFORM_ENV", "APP
 STATE_MACHINE_ARN, FLEETS_JSON = "STATE_MACHINE_ARN", "FLEETS_JSON"
 RELEASE_WORKFLOW_ARN, BUILDS_JSON = "RELEASE_WORKFLOW_ARN", "BUILDS_JSON"
 SLACK_JSON = "SLACK_JSON"
+RUNS_JSON = "RUNS_JSON"
 MAX_SOURCE_BYTES = "MAX_SOURCE_BYTES"
 # Only where waiting makes no sense (the local platform, tests): overrides of Timing as JSON.
 ROLLOUT_TIMING = "ROLLOUT_TIMING"
@@ -196,6 +215,7 @@ class ControlPlaneSettings:
     builds: Mapping[str, BuildSettings] = field(default_factory=dict)
     release_workflow: str | None = None
     slack: SlackSettings | None = None
+    runs: RunSettings | None = None
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES
     timing: Timing = field(default_factory=Timing)
 
@@ -219,6 +239,7 @@ class ControlPlaneSettings:
                 builds=builds,
                 release_workflow=environ.get(RELEASE_WORKFLOW_ARN) or None,
                 slack=SlackSettings.from_json(json.loads(environ[SLACK_JSON])) if environ.get(SLACK_JSON) else None,
+                runs=RunSettings.from_json(json.loads(environ[RUNS_JSON])) if environ.get(RUNS_JSON) else None,
                 max_source_bytes=int(environ.get(MAX_SOURCE_BYTES) or DEFAULT_MAX_SOURCE_BYTES),
                 timing=Timing.from_json(json.loads(environ.get(ROLLOUT_TIMING) or "{}")),
             )
@@ -248,4 +269,6 @@ class ControlPlaneSettings:
             variables[RELEASE_WORKFLOW_ARN] = self.release_workflow
         if self.slack:
             variables[SLACK_JSON] = render(self.slack.to_json())
+        if self.runs:
+            variables[RUNS_JSON] = render(self.runs.to_json())
         return variables

@@ -1,5 +1,4 @@
-"""What the release workflow asks CodeBuild, and what it makes of the answers: pure, but for
-:func:`read_log`, which reads a build's log with the client it is given.
+"""What the release workflow asks CodeBuild, and what it makes of the answers: pure.
 
 :func:`start_build_request` is the exact ``StartBuild`` request (a test asserts its text and
 botocore's model checks it); :func:`build_verdict` reads a ``BatchGetBuilds`` entry, and
@@ -96,15 +95,3 @@ def workflow_input(
         "bucket": bucket,
         "timing": timing.to_json(),
     }
-
-
-def read_log(logs: Any, group: str, stream: str, after: str | None) -> tuple[list[str], str | None]:
-    """A build's log lines from ``after`` (a token this returned) on, and the token to read on from."""
-    request: dict[str, Any] = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
-    if after:
-        request["nextToken"] = after
-    try:
-        page = logs.get_log_events(**request)
-    except logs.exceptions.ResourceNotFoundException:  # CodeBuild creates the stream when the build starts
-        return [], after
-    return [event["message"].rstrip("\n") for event in page["events"]], page.get("nextForwardToken") or after
