@@ -370,3 +370,29 @@ def mock_platform(template: Mapping[str, Any], name: str = "Platform-staging") -
         bootstrap(clients)
         stack = deploy_stack(clients, name, template)
         yield Deployed(clients, stack, function_environment(clients, stack))
+
+
+class LogStream:
+    """A log stream in CloudWatch Logs (a build's log, a command's output), written a few lines at a time."""
+
+    def __init__(self, logs: Any, group: str | None, stream: str) -> None:
+        self.logs, self.group, self.stream = logs, group, stream
+        self.pending: list[str] = []
+        self.flushed = 0.0
+        if group:
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+
+    def line(self, text: str) -> None:
+        self.pending.append(text)
+        if time.monotonic() - self.flushed > 0.5:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.group or not self.pending:
+            self.pending.clear()
+            return
+        stamp = int(time.time() * 1000)
+        events = [{"timestamp": stamp, "message": line} for line in self.pending]
+        self.pending = []
+        self.logs.put_log_events(logGroupName=self.group, logStreamName=self.stream, logEvents=events)
+        self.flushed = time.monotonic()

@@ -36,6 +36,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import urlsplit
 
+from local.aws import LogStream
 from local.instance import HOST_CERTIFICATES, IMAGE, missing_prerequisites, mount_root, unmount_root
 
 BUILD_PROGRAM = "/home/deploy/bin/build"
@@ -149,7 +150,7 @@ class LocalBuilds:
     # Running one ---------------------------------------------------------------------------------
 
     def _run(self, build: Build) -> None:
-        log = _Log(self.clients.logs, build.log_group, build.stream)
+        log = LogStream(self.clients.logs, build.log_group, build.stream)
         work = self.workdir / "builds" / build.stream
         try:
             with self._running:
@@ -193,7 +194,7 @@ class LocalBuilds:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _build(self, build: Build, root: Path, work: Path, cache: Path, log: _Log) -> int:
+    def _build(self, build: Build, root: Path, work: Path, cache: Path, log: LogStream) -> int:
         argv = [
             "systemd-nspawn",
             "--quiet",
@@ -225,7 +226,7 @@ class LocalBuilds:
 
     # The builder container ------------------------------------------------------------------------
 
-    def _builder(self, log: _Log) -> Path:
+    def _builder(self, log: LogStream) -> Path:
         """The builder's root, prepared on the first build: an overlay of the cached root
         filesystem, provisioned as a build host, trusting what this machine trusts."""
         if self._root is not None:
@@ -278,32 +279,6 @@ class LocalBuilds:
         if self._root is not None:
             unmount_root(self.workdir / "builder")
             self._root = None
-
-
-class _Log:
-    """A build's log stream in CloudWatch Logs, written a few lines at a time."""
-
-    def __init__(self, logs: Any, group: str | None, stream: str) -> None:
-        self.logs, self.group, self.stream = logs, group, stream
-        self.pending: list[str] = []
-        self.flushed = 0.0
-        if group:
-            logs.create_log_stream(logGroupName=group, logStreamName=stream)
-
-    def line(self, text: str) -> None:
-        self.pending.append(text)
-        if time.monotonic() - self.flushed > 0.5:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.group or not self.pending:
-            self.pending.clear()
-            return
-        stamp = int(time.time() * 1000)
-        events = [{"timestamp": stamp, "message": line} for line in self.pending]
-        self.pending = []
-        self.logs.put_log_events(logGroupName=self.group, logStreamName=self.stream, logEvents=events)
-        self.flushed = time.monotonic()
 
 
 @contextmanager

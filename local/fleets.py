@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from local import hooks
+from local.aws import LogStream
 from local.boot import BOOT_COMMAND, IMAGE_ON_INSTANCE, USER_DATA_LOG, USER_DATA_PATH, adapt_user_data
 from local.haproxy import (
     DRAINING,
@@ -119,8 +120,10 @@ class Fleets:
         workdir: Path,
         environment: Mapping[str, str],
         user_data: Callable[[str], str],
+        logs: Any = None,
     ) -> None:
         self.bridge = bridge
+        self.logs = logs  # a CloudWatch Logs client: where command output streams when asked
         self.workdir = workdir
         self.environment = dict(environment)
         self.user_data = user_data
@@ -389,14 +392,48 @@ class Fleets:
             invocation.update(Status="InProgress", StatusDetails="InProgress", ExecutionStartDateTime=_now())
             command.status, command.status_details = "InProgress", "InProgress"
             started = time.monotonic()
-            invocation.update(self._execute(box.instance, command.command_id, instance_id, steps))
+            invocation.update(self._execute(box.instance, command, instance_id, steps))
             invocation.update(ExecutionEndDateTime=_now(), ExecutionElapsedTime=f"PT{time.monotonic() - started:.3f}S")
         statuses = [i["Status"] for i in command.invocations]
         command.status, command.status_details = command_status(statuses)
         command.completed_count = sum(1 for s in statuses if s not in ("Pending", "InProgress"))
         command.error_count = sum(1 for s in statuses if s in ("Failed", "TimedOut"))
 
-    def _execute(self, instance: Instance, command_id: str, instance_id: str, steps: list[Step]) -> dict[str, Any]:
+    def _output_group(self, command: Any) -> str | None:
+        """The log group the command's output streams to, if its sender asked for one."""
+        config = getattr(command, "cloudwatch_output", None) or {}
+        if self.logs is None or not config.get("CloudWatchOutputEnabled"):
+            return None
+        return str(config.get("CloudWatchLogGroupName") or f"/aws/ssm/{command.document_name}")
+
+    def _streamed(
+        self, instance: Instance, argv: list[str], group: str, prefix: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``instance``, its stdout and stderr streaming line by line to
+        ``<prefix>/stdout`` and ``<prefix>/stderr`` in ``group``, as the SSM agent streams them."""
+        process = instance.popen(argv, self.environment)
+        collected: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+        def pump(name: str, source: Any) -> None:
+            log = LogStream(self.logs, group, f"{prefix}/{name}")
+            for line in source:
+                collected[name].append(line)
+                log.line(line.rstrip("\n"))
+            log.flush()
+
+        pumps = [
+            threading.Thread(target=pump, args=(name, stream), daemon=True)
+            for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))
+        ]
+        for thread in pumps:
+            thread.start()
+        code = process.wait()
+        for thread in pumps:
+            thread.join(timeout=30)
+        return subprocess.CompletedProcess(argv, code, "".join(collected["stdout"]), "".join(collected["stderr"]))
+
+    def _execute(self, instance: Instance, command: Any, instance_id: str, steps: list[Step]) -> dict[str, Any]:
+        command_id = command.command_id
         stdout, stderr, code = "", "", 0
         try:
             for step in steps:
@@ -404,12 +441,12 @@ class Fleets:
                 script = instance.path(f"{directory}/_script.sh")
                 script.parent.mkdir(parents=True, exist_ok=True)
                 script.write_text(step.script)
-                result = instance.run(
-                    ["timeout", "--kill-after=10", str(step.timeout_seconds), "bash", f"{directory}/_script.sh"],
-                    env=self.environment,
-                    check=False,
-                    timeout=step.timeout_seconds + 30,
-                )
+                argv = ["timeout", "--kill-after=10", str(step.timeout_seconds), "bash", f"{directory}/_script.sh"]
+                output = self._output_group(command)
+                if output is None:
+                    result = instance.run(argv, env=self.environment, check=False, timeout=step.timeout_seconds + 30)
+                else:
+                    result = self._streamed(instance, argv, output, f"{command_id}/{instance_id}/{step.name}")
                 (script.parent / "stdout").write_text(result.stdout)
                 (script.parent / "stderr").write_text(result.stderr)
                 stdout, stderr, code = stdout + result.stdout, stderr + result.stderr, result.returncode

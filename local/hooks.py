@@ -20,7 +20,8 @@ With real instances (:mod:`local.fleets`) only:
 * :func:`commands_run_on_instances` — ``SendCommand`` checks its parameters against the
   document as SSM does, then runs it in the target instances; their real status, exit
   code and output come back through ``GetCommandInvocation`` and ``ListCommandInvocations``
-  (moto would report every command a success at once).
+  (moto would report every command a success at once), and the output streams to CloudWatch
+  Logs while it runs when the sender asks (``CloudWatchOutputConfig``, which moto drops).
 * :func:`target_health_from_load_balancer` — ``DescribeTargetHealth`` reports what the
   fleet's HAProxy checks see (moto would report every target healthy).
 * :func:`group_attachments_as_on_aws` — an Auto Scaling group registers its InService
@@ -37,6 +38,7 @@ DescribeTargetHealth is hooked, so the raw registrations are read here).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, Protocol
@@ -183,8 +185,19 @@ class Runner(Protocol):
 def commands_run_on_instances(runner: Runner) -> Iterator[None]:
     """While inside: ``SendCommand`` runs its document in the target instances through ``runner``."""
     from moto.ssm.models import SimpleSystemManagerBackend
+    from moto.ssm.responses import SimpleSystemManagerResponse
 
     original = SimpleSystemManagerBackend.send_command
+    original_response = SimpleSystemManagerResponse.send_command
+    # moto's backend drops CloudWatchOutputConfig; the request's thread carries it to the command.
+    request_output = threading.local()
+
+    def send_command_response(self: Any) -> Any:
+        request_output.config = self._get_param("CloudWatchOutputConfig") or {}
+        try:
+            return original_response(self)
+        finally:
+            request_output.config = {}
 
     def send_command(self: Any, **request: Any) -> Any:
         from moto.ssm.exceptions import SSMException
@@ -197,10 +210,14 @@ def commands_run_on_instances(runner: Runner) -> Iterator[None]:
         except Refused as refused:
             raise SSMException(refused.code, str(refused)) from None
         command = original(self, **request)
+        command.cloudwatch_output = dict(getattr(request_output, "config", None) or {})  # type: ignore[attr-defined]
         runner.run(command, admitted)
         return command
 
-    with mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command):
+    with (
+        mock.patch.object(SimpleSystemManagerBackend, "send_command", send_command),
+        mock.patch.object(SimpleSystemManagerResponse, "send_command", send_command_response),
+    ):
         yield
 
 

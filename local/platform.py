@@ -243,6 +243,7 @@ class LocalPlatform:
             workdir=self.workdir,
             environment=instance_environment(endpoint, REGION),
             user_data=lambda instance: _user_data(clients, instance),
+            logs=clients.logs,
         )
         self._cleanup.callback(fleets.stop)
         fleets.start()

@@ -306,7 +306,9 @@ def _commands(world: World) -> list[dict[str, Any]]:
     return list(world.clients.ssm.list_commands()["Commands"])
 
 
-def test_a_one_off_runs_once_on_an_in_service_instance_with_the_current_release(world: World) -> None:
+def test_a_one_off_runs_once_on_an_in_service_instance_with_the_current_release(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     status, started = call(
         "POST", "/apps/web/envs/staging/runs", {"command": "python manage.py migrate --noinput", "timeout_seconds": 60}
     )
@@ -319,6 +321,15 @@ def test_a_one_off_runs_once_on_an_in_service_instance_with_the_current_release(
     assert sent["Comment"] == "slipway run web staging r1 by alice"
     assert sent["Parameters"]["Release"] == ["r1"] and sent["Parameters"]["TimeoutSeconds"] == ["60"]
     assert oneoff.decode(sent["Parameters"]["Command"][0]) == "python manage.py migrate --noinput"
+    # Who ran what, where: the API's log says it.
+    [audit] = [vars(r) for r in caplog.records if r.getMessage() == "one-off started"]
+    assert (audit["by"], audit["command"], audit["instance"], audit["release"], audit["run"]) == (
+        "alice",
+        "python manage.py migrate --noinput",
+        started["instance"],
+        "r1",
+        started["id"],
+    )
     # The SSM agent streams the output to the run log group while the command runs.
     runs = world.deployed_stack.settings.runs
     assert runs is not None

@@ -409,6 +409,28 @@ def test_cycling_the_whole_fleet(platform: Platform) -> None:
     assert {b["release"] for b in _bodies(load)} == {current}
 
 
+def test_a_one_off_runs_with_the_current_release_streams_its_output_and_passes_its_exit_status(
+    platform: Platform,
+) -> None:
+    current = platform.status()["current"]
+    script = (
+        "python3 -c \"import json; print('release', json.load(open('../release.json'))['id'])\"; echo err >&2; exit 3"
+    )
+    result = platform.slipway("run", APP, ENV, "--", script)
+    assert result.returncode == 3, f"{result.stdout}{result.stderr}\n{platform.tail()}"
+    assert result.stdout.splitlines() == [f"release {current}", "err"]
+    assert result.stderr.startswith(f"Running `{script}` on i-") and f"({APP} {current} in {ENV})" in result.stderr
+    # The output streams: the first line is here while the command still runs.
+    following = platform.started("run", APP, ENV, "--", "echo first; sleep 8; echo second")
+    assert following.stdout is not None
+    started = time.monotonic()
+    assert following.stdout.readline() == "first\n"
+    print(f"run: first line after {time.monotonic() - started:.1f} s")
+    assert following.poll() is None
+    assert following.wait(timeout=60) == 0
+    assert following.stdout.read() == "second\n"
+
+
 def test_scaling_from_three_to_four_serves_current_on_the_new_instance(platform: Platform) -> None:
     current = platform.status()["current"]
     before = set(platform.serving())

@@ -295,6 +295,48 @@ def cmd_status(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     return shown, "\n".join(lines)
 
 
+def cmd_run(args: argparse.Namespace, api: Api) -> tuple[Any, str | None]:
+    """A one-off: its output printed as it streams, its exit status the caller's (main returns it)."""
+    words = args.words[1:] if args.words[:1] == ["--"] else args.words
+    if not words:
+        raise CliError(f"run needs a command, e.g. slipway run {args.app} {args.env} -- python manage.py migrate")
+    command = " ".join(words)
+    body = {"command": command, "timeout_seconds": args.timeout}
+    started = api.call("POST", api_path(args.app, args.env, "runs"), body)
+    if not args.json:
+        print(
+            f"Running `{command}` on {started['instance']} ({args.app} {started['release']} in {args.env})",
+            file=sys.stderr,
+            flush=True,
+        )
+    path = api_path(args.app, args.env, "runs", started["id"])
+    after: str | None = None
+    output: list[str] = []
+    try:
+        while True:
+            shown = api.call("GET", path, query={"after": after} if after else None)
+            output += shown["output"]
+            if not args.json:
+                for line in shown["output"]:
+                    print(line, flush=True)
+            after = shown["next"] or after
+            if shown["done"] and not shown["output"]:
+                break
+            if not shown["done"]:
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        raise CliError(
+            f"stopped following; the command goes on on {started['instance']} until it ends or reaches its time "
+            f"limit ({args.timeout} s)"
+        ) from None
+    if shown["exit_code"] is None:
+        raise CliError(
+            f"the command did not finish on {started['instance']}: SSM says {shown['status']} "
+            f"(command {started['id']}); see slipway status {args.app} {args.env}"
+        )
+    return {**shown, "output": output}, None
+
+
 def cmd_scale(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     body = {key: getattr(args, key) for key in ("min", "desired", "max") if getattr(args, key) is not None}
     if not body:

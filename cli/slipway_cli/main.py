@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from slipway_cli import commands
 from slipway_cli.client import Api, api_url, configured_envs, credentials
@@ -64,6 +65,20 @@ def parser() -> argparse.ArgumentParser:
     restart.add_argument("app")
     restart.add_argument("env")
     strategy_options(restart)
+
+    run = commands.add_parser(
+        "run",
+        help="run a one-off command (a migration, a script) on an instance with the current release",
+        description="Run COMMAND once on an in-service instance, with the current release's code and config, as "
+        "the app's user. Its output streams here and its exit status is slipway's (124: stopped at its time "
+        "limit; 125: the instance refused it). As with ssh, the words are joined with spaces and run by the "
+        "instance's shell: quote what that shell should see, e.g. slipway run web staging -- 'echo $PORT'.",
+    )
+    run.add_argument("app")
+    run.add_argument("env")
+    run.add_argument("--timeout", type=int, default=900, help="seconds before the command is stopped (default 900)")
+    run.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    run.add_argument("words", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments")
 
     deploys = commands.add_parser("deploys", help="recent deploys, newest first")
     deploys.add_argument("app")
@@ -133,6 +148,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         else:
             envs = [args.env]
         apis = {}
+        text: str | None
         for env in envs:
             url = api_url(env, environ)
             apis[env] = Api(url, *credentials(url, environ))
@@ -141,13 +157,14 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         elif args.command == "apps":
             result, text = commands.cmd_apps(args, apis)
         else:
-            handler = {
+            handler: Callable[[argparse.Namespace, Api], tuple[Any, str | None]] = {
                 "release": commands.cmd_release,
                 "releases": commands.cmd_releases,
                 "config": commands.cmd_config,
                 "deploy": commands.cmd_deploy,
                 "rollback": commands.cmd_rollback,
                 "restart": commands.cmd_restart,
+                "run": commands.cmd_run,
                 "deploys": commands.cmd_deploys,
                 "status": commands.cmd_status,
                 "cycle": commands.cmd_cycle,
@@ -162,8 +179,12 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     except KeyboardInterrupt:
         print("slipway: interrupted; nothing was published unless a release id was printed", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else text)
-    return 0
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    elif text is not None:
+        print(text)
+    # slipway run passes the command's exit status through, as ssh does.
+    return int(result["exit_code"]) if args.command == "run" else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from slipway_agent.cli import (
     ACTIVATE,
     DEPLOY,
     RESTART,
+    RUN,
     STAGE,
     DeployArgs,
     UsageError,
@@ -20,6 +21,7 @@ from slipway_agent.deploy import EXIT_NOT_STAGED
 from slipway_agent.report import result_line
 from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.layout import ReleaseUrl
+from slipway_release.oneoff import encode
 
 
 def test_parse_release_and_current_urls():
@@ -154,3 +156,30 @@ def test_result_line_is_one_json_object():
         "error": None,
         "durations": {"download": 0.123},
     }
+
+
+def test_run_takes_its_release_as_restart_does_and_a_base64_command():
+    args = parse_args(["--run", "r7", "--command", encode("rake db:migrate && echo ok")], INSTANCE)
+    assert args == DeployArgs(
+        RUN,
+        ReleaseUrl("rel-bucket", "billing", "staging", "r7"),
+        DEFAULT_MAX_UNPACKED_BYTES,
+        "rake db:migrate && echo ok",
+    )
+    assert parse_args(["--run", "r7", "--command", encode("ls"), "--timeout", "60"], INSTANCE).timeout_seconds == 60
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--run", "r7"], "--run needs --command"),
+        (["--command", "bHM", "s3://b/api/prod/r1"], "--command goes with --run"),
+        (["--run", "r7", "--command", "ls -la"], "is not unpadded URL-safe base64"),
+        (["--run", "r7", "--command", "bHM", "--timeout", "0"], "not a whole number of seconds"),
+        (["--run", "r7", "--command", "bHM", "--timeout", "3601"], "from 1 to 3600"),
+        (["--run", "current", "--command", "bHM"], "--run 'current': give a release id like r7"),
+    ],
+)
+def test_run_refuses_what_the_run_document_would_not_send(argv, message):
+    with pytest.raises(UsageError, match=message):
+        parse_args(argv, INSTANCE)

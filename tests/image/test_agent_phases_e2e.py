@@ -24,6 +24,7 @@ from instance_harness import BUCKET, ENV, Poller, Publisher, get, tarball
 from test_agent_e2e import APP_PY, DEPLOY, ENV_FILE, PROCFILE, good_source
 
 from local.instance import free_port, missing_prerequisites
+from slipway_release import oneoff
 
 pytestmark = pytest.mark.e2e
 if missing_prerequisites():
@@ -389,3 +390,46 @@ def test_running_out_while_unpacking_is_named_too_and_leaves_nothing(instance_wo
         )
         left = instance.run(["find", app_dir, "-mindepth", "1", "-not", "-name", "deploy.lock"]).stdout.split()
         assert left == [f"{app_dir}/releases"], "no partial release, no download"
+
+
+def one_off(world, release_url: str, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``deploy --run`` as the run document calls it (the command base64-encoded)."""
+    argv = [DEPLOY, "--run", release_url, "--command", oneoff.encode(command), *extra]
+    return world["instance"].run(argv, env=world["env"], check=False, timeout=120)
+
+
+def test_a_one_off_runs_with_the_running_releases_code_and_config_and_passes_its_exit_status(phased):
+    release = running_release(phased)
+    marker = f"one-off-{time.monotonic_ns()}"
+    result = one_off(
+        phased, url_of(release), f'echo "{marker} in $(pwd) as $(id -un) SIMPLE=$SIMPLE"; echo err >&2; exit 7'
+    )
+    assert result.returncode == 7, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [f"{marker} in {APP_DIR}/releases/{release}/app as deploy SIMPLE=hello", "err"]
+    # Its output is in the journal as <app>-run, forwarded like every process of the app.
+    journal = phased["instance"].run(["journalctl", "-t", f"{APP}-run", "--no-pager", "-o", "cat"], check=False)
+    assert marker in journal.stdout
+    # It changed nothing of the serving release, and left no unit behind.
+    assert_agree(phased, release)
+    units = phased["instance"].run(["systemctl", "list-units", "--all", "--no-legend", f"slipway-{APP}-run-*"])
+    assert units.stdout.strip() == ""
+
+
+def test_a_one_off_of_a_release_not_running_is_refused_and_a_long_one_is_stopped_at_its_limit(phased):
+    release = running_release(phased)
+    other = staged(phased)
+    refused = one_off(phased, url_of(other), "echo never")
+    assert refused.returncode == oneoff.EXIT_REFUSED, refused.stdout + refused.stderr
+    assert refused.stdout == (
+        f"slipway run: not run: this instance runs {release}, not {other}; run it again once the deploy has "
+        f"finished (slipway status {APP})\n"
+    )
+    started = time.monotonic()
+    stopped = one_off(phased, url_of(release), "echo started; sleep 30; echo never", "--timeout", "2")
+    assert time.monotonic() - started < 15
+    assert stopped.returncode == oneoff.EXIT_TIMED_OUT, stopped.stdout + stopped.stderr
+    assert stopped.stdout.startswith("started\nslipway run: stopped after 2 s, its time limit; give a longer --timeout")
+    units = phased["instance"].run(["systemctl", "list-units", "--all", "--no-legend", f"slipway-{APP}-run-*"])
+    assert units.stdout.strip() == ""  # systemd stopped it: nothing outlives the SSM command
+    bad = phased["instance"].run([DEPLOY, "--run", release], env=phased["env"], check=False)
+    assert bad.returncode == 2 and "--run needs --command" in bad.stderr
