@@ -219,16 +219,19 @@ def _availability_zones(section: _Section, region: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class LogSettings:
-    """Where instances forward app logs: a Papertrail-style ``host:port`` syslog destination.
+    """Where instances send app logs: CloudWatch Logs (what ``slipway logs`` reads), and/or a
+    Papertrail-style ``host:port`` syslog destination.
 
-    ``{"destination": "logs.papertrailapp.com:12345", "tls": true}``; without a
-    destination nothing leaves the instance.
+    ``{"cloudwatch": true, "destination": "logs.papertrailapp.com:12345", "tls": true}``;
+    ``cloudwatch`` is on unless set to false; without a destination nothing else leaves the
+    instance.
     """
 
     destination: str | None = None
     tls: bool = True
+    cloudwatch: bool = True
 
-    KEYS = ("destination", "tls")
+    KEYS = ("destination", "tls", "cloudwatch")
 
     @classmethod
     def parse(cls, raw: object, path: str) -> LogSettings:
@@ -244,7 +247,7 @@ class LogSettings:
                     f"port {port} is out of range",
                     "use the port your log service gave you (1 to 65535)",
                 )
-        return cls(destination=destination, tls=section.flag("tls", True))
+        return cls(destination=destination, tls=section.flag("tls", True), cloudwatch=section.flag("cloudwatch", True))
 
 
 @dataclass(frozen=True)

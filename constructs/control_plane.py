@@ -481,6 +481,12 @@ class ControlPlane(Construct):
         """The API's users and passwords, ``{"<user>": "<password>"}``."""
         return self._secret
 
+    def enable_logs(self, *, log_group: logs.ILogGroup) -> None:
+        """Let the API read the apps' logs (``slipway logs``) from ``log_group``."""
+        self._settings = replace(self._settings, app_logs=log_group.log_group_name)
+        self._apply_settings()
+        log_group.grant(self._api_function, "logs:FilterLogEvents")
+
     def enable_runs(self, *, document: RunDocument) -> None:
         """Let the API run one-off commands (``slipway run``) through ``document`` and read their output."""
         self._settings = replace(

@@ -7,6 +7,7 @@ import shlex
 from aws_cdk import Aws, CfnOutput, Duration, Stack, Tags
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as cw_logs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
@@ -37,6 +38,7 @@ def boot_commands(
     stack: str,
     signal_resource: str,
     logs: LogSettings,
+    log_group: str | None = None,
 ) -> list[str]:
     """The user data (after ``#!/bin/bash``) that prepares an instance at its first boot.
 
@@ -54,6 +56,7 @@ def boot_commands(
             f"SLIPWAY_BUCKET={q(bucket)}",
             f"SLIPWAY_LOG_DESTINATION={q(logs.destination or '')}",
             f"SLIPWAY_LOG_TLS={'true' if logs.tls else 'false'}",
+            f"SLIPWAY_LOG_GROUP={q(log_group or '')}",
         ]
     )
     return [
@@ -99,6 +102,7 @@ class AppFleet(Construct):
         release_store: ReleaseStore,
         image: s3_assets.Asset,
         logs: LogSettings,
+        app_logs: cw_logs.ILogGroup | None = None,
         use_baked_image: bool = False,
     ) -> None:
         super().__init__(scope, id_)
@@ -132,8 +136,11 @@ class AppFleet(Construct):
                 stack=Aws.STACK_NAME,
                 signal_resource=Stack.of(self).get_logical_id(self._cfn_group),
                 logs=logs,
+                log_group=app_logs.log_group_name if app_logs else None,
             )
         )
+        if app_logs is not None:  # the CloudWatch agent ships the app's log file (image/provision.sh)
+            app_logs.grant(self._role, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
         CfnOutput(
             self,
             "Url",

@@ -7,6 +7,7 @@ from pathlib import Path
 from aws_cdk import CfnOutput, Environment, Stack, SymlinkFollowMode
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct
@@ -69,6 +70,10 @@ class PlatformStack(Stack):
         )
         self.release_store = ReleaseStore(self, "Releases")
         image = s3_assets.Asset(self, "ImageAsset", path=str(IMAGE_DIR), exclude=ASSET_EXCLUDE)
+        # Every app's processes, one stream per app and instance (`slipway logs` reads it).
+        self.app_logs: logs.LogGroup | None = None
+        if config.apps and environment.logs.cloudwatch:
+            self.app_logs = logs.LogGroup(self, "AppLogs", retention=logs.RetentionDays.ONE_MONTH)
         self.fleets = {
             app.name: AppFleet(
                 self,
@@ -81,6 +86,7 @@ class PlatformStack(Stack):
                 release_store=self.release_store,
                 image=image,
                 logs=environment.logs,
+                app_logs=self.app_logs,
                 use_baked_image=environment.base_image.use_baked,
             )
             for app in config.apps
@@ -191,6 +197,8 @@ class PlatformStack(Stack):
                     for name, fleet in self.fleets.items()
                 },
             )
+        if self.app_logs is not None:
+            self.control_plane.enable_logs(log_group=self.app_logs)
         if environment.base_image.pipeline:
             architectures = frozenset(
                 ec2.InstanceType(app.settings_for(environment.name).instance_type).architecture for app in config.apps

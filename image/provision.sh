@@ -15,11 +15,16 @@
 #   SLIPWAY_APP, SLIPWAY_ENV, SLIPWAY_BUCKET  which fleet this instance serves
 #   SLIPWAY_LOG_DESTINATION   host:port of a remote syslog (Papertrail-style); empty = no forwarding
 #   SLIPWAY_LOG_TLS           true to forward over TLS (default false)
+#   SLIPWAY_LOG_GROUP         CloudWatch Logs group the app's processes go to (slipway logs); empty = none
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 AGENT_DIR=/home/deploy/lib/slipway
 RSYSLOG_FORWARD=/etc/rsyslog.d/60-slipway-forward.conf
+RSYSLOG_FILE=/etc/rsyslog.d/61-slipway-file.conf
+LOGROTATE_FILE=/etc/logrotate.d/slipway
+# One JSON object per line ({"time","process","message"}) that the CloudWatch agent ships.
+APP_LOG_DIR=/var/log/slipway
 CWAGENT_CONFIG=/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json
 CWAGENT_CTL=/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl
 
@@ -40,6 +45,7 @@ ENV_NAME="${SLIPWAY_ENV:-}"
 BUCKET="${SLIPWAY_BUCKET:-}"
 LOG_DESTINATION="${SLIPWAY_LOG_DESTINATION:-}"
 LOG_TLS="${SLIPWAY_LOG_TLS:-false}"
+LOG_GROUP="${SLIPWAY_LOG_GROUP:-}"
 
 if [[ -n "$APP$ENV_NAME$BUCKET" ]]; then
     [[ -n "$BUCKET" ]] || die "SLIPWAY_BUCKET is empty; set it to the release bucket's name"
@@ -52,6 +58,10 @@ if [[ -n "$LOG_DESTINATION" ]]; then
     (( LOG_PORT >= 1 && LOG_PORT <= 65535 )) || die "SLIPWAY_LOG_DESTINATION port $LOG_PORT is out of range"
 fi
 [[ "$LOG_TLS" == true || "$LOG_TLS" == false ]] || die "SLIPWAY_LOG_TLS='$LOG_TLS' must be true or false"
+if [[ -n "$LOG_GROUP" ]]; then
+    [[ "$LOG_GROUP" =~ ^[-._/#A-Za-z0-9]{1,512}$ ]] \
+        || die "SLIPWAY_LOG_GROUP='$LOG_GROUP' is not a CloudWatch Logs group name (letters, digits, . - _ / #)"
+fi
 
 # --- packages -------------------------------------------------------------------------------
 # shellcheck source=/dev/null
@@ -203,6 +213,33 @@ elif [[ -e "$RSYSLOG_FORWARD" ]]; then
     rm -f "$RSYSLOG_FORWARD"
     rsyslog_changed=changed
 fi
+# journald -> rsyslog -> $APP_LOG_DIR/$APP.log (JSON lines) -> the CloudWatch agent -> $LOG_GROUP.
+if [[ -n "$APP" && -n "$LOG_GROUP" ]]; then
+    install -d -m 0755 "$APP_LOG_DIR"
+    to_file="$(mktemp)"
+    {
+        echo "# Written by Slipway image/provision.sh: $APP's logs as JSON lines, for the CloudWatch agent."
+        echo 'template(name="SlipwayJson" type="list" option.jsonf="on") {'
+        echo '    property(outname="time" name="timereported" dateFormat="rfc3339" format="jsonf")'
+        echo '    property(outname="process" name="programname" format="jsonf")'
+        echo '    property(outname="message" name="msg" format="jsonf")'
+        echo '}'
+        echo "if (\$programname startswith \"$APP-\") then {"
+        echo "    action(type=\"omfile\" file=\"$APP_LOG_DIR/$APP.log\" template=\"SlipwayJson\")"
+        echo "}"
+    } > "$to_file"
+    [[ -n "$(install_file "$to_file" "$RSYSLOG_FILE" 0644)" ]] && rsyslog_changed=changed
+    rm -f "$to_file"
+    rotate="$(mktemp)"
+    printf '%s\n' "$APP_LOG_DIR/*.log {" "    daily" "    rotate 3" "    maxsize 100M" "    missingok" \
+        "    notifempty" "    postrotate" "        systemctl kill -s HUP rsyslog.service >/dev/null 2>&1 || true" \
+        "    endscript" "}" > "$rotate"
+    install_file "$rotate" "$LOGROTATE_FILE" 0644 >/dev/null
+    rm -f "$rotate"
+elif [[ -e "$RSYSLOG_FILE" ]]; then
+    rm -f "$RSYSLOG_FILE" "$LOGROTATE_FILE"
+    rsyslog_changed=changed
+fi
 if [[ -n "$rsyslog_changed" ]]; then
     rsyslogd -N1 >/dev/null 2>&1 || die "rsyslog rejects $RSYSLOG_FORWARD; check SLIPWAY_LOG_DESTINATION"
 fi
@@ -215,7 +252,20 @@ fi
 # --- metrics --------------------------------------------------------------------------------
 # System metrics (cpu, memory, disk, network) with the host name as a dimension, and StatsD on
 # 127.0.0.1:8125 for the app's business metrics.
-cw_changed="$(install_file "$HERE/cloudwatch-agent.json" "$CWAGENT_CONFIG" 0644)"
+# With a log group, the agent also ships the app's log file: one stream per app and instance.
+cw_config="$(mktemp)"
+python3 - "$HERE/cloudwatch-agent.json" "$APP" "$LOG_GROUP" "$APP_LOG_DIR" > "$cw_config" <<'PY'
+import json, sys
+config_path, app, group, directory = sys.argv[1:]
+config = json.load(open(config_path))
+if app and group:
+    collect = {"file_path": f"{directory}/{app}.log", "log_group_name": group,
+               "log_stream_name": f"{app}/{{instance_id}}", "timezone": "UTC"}
+    config["logs"] = {"logs_collected": {"files": {"collect_list": [collect]}}}
+json.dump(config, sys.stdout, indent=2)
+PY
+cw_changed="$(install_file "$cw_config" "$CWAGENT_CONFIG" 0644)"
+rm -f "$cw_config"
 if [[ -x "$CWAGENT_CTL" ]]; then
     if [[ -n "$cw_changed" ]] || ! systemctl is-active --quiet amazon-cloudwatch-agent; then
         "$CWAGENT_CTL" -a fetch-config -m ec2 -s -c "file:$CWAGENT_CONFIG"

@@ -19,7 +19,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from unittest import mock
@@ -380,7 +380,9 @@ class LogStream:
         self.pending: list[str] = []
         self.flushed = 0.0
         if group:
-            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+            # A stream written before (the same instance's file, read again) is added to.
+            with suppress(logs.exceptions.ResourceAlreadyExistsException):
+                logs.create_log_stream(logGroupName=group, logStreamName=stream)
 
     def line(self, text: str) -> None:
         self.pending.append(text)

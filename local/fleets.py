@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from local import hooks
+from local import cwagent, hooks
 from local.aws import LogStream
 from local.boot import BOOT_COMMAND, IMAGE_ON_INSTANCE, USER_DATA_LOG, USER_DATA_PATH, adapt_user_data
 from local.haproxy import (
@@ -294,6 +294,11 @@ class Fleets:
                 return
             result = box.instance.run(BOOT_COMMAND, env=self.environment, check=False, timeout=BOOT_TIMEOUT)
             box.boot_exit = result.returncode
+            if result.returncode == 0 and self.logs is not None:
+                # The CloudWatch agent's part: ship the app's log file (local.cwagent).
+                instance = box.instance
+                gone = lambda: box.stopping or not instance.alive()  # noqa: E731
+                cwagent.ship(instance.directory, box.instance_id, self.logs, gone)
             if result.returncode == 0:
                 log.info(
                     "%s: instance %s booted at %s in %.1fs",

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -429,6 +430,36 @@ def test_a_one_off_runs_with_the_current_release_streams_its_output_and_passes_i
     assert following.poll() is None
     assert following.wait(timeout=60) == 0
     assert following.stdout.read() == "second\n"
+
+
+def test_logs_show_a_line_a_process_writes_and_tail_follows_new_ones(platform: Platform) -> None:
+    marker = f"logs-{time.monotonic_ns()}"
+    platform.ok("run", APP, ENV, "--", f"echo {marker}")
+    started = time.monotonic()
+
+    def shown() -> str:
+        return platform.ok("logs", APP, ENV, "--process", "run", "--since", "10m")
+
+    _wait(lambda: marker in shown(), 60, "the one-off's line in slipway logs")
+    print(f"logs: a line in slipway logs {time.monotonic() - started:.1f} s after its command ended")
+    [line] = [line for line in shown().splitlines() if marker in line]
+    assert re.fullmatch(rf"\S+ i-[0-9a-f]+ run: {marker}", line), line
+    # --tail prints lines written after it started, until Ctrl-C.
+    tail = platform.started("logs", APP, ENV, "--tail", "--since", "1s", "--interval", "0.5")
+    try:
+        time.sleep(2)
+        later = f"tail-{time.monotonic_ns()}"
+        platform.ok("run", APP, ENV, "--", f"echo {later}")
+        assert tail.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if later in tail.stdout.readline():
+                break
+        else:
+            raise AssertionError(f"slipway logs --tail never printed {later}")
+    finally:
+        tail.send_signal(signal.SIGINT)
+        assert tail.wait(timeout=30) == 0
 
 
 def test_scaling_from_three_to_four_serves_current_on_the_new_instance(platform: Platform) -> None:

@@ -337,6 +337,58 @@ def cmd_run(args: argparse.Namespace, api: Api) -> tuple[Any, str | None]:
     return {**shown, "output": output}, None
 
 
+SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since_seconds(text: str) -> int:
+    """``30s``, ``15m``, ``1h``, ``2d`` in seconds; :class:`CliError` naming the form."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in SINCE_UNITS or not number.isdigit():
+        raise CliError(f"--since {text!r}: give a number and a unit, e.g. 30s, 15m, 1h or 2d")
+    return int(number) * SINCE_UNITS[unit]
+
+
+def cmd_logs(args: argparse.Namespace, api: Api) -> tuple[Any, str | None]:
+    """The app's lines since ``--since`` (the last ``--num``), then, with ``--tail``, new ones as they come."""
+    if args.num < 1:
+        raise CliError("--num must be 1 or more lines")
+    start = int((time.time() - since_seconds(args.since)) * 1000)
+    path = api_path(args.app, args.env, "logs")
+    base = {key: value for key, value in (("process", args.process), ("instance", args.instance)) if value}
+    seen: set[str] = set()
+
+    def page_from(start: int) -> list[dict[str, Any]]:
+        lines, after = [], None
+        while True:
+            query = {**base, "start": str(start), **({"after": after} if after else {})}
+            shown = api.call("GET", path, query=query)
+            lines += [line for line in shown["lines"] if line["id"] not in seen]
+            after = shown["next"]
+            if not after:
+                return lines
+
+    def show(lines: list[dict[str, Any]]) -> None:
+        for line in lines:
+            seen.add(line["id"])
+            if not args.json:
+                print(f"{line['time']} {line['instance']} {line['process'] or '-'}: {line['message']}", flush=True)
+
+    printed = page_from(start)[-args.num :]
+    show(printed)
+    if not args.tail:
+        return {"lines": printed}, None
+    latest = max((line["timestamp"] for line in printed), default=start)
+    try:
+        while True:
+            time.sleep(args.interval)
+            # From the newest line seen: lines of the same millisecond are told apart by their ids.
+            fresh = page_from(latest)
+            show(fresh)
+            latest = max((line["timestamp"] for line in fresh), default=latest)
+    except KeyboardInterrupt:
+        return {"lines": printed}, None
+
+
 def cmd_scale(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
     body = {key: getattr(args, key) for key in ("min", "desired", "max") if getattr(args, key) is not None}
     if not body:

@@ -80,6 +80,16 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     run.add_argument("words", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments")
 
+    logs = commands.add_parser("logs", help="the app's log lines: every process, release phase, one-offs")
+    logs.add_argument("app")
+    logs.add_argument("env")
+    logs.add_argument("-t", "--tail", action="store_true", help="keep printing new lines until Ctrl-C")
+    logs.add_argument("-p", "--process", help="only this process type's lines: web, worker, release, run")
+    logs.add_argument("--instance", help="only this instance's lines")
+    logs.add_argument("--since", default="1h", help="how far back: 30s, 15m, 1h, 2d (default 1h)")
+    logs.add_argument("-n", "--num", type=int, default=100, help="print at most the last N lines (default 100)")
+    logs.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+
     deploys = commands.add_parser("deploys", help="recent deploys, newest first")
     deploys.add_argument("app")
     deploys.add_argument("env")
@@ -165,6 +175,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                 "rollback": commands.cmd_rollback,
                 "restart": commands.cmd_restart,
                 "run": commands.cmd_run,
+                "logs": commands.cmd_logs,
                 "deploys": commands.cmd_deploys,
                 "status": commands.cmd_status,
                 "cycle": commands.cmd_cycle,

@@ -286,6 +286,22 @@ def scale(app_name: str, env: str) -> Response[str]:
     return _json(200, scaled)
 
 
+@app.get(f"{APP}/logs")
+def show_logs(app_name: str, env: str) -> Response[str]:
+    query = app.current_event.query_string_parameters or {}
+    return _json(
+        200,
+        operations.app_logs(
+            app_name,
+            env,
+            start=query.get("start"),
+            instance=query.get("instance"),
+            process=query.get("process"),
+            after=query.get("after"),
+        ),
+    )
+
+
 @app.post(f"{APP}/runs")
 def start_run(app_name: str, env: str) -> Response[str]:
     body = _body()

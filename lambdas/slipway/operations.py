@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from slipway import aws, deploys, runs
+from slipway import applogs, aws, deploys, runs
 from slipway.builds import requests as builds
 from slipway.publisher import Publisher
 from slipway.releases import ReleaseError
@@ -354,6 +354,27 @@ def show_run(app_name: str, env: str, run_id: str, *, after: str | None) -> dict
         # No stream at all (the instance could not write it): what SSM kept of the output.
         lines = str(invocation.get("StandardOutputContent", "")).splitlines()
     return {**shown, "output": lines, "next": token}
+
+
+def app_logs(
+    app_name: str, env: str, *, start: str | None, instance: str | None, process: str | None, after: str | None
+) -> dict[str, Any]:
+    """The app's log lines from ``start`` (ms) on, of one instance and/or process type if given."""
+    publisher(app_name, env)
+    group = settings().app_logs
+    if group is None:
+        raise ReleaseError(
+            503, f"app logs do not go to CloudWatch Logs in {env}; set logs.cloudwatch in cdk.json and deploy the stack"
+        )
+    return applogs.read(
+        aws.client("logs"),
+        group,
+        app_name,
+        start=applogs.parse_start(start),
+        instance=instance or None,
+        process=process or None,
+        after=after or None,
+    )
 
 
 SCALE_KEYS = ("min", "desired", "max")

@@ -198,6 +198,7 @@ STATE_MACHINE_ARN, FLEETS_JSON = "STATE_MACHINE_ARN", "FLEETS_JSON"
 RELEASE_WORKFLOW_ARN, BUILDS_JSON = "RELEASE_WORKFLOW_ARN", "BUILDS_JSON"
 SLACK_JSON = "SLACK_JSON"
 RUNS_JSON = "RUNS_JSON"
+APP_LOGS = "APP_LOGS"
 MAX_SOURCE_BYTES = "MAX_SOURCE_BYTES"
 # Only where waiting makes no sense (the local platform, tests): overrides of Timing as JSON.
 ROLLOUT_TIMING = "ROLLOUT_TIMING"
@@ -216,6 +217,7 @@ class ControlPlaneSettings:
     release_workflow: str | None = None
     slack: SlackSettings | None = None
     runs: RunSettings | None = None
+    app_logs: str | None = None  # the log group of every app's processes (slipway logs)
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES
     timing: Timing = field(default_factory=Timing)
 
@@ -240,6 +242,7 @@ class ControlPlaneSettings:
                 release_workflow=environ.get(RELEASE_WORKFLOW_ARN) or None,
                 slack=SlackSettings.from_json(json.loads(environ[SLACK_JSON])) if environ.get(SLACK_JSON) else None,
                 runs=RunSettings.from_json(json.loads(environ[RUNS_JSON])) if environ.get(RUNS_JSON) else None,
+                app_logs=environ.get(APP_LOGS) or None,
                 max_source_bytes=int(environ.get(MAX_SOURCE_BYTES) or DEFAULT_MAX_SOURCE_BYTES),
                 timing=Timing.from_json(json.loads(environ.get(ROLLOUT_TIMING) or "{}")),
             )
@@ -271,4 +274,6 @@ class ControlPlaneSettings:
             variables[SLACK_JSON] = render(self.slack.to_json())
         if self.runs:
             variables[RUNS_JSON] = render(self.runs.to_json())
+        if self.app_logs:
+            variables[APP_LOGS] = self.app_logs
         return variables
