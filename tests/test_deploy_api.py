@@ -378,3 +378,47 @@ def test_only_this_apps_one_offs_can_be_read(world: World) -> None:
     assert status == 404 and refused["message"].startswith("no one-off "), refused
     status, refused = call("GET", "/apps/web/envs/staging/runs/00000000-0000-0000-0000-000000000000")
     assert status == 404, refused
+
+
+# App logs (slipway logs) -----------------------------------------------------------------------
+
+
+def _log(world: World, stream: str, *events: tuple[int, str]) -> None:
+    group = world.deployed_stack.settings.app_logs
+    assert group is not None
+    world.clients.logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    world.clients.logs.put_log_events(
+        logGroupName=group, logStreamName=stream, logEvents=[{"timestamp": t, "message": m} for t, m in events]
+    )
+
+
+def _line(process: str, message: str) -> str:
+    """What rsyslog's SlipwayJson template writes (image/provision.sh): msg keeps its leading space."""
+    return json.dumps({"time": "2026-12-01T18:00:00+00:00", "process": process, "message": f" {message}"})
+
+
+def test_logs_are_the_apps_lines_in_time_order_by_instance_and_process(world: World) -> None:
+    now = int(time.time() * 1000)
+    _log(world, "web/i-0aaa", (now + 1, _line("web-web", "GET / 200")), (now + 4, _line("web-run", "migrated")))
+    _log(world, "web/i-0bbb", (now + 2, _line("web-worker", "job 1 done")), (now + 3, "not the agent's JSON"))
+    _log(world, "billing/i-0ccc", (now + 2, _line("billing-web", "another app")))
+    status, shown = call("GET", "/apps/web/envs/staging/logs", query={"start": str(now)})
+    assert status == 200, shown
+    assert [(line["instance"], line["process"], line["message"]) for line in shown["lines"]] == [
+        ("i-0aaa", "web", "GET / 200"),
+        ("i-0bbb", "worker", "job 1 done"),
+        ("i-0bbb", None, "not the agent's JSON"),
+        ("i-0aaa", "run", "migrated"),
+    ]
+    assert shown["next"] is None and shown["lines"][0]["timestamp"] == now + 1
+    status, shown = call("GET", "/apps/web/envs/staging/logs", query={"start": str(now), "process": "run"})
+    assert [line["message"] for line in shown["lines"]] == ["migrated"]
+    status, shown = call("GET", "/apps/web/envs/staging/logs", query={"start": str(now + 2), "instance": "i-0bbb"})
+    assert [line["message"] for line in shown["lines"]] == ["job 1 done", "not the agent's JSON"]
+
+
+def test_a_bad_logs_request_is_refused_with_the_form(world: World) -> None:
+    status, refused = call("GET", "/apps/web/envs/staging/logs", query={"start": "an hour ago"})
+    assert status == 400 and "start must be milliseconds since 1970" in refused["message"], refused
+    status, refused = call("GET", "/apps/nope/envs/staging/logs")
+    assert status == 404, refused

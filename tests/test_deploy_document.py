@@ -231,9 +231,10 @@ def test_command_output_is_kept_a_year(staging: Template) -> None:
 
 
 @pytest.mark.parametrize("app", APPS)
-def test_instances_write_command_output_to_its_log_groups_only(staging: Template, app: str) -> None:
+def test_instances_write_command_output_and_app_logs_to_their_log_groups_only(staging: Template, app: str) -> None:
     deploy_output = _one(staging, "AWS::Logs::LogGroup", "DeployDocumentOutput")[0]
     run_output = _one(staging, "AWS::Logs::LogGroup", "RunDocumentOutput")[0]
+    app_logs = _one(staging, "AWS::Logs::LogGroup", "AppLogs")[0]
     policy = _one(staging, "AWS::IAM::Policy", f"App{app}InstanceRole")[1]
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     logs_statements = [s for s in statements if json.dumps(s["Action"]).count("logs:")]
@@ -241,7 +242,11 @@ def test_instances_write_command_output_to_its_log_groups_only(staging: Template
         {
             "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
             "Effect": "Allow",
-            "Resource": [{"Fn::GetAtt": [deploy_output, "Arn"]}, {"Fn::GetAtt": [run_output, "Arn"]}],
+            "Resource": [
+                {"Fn::GetAtt": [app_logs, "Arn"]},
+                {"Fn::GetAtt": [deploy_output, "Arn"]},
+                {"Fn::GetAtt": [run_output, "Arn"]},
+            ],
         }
     ]
 

@@ -245,6 +245,7 @@ def test_boot_commands_exact_text() -> None:
         stack="Platform-staging",
         signal_resource="AppbillingInstancesASG1234",
         logs=LogSettings(destination="logs.example.com:514", tls=True),
+        log_group="Platform-staging-AppLogs-1a2b",
     )
     assert commands == [
         "set -euo pipefail",
@@ -257,7 +258,8 @@ def test_boot_commands_exact_text() -> None:
         "aws s3 cp s3://assets/image.zip /opt/slipway/image.zip",
         "python3 -m zipfile -e /opt/slipway/image.zip /opt/slipway/image",
         "SLIPWAY_APP=billing SLIPWAY_ENV=staging SLIPWAY_BUCKET=releases-abc"
-        " SLIPWAY_LOG_DESTINATION=logs.example.com:514 SLIPWAY_LOG_TLS=true bash /opt/slipway/image/provision.sh",
+        " SLIPWAY_LOG_DESTINATION=logs.example.com:514 SLIPWAY_LOG_TLS=true"
+        " SLIPWAY_LOG_GROUP=Platform-staging-AppLogs-1a2b bash /opt/slipway/image/provision.sh",
         "current=$(aws s3api list-objects-v2 --bucket releases-abc --prefix billing/staging/current"
         " --query 'Contents[].Key' --output text)",
         'if [ "$current" = billing/staging/current ]; then'
@@ -271,7 +273,36 @@ def test_user_data_runs_provisioning_then_deploys_current(staging: Template) -> 
     script = _join(data["UserData"]["Fn::Base64"])
     assert script.startswith("#!/bin/bash\nset -euo pipefail\n")
     assert 'SLIPWAY_APP=web SLIPWAY_ENV=staging SLIPWAY_BUCKET=\'{"Ref": "ReleaseBucket"}\'' in script
+    app_logs = next(k for k in staging.find_resources("AWS::Logs::LogGroup") if k.startswith("AppLogs"))
+    assert f'SLIPWAY_LOG_GROUP=\'{{"Ref": "{app_logs}"}}\'' in script
     assert '/home/deploy/bin/deploy \'s3://{"Ref": "ReleaseBucket"}/web/staging/current\'' in script
     # The signal names this fleet's own group, so a failed boot rolls back this group's update.
     group_id = next(k for k in staging.find_resources("AWS::AutoScaling::AutoScalingGroup") if k.startswith("Appweb"))
     assert f"--resource {group_id} " in script
+
+
+def test_app_logs_go_to_one_group_kept_a_month_which_only_the_api_reads(staging: Template) -> None:
+    [(group, props)] = [
+        (k, v["Properties"])
+        for k, v in staging.find_resources("AWS::Logs::LogGroup").items()
+        if k.startswith("AppLogs")
+    ]
+    assert props == {"RetentionInDays": 30}
+    statements = [
+        statement
+        for policy in staging.find_resources("AWS::IAM::Policy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    readers = [s for s in statements if "logs:FilterLogEvents" in json.dumps(s["Action"])]
+    assert readers == [
+        {"Action": "logs:FilterLogEvents", "Effect": "Allow", "Resource": {"Fn::GetAtt": [group, "Arn"]}}
+    ]
+    functions = staging.find_resources("AWS::Lambda::Function")
+    assert [
+        f["Properties"].get("Environment", {}).get("Variables", {}).get("APP_LOGS") for f in functions.values()
+    ].count({"Ref": group}) == 1
+
+
+def test_logs_cloudwatch_is_on_unless_turned_off() -> None:
+    assert LogSettings.parse({}, "environments.staging.logs").cloudwatch is True
+    assert LogSettings.parse({"cloudwatch": False}, "environments.staging.logs").cloudwatch is False

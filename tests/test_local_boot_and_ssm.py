@@ -38,6 +38,7 @@ USER_DATA = "\n".join(
             stack="Platform-demo",
             signal_resource="AppwebInstancesASG658A8D1C",
             logs=LogSettings(destination="logs.example.com:514", tls=True),
+            log_group="Platform-demo-AppLogs-1a2b",
         ),
     ]
 )
@@ -52,7 +53,7 @@ def test_the_user_data_runs_with_only_the_named_adaptations() -> None:
         'signal() { echo "boot: would signal CloudFormation: exit code $1"; }\n'
         "trap 'signal 1' ERR\n"
         "SLIPWAY_APP=web SLIPWAY_ENV=demo SLIPWAY_BUCKET=platform-demo-releasebucket-1a2b SLIPWAY_LOG_DESTINATION="
-        " SLIPWAY_LOG_TLS=true bash /opt/slipway/image/provision.sh\n"
+        " SLIPWAY_LOG_TLS=true SLIPWAY_LOG_GROUP=Platform-demo-AppLogs-1a2b bash /opt/slipway/image/provision.sh\n"
         'current=$(python3 -c \'import os, sys, boto3; s3 = boto3.client("s3", '
         'endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")); listed = s3.list_objects_v2(Bucket=sys.argv[1], '
         'Prefix=sys.argv[2]); print("\\t".join(o["Key"] for o in listed.get("Contents", [])) or "None")\''

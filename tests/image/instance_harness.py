@@ -55,6 +55,10 @@ def moto_s3() -> Iterator[str]:
         server.wait(timeout=10)
 
 
+# The CloudWatch Logs group the session's instance ships its app's log file to (slipway logs).
+LOG_GROUP = "Platform-test-AppLogs-1a2b"
+
+
 def provision_env(sink: SyslogSink) -> dict[str, str]:
     """provision.sh's environment for the session's instance, forwarding logs to ``sink``."""
     return {
@@ -63,6 +67,7 @@ def provision_env(sink: SyslogSink) -> dict[str, str]:
         "SLIPWAY_BUCKET": BUCKET,
         "SLIPWAY_LOG_DESTINATION": f"127.0.0.1:{sink.port}",
         "SLIPWAY_LOG_TLS": "false",
+        "SLIPWAY_LOG_GROUP": LOG_GROUP,
     }
 
 

@@ -12,7 +12,7 @@ import json
 import time
 
 import pytest
-from instance_harness import APP, Poller, get, provision_env, slug_build, tarball
+from instance_harness import APP, LOG_GROUP, Poller, get, provision_env, slug_build, tarball
 
 from local.instance import missing_prerequisites, provision
 
@@ -135,6 +135,15 @@ def test_provision_is_idempotent_and_configures_logs_and_metrics(world):
     config = json.loads(instance.path("/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json").read_text())
     assert config["agent"]["omit_hostname"] is False
     assert set(config["metrics"]["metrics_collected"]) == {"cpu", "mem", "disk", "net", "statsd"}
+    # The app's log file goes to the environment's log group, one stream per app and instance.
+    assert config["logs"]["logs_collected"]["files"]["collect_list"] == [
+        {
+            "file_path": "/var/log/slipway/demo.log",
+            "log_group_name": LOG_GROUP,
+            "log_stream_name": "demo/{instance_id}",
+            "timezone": "UTC",
+        }
+    ]
     assert instance.run(["stat", "-L", "-c", "%U %a", "/home/deploy", "/home/deploy/bin/deploy"]).stdout.split("\n")[
         :2
     ] == [
@@ -165,6 +174,18 @@ def test_deploying_current_again_changes_nothing(world):
     code, out, err, result = deploy(world, url)
     assert code == 0, out + err
     assert (result["result"], result["release"]) == ("unchanged", deployed)
+
+
+def test_app_logs_are_json_lines_in_the_file_the_cloudwatch_agent_ships(world):
+    ensure_good_release_running(world)
+    path = world["instance"].path("/var/log/slipway/demo.log")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (path.exists() and "listening on" in path.read_text()):
+        time.sleep(0.2)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    [listening, *_] = [line for line in lines if "listening on" in line["message"]]
+    assert set(listening) == {"time", "process", "message"} and listening["process"] == "demo-web"
+    assert {line["process"].split("-", 1)[0] for line in lines} == {"demo"}  # only this app's processes
 
 
 def test_app_logs_reach_the_syslog_destination(world):
