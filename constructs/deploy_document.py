@@ -15,12 +15,13 @@ from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.fleet import DEPLOY_PROGRAM
 from constructs.release_store import ReleaseStore
-from slipway.rollout.commands import ACTION_PARAMETER, ACTIONS, DEPLOY, RELEASE_URL_PARAMETER
+from slipway.rollout.commands import ACTION_PARAMETER, ACTIONS, DEPLOY, PROCESS_PARAMETER, RELEASE_URL_PARAMETER
 from slipway.runs import COMMAND_PARAMETER as RUN_COMMAND_PARAMETER
 from slipway.runs import RELEASE_PARAMETER as RUN_RELEASE_PARAMETER
 from slipway.runs import STEP as RUN_STEP
 from slipway.runs import TIMEOUT_PARAMETER as RUN_TIMEOUT_PARAMETER
 from slipway_release import layout, names, oneoff
+from slipway_release.procfile import PROCESS_TYPE
 
 # Long enough for a cold deploy (download, unpack, the Procfile's release step, health
 # check, switch); the deploy program's own steps time out well within it.
@@ -72,10 +73,11 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
     ``Action`` names: ``stage`` (``deploy --stage URL``: download, verify, unpack, preflight,
     the serving release untouched), ``activate`` (``deploy --activate URL``: switch to the
     staged release), ``deploy`` (both, the default) or ``restart`` (``deploy --restart URL``:
-    restart the release the instance runs, a rolling restart's step). SSM puts both values into the shell
-    text; their patterns admit nothing else.
+    restart the release the instance runs, a rolling restart's step; ``Process`` names one process
+    type to restart). SSM puts the values into the shell text; their patterns admit nothing else.
     """
     url, action = f"{{{{ {RELEASE_URL_PARAMETER} }}}}", f"{{{{ {ACTION_PARAMETER} }}}}"
+    process = f"{{{{ {PROCESS_PARAMETER} }}}}"
     return {
         "schemaVersion": "2.2",
         "description": f"Slipway deploy in {env}: runs {DEPLOY_PROGRAM} with a release URL (stage, activate, both, "
@@ -93,6 +95,12 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
                 "default": DEPLOY,
                 "allowedPattern": f"^({'|'.join(ACTIONS)})$",
             },
+            PROCESS_PARAMETER: {
+                "type": "String",
+                "description": "restart only: the Procfile process type to restart (empty: every process)",
+                "default": "",
+                "allowedPattern": f"^({PROCESS_TYPE.pattern})?$",
+            },
         },
         "mainSteps": [
             {
@@ -100,10 +108,11 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
                 "name": "Deploy",
                 "inputs": {
                     "runCommand": [
+                        f'process="{process}"',
                         f'case "{action}" in',
                         f"  stage) exec {DEPLOY_PROGRAM} --stage {url} ;;",
                         f"  activate) exec {DEPLOY_PROGRAM} --activate {url} ;;",
-                        f"  restart) exec {DEPLOY_PROGRAM} --restart {url} ;;",
+                        f'  restart) exec {DEPLOY_PROGRAM} --restart {url} ${{process:+--process "$process"}} ;;',
                         f"  *) exec {DEPLOY_PROGRAM} {url} ;;",
                         "esac",
                     ],

@@ -7,9 +7,9 @@ import shlex
 from aws_cdk import Aws, CfnOutput, Duration, Stack, Tags
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_logs as cw_logs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as cw_logs
 from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct

@@ -292,6 +292,17 @@ def test_restart_is_a_rollout_of_the_current_release(world: World) -> None:
     assert set(world.actions.values()) == {"stage", "restart"}
 
 
+def test_restart_of_one_process_type_sends_it_to_every_instance(world: World) -> None:
+    shown = deploy(world, "/apps/web/envs/staging/restart", {"process": "worker", "strategy": {"bake_seconds": 0}})
+    assert (shown["kind"], shown["process"], shown["status"]) == ("restart", "worker", "SUCCEEDED"), shown
+    restarts = [c for c in _commands(world) if c["Parameters"].get("Action") == ["restart"]]
+    assert restarts and all(c["Parameters"]["Process"] == ["worker"] for c in restarts)
+    assert {i for c in restarts for i in c["InstanceIds"]} == set(world.instances())
+    assert all(c["Comment"].endswith("(restart worker) by alice") for c in restarts)
+    status, refused = call("POST", "/apps/web/envs/staging/restart", {"process": "web; reboot"})
+    assert status == 400 and "process must be a Procfile process type" in refused["message"], refused
+
+
 def test_restart_before_any_release_is_current_is_refused(world: World) -> None:
     world.clients.s3.delete_object(Bucket=world.bucket, Key=KEYS.current)
     status, refused = call("POST", "/apps/web/envs/staging/restart", {})

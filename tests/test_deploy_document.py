@@ -57,6 +57,12 @@ def test_document_content_exact_text() -> None:
                 "default": "deploy",
                 "allowedPattern": "^(deploy|stage|activate|restart)$",
             },
+            "Process": {
+                "type": "String",
+                "description": "restart only: the Procfile process type to restart (empty: every process)",
+                "default": "",
+                "allowedPattern": "^([A-Za-z0-9_]{1,30})?$",
+            },
         },
         "mainSteps": [
             {
@@ -64,10 +70,12 @@ def test_document_content_exact_text() -> None:
                 "name": "Deploy",
                 "inputs": {
                     "runCommand": [
+                        'process="{{ Process }}"',
                         'case "{{ Action }}" in',
                         "  stage) exec /home/deploy/bin/deploy --stage {{ ReleaseUrl }} ;;",
                         "  activate) exec /home/deploy/bin/deploy --activate {{ ReleaseUrl }} ;;",
-                        "  restart) exec /home/deploy/bin/deploy --restart {{ ReleaseUrl }} ;;",
+                        "  restart) exec /home/deploy/bin/deploy --restart {{ ReleaseUrl }}"
+                        ' ${process:+--process "$process"} ;;',
                         "  *) exec /home/deploy/bin/deploy {{ ReleaseUrl }} ;;",
                         "esac",
                     ],

@@ -77,18 +77,23 @@ DOCUMENT = deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=["web"
 
 
 @pytest.mark.parametrize(
-    ("action", "argv"),
+    ("action", "argv", "process"),
     [
-        (None, ["{url}"]),
-        ("deploy", ["{url}"]),
-        ("stage", ["--stage", "{url}"]),
-        ("activate", ["--activate", "{url}"]),
-        ("restart", ["--restart", "{url}"]),
+        (None, ["{url}"], None),
+        ("deploy", ["{url}"], None),
+        ("stage", ["--stage", "{url}"], None),
+        ("activate", ["--activate", "{url}"], None),
+        ("restart", ["--restart", "{url}"], None),
+        ("restart", ["--restart", "{url}", "--process", "worker"], "worker"),
     ],
 )
-def test_the_deploy_document_runs_the_deploy_program_in_the_mode_asked(action: str | None, argv: list[str]) -> None:
+def test_the_deploy_document_runs_the_deploy_program_in_the_mode_asked(
+    action: str | None, argv: list[str], process: str | None
+) -> None:
     url = f"s3://{BUCKET}/web/demo/r3"
     parameters = {"ReleaseUrl": [url], **({"Action": [action]} if action else {})}
+    if process:
+        parameters["Process"] = [process]
     [step] = shell_steps(DOCUMENT, parameters)
     assert (step.name, step.timeout_seconds) == ("Deploy", 900)
     # The script as the SSM agent runs it, the deploy program replaced by one that prints its arguments.
@@ -100,6 +105,11 @@ def test_the_deploy_document_runs_the_deploy_program_in_the_mode_asked(action: s
 def test_an_action_the_document_does_not_admit_is_refused() -> None:
     with pytest.raises(InvalidParameters, match=re.escape('Parameter "Action" "reboot" failed to satisfy')):
         shell_steps(DOCUMENT, {"ReleaseUrl": [f"s3://{BUCKET}/web/demo/r3"], "Action": ["reboot"]})
+    with pytest.raises(InvalidParameters, match=re.escape('Parameter "Process" "web; reboot" failed to satisfy')):
+        shell_steps(
+            DOCUMENT,
+            {"ReleaseUrl": [f"s3://{BUCKET}/web/demo/r3"], "Action": ["restart"], "Process": ["web; reboot"]},
+        )
 
 
 @pytest.mark.parametrize(

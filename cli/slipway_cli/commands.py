@@ -185,7 +185,10 @@ def cmd_rollback(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
 
 
 def cmd_restart(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
-    started = api.call("POST", api_path(args.app, args.env, "restart"), {"strategy": _strategy(args)})
+    body: dict[str, Any] = {"strategy": _strategy(args)}
+    if args.process:
+        body["process"] = args.process
+    started = api.call("POST", api_path(args.app, args.env, "restart"), body)
     return follow(api, args, started)
 
 

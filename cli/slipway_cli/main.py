@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     restart = commands.add_parser("restart", help="restart the current release, batch by batch like a deploy")
     restart.add_argument("app")
     restart.add_argument("env")
+    restart.add_argument("-p", "--process", help="restart only this process type, e.g. worker (default: all)")
     strategy_options(restart)
 
     run = commands.add_parser(

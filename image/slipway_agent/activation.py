@@ -20,7 +20,7 @@ from slipway_release.manifest import Manifest
 from slipway_release.procfile import RELEASE, WEB
 
 from . import host
-from .report import DeployFailed, NotStaged, Report
+from .report import DeployFailed, NoSuchProcess, NotStaged, Report
 from .services import (
     RUNNING_STATES,
     discard_unit,
@@ -142,12 +142,21 @@ class Activator:
             self._wait_until_healthy(units, manifest)
         return "restarted"
 
-    def restart(self, release_id: str) -> str:
-        """Restart the running release's processes (one step of a rolling restart), then its
-        health check; :class:`DeployFailed` if it does not come back (nothing to switch back to)."""
-        self.report.step(f"Restarting {release_id}")
+    def restart(self, release_id: str, process: str | None = None) -> str:
+        """Restart the running release's processes (one step of a rolling restart), or only those
+        of type ``process``, then their health check; :class:`DeployFailed` if they do not come
+        back (nothing to switch back to). :class:`NoSuchProcess` (nothing done) for a type the
+        release does not run."""
         manifest = staged_manifest(self.layout, release_id, self.schema)
         units = release_units(self.layout.release_dir(release_id))
+        if process is not None:
+            types = sorted({t for t in map(self.layout.process_type_of, units) if t})
+            if process not in types:
+                raise NoSuchProcess(
+                    f"{release_id} runs no {process} process on this instance (it runs {', '.join(types) or 'none'})"
+                )
+            units = {name: text for name, text in units.items() if self.layout.process_type_of(name) == process}
+        self.report.step(f"Restarting {release_id}" + (f"'s {process} processes" if process else ""))
         with self.report.phase("restart"):
             host.run(systemctl("restart", *units))
         with self.report.phase("healthy"):

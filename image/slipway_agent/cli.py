@@ -6,7 +6,8 @@ Three forms (image/README.md, "The deploy command")::
     deploy --stage URL         download, verify, unpack, configure, preflight; the serving release untouched
     deploy --activate rN       release phase, switch, restart, health check; nothing downloaded
     deploy --activate URL      the same, the app and environment taken from the URL (s3://…/rN)
-    deploy --restart rN|URL    restart the running release rN's processes, health check (a rolling restart)
+    deploy --restart rN|URL [--process TYPE]
+                               restart the running release rN's processes (of one type), health check
     deploy --run rN --command B64 [--timeout S]
                                a one-off command with the running release rN's code and config (slipway run)
 
@@ -24,6 +25,7 @@ from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.layout import USAGE, ReleaseUrl, parse_release_url
 from slipway_release.names import CURRENT, is_app_name, is_env_name, is_release_id
 from slipway_release.oneoff import DEFAULT_TIMEOUT_SECONDS, CommandError, decode, parse_timeout
+from slipway_release.procfile import PROCESS_TYPE
 
 # What a run does: both phases, or one of them, or restart what runs.
 DEPLOY, STAGE, ACTIVATE, RESTART, RUN = "deploy", "stage", "activate", "restart", "run"
@@ -49,6 +51,7 @@ class DeployArgs:
     max_unpacked_bytes: int
     command: str | None = None  # --run: the one-off's shell text (decoded)
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS  # --run: its time limit
+    process: str | None = None  # --restart: only this process type's units
 
 
 def parse_url(url: str) -> ReleaseUrl:
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run --command once with the running release r<N>'s code and config, its output and exit status "
         "passed through (124: the time limit stopped it, 125: refused)",
     )
+    parser.add_argument("--process", help="--restart: only the processes of this Procfile type, e.g. worker")
     parser.add_argument("--command", help="--run's shell text as unpadded URL-safe base64 (slipway_release.oneoff)")
     parser.add_argument(
         "--timeout",
@@ -126,6 +130,8 @@ def parse_args(argv: Sequence[str], instance_env: Mapping[str, str] | None = Non
     by ``--activate rN``.
     """
     namespace = build_parser().parse_args(list(argv))
+    if namespace.process is not None and namespace.restart is None:
+        raise UsageError("--process goes with --restart; usage: deploy --restart r7 --process worker")
     if namespace.activate is not None:
         if namespace.url is not None:
             raise UsageError(
@@ -134,12 +140,16 @@ def parse_args(argv: Sequence[str], instance_env: Mapping[str, str] | None = Non
         release = _activation_target(namespace.activate, instance_env or {})
         return DeployArgs(ACTIVATE, release, namespace.max_unpacked_bytes)
     if namespace.restart is not None:
+        if namespace.process is not None and not PROCESS_TYPE.fullmatch(namespace.process):
+            raise UsageError(
+                f"--process {namespace.process!r} is not a process type (letters, digits and _, as in the Procfile)"
+            )
         if namespace.url is not None:
             raise UsageError(
                 f"--restart takes the release alone, not also {namespace.url!r}; usage: deploy --restart r7"
             )
         release = _activation_target(namespace.restart, instance_env or {}, flag="--restart")
-        return DeployArgs(RESTART, release, namespace.max_unpacked_bytes)
+        return DeployArgs(RESTART, release, namespace.max_unpacked_bytes, process=namespace.process)
     if namespace.run is not None:
         return _one_off(namespace, instance_env or {})
     if namespace.command is not None:

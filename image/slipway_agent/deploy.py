@@ -36,7 +36,7 @@ from .cli import (
     s3_endpoint,
 )
 from .oneoff import run_one_off
-from .report import DeployFailed, NotStaged, Report, reason, result_line
+from .report import DeployFailed, NoSuchProcess, NotStaged, Report, reason, result_line
 from .s3 import ReleaseStore
 from .services import discard_unit, loaded_units
 from .staging import Stager
@@ -80,6 +80,7 @@ class Deployment:
     ):
         self.mode = args.mode
         self.url = args.release
+        self.process = args.process
         self.report = report
         self.layout = layout
         schema = load_schema()
@@ -157,7 +158,11 @@ class Deployment:
             self.report.failure(line)
             return "failed", EXIT_FAILED, line
         try:
-            return self.activator.restart(release_id), EXIT_OK, None
+            return self.activator.restart(release_id, self.process), EXIT_OK, None
+        except NoSuchProcess as error:
+            line = f"{release_id} not restarted: {error}; give one of those"
+            self.report.failure(line)
+            return "failed", EXIT_FAILED, line
         except DeployFailed as error:
             line = f"{release_id} does not come up after its restart: {error}; deploy a good release"
             self.report.failure(line)

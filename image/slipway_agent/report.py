@@ -21,6 +21,10 @@ class NotStaged(DeployFailed):
     """``--activate`` of a release this instance has not staged (or whose staged copy changed)."""
 
 
+class NoSuchProcess(DeployFailed):
+    """``--restart --process`` of a process type the release does not run; nothing was done."""
+
+
 def result_line(
     url: ReleaseUrl,
     mode: str,

@@ -74,6 +74,12 @@ class AppLayout:
         """``slipway-<app>-<type>.<index>.service``, e.g. ``slipway-billing-web.1.service``."""
         return f"slipway-{self.app}-{process_type}.{index}.service"
 
+    def process_type_of(self, unit: str) -> str | None:
+        """``web`` for ``slipway-<app>-web.1.service``; ``None`` for a unit not of this app's processes."""
+        if not self.owns_unit(unit):
+            return None
+        return unit.removeprefix(f"slipway-{self.app}-").rsplit(".", 2)[0]
+
     def owns_unit(self, unit: str) -> bool:
         """True for a unit file name this app's deploys created (types never contain '-')."""
         return re.fullmatch(rf"slipway-{re.escape(self.app)}-[A-Za-z0-9_]+\.[0-9]+\.service", unit) is not None

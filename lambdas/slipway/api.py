@@ -10,6 +10,7 @@ CORS preflight this API never grants), and not marked cross-site by the browser.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -233,7 +234,8 @@ def rollback(app_name: str, env: str) -> Response[str]:
 
 @app.post(f"{APP}/restart")
 def restart(app_name: str, env: str) -> Response[str]:
-    return _start_of_current(app_name, env, operations.restart)
+    process = (_body() if app.current_event.body else {}).get("process")
+    return _start_of_current(app_name, env, functools.partial(operations.restart, process=process))
 
 
 def _start_of_current(app_name: str, env: str, start: Callable[..., dict[str, Any]]) -> Response[str]:

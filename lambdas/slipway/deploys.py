@@ -53,9 +53,13 @@ def execution_input(
     fleet: FleetSettings,
     strategy: Strategy,
     timing: Timing,
+    process: str | None = None,
 ) -> dict[str, Any]:
-    """The rollout state machine's input (see :mod:`slipway.rollout.tasks`)."""
+    """The rollout state machine's input (see :mod:`slipway.rollout.tasks`); ``process``: a restart
+    of only that Procfile process type."""
+    extra = {"process": process} if process else {}
     return {
+        **extra,
         "app": app,
         "env": env,
         "release": release,
@@ -135,6 +139,7 @@ def view(description: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) ->
         "env": request.get("env"),
         "release": request.get("release"),
         "kind": request.get("kind"),
+        "process": request.get("process"),
         "user": request.get("user"),
         "strategy": request.get("strategy"),
         "status": description["status"],

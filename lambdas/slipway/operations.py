@@ -24,6 +24,7 @@ from slipway.rollout.lock import Lock, decide, refusal
 from slipway.rollout.strategy import Strategy, StrategyError, rollback_strategy
 from slipway.settings import BuildSettings, ControlPlaneSettings, FleetSettings
 from slipway.store import Bucket
+from slipway_release.procfile import PROCESS_TYPE
 
 
 @cache
@@ -133,7 +134,9 @@ def _deploying(app_name: str, env: str) -> tuple[Publisher, FleetSettings, str]:
     return releases, fleet, config.state_machine
 
 
-def start_deploy(app_name: str, env: str, release: str, *, kind: str, strategy: object, user: str) -> dict[str, Any]:
+def start_deploy(
+    app_name: str, env: str, release: str, *, kind: str, strategy: object, user: str, process: str | None = None
+) -> dict[str, Any]:
     """Start a rollout of ``release``; refused before anything starts if the app is locked or the
     release does not exist. The deploy's view, as :func:`show_deploy` gives it."""
     releases, fleet, machine = _deploying(app_name, env)
@@ -155,6 +158,7 @@ def start_deploy(app_name: str, env: str, release: str, *, kind: str, strategy: 
         fleet=fleet,
         strategy=chosen,
         timing=settings().timing,
+        process=process,
     )
     started = aws.client("stepfunctions").start_execution(stateMachineArn=machine, name=name, input=json.dumps(request))
     description = {"name": name, "status": "RUNNING", "input": json.dumps(request), "startDate": started["startDate"]}
@@ -178,14 +182,17 @@ def rollback(app_name: str, env: str, *, strategy: object, user: str) -> dict[st
     return start_deploy(app_name, env, previous, kind=deploys.ROLLBACK, strategy=strategy, user=user)
 
 
-def restart(app_name: str, env: str, *, strategy: object, user: str) -> dict[str, Any]:
+def restart(app_name: str, env: str, *, strategy: object, user: str, process: object = None) -> dict[str, Any]:
     """Restart the current release on every instance, batch by batch as a rollout goes (drained,
-    restarted, healthy, baked): a rolling restart; ``current`` stays."""
+    restarted, healthy, baked): a rolling restart; ``current`` stays. ``process``: only the
+    processes of that Procfile type (each instance refuses a type its release does not run)."""
+    if process is not None and (not isinstance(process, str) or not PROCESS_TYPE.fullmatch(process)):
+        raise ReleaseError(400, f"process must be a Procfile process type such as web or worker; got {process!r}")
     releases, _, _ = _deploying(app_name, env)
     current = releases.current()
     if current is None:
         raise ReleaseError(409, f"{app_name} in {env} runs no release yet; deploy one first")
-    return start_deploy(app_name, env, current, kind=deploys.RESTART, strategy=strategy, user=user)
+    return start_deploy(app_name, env, current, kind=deploys.RESTART, strategy=strategy, user=user, process=process)
 
 
 def list_deploys(app_name: str, env: str) -> list[dict[str, Any]]:

@@ -183,3 +183,12 @@ def test_run_takes_its_release_as_restart_does_and_a_base64_command():
 def test_run_refuses_what_the_run_document_would_not_send(argv, message):
     with pytest.raises(UsageError, match=message):
         parse_args(argv, INSTANCE)
+
+
+def test_restart_may_name_one_process_type():
+    args = parse_args(["--restart", "r7", "--process", "worker"], INSTANCE)
+    assert (args.mode, args.process) == (RESTART, "worker")
+    with pytest.raises(UsageError, match="--process goes with --restart"):
+        parse_args(["--activate", "r7", "--process", "worker"], INSTANCE)
+    with pytest.raises(UsageError, match="is not a process type"):
+        parse_args(["--restart", "r7", "--process", "web.1"], INSTANCE)

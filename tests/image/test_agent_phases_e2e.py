@@ -227,6 +227,36 @@ def test_restart_restarts_the_running_release_and_refuses_another(phased):
     assert_agree(phased, release)
 
 
+def test_restart_of_one_process_type_restarts_only_its_processes(phased):
+    release_id = f"r{phased['next']}"
+    phased["next"] += 1
+    procfile = PROCFILE + "worker: sleep infinity\n"
+    url = phased["publisher"].publish(
+        release_id, good_source(release_id, procfile), ENV_FILE, port=phased["port"], formation={"worker": 1}
+    )
+    code, out, err, _ = agent(phased, url)
+    assert code == 0, out + err
+
+    def pid(unit: str) -> str:
+        shown = phased["instance"].run(["systemctl", "show", "-p", "MainPID", "--value", unit])
+        return shown.stdout.strip()
+
+    web, worker = f"slipway-{APP}-web.1.service", f"slipway-{APP}-worker.1.service"
+    before = {web: pid(web), worker: pid(worker)}
+    code, out, err, result = agent(phased, "--restart", url_of(release_id), "--process", "worker")
+    assert (code, result["result"]) == (0, "restarted"), out + err
+    assert pid(web) == before[web] and pid(worker) != before[worker]
+    assert f"Restarting {release_id}'s worker processes" in out
+    # A type the release does not run: refused, nothing restarted.
+    code, out, err, result = agent(phased, "--restart", url_of(release_id), "--process", "clock")
+    assert (code, result["result"]) == (1, "failed"), out + err
+    assert (
+        f"{release_id} not restarted: {release_id} runs no clock process on this instance (it runs web, worker)" in err
+    )
+    assert pid(web) == before[web]
+    assert_agree(phased, release_id)
+
+
 def test_activate_refuses_a_release_not_staged_and_names_how_to_stage_it(phased):
     before = running_release(phased)
     code, out, err, result = agent(phased, "--activate", url_of("r999"))

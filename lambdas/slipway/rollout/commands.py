@@ -13,6 +13,7 @@ from slipway_release.layout import parse_release_url
 # The deploy document's parameters (constructs.deploy_document): the release, and what to do with it.
 RELEASE_URL_PARAMETER = "ReleaseUrl"
 ACTION_PARAMETER = "Action"
+PROCESS_PARAMETER = "Process"  # a restart of only one Procfile process type; empty: all
 # The deploy program's modes (image/README.md): stage only (download, verify, unpack, preflight;
 # the serving release untouched), activate a staged release, both, or restart the running one.
 STAGE, ACTIVATE, DEPLOY, RESTART = "stage", "activate", "deploy", "restart"
@@ -30,6 +31,7 @@ def send_deploy_request(
     user: str,
     timeout_seconds: int,
     action: str = DEPLOY,
+    process: str | None = None,
 ) -> dict[str, Any]:
     """The ``SendCommand`` request that runs the deploy document on ``instances`` for ``url``:
     ``action`` is one of :data:`ACTIONS`.
@@ -40,12 +42,18 @@ def send_deploy_request(
     """
     if action not in ACTIONS:
         raise ValueError(f"action {action!r} is not one of {ACTIONS}")
+    if process is not None and action != RESTART:
+        raise ValueError(f"a process type ({process!r}) goes only with the restart action, not {action!r}")
     release = parse_release_url(url)
-    comment = f"slipway {kind} {release.app} {release.env} {release.target} ({action}) by {user}"
+    what = f"{action} {process}" if process else action
+    comment = f"slipway {kind} {release.app} {release.env} {release.target} ({what}) by {user}"
+    parameters = {RELEASE_URL_PARAMETER: [url], ACTION_PARAMETER: [action]}
+    if process:
+        parameters[PROCESS_PARAMETER] = [process]
     return {
         "DocumentName": fleet.document,
         "InstanceIds": list(instances),
-        "Parameters": {RELEASE_URL_PARAMETER: [url], ACTION_PARAMETER: [action]},
+        "Parameters": parameters,
         "Comment": comment[:MAX_COMMENT],
         "TimeoutSeconds": timeout_seconds,
         "CloudWatchOutputConfig": {"CloudWatchLogGroupName": fleet.output_log_group, "CloudWatchOutputEnabled": True},

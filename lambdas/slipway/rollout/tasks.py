@@ -277,11 +277,15 @@ def send(state: State) -> State:
     While rolling back, the previous release, which every changed instance keeps staged; for a
     rolling restart, restart the release the batch runs."""
     restarting = state["kind"] == RESTART_KIND and not state.get("rolling_back")
-    sent = _send(state, _batch(state), _release_url(state, _target(state)), action=RESTART if restarting else ACTIVATE)
+    url = _release_url(state, _target(state))
+    if restarting:
+        sent = _send(state, _batch(state), url, action=RESTART, process=state.get("process"))
+    else:
+        sent = _send(state, _batch(state), url, action=ACTIVATE)
     return {**sent, "activating": _batch(state)}
 
 
-def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY) -> State:
+def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY, process: str | None = None) -> State:
     request = send_deploy_request(
         _fleet(state),
         instances=instances,
@@ -290,6 +294,7 @@ def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY)
         user=state["user"],
         timeout_seconds=_timing(state).command_timeout,
         action=action,
+        process=process,
     )
     command = aws.client("ssm").send_command(**request)["Command"]
     return {
