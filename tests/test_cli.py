@@ -51,7 +51,9 @@ def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> 
     assert by_id[f"r{before + 2}"]["config_changes"] == {"set": ["PLAIN", "SECRET"], "unset": []}
     assert by_id[f"r{before + 3}"]["config_changes"] == {"set": [], "unset": ["PLAIN"]}
 
-    result = slipway("promote", "billing", "staging", "production")
+    # The release is named: without --release, promote takes staging's current release when there is one,
+    # and an earlier test may have deployed one.
+    result = slipway("promote", "billing", "staging", "production", "--release", f"r{before + 3}")
     assert result.returncode == 0, result.stderr
     promoted = releases(slipway, "billing", "production")[0]
     assert result.stdout.strip() == (
