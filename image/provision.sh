@@ -185,6 +185,22 @@ if [[ -n "$APP" ]]; then
     mv /etc/slipway/instance.env.new /etc/slipway/instance.env
 fi
 
+# --- boot-time repair -----------------------------------------------------------------------
+# A crash or reboot in the middle of an activation must not start a release that was never
+# health-checked: before any app unit (they order After= it), put back what DEPLOYED names.
+if [[ -n "$APP" ]]; then
+    recover="$(mktemp)"
+    printf '%s\n' "# Written by Slipway image/provision.sh." "[Unit]" \
+        "Description=Slipway: repair an activation a crash or reboot interrupted, before the apps start" \
+        "[Service]" "Type=oneshot" "ExecStart=/home/deploy/bin/deploy --recover" "TimeoutStartSec=300" \
+        "[Install]" "WantedBy=multi-user.target" > "$recover"
+    if [[ -n "$(install_file "$recover" /etc/systemd/system/slipway-recover.service 0644)" ]]; then
+        systemctl daemon-reload
+    fi
+    rm -f "$recover"
+    systemctl enable --quiet slipway-recover.service
+fi
+
 # --- log forwarding -------------------------------------------------------------------------
 # journald -> rsyslog -> remote syslog. Only this app's processes (SyslogIdentifier=<app>-<type>,
 # release phase included) are forwarded. Without a destination, nothing is.

@@ -132,7 +132,14 @@ def test_the_openapi_document_spells_release_ids_and_strategies_as_the_code_does
     patterns = set(_schemas_with(OPENAPI, "pattern"))
     assert patterns >= {_anchored(p) for p in (names.RELEASE_ID, DEPLOY_ID_PATTERN, names.APP_NAME, names.ENV_NAME)}
     # Every pattern the API document holds is one of the vocabulary's (or a sha256, a commit, an upload id).
-    vocabulary = (names.RELEASE_ID, DEPLOY_ID_PATTERN, names.APP_NAME, names.ENV_NAME, NAME_PATTERN.pattern)
+    vocabulary = (
+        names.RELEASE_ID,
+        DEPLOY_ID_PATTERN,
+        names.APP_NAME,
+        names.ENV_NAME,
+        NAME_PATTERN.pattern,
+        PROCESS_TYPE.pattern,  # a restart's and the logs' process type, as the Procfile spells it
+    )
     assert {p for p in patterns if "a-z" in p or "r[1-9]" in p} == {_anchored(p) for p in vocabulary}
     strategies = [s for s in _schemas_with(OPENAPI, "strategy") if isinstance(s, dict) and "properties" in s]
     assert strategies

@@ -77,6 +77,8 @@ def test_header_names_are_case_insensitive() -> None:
         ("deploy billing staging", Command("deploy", "billing", "staging")),
         ("cycle web production i-0abc123", Command("cycle", "web", "production", "i-0abc123")),
         ("rollback web production", Command("rollback", "web", "production")),
+        ("restart web production", Command("restart", "web", "production")),
+        ("restart billing staging worker", Command("restart", "billing", "staging", "worker")),
     ],
 )
 def test_commands(text: str, command: Command) -> None:
@@ -94,6 +96,8 @@ def test_commands(text: str, command: Command) -> None:
         ("deploy web staging r7 now", "is too much"),
         ("status web staging r7", "is too much"),
         ("cycle web staging box-1", "is not an instance id"),
+        ("restart web staging web.1", "`web.1` is not a process type"),
+        ("restart web staging web worker", "is too much"),
     ],
 )
 def test_what_is_not_a_command_says_what_to_type(text: str, message: str) -> None:
@@ -153,7 +157,9 @@ def test_the_configuration_checks_the_rules_with_the_key_path(example_platform: 
     production = PlatformConfig.from_context(example_platform).environment("production")
     assert production.slack is not None
     assert production.slack.rules[1] == Rule(
-        frozenset({"deploy", "rollback", "cycle"}), frozenset({"U024BE7LH", "U0G9QF9C6"}), frozenset({"C024BE91L"})
+        frozenset({"deploy", "rollback", "restart", "cycle"}),
+        frozenset({"U024BE7LH", "U0G9QF9C6"}),
+        frozenset({"C024BE91L"}),
     )
 
 
@@ -262,6 +268,19 @@ def test_a_deploy_is_acknowledged_in_3_s_and_its_outcome_posted(slack: SlackStan
     assert world.current() == "r2"
     [deploy] = call("GET", "/apps/web/envs/staging/deploys")[1]["deploys"]
     assert deploy["user"] == "roadrunner (Slack U2CERLKJA)"
+
+
+def test_a_restart_is_a_rolling_restart_posted_when_done(slack: SlackStandIn, deployed: Deployed) -> None:
+    world = World(deployed, instances=2, min_size=1)
+    status, answer, elapsed = command("restart web staging", slack.url)
+    assert status == 200 and elapsed < 3, elapsed
+    assert ":rocket: Restart of *web* `r1` to *staging*" in answer["text"], answer
+    posts = slack.wait_for(1)
+    deadline = time.monotonic() + 90
+    while not any(":white_check_mark:" in p["text"] for p in posts) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(":white_check_mark: restarted, `r1` is current" in p["text"] for p in posts), posts
+    assert world.current() == "r1"
 
 
 def test_what_the_rules_or_the_signature_refuse_changes_nothing(

@@ -171,8 +171,11 @@ class Activator:
         self._restore(previous)
         self.switched = False
 
-    def recover(self) -> None:
-        """Repair what a killed activation left (an ``ACTIVATING`` record): see the module doc."""
+    def recover(self, at_boot: bool = False) -> None:
+        """Repair what a killed activation left (an ``ACTIVATING`` record): see the module doc.
+
+        ``at_boot`` (``deploy --recover``, before the app's units start: they are ordered after
+        it): put the units and ``current`` back without starting them; systemd starts them next."""
         text = host.read_text(self.intent_file)
         if text is None:
             return
@@ -189,7 +192,7 @@ class Activator:
         )
         with self.report.phase("recover"):
             try:
-                self._restore(plan.restore)
+                self._restore(plan.restore, start=not at_boot)
             except Exception as error:  # the run goes on: activating a good release repairs the rest
                 self.report.detail(f"{plan.restore or 'nothing'} does not answer after the repair: {error}")
 
@@ -225,7 +228,7 @@ class Activator:
                         self.report.detail(f"{unit} still runs after its time limit; stopping it")
             discard_unit(unit)
 
-    def _apply_units(self, wanted: dict[str, str], link_target: str | None) -> None:
+    def _apply_units(self, wanted: dict[str, str], link_target: str | None, start: bool = True) -> None:
         """Install ``wanted`` unit files, move ``current`` to ``link_target``, restart."""
         changes = plan_unit_changes(installed_units(self.layout), wanted)
         if changes.remove:
@@ -244,19 +247,21 @@ class Activator:
             host.run(systemctl("daemon-reload"))
         if changes.write:
             host.run(systemctl("enable", *changes.write))
-        if changes.restart:
+        if changes.restart and start:
             host.run(systemctl("restart", *changes.restart))
 
-    def _restore(self, release_id: str | None) -> None:
-        """Units and ``current`` back to ``release_id``, restarted; the record removed once they
-        agree with ``DEPLOYED`` again; then its health check."""
+    def _restore(self, release_id: str | None, start: bool = True) -> None:
+        """Units and ``current`` back to ``release_id``, restarted (unless not ``start``); the
+        record removed once they agree with ``DEPLOYED`` again; then its health check."""
         if release_id is None:
-            self._apply_units({}, None)
+            self._apply_units({}, None, start=start)
             _remove(self.intent_file)
             return
         units = release_units(self.layout.release_dir(release_id))
-        self._apply_units(units, f"releases/{release_id}")
+        self._apply_units(units, f"releases/{release_id}", start=start)
         _remove(self.intent_file)
+        if not start:
+            return
         self._wait_until_healthy(units, staged_manifest(self.layout, release_id, self.schema))
         self.report.detail(f"{release_id} is answering again")
 

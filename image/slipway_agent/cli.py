@@ -8,6 +8,7 @@ Three forms (image/README.md, "The deploy command")::
     deploy --activate URL      the same, the app and environment taken from the URL (s3://…/rN)
     deploy --restart rN|URL [--process TYPE]
                                restart the running release rN's processes (of one type), health check
+    deploy --recover           repair every interrupted activation (at boot, before the apps start)
     deploy --run rN --command B64 [--timeout S]
                                a one-off command with the running release rN's code and config (slipway run)
 
@@ -102,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="restart the running release's processes and health-check them: r<N> or its URL (must be what runs)",
     )
     mode.add_argument(
+        "--recover",
+        action="store_true",
+        help="alone: repair every activation a crash or reboot interrupted (run at boot by slipway-recover.service)",
+    )
+    mode.add_argument(
         "--run",
         metavar="RELEASE",
         help="run --command once with the running release r<N>'s code and config, its output and exit status "
@@ -130,6 +136,8 @@ def parse_args(argv: Sequence[str], instance_env: Mapping[str, str] | None = Non
     by ``--activate rN``.
     """
     namespace = build_parser().parse_args(list(argv))
+    if namespace.recover:
+        raise UsageError("--recover takes no other argument; usage: deploy --recover")
     if namespace.process is not None and namespace.restart is None:
         raise UsageError("--process goes with --restart; usage: deploy --restart r7 --process worker")
     if namespace.activate is not None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from slipway_release.manifest import load_schema
-from slipway_release.names import CURRENT, is_release_id
+from slipway_release.names import CURRENT, is_app_name, is_release_id
 from slipway_release.runtimes import RUNTIMES_PATH
 
 from . import host
@@ -40,7 +40,8 @@ from .report import DeployFailed, NoSuchProcess, NotStaged, Report, reason, resu
 from .s3 import ReleaseStore
 from .services import discard_unit, loaded_units
 from .staging import Stager
-from .units import AppLayout
+from .state import ACTIVATING as ACTIVATING_RECORD
+from .units import APPS_ROOT, AppLayout
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN, EXIT_NOT_STAGED = 0, 1, 2, 3, 4
 # Set only by the fault tests: the named point at which the agent stops itself (host.pause_if).
@@ -202,6 +203,29 @@ class Deployment:
             discard_unit(unit)
 
 
+def recover_interrupted(apps_root: str, runtimes_path: str = RUNTIMES_PATH) -> int:
+    """``deploy --recover`` (the ``slipway-recover`` unit, at boot before the apps' units start):
+    for every app whose activation a crash or a reboot interrupted (an ``ACTIVATING`` record), put
+    back what ``DEPLOYED`` names, as the next deploy would, so that a reboot never starts a
+    release that was never health-checked."""
+    names = sorted(os.listdir(apps_root)) if os.path.isdir(apps_root) else []
+    code = EXIT_OK
+    for app in (name for name in names if is_app_name(name)):
+        layout = AppLayout(app)
+        if not os.path.exists(os.path.join(layout.app_dir, ACTIVATING_RECORD)):
+            continue
+        report = Report()
+        try:
+            with deploy_lock(layout.lock_file, report):
+                Activator(layout, report, load_schema(), runtimes_path, None).recover(at_boot=True)
+        except Exception as error:  # one line, and the other apps still repaired
+            print(f"deploy --recover: {app}: not repaired: {reason(error)}; deploy a known-good release", flush=True)
+            code = EXIT_FAILED
+            continue
+        print(f"deploy --recover: {app}: {layout.current} and its units agree with DEPLOYED again", flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """Entry point of ``/home/deploy/bin/deploy``; returns the process exit code."""
     environ = dict(os.environ) if environ is None else environ
@@ -209,8 +233,14 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         instance_env = parse_instance_env(host.read_text(INSTANCE_ENV))
     except OSError:
         instance_env = {}
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments == ["--recover"]:
+        if os.geteuid() != 0:
+            print("deploy: must run as root: it writes systemd units and runs systemctl", file=sys.stderr)
+            return EXIT_USAGE
+        return recover_interrupted(APPS_ROOT)
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv, instance_env)
+        args = parse_args(arguments, instance_env)
     except UsageError as error:
         print(f"deploy: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -18,6 +18,8 @@ UNIT_DIR = "/etc/systemd/system"
 RUN_AS = "deploy"
 SHELL = "/bin/bash"
 RELEASE_PHASE_TIMEOUT_SECONDS = 900
+# Installed by provisioning: `deploy --recover` at boot. App units start after it (ordering only).
+RECOVER_UNIT = "slipway-recover.service"
 # Under a release's directory: the unpacked slug, the processes' working directory.
 APP = "app"
 # What the agent may put into a unit's Environment= lines unquoted (paths it made itself).
@@ -139,7 +141,7 @@ def render_unit(
         "# Written by the Slipway deploy agent; replaced on every deploy.",
         "[Unit]",
         f"Description=Slipway {layout.app} {process_type}.{index}",
-        "After=network-online.target",
+        f"After=network-online.target {RECOVER_UNIT}",
         "Wants=network-online.target",
         "StartLimitIntervalSec=0",
         "",

@@ -368,6 +368,31 @@ def test_killed_during_the_switch_current_units_and_deployed_agree_after_the_rer
     assert_agree(phased, expected)
 
 
+def test_an_activation_killed_before_a_reboot_is_repaired_before_the_app_starts(phased):
+    before = running_release(phased)
+    release_id = staged(phased)
+    run = Started(phased, ["--activate", url_of(release_id)], pause_at="restarted")
+    run.wait_paused()
+    assert current(phased) == f"releases/{release_id}"
+    run.kill()
+    # What a boot runs before any app unit (they are ordered after it; it is enabled at boot).
+    instance = phased["instance"]
+    web = f"slipway-{APP}-web.1.service"
+    assert "slipway-recover.service" in instance.run(["systemctl", "show", "-p", "After", "--value", web]).stdout
+    assert instance.run(["systemctl", "is-enabled", "slipway-recover.service"]).stdout.strip() == "enabled"
+    # A boot: nothing of the app runs, then one transaction starts the repair and the app's units.
+    instance.run(["systemctl", "stop", web])
+    started = instance.run(["systemctl", "start", "slipway-recover.service", web], check=False)
+    journal = instance.run(["journalctl", "-u", "slipway-recover.service", "--no-pager", "-o", "cat"]).stdout
+    assert started.returncode == 0, journal
+    assert f"An activation of {release_id} was interrupted; putting back {before}" in journal
+    assert f"deploy --recover: {APP}: " in journal
+    assert_agree(phased, before)
+    # Nothing left to repair: the next boot's repair changes nothing.
+    instance.run(["systemctl", "restart", "slipway-recover.service"])
+    assert_agree(phased, before)
+
+
 # Disk full -----------------------------------------------------------------------------------------
 
 

@@ -94,7 +94,7 @@ def test_web_unit_text():
         "# Written by the Slipway deploy agent; replaced on every deploy.\n"
         "[Unit]\n"
         "Description=Slipway billing web.1\n"
-        "After=network-online.target\n"
+        "After=network-online.target slipway-recover.service\n"
         "Wants=network-online.target\n"
         "StartLimitIntervalSec=0\n"
         "\n"

@@ -8,6 +8,7 @@
     /slipway config   APP ENV          (names only: values may be secrets)
     /slipway deploy   APP ENV [rN]     (default: the newest release)
     /slipway rollback APP ENV
+    /slipway restart  APP ENV [TYPE]   (a rolling restart of current; one process type if given)
     /slipway cycle    APP ENV [i-…]    (one instance, or the whole fleet)
 """
 
@@ -17,13 +18,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from slipway.deploys import RESTART
 from slipway.slack.rules import ACTIONS
 from slipway_release import names
+from slipway_release.procfile import PROCESS_TYPE
 
 USAGE = "\n".join(
     [
         "`/slipway status APP ENV` · `/slipway releases APP ENV` · `/slipway config APP ENV` (names only)",
-        "`/slipway deploy APP ENV [rN]` · `/slipway rollback APP ENV` · `/slipway cycle APP ENV [i-…]`",
+        "`/slipway deploy APP ENV [rN]` · `/slipway rollback APP ENV` · `/slipway restart APP ENV [worker]`",
+        "`/slipway cycle APP ENV [i-…]`",
     ]
 )
 # Slack shows at most this much of one section's text.
@@ -59,7 +63,11 @@ def parse(text: str) -> Command:
         raise CommandError(f"`{app}` is not an app name ({names.APP_NAME_RULE}).")
     if not names.is_env_name(env):
         raise CommandError(f"`{env}` is not an environment name ({names.ENV_NAME_RULE}).")
-    takes = {"deploy": "a release like r7", "cycle": "an instance id like i-0abc123"}
+    takes = {
+        "deploy": "a release like r7",
+        "cycle": "an instance id like i-0abc123",
+        "restart": "a process type like worker",
+    }
     if len(more) > (1 if action in takes else 0):
         extra = f" and {takes[action]}" if action in takes else ""
         raise CommandError(f"`{action}` takes an app, an environment{extra}; `{' '.join(more)}` is too much.")
@@ -68,6 +76,8 @@ def parse(text: str) -> Command:
         raise CommandError(f"`{argument}` is not a release id; release ids look like r7.")
     if action == "cycle" and argument is not None and not (argument.startswith("i-") and argument[2:].isalnum()):
         raise CommandError(f"`{argument}` is not an instance id; instance ids look like i-0abc123.")
+    if action == "restart" and argument is not None and not PROCESS_TYPE.fullmatch(argument):
+        raise CommandError(f"`{argument}` is not a process type; process types look like web or worker.")
     return Command(action, app, env, argument)
 
 
@@ -131,7 +141,8 @@ def deploy_text(deploy: Mapping[str, Any]) -> str:
         progress = f" — batch {min(done + 1, len(batches))} of {len(batches)}" if batches else ""
         return f"{head}: {deploy.get('step') or 'starting'}{progress}"
     if deploy["status"] == "SUCCEEDED":
-        return f"{head}: :white_check_mark: deployed, `{deploy['release']}` is current"
+        done_text = "restarted" if deploy["kind"] == RESTART else "deployed"
+        return f"{head}: :white_check_mark: {done_text}, `{deploy['release']}` is current"
     failure = deploy.get("failure") or {}
     where = f" on `{failure['instance']}`" if failure.get("instance") else ""
     rolled = f"; rolled back {', '.join(deploy['rolled_back'])}" if deploy.get("rolled_back") else ""

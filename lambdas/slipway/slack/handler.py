@@ -1,7 +1,7 @@
 """The ``/slipway`` slash command: verify Slack's signature, check the rules, act, answer in 3 s.
 
 ``POST /slack/commands`` (no Basic auth: Slack signs the request instead). Reads answer at
-once; a deploy, rollback or cycle starts at once and its progress and outcome are posted to
+once; a deploy, rollback, restart or cycle starts at once and its progress and outcome are posted to
 the command's ``response_url`` by :func:`follow`, which this function runs asynchronously in
 itself (an ``Event`` invocation per stretch of at most :data:`FOLLOW_SECONDS`), within what
 Slack allows: :data:`MAX_POSTS` posts in the 30 minutes a response URL lives.
@@ -129,6 +129,8 @@ def _act(command: Command, who: str, response_url: str, slack: SlackSettings) ->
         return message(f":recycle: {who} is replacing {what} of *{app}* in *{env}*.", public=True)
     if command.action == "rollback":
         started = operations.rollback(app, env, strategy=None, user=who)
+    elif command.action == "restart":
+        started = operations.restart(app, env, strategy=None, user=who, process=command.argument)
     else:
         release = command.argument or operations.newest_release(app, env)
         started = operations.start_deploy(app, env, release, kind="deploy", strategy=None, user=who)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-ACTIONS = ("help", "status", "releases", "config", "deploy", "rollback", "cycle")
+ACTIONS = ("help", "status", "releases", "config", "deploy", "rollback", "restart", "cycle")
 # Slack's ids: users U… or W… (Enterprise Grid), channels C… (public), G… (private), D… (direct).
 USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
 CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,20}")
