@@ -13,6 +13,12 @@ sequential GETs through the load balancer, a new connection each):
     scale 3 -> 6     desired capacity raised until 6 targets are healthy
     rollout over 6   a new release over the 6 instances
 
+and the day-two verbs, without load: ``slipway run -- true`` end to end (5 runs, median and
+slowest: the API, SSM's delivery to one instance, the agent's systemd-run, the streamed output
+read back), the time from starting ``slipway run`` to its first output line, and the time from
+a one-off's end until ``slipway logs`` shows the line it wrote (rsyslog, the CloudWatch agent's
+file shipping, FilterLogEvents through the API; looked for every 0.2 s).
+
 Nothing is modelled: these are wall times on this machine. What they depend on is the
 demo environment's timing, printed with the figures: the target group's health check
 (interval, healthy threshold), its deregistration delay (draining ends as soon as a target
@@ -62,15 +68,23 @@ class Bench:
         self.info, self.checkout, self.bake = info, checkout, bake
         self.rows: list[tuple[str, str, float, Load, str]] = []
 
-    def slipway(self, *args: str) -> str:
-        env = {
+    def env(self) -> dict[str, str]:
+        return {
             **os.environ,
             f"SLIPWAY_URL_{DEMO_ENV.upper()}": self.info["url"],
             "SLIPWAY_USER": self.info["user"],
             "SLIPWAY_PASSWORD": PASSWORD,
         }
+
+    def slipway(self, *args: str) -> str:
         result = subprocess.run(
-            [SLIPWAY, *args], cwd=self.checkout, env=env, capture_output=True, text=True, timeout=1200, check=False
+            [SLIPWAY, *args],
+            cwd=self.checkout,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
         )
         if result.returncode != 0:
             raise SystemExit(f"slipway {' '.join(args)} failed: {result.stdout}{result.stderr}")
@@ -125,6 +139,41 @@ class Bench:
             "deploy", DEMO_APP, DEMO_ENV, release, "--bake", str(self.bake), "--interval", "0.5"
         )
 
+    def day_two(self) -> list[str]:
+        """``slipway run`` and ``slipway logs`` latencies, as the lines of a table."""
+        walls = []
+        for _ in range(5):
+            started = time.monotonic()
+            self.slipway("run", DEMO_APP, DEMO_ENV, "--", "true")
+            walls.append(time.monotonic() - started)
+        started = time.monotonic()
+        following = subprocess.Popen(
+            [SLIPWAY, "run", DEMO_APP, DEMO_ENV, "--", "echo first; sleep 2"],
+            cwd=self.checkout,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert following.stdout is not None
+        following.stdout.readline()
+        first_line = time.monotonic() - started
+        following.wait(timeout=120)
+        marker = f"bench-{time.monotonic_ns()}"
+        self.slipway("run", DEMO_APP, DEMO_ENV, "--", f"echo {marker}")
+        ended = time.monotonic()
+        while marker not in self.slipway("logs", DEMO_APP, DEMO_ENV, "--process", "run", "--since", "10m"):
+            if time.monotonic() - ended > 120:
+                raise SystemExit("slipway logs never showed the one-off's line")
+            time.sleep(0.2)
+        in_logs = time.monotonic() - ended
+        walls.sort()
+        return [
+            f"| `slipway run -- true` (5 runs) | {walls[2]:.1f} s median, {walls[-1]:.1f} s slowest |",
+            f"| `slipway run` to its first output line | {first_line:.1f} s |",
+            f"| a one-off's line in `slipway logs` after it ended | {in_logs:.1f} s |",
+        ]
+
     def scale(self, desired: int) -> None:
         autoscaling = self.client("autoscaling")
         members = {i["id"] for i in self.status()["instances"]}
@@ -175,6 +224,7 @@ def main() -> int:
             bench.measure("scale 3 -> 6", "3 instances boot, deploy current, pass checks", lambda: bench.scale(6))
             third = bench.publish("third")
             bench.measure("rollout over 6", "canary, then 25 % batches", bench.deploy(third))
+            day_two = bench.day_two()
         finally:
             process.terminate()
             process.wait(timeout=120)
@@ -190,6 +240,11 @@ def main() -> int:
     print("|---|---|---:|---|---:|")
     for name, what, seconds, load, split in bench.rows:
         print(f"| {name} | {what} | {seconds:.1f} s | {split or '—'} | {len(load.failures)} / {load.total} |")
+    print()
+    print("| day two | time |")
+    print("|---|---:|")
+    for line in day_two:
+        print(line)
     return 0
 
 

@@ -235,14 +235,9 @@ def _check_names(*, apps: Sequence[str], env: str) -> None:
         raise ValueError(f"DeployDocument: apps has duplicate names {sorted(apps)}; pass each app once")
 
 
-class DeployDocument(Construct):
-    """The ``Platform-<env>-Deploy`` SSM Command document and the log group for its output.
-
-    The document runs ``/home/deploy/bin/deploy <release URL>`` on an instance; its one
-    parameter only admits releases of this environment's apps in its release bucket.
-    Command output goes to :attr:`log_group` when the sender asks for it
-    (``CloudWatchOutputConfig``), which :meth:`grant_output` lets instances write.
-    """
+class _CommandDocument(Construct):
+    """An SSM Command document of fixed name, the log group its output goes to when the sender
+    asks (``CloudWatchOutputConfig``), and the grants to send it and to write that output."""
 
     def __init__(
         self,
@@ -251,33 +246,31 @@ class DeployDocument(Construct):
         *,
         env_name: str,
         apps: Sequence[str],
-        release_store: ReleaseStore,
-        output_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+        name: str,
+        content: dict[str, Any],
+        output_retention: logs.RetentionDays,
     ) -> None:
         super().__init__(scope, id_)
         _check_names(apps=apps, env=env_name)
         self._env_name = env_name
         self._apps = tuple(apps)
-        self._document_name = document_name(env_name)
+        self._document_name = name
         self._document = ssm.CfnDocument(
             self,
             "Document",
-            name=self._document_name,
+            name=name,
             document_type="Command",
             document_format="JSON",
-            content=deploy_document_content(
-                bucket_pattern=bucket_name_pattern(release_store.bucket.bucket_name), apps=apps, env=env_name
-            ),
+            content=content,
             # The name is fixed (rollouts and operators address it): a changed content
             # must become a new version of the same document, not a replacement.
             update_method="NewVersion",
         )
-        # Who deployed what is in the rollout's history; this is what the deploy program said.
         self._log_group = logs.LogGroup(self, "Output", retention=output_retention)
 
     @property
     def document_name(self) -> str:
-        """The document's name, ``Platform-<env>-Deploy`` (``DocumentName`` of ``SendCommand``)."""
+        """The document's name (``DocumentName`` of ``SendCommand``)."""
         return self._document_name
 
     @property
@@ -290,6 +283,53 @@ class DeployDocument(Construct):
         """Where instances write command output (``CloudWatchOutputConfig.CloudWatchLogGroupName``)."""
         return self._log_group
 
+    def _grant_send(self, grantee: iam.IRole, reads: Sequence[str]) -> iam.Policy:
+        return _send_policy(
+            self,
+            grantee,
+            document_arn=self.document_arn,
+            document_name=self._document_name,
+            env=self._env_name,
+            apps=self._apps,
+            reads=reads,
+        )
+
+    def grant_output(self, grantee: iam.IGrantable) -> None:
+        """Let ``grantee`` (an instance role) write command output to :attr:`log_group`, and nothing else."""
+        self._log_group.grant(grantee, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
+
+
+class DeployDocument(_CommandDocument):
+    """The ``Platform-<env>-Deploy`` SSM Command document and the log group for its output.
+
+    The document runs ``/home/deploy/bin/deploy <release URL>`` on an instance; its
+    parameters only admit releases of this environment's apps in its release bucket.
+    Who deployed what is in the rollout's history; the log group has what the deploy program said.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        env_name: str,
+        apps: Sequence[str],
+        release_store: ReleaseStore,
+        output_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
+    ) -> None:
+        _check_names(apps=apps, env=env_name)
+        super().__init__(
+            scope,
+            id_,
+            env_name=env_name,
+            apps=apps,
+            name=document_name(env_name),
+            content=deploy_document_content(
+                bucket_pattern=bucket_name_pattern(release_store.bucket.bucket_name), apps=apps, env=env_name
+            ),
+            output_retention=output_retention,
+        )
+
     def grant_send(self, grantee: iam.IRole) -> iam.Policy:
         """Let ``grantee`` (the rollout's role) run this document on the platform's instances and read results.
 
@@ -300,21 +340,10 @@ class DeployDocument(Construct):
         resource to restrict it to. The statements form their own policy, returned, so
         that their acknowledgments cover nothing else of ``grantee``.
         """
-        return _send_policy(
-            self,
-            grantee,
-            document_arn=self.document_arn,
-            document_name=self._document_name,
-            env=self._env_name,
-            apps=self._apps,
-        )
-
-    def grant_output(self, grantee: iam.IGrantable) -> None:
-        """Let ``grantee`` (an instance role) write command output to :attr:`log_group`, and nothing else."""
-        self._log_group.grant(grantee, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
+        return self._grant_send(grantee, ("ssm:GetCommandInvocation", "ssm:ListCommandInvocations"))
 
 
-class RunDocument(Construct):
+class RunDocument(_CommandDocument):
     """The ``Platform-<env>-Run`` SSM Command document (``slipway run``) and the log group its
     output streams to (``CloudWatchOutputConfig``), which the CLI reads while the command runs."""
 
@@ -327,49 +356,19 @@ class RunDocument(Construct):
         apps: Sequence[str],
         output_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
     ) -> None:
-        super().__init__(scope, id_)
-        _check_names(apps=apps, env=env_name)
-        self._env_name = env_name
-        self._apps = tuple(apps)
-        self._document_name = run_document_name(env_name)
-        self._document = ssm.CfnDocument(
-            self,
-            "Document",
-            name=self._document_name,
-            document_type="Command",
-            document_format="JSON",
+        super().__init__(
+            scope,
+            id_,
+            env_name=env_name,
+            apps=apps,
+            name=run_document_name(env_name),
             content=run_document_content(env=env_name),
-            update_method="NewVersion",
+            output_retention=output_retention,
         )
-        self._log_group = logs.LogGroup(self, "Output", retention=output_retention)
-
-    @property
-    def document_name(self) -> str:
-        """``Platform-<env>-Run``."""
-        return self._document_name
-
-    @property
-    def log_group(self) -> logs.ILogGroup:
-        """Where instances stream one-off output."""
-        return self._log_group
 
     def grant_run(self, grantee: iam.IRole) -> iam.Policy:
         """Let ``grantee`` (the API's role) run one-offs on this environment's instances and read
-        their output as it streams."""
-        policy = _send_policy(
-            self,
-            grantee,
-            document_arn=Stack.of(self).format_arn(
-                service="ssm", resource="document", resource_name=self._document.ref
-            ),
-            document_name=self._document_name,
-            env=self._env_name,
-            apps=self._apps,
-            reads=("ssm:GetCommandInvocation", "ssm:ListCommands"),
-        )
+        their output as it streams (``ListCommands`` to find a one-off, ``GetLogEvents`` its output)."""
+        policy = self._grant_send(grantee, ("ssm:GetCommandInvocation", "ssm:ListCommands"))
         self._log_group.grant(grantee, "logs:GetLogEvents")
         return policy
-
-    def grant_output(self, grantee: iam.IGrantable) -> None:
-        """Let ``grantee`` (an instance role) write one-off output to :attr:`log_group`, and nothing else."""
-        self._log_group.grant(grantee, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
