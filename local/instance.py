@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +173,42 @@ def nspawn_command(root: Path, name: str, network_namespace: str | None = None) 
     return argv
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# The cgroups each booted container's nspawn runs in, by the nspawn process's pid (removed at shutdown).
+_CGROUPS: dict[int, list[Path]] = {}
+
+
+def container_cgroups(name: str) -> list[Path]:
+    """A cgroup of its own for the container ``name`` in each hierarchy systemd uses.
+
+    nspawn with ``--keep-unit`` puts the container's systemd in a ``payload`` child of its own
+    cgroup: started from the same cgroup, every container would share one ``payload``, and their
+    systemd instances would manage the same unit cgroups (two instances running a unit of the same
+    name at once — a preflight during the stage on every instance — fail with 219/CGROUP, and
+    ``systemctl kill`` reaches into the other's). So each nspawn starts in ``slipway-<name>``.
+    """
+    if (CGROUP_ROOT / "cgroup.controllers").exists():  # the unified hierarchy alone (cgroup v2)
+        roots = [CGROUP_ROOT]
+    else:  # hybrid or legacy: systemd's named hierarchy, and the unified one beside it if mounted
+        hierarchies = (CGROUP_ROOT / "systemd", CGROUP_ROOT / "unified")
+        roots = [root for root in hierarchies if (root / "cgroup.procs").exists()]
+    return [root / f"slipway-{name}" for root in roots]
+
+
+def _in_cgroups(cgroups: list[Path], argv: list[str]) -> list[str]:
+    """``argv`` run by a shell that first moves itself into ``cgroups`` (then execs: the same pid)."""
+    moves = "".join(f'echo $$ > "{group}/cgroup.procs" && ' for group in cgroups)
+    return ["sh", "-c", f'{moves}exec "$@"', "sh", *argv]
+
+
+def remove_cgroups(cgroups: list[Path]) -> None:
+    """Remove the container's cgroups (and what its systemd left in them), deepest first."""
+    for group in cgroups:
+        for directory, _, _ in sorted(os.walk(group, topdown=False), key=lambda entry: -len(entry[0])):
+            with suppress(OSError):
+                os.rmdir(directory)
+
+
 def mount_root(workdir: Path) -> Path:
     """The instance's root directory under ``workdir``: an overlay of the cached rootfs.
 
@@ -222,14 +258,18 @@ def boot(
     ``started`` gets the nspawn process as soon as it runs, so that another thread can stop
     a container that is still booting.
     """
+    cgroups = container_cgroups(name)
+    for group in cgroups:
+        group.mkdir(exist_ok=True)
     with open(console, "wb") as output:
         process = subprocess.Popen(
-            nspawn_command(root, name, network_namespace),
+            _in_cgroups(cgroups, nspawn_command(root, name, network_namespace)),
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    _CGROUPS[process.pid] = cgroups
     if started is not None:
         started(process)
     try:
@@ -295,6 +335,8 @@ def shutdown(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+    if process.poll() is not None:
+        remove_cgroups(_CGROUPS.pop(process.pid, []))
 
 
 def provision(instance: Instance, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
