@@ -317,7 +317,6 @@ class DeployDocument(_CommandDocument):
         release_store: ReleaseStore,
         output_retention: logs.RetentionDays = logs.RetentionDays.ONE_YEAR,
     ) -> None:
-        _check_names(apps=apps, env=env_name)
         super().__init__(
             scope,
             id_,

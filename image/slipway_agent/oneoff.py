@@ -39,7 +39,7 @@ def run_one_off(
         runs = f"runs {deployed}" if deployed else "runs no release of it"
         print(
             f"{PREFIX}: not run: this instance {runs}, not {release_id}; run it again once the deploy "
-            f"has finished (slipway status {layout.app})",
+            f"has finished (slipway status {layout.app} {args.release.env})",
             file=out,
             flush=True,
         )

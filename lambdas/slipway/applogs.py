@@ -86,5 +86,5 @@ def read(
     )
     lines = [entry(e, app) for e in mine]
     if process:
-        lines = [line for line in lines if line["process"] == process or str(line["process"]).startswith(f"{process}.")]
+        lines = [line for line in lines if line["process"] == process]
     return {"lines": lines, "next": token}

@@ -324,7 +324,12 @@ def start_run(app_name: str, env: str, *, command: object, timeout: object, user
     if current is None:
         raise ReleaseError(409, f"no release of {app_name} is current in {env}; deploy one first (slipway deploy)")
     instances = _group(fleet)["Instances"]
-    known = {i["InstanceId"]: releases.instance_release(i["InstanceId"]) for i in instances}
+    # What each instance in service runs, as the last rollout recorded it (the others are never chosen).
+    known = {
+        i["InstanceId"]: releases.instance_release(i["InstanceId"])
+        for i in instances
+        if i.get("LifecycleState") == "InService"
+    }
     instance = runs.choose_instance(instances, known, current)
     request = runs.send_run_request(
         config, instance=instance, app=app_name, env=env, release=current, command=text, timeout=limit, user=user

@@ -477,7 +477,7 @@ def test_a_one_off_of_a_release_not_running_is_refused_and_a_long_one_is_stopped
     assert refused.returncode == oneoff.EXIT_REFUSED, refused.stdout + refused.stderr
     assert refused.stdout == (
         f"slipway run: not run: this instance runs {release}, not {other}; run it again once the deploy has "
-        f"finished (slipway status {APP})\n"
+        f"finished (slipway status {APP} {ENV})\n"
     )
     started = time.monotonic()
     stopped = one_off(phased, url_of(release), "echo started; sleep 30; echo never", "--timeout", "2")
