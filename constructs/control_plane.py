@@ -33,6 +33,8 @@ from slipway.settings import (
     FleetSettings,
     RunSettings,
     SlackSettings,
+    app_parameter_name,
+    app_parameters_path,
 )
 from slipway_release import layout, names
 
@@ -234,6 +236,31 @@ class ControlPlane(Construct):
             memory_size=1024,
             timeout=Duration.seconds(60),
             layers=[powertools],
+        )
+        # Each app's settings in a parameter of its own (the function's environment holds 4 KB, about
+        # three apps' worth); the function reads them all with GetParametersByPath on their path.
+        values = self._settings.app_parameters()
+        self._app_parameters: dict[str, ssm.CfnParameter] = {}
+        for app in apps:
+            name = app_parameter_name(env_name, app.name)
+            self._app_parameters[name] = ssm.CfnParameter(
+                self,
+                f"AppSettings-{app.name}",
+                name=name,
+                type="String",
+                value=values[name],
+                description=f"Slipway: the settings of {app.name} in {env_name}, which the API reads",
+            )
+        stack = Stack.of(self)
+        function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["ssm:GetParametersByPath"],
+                resources=[
+                    stack.format_arn(
+                        service="ssm", resource="parameter", resource_name=app_parameters_path(env_name).lstrip("/")
+                    )
+                ],
+            )
         )
         release_store.grant_publish(function, apps=[app.name for app in apps], env=env_name)
         assert function.role is not None
@@ -517,9 +544,12 @@ class ControlPlane(Construct):
         build_logs.grant(function, "logs:GetLogEvents")
 
     def _apply_settings(self) -> None:
-        """The API function's environment: its settings as they stand."""
-        for variable, value in self._settings.environment(to_json=Stack.of(self).to_json_string).items():
+        """The API function's environment and its apps' parameters: its settings as they stand."""
+        to_json = Stack.of(self).to_json_string
+        for variable, value in self._settings.environment(to_json=to_json).items():
             self._api_function.add_environment(variable, value)
+        for name, value in self._settings.app_parameters(to_json=to_json).items():
+            self._app_parameters[name].value = value
 
     def enable_deploys(self, *, state_machine: sfn.IStateMachine, fleets: Mapping[str, FleetSettings]) -> None:
         """Let the API start and read rollouts of ``state_machine`` over ``fleets``.

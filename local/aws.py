@@ -25,7 +25,8 @@ from typing import Any
 from unittest import mock
 
 from local.template import ACCOUNT, REGION, Adapted, Deferred, adapt, resolved_properties
-from slipway.settings import ControlPlaneSettings, FleetSettings
+from slipway.aws import read_parameters
+from slipway.settings import PLATFORM_ENV, ControlPlaneSettings, FleetSettings, app_parameters_path
 
 # moto executes Step Functions definitions, and runs Lambda without Docker (see invoke_in_process).
 MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
@@ -225,16 +226,32 @@ def codebuild_project(name: str, properties: Mapping[str, Any]) -> dict[str, Any
     return request
 
 
+# Lambda refuses a function whose environment (every key and value, UTF-8) exceeds 4 KB; moto does not.
+ENVIRONMENT_LIMIT_BYTES = 4 * 1024
+
+
+def environment_size(variables: Mapping[str, str]) -> int:
+    """The size Lambda counts against :data:`ENVIRONMENT_LIMIT_BYTES`."""
+    return sum(len(key.encode()) + len(value.encode()) for key, value in variables.items())
+
+
 def function_environment(clients: Clients, stack: Stack) -> dict[str, str]:
     """The environment variables of every Lambda function of ``stack``, merged.
 
     The handlers run in one process, so their variables share one environment: a
     variable two functions set differently is refused rather than silently overwritten.
+    A function whose environment Lambda would refuse (over 4 KB) is refused here too.
     """
     merged: dict[str, str] = {}
     for physical in stack.of_type("AWS::Lambda::Function").values():
         configuration = clients.lambda_.get_function_configuration(FunctionName=physical)
-        for key, value in (configuration.get("Environment") or {}).get("Variables", {}).items():
+        variables = (configuration.get("Environment") or {}).get("Variables", {})
+        if environment_size(variables) > ENVIRONMENT_LIMIT_BYTES:
+            raise ValueError(
+                f"the environment of {physical} is {environment_size(variables)} bytes; Lambda refuses more than "
+                f"{ENVIRONMENT_LIMIT_BYTES}"
+            )
+        for key, value in variables.items():
             if merged.get(key, value) != value:
                 raise ValueError(f"two functions of {stack.name} set {key} differently; they cannot share a process")
             merged[key] = value
@@ -312,8 +329,9 @@ class Deployed:
 
     @property
     def settings(self) -> ControlPlaneSettings:
-        """What the API function was configured with (its environment, parsed)."""
-        return ControlPlaneSettings.from_environ(self.environment)
+        """What the API function is configured with: its environment and its apps' parameters, parsed."""
+        path = app_parameters_path(self.environment[PLATFORM_ENV])
+        return ControlPlaneSettings.from_environ(self.environment, read_parameters(self.clients.ssm, path))
 
     def fleet(self, app: str) -> FleetSettings:
         return self.settings.fleets[app]

@@ -291,7 +291,7 @@ class LocalPlatform:
 
     @property
     def apps(self) -> list[str]:
-        return sorted(json.loads(self.environment["APPS_JSON"]))
+        return sorted(aws.Deployed(aws.default_clients(), self.stack, self.environment).settings.apps)
 
     def info(self) -> dict[str, Any]:
         """What a client needs: the API URL, a user and password, the local AWS endpoint and release

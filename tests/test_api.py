@@ -26,7 +26,7 @@ from slipway import api, aws, console, operations, publisher
 from slipway.builds import tasks as build_tasks
 from slipway.builds.requests import workflow_input
 from slipway.releases import ReleaseError, change_config
-from slipway.settings import AppRuntime, BuildSettings, Timing
+from slipway.settings import AppParameter, AppRuntime, BuildSettings, SettingsError, Timing, app_parameter_name
 from slipway_release.envfile import parse_env
 from slipway_release.layout import SLUG, AppKeys
 
@@ -52,11 +52,14 @@ def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     for name, value in {
         "RELEASE_BUCKET": BUCKET,
         "PLATFORM_ENV": "staging",
-        "APPS_JSON": json.dumps(APPS),
         "MAX_SOURCE_BYTES": str(64 * 1024 * 1024),
-        "BUILDS_JSON": json.dumps({app: build.to_json() for app, build in BUILDS.items()}),
     }.items():
         monkeypatch.setenv(name, value)
+    # Each app's settings, in its parameter as the stack writes it.
+    ssm = boto3.client("ssm")
+    for app, runtime in APPS.items():
+        value = AppParameter(AppRuntime.from_json(runtime), build=BUILDS[app]).to_json()
+        ssm.put_parameter(Name=app_parameter_name("staging", app), Value=json.dumps(value), Type="String")
     # The release workflow: its executions are started, never run here (the tests play the builds).
     workflow = boto3.client("stepfunctions").create_state_machine(
         name="release-workflow",
@@ -142,6 +145,38 @@ def build_and_publish(app: str, upload_id: str, source: bytes) -> tuple[int, Any
 
 def keys(s3: Any, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []))
+
+
+def test_app_settings_are_read_from_their_parameters_and_again_after_their_max_age(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API serves the apps whose parameters exist; a parameter added or changed by a stack
+    deploy reaches a warm function within SETTINGS_MAX_AGE_SECONDS, not on every request."""
+    clock = [1000.0]
+    monkeypatch.setattr(operations.time, "monotonic", lambda: clock[0])
+    operations.settings.cache_clear()
+    assert set(operations.settings().apps) == {"web", "billing"}
+    status, refused = call("GET", "/apps/api/envs/staging/releases")
+    assert status == 404 and "no app 'api' in staging (apps: billing, web)" in refused["message"]
+    runtime = AppRuntime(port=9000, health_check_path="/up", formation={"web": 1})
+    boto3.client("ssm").put_parameter(
+        Name=app_parameter_name("staging", "api"), Value=json.dumps(AppParameter(runtime).to_json()), Type="String"
+    )
+    clock[0] += operations.SETTINGS_MAX_AGE_SECONDS - 1
+    assert "api" not in operations.settings().apps  # still the settings read a moment ago
+    clock[0] += 1
+    assert operations.settings().apps["api"] == runtime
+    assert call("GET", "/apps/api/envs/staging/releases")[0] == 200
+
+
+def test_a_malformed_app_parameter_is_named(s3: Any) -> None:
+    boto3.client("ssm").put_parameter(Name=app_parameter_name("staging", "api"), Value="{}", Type="String")
+    operations.settings.cache_clear()
+    with pytest.raises(SettingsError, match=r"the parameter /slipway/staging/apps/api: app settings are malformed"):
+        operations.settings()
+    status, answer = call("GET", "/apps/web/envs/staging/releases")  # said in one line, no traceback
+    assert status == 500
+    assert answer["message"].startswith("the Slipway control plane is misconfigured: the parameter /slipway/staging")
 
 
 def test_publish_makes_an_immutable_release_valid_against_the_schema(s3: Any) -> None:

@@ -72,37 +72,72 @@ def test_api_function_gets_powertools_from_the_public_ssm_parameter(staging: Tem
     assert "Layers" not in _function(staging, "Authorizer")  # standard library and boto3 only
 
 
+def _app_parameters(template: Template) -> dict[str, dict[str, Any]]:
+    """Each app's settings parameter: its name to its resource's properties."""
+    found = template.find_resources("AWS::SSM::Parameter")
+    return {props["Properties"]["Name"]: props["Properties"] for props in found.values()}
+
+
 def test_api_function_environment(staging: Template, production: Template) -> None:
     variables = _function(staging, "Api")["Environment"]["Variables"]
     assert variables["RELEASE_BUCKET"] == {"Ref": "ReleaseBucket"}
     assert variables["PLATFORM_ENV"] == "staging"
     assert variables["POWERTOOLS_SERVICE_NAME"] == "slipway"
-    assert json.loads(variables["APPS_JSON"]) == {
-        "billing": {
-            "port": 8080,
-            "health_check_path": "/healthz",
-            "health_check_codes": "200",
-            "formation": {"web": 1, "worker": 2},
-        },
-        "web": {"port": 5000, "health_check_path": "/health", "health_check_codes": "200", "formation": {"web": 1}},
+    # The apps' settings are not in it (Lambda allows 4 KB, about three apps' worth): each app has
+    # a parameter of its own under the path the function reads.
+    assert not {"APPS_JSON", "FLEETS_JSON", "BUILDS_JSON"} & set(variables)
+    parameters = _app_parameters(staging)
+    assert set(parameters) == {"/slipway/staging/apps/web", "/slipway/staging/apps/billing"}
+    assert {props["Type"] for props in parameters.values()} == {"String"}
+    billing = json.loads(_join_text(parameters["/slipway/staging/apps/billing"]["Value"]))
+    assert billing["runtime"] == {
+        "port": 8080,
+        "health_check_path": "/healthz",
+        "health_check_codes": "200",
+        "formation": {"web": 1, "worker": 2},
     }
     assert _function(production, "Api")["Environment"]["Variables"]["PLATFORM_ENV"] == "production"
+    assert set(_app_parameters(production)) == {"/slipway/production/apps/web", "/slipway/production/apps/billing"}
 
 
-def test_api_function_environment_parses_into_the_settings_the_api_reads(staging: Template) -> None:
+def test_api_function_reads_only_its_environments_app_parameters(staging: Template) -> None:
+    """GetParametersByPath is authorized against the path asked for: the function may ask for this
+    environment's apps' path and no other, and may read no parameter by name."""
+    statements = [
+        s
+        for policy in staging.find_resources("AWS::IAM::Policy").values()
+        if any(r["Ref"].startswith("ControlPlaneApiFunctionRole") for r in policy["Properties"]["Roles"])
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    [statement] = [s for s in statements if any(a.startswith(("ssm:GetParameter", "ssm:*")) for a in _actions(s))]
+    assert _actions(statement) == ["ssm:GetParametersByPath"]
+    [resource] = _resources(statement)
+    assert resource.endswith(":parameter/slipway/staging/apps")
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    actions = statement["Action"]
+    return [actions] if isinstance(actions, str) else list(actions)
+
+
+def test_api_function_settings_parse_into_the_settings_the_api_reads(staging: Template) -> None:
     """What synthesis hands the control plane is the typed settings, round trip: every fleet field
     is set (none carried for nothing), the app's rollout from cdk.json included."""
     variables = _function(staging, "Api")["Environment"]["Variables"]
     resolved = {name: _join_text(value) for name, value in variables.items()}  # tokens as placeholders
-    fleets = json.loads(_join_text(variables["FLEETS_JSON"]))
+    parameters = {
+        name.rpartition("/")[2]: _join_text(props["Value"]) for name, props in _app_parameters(staging).items()
+    }
+    fleets = {app: json.loads(text)["fleet"] for app, text in parameters.items()}
     assert set(fleets) == {"web", "billing"}
     assert set(fleets["billing"]) == {f.name for f in dataclasses.fields(FleetSettings)}
     assert fleets["billing"]["strategy"] == {"canary": True, "batch_percent": 50, "bake_seconds": 60, "surge": True}
     assert fleets["web"]["strategy"] == Strategy().as_dict()
     assert "STATE_MACHINE_ARN" in resolved
-    settings = ControlPlaneSettings.from_environ(resolved)
+    settings = ControlPlaneSettings.from_environ(resolved, parameters)
     assert settings.fleets["billing"].strategy == Strategy(batch_percent=50, bake_seconds=60)
     assert settings.apps["billing"].formation == {"web": 1, "worker": 2}
+    assert set(settings.builds) == {"web", "billing"}
     assert settings.slack is not None and settings.slack.response_hosts == ("hooks.slack.com",)
 
 

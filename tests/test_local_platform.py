@@ -168,3 +168,29 @@ def test_the_front_validates_bodies_against_the_templates_models_after_the_autho
     called.clear()
     assert gateway.handle(request("Basic good"), b'{"release": "r7"}', invoke).status == 202
     assert called[-1] != authorizer_function  # the authorizer's answer was cached; the function ran
+
+
+def test_many_apps_fit_what_lambda_and_ssm_allow(
+    example_context: dict[str, Any], templates: dict[str, dict[str, Any]], fake_aws: None
+) -> None:
+    """Lambda refuses a function whose environment passes 4 KB (moto does not; the local platform
+    does): the apps' settings live in one SSM parameter each, so the API function's environment
+    is the same size for 12 apps as for 2, each parameter stays a standard one, and the API
+    reads every app back."""
+    from local.aws import ENVIRONMENT_LIMIT_BYTES, environment_size, mock_platform
+    from local.platform import synthesize
+
+    context = json.loads(json.dumps(example_context))
+    web = context["platform"]["apps"]["web"]
+    context["platform"]["apps"] = {f"app{i:02d}": web for i in range(12)}
+    with mock_platform(templates["Platform-staging"]) as two:
+        size_for_two = environment_size(two.environment)
+    with mock_platform(synthesize("staging", context)) as twelve:  # refuses an environment over 4 KB
+        settings = twelve.settings
+        parameters = twelve.clients.ssm.get_parameters_by_path(Path="/slipway/staging/apps", MaxResults=10)
+        values = [p["Value"] for p in parameters["Parameters"]]
+    assert set(settings.apps) == set(settings.fleets) == set(settings.builds) == {f"app{i:02d}" for i in range(12)}
+    assert environment_size(twelve.environment) <= ENVIRONMENT_LIMIT_BYTES
+    # The same variables, as long as the names AWS chose for their resources (names differ by a few letters).
+    assert abs(environment_size(twelve.environment) - size_for_two) < 64
+    assert values and max(len(value.encode()) for value in values) <= 4096  # SSM's standard tier

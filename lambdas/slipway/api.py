@@ -22,9 +22,10 @@ from aws_lambda_powertools.event_handler.exceptions import UnauthorizedError
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from slipway import console, operations
+from slipway import aws, console, operations
 from slipway.operations import publisher as _publisher
 from slipway.releases import ReleaseError, release_number
+from slipway.settings import SettingsError
 from slipway.slack import handler as slack_handler
 
 logger = Logger()  # never logs request bodies: they carry config values
@@ -58,6 +59,19 @@ def _json(status: int, payload: object) -> Response[str]:
 def _release_error(error: ReleaseError) -> Response[str]:
     logger.info("request refused", extra={"status": error.status, "reason": str(error)})
     return _json(error.status, {"message": str(error)})
+
+
+@app.exception_handler(SettingsError)
+def _settings_error(error: SettingsError) -> Response[str]:
+    """The platform's own configuration is wrong (a deployment problem): said, never a traceback."""
+    logger.error("the control plane is misconfigured", extra={"reason": str(error)})
+    return _json(500, {"message": f"the Slipway control plane is misconfigured: {error}"})
+
+
+@app.exception_handler(aws.Throttled)
+def _throttled(error: aws.Throttled) -> Response[str]:
+    logger.warning("an AWS call stayed throttled", extra={"reason": str(error)})
+    return _json(503, {"message": f"AWS is throttling the control plane ({error}); try again in a few seconds"})
 
 
 def _query_names(document: dict[str, Any]) -> dict[tuple[str, str], frozenset[str]]:

@@ -77,3 +77,12 @@ def read_log(logs: Any, group: str, stream: str, after: str | None) -> tuple[lis
     except logs.exceptions.ResourceNotFoundException:  # its writer (CodeBuild, the SSM agent) makes it on start
         return [], after
     return [event["message"].rstrip("\n") for event in page["events"]], page.get("nextForwardToken") or after
+
+
+def read_parameters(ssm: Any, path: str) -> dict[str, str]:
+    """The values of the SSM parameters directly under ``path``, by their last name component."""
+    found: dict[str, str] = {}
+    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=False):
+        for parameter in page["Parameters"]:
+            found[parameter["Name"].rpartition("/")[2]] = parameter["Value"]
+    return found

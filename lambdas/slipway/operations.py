@@ -3,7 +3,8 @@
 The REST routes (:mod:`slipway.api`) and the Slack command (:mod:`slipway.slack.handler`) call
 these with the caller's identity; they raise :class:`~slipway.releases.ReleaseError` with the
 HTTP status that says why a request cannot be carried out. Configuration is
-:class:`~slipway.settings.ControlPlaneSettings`, parsed once per execution environment.
+:class:`~slipway.settings.ControlPlaneSettings`: the function's environment and its apps' SSM
+parameters, read again at most once every :data:`SETTINGS_MAX_AGE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 from slipway import applogs, aws, deploys, runs
@@ -22,15 +23,46 @@ from slipway.publisher import Publisher
 from slipway.releases import ReleaseError
 from slipway.rollout.lock import Lock, decide, refusal
 from slipway.rollout.strategy import Strategy, StrategyError, rollback_strategy
-from slipway.settings import BuildSettings, ControlPlaneSettings, FleetSettings
+from slipway.settings import (
+    PLATFORM_ENV,
+    BuildSettings,
+    ControlPlaneSettings,
+    FleetSettings,
+    SettingsError,
+    app_parameters_path,
+)
 from slipway.store import Bucket
 from slipway_release.procfile import PROCESS_TYPE
 
+# How long a warm function goes on with the apps' parameters it read: a deploy of the stack that
+# changes an app's settings (its fleet, limits, default strategy) reaches it within this.
+SETTINGS_MAX_AGE_SECONDS = 60
 
-@cache
-def settings() -> ControlPlaneSettings:
-    """This function's configuration, parsed once per execution environment."""
-    return ControlPlaneSettings.from_environ(os.environ)
+
+class _Settings:
+    """This function's configuration, read when first asked and again once it is older than
+    :data:`SETTINGS_MAX_AGE_SECONDS` (one GetParametersByPath call per ten apps)."""
+
+    def __init__(self) -> None:
+        self._read: tuple[float, ControlPlaneSettings] | None = None
+
+    def __call__(self) -> ControlPlaneSettings:
+        now = time.monotonic()
+        if self._read is None or now - self._read[0] >= SETTINGS_MAX_AGE_SECONDS:
+            environ = dict(os.environ)
+            if not environ.get(PLATFORM_ENV):
+                raise SettingsError(f"the function's environment has no {PLATFORM_ENV}; deploy the Platform stack")
+            with aws.throttling_is_retried():
+                parameters = aws.read_parameters(aws.client("ssm"), app_parameters_path(environ[PLATFORM_ENV]))
+            self._read = (now, ControlPlaneSettings.from_environ(environ, parameters))
+        return self._read[1]
+
+    def cache_clear(self) -> None:
+        """Read everything again on the next call (tests, after they change the configuration)."""
+        self._read = None
+
+
+settings = _Settings()
 
 
 def publisher(app_name: str, env: str) -> Publisher:

@@ -1,10 +1,14 @@
 """What synthesis hands the control plane, typed once: the apps, their fleets, the rollout's pacing.
 
-The constructs build these same dataclasses (with CDK tokens for the names AWS chooses)
-and write them into the functions' environment as JSON (:meth:`ControlPlaneSettings.environment`);
-the API parses them once (:meth:`ControlPlaneSettings.from_environ`) and hands a fleet's
-settings to each rollout it starts, whose tasks parse them back with :meth:`FleetSettings.from_json`.
-No module reads these variables or keys by hand. Pure: no AWS calls.
+The constructs build these same dataclasses (with CDK tokens for the names AWS chooses) and
+write them down in two places: what concerns the whole environment in the functions'
+environment (:meth:`ControlPlaneSettings.environment`), and each app's settings in an SSM
+parameter of its own, ``/slipway/<env>/apps/<app>`` (:meth:`ControlPlaneSettings.app_parameters`):
+Lambda allows a function 4 KB of environment, which the apps' settings (about 1.3 KB each)
+passed at the fourth app. The API parses both (:meth:`ControlPlaneSettings.from_environ`) and
+hands a fleet's settings to each rollout it starts, whose tasks parse them back with
+:meth:`FleetSettings.from_json`. No module reads these variables, names or keys by hand.
+Pure: no AWS calls.
 """
 
 from __future__ import annotations
@@ -192,10 +196,52 @@ class SlackSettings:
             raise SettingsError(f"Slack settings are malformed ({type(error).__name__}: {error})") from None
 
 
+@dataclass(frozen=True)
+class AppParameter:
+    """One app in one environment, as its SSM parameter holds it: what its releases record, and
+    (once the environment has them) its fleet and its builder."""
+
+    runtime: AppRuntime
+    fleet: FleetSettings | None = None
+    build: BuildSettings | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        values: dict[str, Any] = {"runtime": self.runtime.to_json()}
+        if self.fleet is not None:
+            values["fleet"] = self.fleet.to_json()
+        if self.build is not None:
+            values["build"] = self.build.to_json()
+        return values
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> AppParameter:
+        try:
+            return cls(
+                runtime=AppRuntime.from_json(raw["runtime"]),
+                fleet=FleetSettings.from_json(raw["fleet"]) if "fleet" in raw else None,
+                build=BuildSettings.from_json(raw["build"]) if "build" in raw else None,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, SettingsError):
+                raise
+            raise SettingsError(f"app settings are malformed ({type(error).__name__}: {error})") from None
+
+
+def app_parameters_path(env: str) -> str:
+    """The SSM path under which each app of ``env`` has its settings' parameter (read in one
+    GetParametersByPath, which IAM authorizes against this path)."""
+    return f"/slipway/{env}/apps"
+
+
+def app_parameter_name(env: str, app: str) -> str:
+    """The SSM parameter holding the settings of ``app`` in ``env``."""
+    return f"{app_parameters_path(env)}/{app}"
+
+
 # The variables the control plane's functions read, each written by the constructs.
-RELEASE_BUCKET, PLATFORM_ENV, APPS_JSON = "RELEASE_BUCKET", "PLATFORM_ENV", "APPS_JSON"
-STATE_MACHINE_ARN, FLEETS_JSON = "STATE_MACHINE_ARN", "FLEETS_JSON"
-RELEASE_WORKFLOW_ARN, BUILDS_JSON = "RELEASE_WORKFLOW_ARN", "BUILDS_JSON"
+RELEASE_BUCKET, PLATFORM_ENV = "RELEASE_BUCKET", "PLATFORM_ENV"
+STATE_MACHINE_ARN = "STATE_MACHINE_ARN"
+RELEASE_WORKFLOW_ARN = "RELEASE_WORKFLOW_ARN"
 SLACK_JSON = "SLACK_JSON"
 RUNS_JSON = "RUNS_JSON"
 APP_LOGS = "APP_LOGS"
@@ -222,23 +268,25 @@ class ControlPlaneSettings:
     timing: Timing = field(default_factory=Timing)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> ControlPlaneSettings:
-        """Parse the function's environment; :class:`SettingsError` naming what is missing or wrong."""
+    def from_environ(cls, environ: Mapping[str, str], app_parameters: Mapping[str, str]) -> ControlPlaneSettings:
+        """Parse the function's environment and its apps' parameters (app name to the parameter's
+        value); :class:`SettingsError` naming what is missing or wrong."""
         try:
-            apps = {name: AppRuntime.from_json(raw) for name, raw in json.loads(environ[APPS_JSON]).items()}
-            fleets = {
-                name: FleetSettings.from_json(raw) for name, raw in json.loads(environ.get(FLEETS_JSON) or "{}").items()
-            }
-            builds = {
-                name: BuildSettings.from_json(raw) for name, raw in json.loads(environ.get(BUILDS_JSON) or "{}").items()
-            }
+            apps: dict[str, AppParameter] = {}
+            for name, text in app_parameters.items():
+                try:
+                    apps[name] = AppParameter.from_json(json.loads(text))
+                except (SettingsError, ValueError) as error:
+                    raise SettingsError(
+                        f"the parameter {app_parameter_name(environ[PLATFORM_ENV], name)}: {error}"
+                    ) from None
             return cls(
                 bucket=environ[RELEASE_BUCKET],
                 env=environ[PLATFORM_ENV],
-                apps=apps,
-                fleets=fleets,
+                apps={name: app.runtime for name, app in apps.items()},
+                fleets={name: app.fleet for name, app in apps.items() if app.fleet is not None},
                 state_machine=environ.get(STATE_MACHINE_ARN) or None,
-                builds=builds,
+                builds={name: app.build for name, app in apps.items() if app.build is not None},
                 release_workflow=environ.get(RELEASE_WORKFLOW_ARN) or None,
                 slack=SlackSettings.from_json(json.loads(environ[SLACK_JSON])) if environ.get(SLACK_JSON) else None,
                 runs=RunSettings.from_json(json.loads(environ[RUNS_JSON])) if environ.get(RUNS_JSON) else None,
@@ -257,17 +305,9 @@ class ControlPlaneSettings:
         """The variables that carry these settings; ``to_json`` renders JSON (``Stack.to_json_string``
         when values are CDK tokens)."""
         render = to_json or (lambda value: json.dumps(value, sort_keys=True, separators=(",", ":")))
-        variables = {
-            RELEASE_BUCKET: self.bucket,
-            PLATFORM_ENV: self.env,
-            APPS_JSON: render({name: app.to_json() for name, app in sorted(self.apps.items())}),
-        }
-        if self.fleets:
-            variables[FLEETS_JSON] = render({name: fleet.to_json() for name, fleet in sorted(self.fleets.items())})
+        variables = {RELEASE_BUCKET: self.bucket, PLATFORM_ENV: self.env}
         if self.state_machine:
             variables[STATE_MACHINE_ARN] = self.state_machine
-        if self.builds:
-            variables[BUILDS_JSON] = render({name: build.to_json() for name, build in sorted(self.builds.items())})
         if self.release_workflow:
             variables[RELEASE_WORKFLOW_ARN] = self.release_workflow
         if self.slack:
@@ -277,3 +317,14 @@ class ControlPlaneSettings:
         if self.app_logs:
             variables[APP_LOGS] = self.app_logs
         return variables
+
+    def app_parameters(self, to_json: Any = None) -> dict[str, str]:
+        """Each app's parameter (:func:`app_parameter_name`) and its value: the app's settings as JSON,
+        rendered by ``to_json`` as in :meth:`environment`."""
+        render = to_json or (lambda value: json.dumps(value, sort_keys=True, separators=(",", ":")))
+        return {
+            app_parameter_name(self.env, name): render(
+                AppParameter(runtime, self.fleets.get(name), self.builds.get(name)).to_json()
+            )
+            for name, runtime in sorted(self.apps.items())
+        }
