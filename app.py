@@ -82,7 +82,7 @@ def main() -> int:
             stack, count, limit = too_many.groups()
             print(
                 f"error: {stack} would hold {count} resources, over CloudFormation's {limit} per stack; "
-                "run fewer apps per environment (each fleet takes about 20)",
+                "run fewer apps per environment (each adds 2 to it: its nested stack and its settings' parameter)",
                 file=sys.stderr,
             )
             return 1

@@ -21,7 +21,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.base_image import ARCHITECTURE_NAMES, grant_read_image
-from constructs.release_store import BUCKET_LOGICAL_ID, ReleaseStore
+from constructs.release_store import ReleaseStore
 from slipway.builds.requests import SLUG_VARIABLE, SOURCE_VARIABLE
 from slipway.settings import BuildSettings
 from slipway_release.layout import SLUG, SOURCE, AppKeys
@@ -166,7 +166,7 @@ class Builder(Construct):
             for pattern in (key.upload("*", SOURCE), key.upload("*", SLUG), f"{key.caches}*"):
                 acknowledge(
                     self._role,
-                    f"AwsSolutions-IAM5[Resource::<{BUCKET_LOGICAL_ID}.Arn>/{pattern}]",
+                    f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(self._role)}/{pattern}]",
                     f"Builds of {key.app} in {env_name} read its uploaded sources and write their slugs (one "
                     "object per upload, named by its id) and keep its dependency cache, nothing else of the bucket.",
                 )

@@ -24,7 +24,6 @@ from constructs.acknowledge import acknowledge
 from constructs.api_contract import ApiContract
 from constructs.config import AppSettings, SlackConfig
 from constructs.deploy_document import RunDocument
-from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
 from slipway.settings import (
     AppRuntime,
@@ -274,7 +273,7 @@ class ControlPlane(Construct):
             ):
                 acknowledge(
                     function.role,
-                    f"AwsSolutions-IAM5[Resource::<{RELEASE_BUCKET_ID}.Arn>/{pattern}]",
+                    f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(function)}/{pattern}]",
                     f"The API {what} of {app.name} in {env_name}, and nothing of other apps or environments.",
                 )
         return function

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from aws_cdk import Aws, CfnOutput, Duration, Stack, Tags
+from aws_cdk import Aws, Duration, Stack, Tags
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -16,7 +16,6 @@ from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.base_image import grant_read_image, parameter_name
 from constructs.config import AppSettings, LogSettings
-from constructs.release_store import BUCKET_LOGICAL_ID as RELEASE_BUCKET_ID
 from constructs.release_store import ReleaseStore
 from slipway_release.layout import AppKeys, release_url
 from slipway_release.names import CURRENT
@@ -141,12 +140,6 @@ class AppFleet(Construct):
         )
         if app_logs is not None:  # the CloudWatch agent ships the app's log file (image/provision.sh)
             app_logs.grant(self._role, "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
-        CfnOutput(
-            self,
-            "Url",
-            value=self.url,
-            description=f"{settings.name} in {env_name}",
-        )
 
     def _build_load_balancer(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection) -> elbv2.ApplicationLoadBalancer:
         alb = elbv2.ApplicationLoadBalancer(
@@ -230,7 +223,7 @@ class AppFleet(Construct):
         )
         acknowledge(
             role,
-            f"AwsSolutions-IAM5[Resource::<{RELEASE_BUCKET_ID}.Arn>/{app}/{env}/*]",
+            f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(role)}/{app}/{env}/*]",
             f"Instances read every release of their own app and environment, and only those ({app}/{env}/).",
         )
         return role

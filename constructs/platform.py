@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import CfnOutput, Environment, Stack, SymlinkFollowMode
+from aws_cdk import CfnOutput, Environment, NestedStack, Stack, SymlinkFollowMode
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -57,6 +57,9 @@ class PlatformStack(Stack):
             env=Environment(account=environment.account, region=environment.region),
             description=f"Slipway platform, {environment.name} environment",
             analytics_reporting=False,
+            # Written without indentation: with 100 apps the indented template would pass the 1 MB that
+            # CloudFormation reads (1.15 MB); unindented it is 0.67 MB.
+            suppress_template_indentation=True,
         )
         network_settings = environment.network
         self.network = Network(
@@ -74,10 +77,17 @@ class PlatformStack(Stack):
         self.app_logs: logs.LogGroup | None = None
         if config.apps and environment.logs.cloudwatch:
             self.app_logs = logs.LogGroup(self, "AppLogs", retention=logs.RetentionDays.ONE_MONTH)
+        # Each app's fleet and its monitoring in a nested stack of its own (about 18 resources): the
+        # environment's stack holds one resource per app, not 18, so CloudFormation's 500 resources per
+        # stack allow hundreds of apps, and `cdk deploy Platform-<env>` still deploys them all.
+        self.app_stacks = {
+            app.name: NestedStack(self, f"App-{app.name}", description=f"Slipway: {app.name} in {environment.name}")
+            for app in config.apps
+        }
         self.fleets = {
             app.name: AppFleet(
-                self,
-                f"App-{app.name}",
+                self.app_stacks[app.name],
+                "Fleet",
                 env_name=environment.name,
                 settings=app.settings_for(environment.name),
                 vpc=self.network.vpc,
@@ -91,10 +101,13 @@ class PlatformStack(Stack):
             )
             for app in config.apps
         }
+        for name, fleet in self.fleets.items():
+            # In the environment's stack, where `cdk deploy` prints its outputs (not in the nested one).
+            CfnOutput(self, f"App{name}Url", value=fleet.url, description=f"{name} in {environment.name}")
         self.monitoring = {
             name: FleetMonitoring(
-                self,
-                f"Monitoring-{name}",
+                self.app_stacks[name],
+                "Monitoring",
                 app_name=name,
                 env_name=environment.name,
                 load_balancer=fleet.load_balancer,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, Names, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 
@@ -69,6 +69,15 @@ class ReleaseStore(Construct):
     def bucket(self) -> s3.IBucket:
         """The release bucket."""
         return self._bucket
+
+    def arn_finding(self, scope: Construct) -> str:
+        """How a cdk-nag finding on a policy in ``scope``'s stack writes the bucket's ARN: by its logical
+        ID in the bucket's own stack, by the parameter CDK passes it in as in a nested stack."""
+        cfn_bucket = self._bucket.node.default_child
+        assert isinstance(cfn_bucket, s3.CfnBucket)
+        if Stack.of(scope) is Stack.of(self):
+            return f"<{BUCKET_LOGICAL_ID}.Arn>"
+        return f"<referenceto{Names.unique_id(cfn_bucket)}Arn>"
 
     def grant_read_app(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
         """Let ``grantee`` read and list ``<app>/<env>/`` and nothing else of the bucket."""

@@ -13,7 +13,7 @@ from aws_cdk import aws_stepfunctions as sfn
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
-from constructs.release_store import BUCKET_LOGICAL_ID, ReleaseStore
+from constructs.release_store import ReleaseStore
 from constructs.workflow import WorkflowTasks, standard_workflow
 from slipway_release.layout import AppKeys
 
@@ -53,7 +53,7 @@ class ReleaseWorkflow(Construct):
             ):
                 acknowledge(
                     role,
-                    f"AwsSolutions-IAM5[Resource::<{BUCKET_LOGICAL_ID}.Arn>/{pattern}]",
+                    f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(role)}/{pattern}]",
                     f"The release workflow {why} {app} in {env_name}, and nothing of other apps or environments.",
                 )
         role.add_to_principal_policy(

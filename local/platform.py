@@ -74,8 +74,15 @@ def synthesize(env: str, context: Mapping[str, Any] | None = None) -> dict[str, 
     environment = PlatformConfig.from_context(context["platform"]).environment(env)
     with tempfile.TemporaryDirectory(prefix="slipway-synth-") as outdir:
         assembly = build_app(context=context, outdir=outdir).synth()
-        template: dict[str, Any] = assembly.get_stack_by_name(environment.stack_name).template
-    return template
+        return merged_template(assembly.get_stack_by_name(environment.stack_name).template, Path(outdir))
+
+
+def merged_template(template: Mapping[str, Any], outdir: Path) -> dict[str, Any]:
+    """``template`` with its nested stacks (their files in the assembly ``outdir``) merged in, as the
+    local platform deploys it into moto (:func:`local.template.flatten`)."""
+    from local.template import flatten
+
+    return flatten(template, lambda path: json.loads((outdir / path).read_text()))
 
 
 def synthesize_apart(env: str, context: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -20,8 +20,15 @@ from typing import Any
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 
-# Why each change is made; :func:`adapt` applies exactly these.
+# Why each change is made; :func:`adapt` (and :func:`flatten` before it) applies exactly these.
 ADAPTATIONS: dict[str, str] = {
+    "AWS::CloudFormation::Stack": (
+        "moto's CloudFormation reads a nested stack's template from S3 but resolves neither its outputs nor the "
+        "adaptations below inside it: each app's nested stack is merged into the environment's stack "
+        "(local.template.flatten), its resources' logical IDs prefixed with the app's, its parameters replaced "
+        "by the values the parent passes, the parent's Outputs.X references by the child's output values; "
+        "every real template, nested ones included, is still linted as CDK writes it"
+    ),
     "AWS::ApiGateway::*": (
         "moto's CloudFormation lacks the Stage, Authorizer, GatewayResponse and Account types; the local front "
         "plays API Gateway from these same resources (local.gateway), so none is deployed into moto"
@@ -144,6 +151,78 @@ class Adapted:
     lambda_code: list[tuple[str, str]] = field(default_factory=list)  # (bucket with tokens resolved, key)
     # (target group's logical id, its TargetGroupAttributes), applied after the stack
     target_group_attributes: list[tuple[str, list[dict[str, str]]]] = field(default_factory=list)
+
+
+NESTED_STACK = "AWS::CloudFormation::Stack"
+# Where CDK's assembly names a nested stack's template file (a resource's Metadata).
+ASSET_PATH = "aws:asset:path"
+
+
+def flatten(template: Mapping[str, Any], read: Callable[[str], Mapping[str, Any]]) -> dict[str, Any]:
+    """``template`` with each nested stack's resources merged in, as one stack (see ADAPTATIONS).
+
+    ``read`` gives the template of a nested stack's file (its ``aws:asset:path``). A nested
+    stack's resource ``AppwebNestedStackAppwebNestedStackResource…`` puts its children in as
+    ``Appweb<child id>``; ``Fn::GetAtt [<it>, Outputs.X]`` becomes the child's output X's value.
+    """
+    merged = copy.deepcopy(dict(template))
+    resources: dict[str, Any] = merged["Resources"]
+    nested = [logical for logical, r in resources.items() if r["Type"] == NESTED_STACK]
+    outputs: dict[str, dict[str, Any]] = {}
+    children_of: dict[str, list[str]] = {}
+    for logical in nested:
+        resource = resources.pop(logical)
+        child = flatten(read(resource["Metadata"][ASSET_PATH]), read)
+        prefix = logical.split("NestedStack")[0]
+        passed = resource.get("Properties", {}).get("Parameters", {})
+        names = set(child["Resources"])
+
+        def rename(value: Any, names: set[str] = names, prefix: str = prefix, passed: Any = passed) -> Any:
+            if isinstance(value, dict) and len(value) == 1:
+                [(key, argument)] = value.items()
+                if key == "Ref" and argument in passed:
+                    return copy.deepcopy(passed[argument])
+                if key == "Ref" and argument in names:
+                    return {"Ref": prefix + argument}
+                if key == "Fn::GetAtt" and argument[0] in names:
+                    return {"Fn::GetAtt": [prefix + argument[0], *argument[1:]]}
+            return value
+
+        for parameter, definition in child.get("Parameters", {}).items():
+            if parameter in passed:
+                continue
+            if merged.setdefault("Parameters", {}).setdefault(parameter, definition) != definition:
+                raise ValueError(f"nested stack {logical}: parameter {parameter} differs from the parent's")
+        depends = resource.get("DependsOn", [])
+        for child_logical, child_resource in child["Resources"].items():
+            changed = _walk(child_resource, rename)
+            own = changed.get("DependsOn", [])
+            own = [own] if isinstance(own, str) else own
+            changed["DependsOn"] = [prefix + d for d in own] + list(depends)
+            if not changed["DependsOn"]:
+                del changed["DependsOn"]
+            resources[prefix + child_logical] = changed
+        for name, output in child.get("Outputs", {}).items():
+            outputs[f"{logical}.{name}"] = _walk(output["Value"], rename)
+            if "Description" in output:  # the child's own outputs (not the references CDK passes up) stay outputs
+                merged.setdefault("Outputs", {})[prefix + name] = _walk(output, rename)
+        children_of[logical] = [prefix + name for name in child["Resources"]]
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict) and list(value) == ["Fn::GetAtt"] and value["Fn::GetAtt"][0] in children_of:
+            stack, attribute = value["Fn::GetAtt"][0], value["Fn::GetAtt"][1]
+            return copy.deepcopy(outputs[f"{stack}.{attribute.removeprefix('Outputs.')}"])
+        return value
+
+    for logical, resource in list(resources.items()):
+        resolved = _walk(resource, resolve)
+        if "DependsOn" in resolved:
+            depends = [resolved["DependsOn"]] if isinstance(resolved["DependsOn"], str) else resolved["DependsOn"]
+            resolved["DependsOn"] = [c for d in depends for c in children_of.get(d, [d])]
+        resources[logical] = resolved
+    if "Outputs" in merged:
+        merged["Outputs"] = _walk(merged["Outputs"], resolve)
+    return merged
 
 
 def physical_name(stack: str, logical_id: str) -> str:

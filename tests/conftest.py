@@ -21,13 +21,13 @@ from aws_cdk.assertions import Template
 from end_to_end import ENVS, PASSWORD, SLIPWAY, Run
 
 from app import build_app, cdk_json_context
-from local.platform import launch
+from local.platform import launch, merged_template
 
 
 def synth_templates(context: dict[str, Any], outdir: Path) -> dict[str, dict[str, Any]]:
     """Synthesize the app for ``context`` (nag included) and return each stack's template."""
     assembly = build_app(context=context, outdir=str(outdir)).synth()
-    return {stack.stack_name: stack.template for stack in assembly.stacks}
+    return {stack.stack_name: merged_template(stack.template, outdir) for stack in assembly.stacks}
 
 
 @pytest.fixture
@@ -95,10 +95,12 @@ def assembly_dir(tmp_path_factory: pytest.TempPathFactory, example_context: dict
 
 @pytest.fixture(scope="session")
 def templates(assembly_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every stack of the example configuration, by stack name."""
+    """Every stack of the example configuration, by stack name, its apps' nested stacks merged in
+    (as the local platform deploys it; cfn-lint reads every file as CDK wrote it)."""
     return {
-        path.name.removesuffix(".template.json"): json.loads(path.read_text())
+        path.name.removesuffix(".template.json"): merged_template(json.loads(path.read_text()), assembly_dir)
         for path in sorted(assembly_dir.glob("*.template.json"))
+        if not path.name.endswith(".nested.template.json")
     }
 
 

@@ -243,7 +243,7 @@ def test_instances_write_command_output_and_app_logs_to_their_log_groups_only(st
     deploy_output = _one(staging, "AWS::Logs::LogGroup", "DeployDocumentOutput")[0]
     run_output = _one(staging, "AWS::Logs::LogGroup", "RunDocumentOutput")[0]
     app_logs = _one(staging, "AWS::Logs::LogGroup", "AppLogs")[0]
-    policy = _one(staging, "AWS::IAM::Policy", f"App{app}InstanceRole")[1]
+    policy = _one(staging, "AWS::IAM::Policy", f"App{app}FleetInstanceRole")[1]
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     logs_statements = [s for s in statements if json.dumps(s["Action"]).count("logs:")]
     assert logs_statements == [

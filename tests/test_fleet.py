@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,7 +123,9 @@ def test_http_listener_forwards_to_the_target_group(staging: Template) -> None:
         {
             "Port": 80,
             "Protocol": "HTTP",
-            "DefaultActions": [{"Type": "forward", "TargetGroupArn": {"Ref": Match.string_like_regexp("^AppwebWeb")}}],
+            "DefaultActions": [
+                {"Type": "forward", "TargetGroupArn": {"Ref": Match.string_like_regexp("^AppwebFleetWeb")}}
+            ],
         },
     )
 
@@ -161,19 +164,21 @@ def test_instances_admit_only_the_load_balancer_on_the_app_port(staging: Templat
     rules = [
         v["Properties"]
         for k, v in staging.find_resources("AWS::EC2::SecurityGroupIngress").items()
-        if k.startswith("AppbillingInstanceSecurityGroup")
+        if k.startswith("AppbillingFleetInstanceSecurityGroup")
     ]
     assert len(rules) == 1
     rule = rules[0]
     assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 8080, 8080)
-    assert rule["SourceSecurityGroupId"]["Fn::GetAtt"][0].startswith("AppbillingLoadBalancerSecurityGroup")
-    instance_sg = _one(staging, "AWS::EC2::SecurityGroup", "billingInstance")["Properties"]
+    assert rule["SourceSecurityGroupId"]["Fn::GetAtt"][0].startswith("AppbillingFleetLoadBalancerSecurityGroup")
+    instance_sg = _one(staging, "AWS::EC2::SecurityGroup", "billingFleetInstance")["Properties"]
     assert "SecurityGroupIngress" not in instance_sg
 
 
 def _statements(template: Template, app: str) -> list[dict[str, Any]]:
     policies = {
-        k: v for k, v in template.find_resources("AWS::IAM::Policy").items() if k.startswith(f"App{app}InstanceRole")
+        k: v
+        for k, v in template.find_resources("AWS::IAM::Policy").items()
+        if k.startswith(f"App{app}FleetInstanceRole")
     }
     assert len(policies) == 1
     statements: list[dict[str, Any]] = next(iter(policies.values()))["Properties"]["PolicyDocument"]["Statement"]
@@ -209,7 +214,7 @@ def test_instance_role_reads_only_its_own_release_prefix(staging: Template) -> N
 
 
 def test_instance_role_has_ssm_managed_instance_access(staging: Template) -> None:
-    role = _one(staging, "AWS::IAM::Role", "webInstanceRole")["Properties"]
+    role = _one(staging, "AWS::IAM::Role", "webFleetInstanceRole")["Properties"]
     managed = json.dumps(role["ManagedPolicyArns"])
     assert ":iam::aws:policy/AmazonSSMManagedInstanceCore" in managed
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
@@ -226,7 +231,7 @@ def test_cpu_target_tracking(staging: Template) -> None:
         "AWS::AutoScaling::ScalingPolicy",
         {
             "PolicyType": "TargetTrackingScaling",
-            "AutoScalingGroupName": {"Ref": Match.string_like_regexp("^AppwebInstancesASG")},
+            "AutoScalingGroupName": {"Ref": Match.string_like_regexp("^AppwebFleetInstancesASG")},
             "TargetTrackingConfiguration": {
                 "PredefinedMetricSpecification": {"PredefinedMetricType": "ASGAverageCPUUtilization"},
                 "TargetValue": 50,
@@ -276,9 +281,10 @@ def test_user_data_runs_provisioning_then_deploys_current(staging: Template) -> 
     app_logs = next(k for k in staging.find_resources("AWS::Logs::LogGroup") if k.startswith("AppLogs"))
     assert f'SLIPWAY_LOG_GROUP=\'{{"Ref": "{app_logs}"}}\'' in script
     assert '/home/deploy/bin/deploy \'s3://{"Ref": "ReleaseBucket"}/web/staging/current\'' in script
-    # The signal names this fleet's own group, so a failed boot rolls back this group's update.
+    # The signal names this fleet's own group (by its logical ID in the app's nested stack, the stack
+    # AWS::StackName names there), so a failed boot rolls back this group's update.
     group_id = next(k for k in staging.find_resources("AWS::AutoScaling::AutoScalingGroup") if k.startswith("Appweb"))
-    assert f"--resource {group_id} " in script
+    assert f"--resource {group_id.removeprefix('Appweb')} " in script
 
 
 def test_app_logs_go_to_one_group_kept_a_month_which_only_the_api_reads(staging: Template) -> None:
@@ -306,3 +312,15 @@ def test_app_logs_go_to_one_group_kept_a_month_which_only_the_api_reads(staging:
 def test_logs_cloudwatch_is_on_unless_turned_off() -> None:
     assert LogSettings.parse({}, "environments.staging.logs").cloudwatch is True
     assert LogSettings.parse({"cloudwatch": False}, "environments.staging.logs").cloudwatch is False
+
+
+def test_each_apps_url_is_an_output_of_the_environments_own_stack(assembly_dir: Path) -> None:
+    """`cdk deploy Platform-<env>` prints the parent's outputs only: each app's URL is one of them,
+    read from the app's nested stack."""
+    parent = json.loads((assembly_dir / "Platform-staging.template.json").read_text())
+    for app in ("web", "billing"):
+        output = parent["Outputs"][f"App{app}Url"]
+        assert output["Description"] == f"{app} in staging"
+        [stack] = [k for k in parent["Resources"] if k.startswith(f"App{app}NestedStack")]
+        [attribute] = output["Value"]["Fn::Join"][1][1:]
+        assert attribute["Fn::GetAtt"][0] == stack and attribute["Fn::GetAtt"][1].startswith("Outputs.")

@@ -24,7 +24,7 @@ def _one(template: Template, resource_type: str, prefix: str) -> tuple[str, dict
 
 
 def _target_group(template: Template, app: str) -> str:
-    return _one(template, "AWS::ElasticLoadBalancingV2::TargetGroup", f"App{app}Web")[0]
+    return _one(template, "AWS::ElasticLoadBalancingV2::TargetGroup", f"App{app}FleetWeb")[0]
 
 
 def _dimension(name: str, value: Any) -> dict[str, Any]:
@@ -51,19 +51,21 @@ def test_three_alarms_and_a_dashboard_per_fleet(templates: dict[str, dict[str, A
     alarms = template.find_resources("AWS::CloudWatch::Alarm")
     dashboards = template.find_resources("AWS::CloudWatch::Dashboard")
     for app in APPS:
-        assert sorted(k.removeprefix(f"Monitoring{app}")[:-8] for k in alarms if k.startswith(f"Monitoring{app}")) == [
+        assert sorted(
+            k.removeprefix(f"App{app}Monitoring")[:-8] for k in alarms if k.startswith(f"App{app}Monitoring")
+        ) == [
             "ErrorRate",
             "ResponseTime",
             "UnhealthyHosts",
         ]
-        assert [k for k in dashboards if k.startswith(f"Monitoring{app}Dashboard")]
+        assert [k for k in dashboards if k.startswith(f"App{app}MonitoringDashboard")]
     assert (len(alarms), len(dashboards)) == (3 * len(APPS), len(APPS))
 
 
 @pytest.mark.parametrize("app", APPS)
 def test_error_rate_alarm_is_the_share_of_requests_answered_5xx(staging: Template, app: str) -> None:
     target_group = _target_group(staging, app)
-    _, alarm = _one(staging, "AWS::CloudWatch::Alarm", f"Monitoring{app}ErrorRate")
+    _, alarm = _one(staging, "AWS::CloudWatch::Alarm", f"App{app}MonitoringErrorRate")
     props = alarm["Properties"]
     assert (props["Threshold"], props["ComparisonOperator"]) == (5, "GreaterThanThreshold")
     assert (props["EvaluationPeriods"], props["DatapointsToAlarm"]) == (3, 2)
@@ -97,7 +99,7 @@ def test_error_rate_alarm_is_the_share_of_requests_answered_5xx(staging: Templat
 
 @pytest.mark.parametrize("app", APPS)
 def test_response_time_alarm_is_on_the_95th_percentile(staging: Template, app: str) -> None:
-    props = _one(staging, "AWS::CloudWatch::Alarm", f"Monitoring{app}ResponseTime")[1]["Properties"]
+    props = _one(staging, "AWS::CloudWatch::Alarm", f"App{app}MonitoringResponseTime")[1]["Properties"]
     assert props["MetricName"] == "TargetResponseTime"
     assert props["ExtendedStatistic"] == "p95"
     assert "Statistic" not in props
@@ -111,7 +113,7 @@ def test_response_time_alarm_is_on_the_95th_percentile(staging: Template, app: s
 
 @pytest.mark.parametrize("app", APPS)
 def test_unhealthy_hosts_alarm_fires_after_two_minutes(staging: Template, app: str) -> None:
-    props = _one(staging, "AWS::CloudWatch::Alarm", f"Monitoring{app}UnhealthyHosts")[1]["Properties"]
+    props = _one(staging, "AWS::CloudWatch::Alarm", f"App{app}MonitoringUnhealthyHosts")[1]["Properties"]
     assert (props["MetricName"], props["Statistic"], props["Period"]) == ("UnHealthyHostCount", "Maximum", 60)
     assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
     assert (props["EvaluationPeriods"], props["DatapointsToAlarm"], props["TreatMissingData"]) == (2, 2, "notBreaching")
@@ -123,7 +125,9 @@ def test_unhealthy_hosts_alarm_fires_after_two_minutes(staging: Template, app: s
 
 def _dashboard(template: Template, app: str) -> dict[str, Any]:
     """The dashboard's body, each deploy-time value shown as ``<token>``."""
-    body = _one(template, "AWS::CloudWatch::Dashboard", f"Monitoring{app}Dashboard")[1]["Properties"]["DashboardBody"]
+    body = _one(template, "AWS::CloudWatch::Dashboard", f"App{app}MonitoringDashboard")[1]["Properties"][
+        "DashboardBody"
+    ]
     text = "".join(part if isinstance(part, str) else "<token>" for part in body["Fn::Join"][1])
     parsed: dict[str, Any] = json.loads(text)
     return parsed
@@ -167,8 +171,8 @@ def test_dashboard_shows_traffic_errors_latency_hosts_instances_and_cpu(staging:
 def test_each_fleet_outputs_its_dashboard_url(staging: Template) -> None:
     outputs = staging.find_outputs("*")
     for app in APPS:
-        [output] = [v for k, v in outputs.items() if k.startswith(f"Monitoring{app}DashboardUrl")]
-        dashboard = _one(staging, "AWS::CloudWatch::Dashboard", f"Monitoring{app}Dashboard")[0]
+        [output] = [v for k, v in outputs.items() if k.startswith(f"App{app}MonitoringDashboardUrl")]
+        dashboard = _one(staging, "AWS::CloudWatch::Dashboard", f"App{app}MonitoringDashboard")[0]
         assert {"Ref": dashboard} in output["Value"]["Fn::Join"][1]
 
 

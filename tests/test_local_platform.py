@@ -14,7 +14,7 @@ from constructs.deploy_document import deploy_document_content
 from constructs.release_store import BUCKET_LOGICAL_ID
 from local.aws import Deployed
 from local.gateway import Gateway
-from local.template import ADAPTATIONS, adapt
+from local.template import ADAPTATIONS, adapt, flatten
 from slipway.rollout.strategy import Strategy
 
 STACKS = ["Platform-staging", "Platform-production"]
@@ -39,6 +39,42 @@ def test_the_adapted_template_holds_only_what_moto_deploys(templates: dict[str, 
     text = json.dumps(adapted.template)
     for logical in adapted.dropped + [d.logical_id for d in adapted.deferred]:
         assert f'"{logical}"' not in text, logical
+
+
+def _references(value: Any) -> set[str]:
+    """Every name a Ref or Fn::GetAtt in ``value`` points at."""
+    if isinstance(value, dict):
+        if list(value) == ["Ref"]:
+            return {value["Ref"]}
+        if list(value) == ["Fn::GetAtt"]:
+            return {value["Fn::GetAtt"][0]}
+        return set().union(*(_references(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_references(v) for v in value)) if value else set()
+    return set()
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_merging_the_nested_stacks_keeps_every_resource_and_reference(assembly_dir: Any, stack: str) -> None:
+    """The local platform deploys each environment with its apps' nested stacks merged in: every
+    child resource is there once, under its app's prefix, and every reference still resolves."""
+    parent = json.loads((assembly_dir / f"{stack}.template.json").read_text())
+    nested = {k: r for k, r in parent["Resources"].items() if r["Type"] == "AWS::CloudFormation::Stack"}
+    assert sorted(k.split("NestedStack")[0] for k in nested) == ["Appbilling", "Appweb"]
+    children = {k: json.loads((assembly_dir / r["Metadata"]["aws:asset:path"]).read_text()) for k, r in nested.items()}
+    merged = flatten(parent, lambda path: json.loads((assembly_dir / path).read_text()))
+    expected = {k for k in parent["Resources"] if k not in nested} | {
+        k.split("NestedStack")[0] + child for k, template in children.items() for child in template["Resources"]
+    }
+    assert set(merged["Resources"]) == expected
+    known = set(merged["Resources"]) | set(merged.get("Parameters", {}))
+    dangling = {r for r in _references(merged["Resources"]) | _references(merged.get("Outputs", {})) if r not in known}
+    assert {r for r in dangling if not r.startswith("AWS::")} == set()
+    for resource in merged["Resources"].values():
+        depends = resource.get("DependsOn", [])
+        assert set([depends] if isinstance(depends, str) else depends) <= set(merged["Resources"])
+    # What the parent read of its children (their outputs) is now the children's own values.
+    assert "Outputs." not in json.dumps(merged)
 
 
 def test_the_deployed_stack_is_the_configuration_of_cdk_json(
