@@ -23,8 +23,8 @@ ACCOUNT = "123456789012"
 # Why each change is made; :func:`adapt` (and :func:`flatten` before it) applies exactly these.
 ADAPTATIONS: dict[str, str] = {
     "AWS::CloudFormation::Stack": (
-        "moto's CloudFormation reads a nested stack's template from S3 but resolves neither its outputs nor the "
-        "adaptations below inside it: each app's nested stack is merged into the environment's stack "
+        "the adaptations below (resources taken out, created through their API after the stack from its outputs) "
+        "work on one template and its outputs: each app's nested stack is merged into the environment's stack "
         "(local.template.flatten), its resources' logical IDs prefixed with the app's, its parameters replaced "
         "by the values the parent passes, the parent's Outputs.X references by the child's output values; "
         "every real template, nested ones included, is still linted as CDK writes it"
@@ -163,17 +163,22 @@ def flatten(template: Mapping[str, Any], read: Callable[[str], Mapping[str, Any]
 
     ``read`` gives the template of a nested stack's file (its ``aws:asset:path``). A nested
     stack's resource ``AppwebNestedStackAppwebNestedStackResource…`` puts its children in as
-    ``Appweb<child id>``; ``Fn::GetAtt [<it>, Outputs.X]`` becomes the child's output X's value.
+    ``Appweb<child id>`` (under its whole logical ID when another app's name gives the same
+    prefix); ``Fn::GetAtt [<it>, Outputs.X]`` becomes the child's output X's value.
     """
     merged = copy.deepcopy(dict(template))
     resources: dict[str, Any] = merged["Resources"]
     nested = [logical for logical, r in resources.items() if r["Type"] == NESTED_STACK]
     outputs: dict[str, dict[str, Any]] = {}
     children_of: dict[str, list[str]] = {}
+    prefixes: set[str] = set()
     for logical in nested:
         resource = resources.pop(logical)
         child = flatten(read(resource["Metadata"][ASSET_PATH]), read)
         prefix = logical.split("NestedStack")[0]
+        if prefix in prefixes:  # apps "a-b" and "ab" are both "Appab"
+            prefix = logical
+        prefixes.add(prefix)
         passed = resource.get("Properties", {}).get("Parameters", {})
         names = set(child["Resources"])
 

@@ -230,3 +230,35 @@ def test_many_apps_fit_what_lambda_and_ssm_allow(
     # The same variables, as long as the names AWS chose for their resources (names differ by a few letters).
     assert abs(environment_size(twelve.environment) - size_for_two) < 64
     assert values and max(len(value.encode()) for value in values) <= 4096  # SSM's standard tier
+
+
+def test_apps_whose_names_differ_only_by_a_dash_merge_apart() -> None:
+    """Apps "a-b" and "ab" both give nested stack IDs starting "AppabNestedStack": their children
+    must not land on each other."""
+    child = {
+        "Parameters": {"referencetoBucketRef": {"Type": "String"}},
+        "Resources": {
+            "FleetGroup": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": {"Ref": "referencetoBucketRef"}}}
+        },
+        "Outputs": {"GroupRef": {"Value": {"Ref": "FleetGroup"}}},
+    }
+    stacks = {
+        f"AppabNestedStackAppabNestedStackResource{suffix}": {
+            "Type": "AWS::CloudFormation::Stack",
+            "Properties": {"Parameters": {"referencetoBucketRef": {"Ref": "Bucket"}}},
+            "Metadata": {"aws:asset:path": f"{suffix}.nested.template.json"},
+        }
+        for suffix in ("1111AAAA", "2222BBBB")
+    }
+    parent = {
+        "Resources": {"Bucket": {"Type": "AWS::S3::Bucket"}, **stacks},
+        "Outputs": {
+            f"Group{suffix}": {"Value": {"Fn::GetAtt": [logical, "Outputs.GroupRef"]}}
+            for suffix, logical in zip(("1", "2"), stacks, strict=True)
+        },
+    }
+    merged = flatten(parent, lambda path: child)
+    groups = [k for k, r in merged["Resources"].items() if r["Type"] == "AWS::SQS::Queue"]
+    assert len(groups) == 2
+    assert {merged["Outputs"][f"Group{n}"]["Value"]["Ref"] for n in ("1", "2")} == set(groups)
+    assert all(merged["Resources"][g]["Properties"]["QueueName"] == {"Ref": "Bucket"} for g in groups)
