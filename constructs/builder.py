@@ -24,7 +24,7 @@ from constructs.base_image import ARCHITECTURE_NAMES, grant_read_image
 from constructs.release_store import ReleaseStore
 from slipway.builds.requests import SLUG_VARIABLE, SOURCE_VARIABLE
 from slipway.settings import BuildSettings
-from slipway_release.layout import SLUG, SOURCE, AppKeys
+from slipway_release.layout import EVERY_APP, SLUG, SOURCE, AppKeys
 
 IMAGE_VARIABLE = "SLIPWAY_IMAGE"
 IMAGE_ON_BUILDER = "/opt/slipway/image"
@@ -92,7 +92,7 @@ class Builder(Construct):
             description=f"Slipway builds ({env_name})",
         )
         grant_read_image(self._role, image)
-        self._grant_apps(release_store, env_name, list(apps))
+        self._grant_apps(release_store, env_name)
         self._projects: dict[ec2.InstanceArchitecture, codebuild.Project] = {}
         for architecture in sorted(set(apps.values()), key=lambda a: ARCHITECTURE_NAMES[a]):
             self._projects[architecture] = self._project(env_name, architecture, image)
@@ -141,35 +141,30 @@ class Builder(Construct):
         )
         return project
 
-    def _grant_apps(self, release_store: ReleaseStore, env_name: str, apps: list[str]) -> None:
+    def _grant_apps(self, release_store: ReleaseStore, env_name: str) -> None:
+        """Builds read uploaded sources and write slugs (one object per upload, named by its id) and
+        keep dependency caches, of every app of the environment (one pattern each, whatever the
+        number of apps), and nothing else of the bucket."""
         bucket = release_store.bucket
-        keys = [AppKeys(app, env_name) for app in apps]
+        key = AppKeys(EVERY_APP, env_name)
+        reads, writes = [key.upload("*", SOURCE), f"{key.caches}*"], [key.upload("*", SLUG), f"{key.caches}*"]
         self._role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"],
-                resources=[bucket.arn_for_objects(k.upload("*", SOURCE)) for k in keys]
-                + [bucket.arn_for_objects(f"{k.caches}*") for k in keys],
-            )
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[bucket.arn_for_objects(p) for p in reads])
         )
         self._role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject"],
-                resources=[bucket.arn_for_objects(k.upload("*", SLUG)) for k in keys]
-                + [bucket.arn_for_objects(f"{k.caches}*") for k in keys],
-            )
+            iam.PolicyStatement(actions=["s3:PutObject"], resources=[bucket.arn_for_objects(p) for p in writes])
         )
         # CodeBuild lists the cache prefix before it restores it.
         self._role.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn])
         )
-        for key in keys:
-            for pattern in (key.upload("*", SOURCE), key.upload("*", SLUG), f"{key.caches}*"):
-                acknowledge(
-                    self._role,
-                    f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(self._role)}/{pattern}]",
-                    f"Builds of {key.app} in {env_name} read its uploaded sources and write their slugs (one "
-                    "object per upload, named by its id) and keep its dependency cache, nothing else of the bucket.",
-                )
+        for pattern in dict.fromkeys([*reads, *writes]):
+            acknowledge(
+                self._role,
+                f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(self._role)}/{pattern}]",
+                f"Builds of every app of {env_name} read its uploaded sources and write their slugs (one object per "
+                "upload, named by its id) and keep its dependency cache, nothing else of the bucket.",
+            )
 
     def settings_for(self, app: str) -> BuildSettings:
         """Where ``app`` is built: the project of its fleet's architecture, and the builds' log group."""

@@ -45,6 +45,7 @@ from slipway.slack.rules import Rule, RuleError, parse_rules
 from slipway_release import names
 from slipway_release.health import DEFAULT_CODES, HealthCodesError, parse_codes
 from slipway_release.health import SYNTAX as HEALTH_SYNTAX
+from slipway_release.layout import RESERVED_APP_NAMES
 from slipway_release.procfile import PROCESS_TYPE, RELEASE, WEB
 
 ACCOUNT = re.compile(r"^\d{12}$")
@@ -624,6 +625,14 @@ class PlatformConfig:
 def _app(name: str, raw: object, path: str, env_names: tuple[str, ...]) -> AppDefinition:
     if not names.is_app_name(name):
         raise ConfigError(path, f"{name!r} is not a valid app name", f"use {names.APP_NAME_RULE}")
+    if name in env_names or name in RESERVED_APP_NAMES:
+        # The control plane's grants cover <app>/<env>/ of every app: uploads/<app>/<env>/ of an app named
+        # like another environment would fall under that environment's.
+        raise ConfigError(
+            path,
+            f"{name!r} is the name of {'an environment' if name in env_names else 'a folder of the release bucket'}",
+            "give the app another name",
+        )
     section = _Section(raw, path, (*AppSettings.SETTINGS, "environments"))
     own = {key: value for key, value in section.raw.items() if key != "environments"}
     settings = AppSettings.parse(name, own, path)

@@ -35,7 +35,7 @@ from slipway.settings import (
     app_parameter_name,
     app_parameters_path,
 )
-from slipway_release import layout, names
+from slipway_release import names
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 # Powertools publishes each layer version's ARN as a public SSM parameter per runtime
@@ -261,21 +261,7 @@ class ControlPlane(Construct):
                 ],
             )
         )
-        release_store.grant_publish(function, apps=[app.name for app in apps], env=env_name)
-        assert function.role is not None
-        for app in apps:
-            keys = layout.AppKeys(app.name, env_name)
-            for pattern, what in (
-                (f"{keys.prefix}*", "reads every release, pointer and record"),
-                (f"{keys.uploads}*", "reads and writes the uploads"),
-                (keys.releases(), "writes the files of new releases (never current, lock, previous or instances/)"),
-                (f"{keys.cancels}*", "writes requests to cancel a running rollout"),
-            ):
-                acknowledge(
-                    function.role,
-                    f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(function)}/{pattern}]",
-                    f"The API {what} of {app.name} in {env_name}, and nothing of other apps or environments.",
-                )
+        release_store.grant_publish(function, env=env_name)
         return function
 
     def _build_api(self, env_name: str) -> apigateway.RestApi:

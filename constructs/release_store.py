@@ -10,7 +10,7 @@ from aws_cdk import aws_s3 as s3
 
 from constructs import Construct
 from constructs.acknowledge import acknowledge
-from slipway_release.layout import UPLOADS, AppKeys
+from slipway_release.layout import EVERY_APP, UPLOADS, AppKeys
 
 # The bucket holds every release ever published: its logical ID must never change,
 # or CloudFormation would create a new, empty bucket and orphan the old one.
@@ -95,8 +95,21 @@ class ReleaseStore(Construct):
             )
         )
 
-    def grant_publish(self, grantee: iam.IGrantable, *, apps: Sequence[str], env: str) -> None:
-        """Let ``grantee`` (the API) publish releases of ``apps`` in ``env``.
+    def _acknowledge(self, grantee: iam.IGrantable, patterns: Sequence[str], who: str, env: str) -> None:
+        """Acknowledge cdk-nag's finding on each wildcard key pattern granted to ``grantee``."""
+        role = grantee.grant_principal
+        assert isinstance(role, Construct), role  # a role: the grantee's policies are its children
+        for pattern in patterns:
+            if "*" in pattern:
+                acknowledge(
+                    role,
+                    f"AwsSolutions-IAM5[Resource::{self.arn_finding(role)}/{pattern}]",
+                    f"{who} ({pattern}) of every app of {env}, which this environment's control plane serves "
+                    "all of, and nothing of other environments (no app is named like one).",
+                )
+
+    def grant_publish(self, grantee: iam.IGrantable, *, env: str) -> None:
+        """Let ``grantee`` (the API) publish releases of every app in ``env``.
 
         Read everything under ``<app>/<env>/`` and ``uploads/<app>/<env>/``; write and delete
         only new releases' files (``<app>/<env>/r*``: a delete, in this versioned bucket, adds
@@ -104,73 +117,66 @@ class ReleaseStore(Construct):
         ``env``, uploads (where multipart uploads are also inspected and aborted), and requests
         to cancel a rollout (``<app>/<env>/cancels/*``, which the rollout reads). Never
         ``current``, ``previous``, ``lock`` or ``instances/``: only rollouts move those.
-        Nothing of other environments' prefixes, no version deletes.
+        Nothing of other environments' prefixes, no version deletes. One pattern per key for
+        every app (``EVERY_APP``), so the grant is the same size for 1 app or 100.
         """
-        all_keys = [AppKeys(app, env) for app in apps]
-        if all_keys:
-            grantee.grant_principal.add_to_principal_policy(
-                iam.PolicyStatement(
-                    actions=["s3:GetObject"],
-                    resources=[self._bucket.arn_for_objects(f"{k.prefix}*") for k in all_keys]
-                    + [self._bucket.arn_for_objects(f"{k.uploads}*") for k in all_keys],
-                )
+        k = AppKeys(EVERY_APP, env)
+        reads, writes = [f"{k.prefix}*", f"{k.uploads}*"], [k.releases(), k.env_file, f"{k.cancels}*", f"{k.uploads}*"]
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(p) for p in reads])
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:DeleteObject"], resources=[self._bucket.arn_for_objects(p) for p in writes]
             )
-            grantee.grant_principal.add_to_principal_policy(
-                iam.PolicyStatement(
-                    actions=["s3:PutObject", "s3:DeleteObject"],
-                    resources=[
-                        self._bucket.arn_for_objects(key)
-                        for k in all_keys
-                        for key in (k.releases(), k.env_file, f"{k.cancels}*")
-                    ]
-                    + [self._bucket.arn_for_objects(f"{k.uploads}*") for k in all_keys],
-                )
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                resources=[self._bucket.arn_for_objects(f"{k.uploads}*")],
             )
-            grantee.grant_principal.add_to_principal_policy(
-                iam.PolicyStatement(
-                    actions=["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-                    resources=[self._bucket.arn_for_objects(f"{k.uploads}*") for k in all_keys],
-                )
-            )
+        )
         # Unconditional: with ListBucket, S3 answers a missing key with 404 NoSuchKey (how
         # the control plane tells "nothing published yet"), not 403. A prefix condition
         # would not apply to GetObject requests and bring the 403 back.
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
         )
+        self._acknowledge(
+            grantee,
+            [*reads, *writes],
+            "The API reads releases, pointers and uploads and writes new "
+            "releases' files, the canonical env, cancel requests and uploads",
+            env,
+        )
 
-    def grant_release(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
+    def grant_release(self, grantee: iam.IGrantable, *, env: str) -> None:
         """Let ``grantee`` (the release workflow) read ``<app>/<env>/`` and its uploads, write new
         releases' files (``<app>/<env>/r*``: never ``current``, ``lock``, ``previous`` or
-        ``instances/``) and the uploads' records, and delete a release id it could not complete."""
-        keys = AppKeys(app, env)
+        ``instances/``) and the uploads' records, and delete a release id it could not complete;
+        for every app of ``env``."""
+        keys = AppKeys(EVERY_APP, env)
+        reads, writes = [f"{keys.prefix}*", f"{keys.uploads}*"], [keys.releases(), f"{keys.uploads}*"]
         grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:GetObject"],
-                resources=[
-                    self._bucket.arn_for_objects(f"{keys.prefix}*"),
-                    self._bucket.arn_for_objects(f"{keys.uploads}*"),
-                ],
-            )
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(p) for p in reads])
         )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:DeleteObject"],
-                resources=[
-                    self._bucket.arn_for_objects(keys.releases()),
-                    self._bucket.arn_for_objects(f"{keys.uploads}*"),
-                ],
+                actions=["s3:PutObject", "s3:DeleteObject"], resources=[self._bucket.arn_for_objects(p) for p in writes]
             )
         )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
         )
+        self._acknowledge(
+            grantee, [*reads, *writes], "The release workflow reads releases and uploads and writes new releases", env
+        )
 
-    def grant_rollout(self, grantee: iam.IGrantable, *, app: str, env: str) -> None:
+    def grant_rollout(self, grantee: iam.IGrantable, *, env: str) -> None:
         """Let ``grantee`` (the rollout tasks) read ``<app>/<env>/`` and write only its ``current``
         and ``previous`` pointers, its deploy ``lock`` (which it also deletes to unlock) and the
-        release each instance runs (``instances/<id>``)."""
-        keys = AppKeys(app, env)
+        release each instance runs (``instances/<id>``); for every app of ``env``."""
+        keys = AppKeys(EVERY_APP, env)
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(f"{keys.prefix}*")])
         )
@@ -182,4 +188,11 @@ class ReleaseStore(Construct):
         )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
+        )
+        self._acknowledge(
+            grantee,
+            [f"{keys.prefix}*", *keys.rollout_keys()],
+            "Rollouts read releases and write the current and previous pointers, the deploy lock and which release "
+            "each instance runs (one object per instance id)",
+            env,
         )

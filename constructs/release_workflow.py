@@ -12,10 +12,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 
 from constructs import Construct
-from constructs.acknowledge import acknowledge
 from constructs.release_store import ReleaseStore
 from constructs.workflow import WorkflowTasks, standard_workflow
-from slipway_release.layout import AppKeys
 
 TASK_HANDLER = "slipway.builds.tasks.handler"
 
@@ -32,30 +30,17 @@ class ReleaseWorkflow(Construct):
         env_name: str,
         code: lambda_.Code,
         release_store: ReleaseStore,
-        apps: Sequence[str],
         projects: Sequence[codebuild.IProject],
         build_logs: logs.ILogGroup,
     ) -> None:
         super().__init__(scope, id_)
-        if not apps or not projects:
-            raise ValueError("ReleaseWorkflow: give the apps it publishes and the builder's projects")
+        if not projects:
+            raise ValueError("ReleaseWorkflow: give the builder's projects")
         self._tasks = WorkflowTasks(
             self, "Tasks", handler=TASK_HANDLER, code=code, description=f"Slipway release workflow tasks ({env_name})"
         )
         role = self._tasks.role
-        for app in apps:
-            release_store.grant_release(role, app=app, env=env_name)
-            keys = AppKeys(app, env_name)
-            for pattern, why in (
-                (f"{keys.prefix}*", "reads every release of"),
-                (keys.releases(), "writes the files of new releases of"),
-                (f"{keys.uploads}*", "reads the uploads and notes their builds' outcome of"),
-            ):
-                acknowledge(
-                    role,
-                    f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(role)}/{pattern}]",
-                    f"The release workflow {why} {app} in {env_name}, and nothing of other apps or environments.",
-                )
+        release_store.grant_release(role, env=env_name)
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["codebuild:StartBuild", "codebuild:BatchGetBuilds", "codebuild:StopBuild"],

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -39,17 +37,14 @@ class RolloutStateMachine(Construct):
         env_name: str,
         code: lambda_.Code,
         release_store: ReleaseStore,
-        apps: Sequence[str],
     ) -> None:
         super().__init__(scope, id_)
-        if not apps:
-            raise ValueError("RolloutStateMachine: give the apps whose fleets it deploys")
         self._tasks = WorkflowTasks(
             self, "Tasks", handler=TASK_HANDLER, code=code, description=f"Slipway rollout tasks ({env_name})"
         )
         self._function = self._tasks.function
         self._role = self._tasks.role
-        self._grant_tasks(release_store, env_name, apps)
+        self._grant_tasks(release_store, env_name)
         self._machine = standard_workflow(
             self, "StateMachine", definition=self._definition(), functions=self._tasks, timeout=Duration.hours(6)
         )
@@ -174,22 +169,9 @@ class RolloutStateMachine(Construct):
         lock.add_catch(rollback, result_path="$.error")  # nothing changed yet: rollback only unlocks
         return lock.next(plan)
 
-    def _grant_tasks(self, release_store: ReleaseStore, env_name: str, apps: Sequence[str]) -> None:
+    def _grant_tasks(self, release_store: ReleaseStore, env_name: str) -> None:
         role = self._role
-        for app in apps:
-            release_store.grant_rollout(role, app=app, env=env_name)
-            acknowledge(
-                role,
-                f"AwsSolutions-IAM5[Resource::<ReleaseBucket.Arn>/{app}/{env_name}/*]",
-                f"Rollouts read every release of {app} in {env_name} (manifests) and only those; they write only "
-                "its current pointer and deploy lock.",
-            )
-            acknowledge(
-                role,
-                f"AwsSolutions-IAM5[Resource::<ReleaseBucket.Arn>/{app}/{env_name}/instances/*]",
-                f"Rollouts note which release each instance of {app} in {env_name} runs, one object per instance "
-                "id, which comes and goes with the Auto Scaling group.",
-            )
+        release_store.grant_rollout(role, env=env_name)
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",

@@ -90,6 +90,8 @@ RULES = {
     "app name with underscore": (_rename_app("web", "my_app"), "platform.apps.my_app", "lowercase"),
     "app name with a trailing newline": (_rename_app("web", "web\n"), "platform.apps.web\n", "lowercase"),
     "app name too long": (_rename_app("web", "a" * 33), "platform.apps." + "a" * 33, "2 to 32"),
+    "app named like an environment": (_rename_app("web", "production"), "platform.apps.production", "another name"),
+    "app named like a folder of the bucket": (_rename_app("web", "uploads"), "platform.apps.uploads", "another name"),
     "environment name with dash": (
         _set("environments.pre-prod", {"region": "us-east-1"}),
         "platform.environments.pre-prod",

@@ -196,16 +196,28 @@ def test_the_api_writes_releases_config_and_uploads_never_what_rollouts_own(stag
         assert allows(statements, "s3:GetObject", bucket + key), key  # status reads them
         for action in ("s3:PutObject", "s3:DeleteObject"):
             assert not allows(statements, action, bucket + key), f"the API may {action} {key}"
-    for key in ("web/production/r1/release.json", "other/staging/r1/env", "uploads/web/production/u/source.tar.gz"):
+    # One grant covers every app of the environment (the same size for 1 app or 100), and nothing of
+    # another environment; no app may be named like one (constructs.config), which would bring
+    # uploads/<that app>/<env>/ under the other environment's pattern.
+    for key in ("other/staging/r1/env", "uploads/other/staging/u1/source.tar.gz"):
+        assert allows(statements, "s3:PutObject", bucket + key), key
+    for key in (
+        "web/production/r1/release.json",
+        "web/production/env",
+        "uploads/web/production/u/source.tar.gz",
+        "caches/web/production/pip.tgz",
+        "web/stagingx/r1/env",
+    ):
         for action in ("s3:GetObject", "s3:PutObject"):
-            assert not allows(statements, action, bucket + key), f"the API may {action} {key} of another app or env"
+            assert not allows(statements, action, bucket + key), f"the API may {action} {key} of another env"
     # The rollout's tasks, which own those keys, may write them.
     tasks = staging.find_resources("AWS::IAM::Policy")
     [rollout] = [p for k, p in tasks.items() if k.startswith("RolloutTasks")]
     owned = rollout["Properties"]["PolicyDocument"]["Statement"]
-    for key in ("web/staging/current", "web/staging/lock", "web/staging/instances/i-0abc"):
+    for key in ("web/staging/current", "web/staging/lock", "web/staging/instances/i-0abc", "api/staging/current"):
         assert allows(owned, "s3:PutObject", bucket + key), key
-    assert not allows(owned, "s3:PutObject", bucket + "web/staging/r7/release.json")
+    for key in ("web/staging/r7/release.json", "web/staging/env", "web/production/current"):
+        assert not allows(owned, "s3:PutObject", bucket + key), key
 
 
 # The IAM action each S3 operation of the API function's bucket adapter needs.

@@ -47,9 +47,16 @@ _APP, _ENV = full(APP_NAME), full(ENV_NAME)
 USAGE = "s3://<bucket>/<app>/<env>/r7 (or .../current)"
 
 
+# The app part of a key pattern that covers every app of an environment (IAM grants of the
+# control plane, which serves all of them): ``AppKeys(EVERY_APP, env)``.
+EVERY_APP = "*"
+# Names an app may not take: the bucket's own namespaces, which begin keys the way an app does.
+RESERVED_APP_NAMES = (UPLOADS.rstrip("/"), CACHES.rstrip("/"))
+
+
 @dataclass(frozen=True)
 class AppKeys:
-    """The keys of one app in one environment."""
+    """The keys of one app in one environment (or, with ``EVERY_APP``, their patterns for every app)."""
 
     app: str
     env: str
