@@ -79,7 +79,7 @@ class PlatformStack(Stack):
             self.app_logs = logs.LogGroup(self, "AppLogs", retention=logs.RetentionDays.ONE_MONTH)
         # Each app's fleet and its monitoring in a nested stack of its own (about 18 resources): the
         # environment's stack holds two resources per app (that stack and the app's settings parameter),
-        # so CloudFormation's 500 per stack allow about 145 apps, and `cdk deploy Platform-<env>` still
+        # so CloudFormation's 500 per stack allow about 160 apps, and `cdk deploy Platform-<env>` still
         # deploys them all.
         self.app_stacks = {
             app.name: NestedStack(self, f"App-{app.name}", description=f"Slipway: {app.name} in {environment.name}")

@@ -259,7 +259,7 @@ def test_cdk_cli_synthesizes_the_same_templates(
 
 def test_more_apps_than_one_stack_holds_is_one_clear_line(repo: Path, example_platform: dict[str, Any]) -> None:
     """Each app adds two resources to the environment's stack (its nested stack and its settings'
-    parameter), so CloudFormation's 500 stop it at about 170 apps; the limit is lowered here (CDK's
+    parameter), so CloudFormation's 500 stop it at about 160 apps; the limit is lowered here (CDK's
     own context key) to reach it with the example's two."""
     context = {"platform": example_platform, "@aws-cdk/core:stackResourceLimit": 150}
     result = subprocess.run(
