@@ -95,15 +95,32 @@ class ReleaseStore(Construct):
             )
         )
 
-    def _acknowledge(self, grantee: iam.IGrantable, patterns: Sequence[str], who: str, env: str) -> None:
-        """Acknowledge cdk-nag's finding on each wildcard key pattern granted to ``grantee``."""
-        role = grantee.grant_principal
-        assert isinstance(role, Construct), role  # a role: the grantee's policies are its children
-        for pattern in patterns:
+    def _grant_keys(
+        self, grantee: iam.IGrantable, *, reads: Sequence[str], writes: Sequence[str], who: str, env: str
+    ) -> None:
+        """Let ``grantee`` read the key patterns ``reads``, write and delete ``writes`` and list the bucket,
+        and acknowledge cdk-nag's finding on each wildcard pattern with what ``who`` does there."""
+        principal = grantee.grant_principal
+        principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(p) for p in reads])
+        )
+        principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:DeleteObject"], resources=[self._bucket.arn_for_objects(p) for p in writes]
+            )
+        )
+        # Unconditional: with ListBucket, S3 answers a missing key with 404 NoSuchKey (how
+        # the control plane tells "nothing published yet"), not 403. A prefix condition
+        # would not apply to GetObject requests and bring the 403 back.
+        principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
+        )
+        assert isinstance(principal, Construct), principal  # a role: the grantee's policies are its children
+        for pattern in dict.fromkeys([*reads, *writes]):
             if "*" in pattern:
                 acknowledge(
-                    role,
-                    f"AwsSolutions-IAM5[Resource::{self.arn_finding(role)}/{pattern}]",
+                    principal,
+                    f"AwsSolutions-IAM5[Resource::{self.arn_finding(principal)}/{pattern}]",
                     f"{who} ({pattern}) of every app of {env}, which this environment's control plane serves "
                     "all of, and nothing of other environments (no app is named like one).",
                 )
@@ -121,33 +138,19 @@ class ReleaseStore(Construct):
         every app (``EVERY_APP``), so the grant is the same size for 1 app or 100.
         """
         k = AppKeys(EVERY_APP, env)
-        reads, writes = [f"{k.prefix}*", f"{k.uploads}*"], [k.releases(), k.env_file, f"{k.cancels}*", f"{k.uploads}*"]
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(p) for p in reads])
-        )
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:DeleteObject"], resources=[self._bucket.arn_for_objects(p) for p in writes]
-            )
+        self._grant_keys(
+            grantee,
+            reads=[f"{k.prefix}*", f"{k.uploads}*"],
+            writes=[k.releases(), k.env_file, f"{k.cancels}*", f"{k.uploads}*"],
+            who="The API reads releases, pointers and uploads and writes new releases' files, the canonical env, "
+            "cancel requests and uploads",
+            env=env,
         )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 resources=[self._bucket.arn_for_objects(f"{k.uploads}*")],
             )
-        )
-        # Unconditional: with ListBucket, S3 answers a missing key with 404 NoSuchKey (how
-        # the control plane tells "nothing published yet"), not 403. A prefix condition
-        # would not apply to GetObject requests and bring the 403 back.
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
-        )
-        self._acknowledge(
-            grantee,
-            [*reads, *writes],
-            "The API reads releases, pointers and uploads and writes new "
-            "releases' files, the canonical env, cancel requests and uploads",
-            env,
         )
 
     def grant_release(self, grantee: iam.IGrantable, *, env: str) -> None:
@@ -156,20 +159,12 @@ class ReleaseStore(Construct):
         ``instances/``) and the uploads' records, and delete a release id it could not complete;
         for every app of ``env``."""
         keys = AppKeys(EVERY_APP, env)
-        reads, writes = [f"{keys.prefix}*", f"{keys.uploads}*"], [keys.releases(), f"{keys.uploads}*"]
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(p) for p in reads])
-        )
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:DeleteObject"], resources=[self._bucket.arn_for_objects(p) for p in writes]
-            )
-        )
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
-        )
-        self._acknowledge(
-            grantee, [*reads, *writes], "The release workflow reads releases and uploads and writes new releases", env
+        self._grant_keys(
+            grantee,
+            reads=[f"{keys.prefix}*", f"{keys.uploads}*"],
+            writes=[keys.releases(), f"{keys.uploads}*"],
+            who="The release workflow reads releases and uploads and writes new releases",
+            env=env,
         )
 
     def grant_rollout(self, grantee: iam.IGrantable, *, env: str) -> None:
@@ -177,22 +172,11 @@ class ReleaseStore(Construct):
         and ``previous`` pointers, its deploy ``lock`` (which it also deletes to unlock) and the
         release each instance runs (``instances/<id>``); for every app of ``env``."""
         keys = AppKeys(EVERY_APP, env)
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[self._bucket.arn_for_objects(f"{keys.prefix}*")])
-        )
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["s3:PutObject", "s3:DeleteObject"],
-                resources=[self._bucket.arn_for_objects(key) for key in keys.rollout_keys()],
-            )
-        )
-        grantee.grant_principal.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self._bucket.bucket_arn])
-        )
-        self._acknowledge(
+        self._grant_keys(
             grantee,
-            [f"{keys.prefix}*", *keys.rollout_keys()],
-            "Rollouts read releases and write the current and previous pointers, the deploy lock and which release "
-            "each instance runs (one object per instance id)",
-            env,
+            reads=[f"{keys.prefix}*"],
+            writes=list(keys.rollout_keys()),
+            who="Rollouts read releases and write the current and previous pointers, the deploy lock and which "
+            "release each instance runs (one object per instance id)",
+            env=env,
         )

@@ -211,6 +211,8 @@ class LocalPlatform:
         aws.bootstrap(clients)
         self.stack = aws.deploy_stack(clients, f"Platform-{self.env}", template)
         self.environment = aws.function_environment(clients, self.stack)
+        # What the API is configured with (its environment and the apps' parameters), read once.
+        self.settings = aws.Deployed(clients, self.stack, self.environment).settings
         os.environ.update(self.environment)
         os.environ["ROLLOUT_TIMING"] = json.dumps(LOCAL_TIMING)
         self._set_users(clients)
@@ -271,7 +273,7 @@ class LocalPlatform:
         from local.haproxy import Balancer, HealthCheck
         from local.instance import free_port
 
-        fleet = aws.Deployed(clients, self.stack, self.environment).fleet(app)
+        fleet = self.settings.fleets[app]
         [group] = clients.elbv2.describe_target_groups(TargetGroupArns=[fleet.target_group])["TargetGroups"]
         attributes = {
             a["Key"]: a["Value"]
@@ -298,7 +300,7 @@ class LocalPlatform:
 
     @property
     def apps(self) -> list[str]:
-        return sorted(aws.Deployed(aws.default_clients(), self.stack, self.environment).settings.apps)
+        return sorted(self.settings.apps)
 
     def info(self) -> dict[str, Any]:
         """What a client needs: the API URL, a user and password, the local AWS endpoint and release
