@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""CDK entry point: one ``Platform-<env>`` stack per environment of the ``platform`` configuration.
+"""CDK entry point: one ``Platform-<env>`` stack per environment of the ``platform`` configuration
+(and ``Platform-<env>-<region>`` for an environment with a secondary region).
 
 The configuration is the ``platform`` context key. The ``cdk`` CLI passes ``cdk.json``'s
 context itself; ``python app.py`` reads the same file, so both synthesize the same
@@ -48,8 +49,15 @@ def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) 
     app = cdk.App(context=cdk_json_context() if context is None else context, outdir=outdir)
     config = PlatformConfig.from_context(_platform_context(app))
     contract = ApiContract.from_openapi(json.loads(OPENAPI.read_text()))
-    for environment in config.environments:
-        PlatformStack(app, environment.stack_name, config=config, environment=environment, api=contract)
+    stacks = {}
+    for environment in config.stacks():
+        stacks[environment.stack_name] = PlatformStack(
+            app, environment.stack_name, config=config, environment=environment, api=contract
+        )
+        if environment.is_secondary:
+            # The secondary's bucket must exist before the primary's replication rule names it: `cdk deploy
+            # Platform-<env>` deploys the secondary's stack first.
+            stacks[config.environment(environment.name).stack_name].add_stack_dependency(stacks[environment.stack_name])
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
     return app
 

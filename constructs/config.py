@@ -54,6 +54,8 @@ CERTIFICATE_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate
 HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
 HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
 HEALTH_CHECK_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+DOMAIN = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+HOSTED_ZONE_ID = re.compile(r"Z[A-Z0-9]{1,31}")
 
 
 class ConfigError(ValueError):
@@ -313,6 +315,55 @@ class SlackConfig:
 
 
 @dataclass(frozen=True)
+class SecondarySettings:
+    """A second region for an environment (docs/regions.md): a second, passive copy of the whole
+    environment there, the release bucket replicated to it, and one name for the API that fails over.
+
+    ``{"region": "us-west-2", "domain": "api.example.com", "hosted_zone_id": "Z0123456789ABC",
+    "availability_zones": ["us-west-2a", "us-west-2b"]}``: ``domain`` is the API's one name (a
+    Route 53 failover record in the hosted zone ``hosted_zone_id``, which must hold it);
+    ``availability_zones`` is needed when the environment lists its own (they are regional).
+    """
+
+    region: str
+    domain: str
+    hosted_zone_id: str
+    primary_region: str  # the environment's own region (not a key: its ``region``)
+    availability_zones: tuple[str, ...] = ()
+
+    KEYS = ("region", "domain", "hosted_zone_id", "availability_zones")
+
+    @classmethod
+    def parse(cls, raw: object, path: str, primary: str, network: NetworkSettings) -> SecondarySettings:
+        section = _Section(raw, path, cls.KEYS)
+        region = _region(section)
+        if region == primary:
+            raise ConfigError(
+                section.key("region"),
+                f"{region!r} is the environment's own region",
+                "name another region for the secondary, or remove secondary",
+            )
+        domain = section.text(
+            "domain",
+            pattern=DOMAIN,
+            fix='use the API\'s DNS name in lowercase, e.g. "api.example.com" (a name in the hosted zone)',
+        )
+        zone = section.text(
+            "hosted_zone_id",
+            pattern=HOSTED_ZONE_ID,
+            fix='use the Route 53 hosted zone\'s id, e.g. "Z0123456789ABC" (aws route53 list-hosted-zones)',
+        )
+        zones = _availability_zones(section, region)
+        if network.availability_zones and not zones:
+            raise ConfigError(
+                section.key("availability_zones"),
+                f"is missing: the environment lists zones of {primary}, which the secondary cannot use",
+                f'list the secondary\'s own, e.g. ["{region}a", "{region}b"]',
+            )
+        return cls(region=region, domain=domain, hosted_zone_id=zone, primary_region=primary, availability_zones=zones)
+
+
+@dataclass(frozen=True)
 class EnvironmentSettings:
     """One environment, one ``Platform-<name>`` stack.
 
@@ -328,12 +379,33 @@ class EnvironmentSettings:
     logs: LogSettings = field(default_factory=LogSettings)
     base_image: BaseImageSettings = field(default_factory=BaseImageSettings)
     slack: SlackConfig | None = None
+    secondary: SecondarySettings | None = None
 
-    KEYS = ("region", "account", "network", "logs", "base_image", "slack")
+    KEYS = ("region", "account", "network", "logs", "base_image", "slack", "secondary")
 
     @property
     def stack_name(self) -> str:
-        return f"Platform-{self.name}"
+        """``Platform-<env>``; ``Platform-<env>-<region>`` for its copy in the secondary region."""
+        return f"Platform-{self.name}-{self.region}" if self.is_secondary else f"Platform-{self.name}"
+
+    @property
+    def primary_region(self) -> str:
+        """The environment's own region (``region`` of its configuration), where changes are made."""
+        return self.secondary.primary_region if self.secondary else self.region
+
+    def in_secondary(self) -> EnvironmentSettings:
+        """The same environment in its secondary region (``Platform-<env>-<region>``): that region, its
+        zones, everything else as configured."""
+        assert self.secondary is not None, self.name
+        return replace(
+            self,
+            region=self.secondary.region,
+            network=replace(self.network, availability_zones=self.secondary.availability_zones),
+        )
+
+    @property
+    def is_secondary(self) -> bool:
+        return self.secondary is not None and self.region == self.secondary.region
 
     @classmethod
     def parse(cls, name: str, raw: object, path: str) -> EnvironmentSettings:
@@ -344,11 +416,18 @@ class EnvironmentSettings:
         account = section.optional_text(
             "account", pattern=ACCOUNT, fix='use the 12-digit account id as a string, e.g. "123456789012"'
         )
+        network = NetworkSettings.parse(section.mapping("network"), section.key("network"), region)
+        secondary = (
+            SecondarySettings.parse(section.raw["secondary"], section.key("secondary"), region, network)
+            if section.has("secondary")
+            else None
+        )
         return cls(
             name=name,
             region=region,
             account=account,
-            network=NetworkSettings.parse(section.mapping("network"), section.key("network"), region),
+            secondary=secondary,
+            network=network,
             logs=LogSettings.parse(section.mapping("logs"), section.key("logs")),
             base_image=BaseImageSettings.parse(section.mapping("base_image"), section.key("base_image")),
             slack=SlackConfig.parse(section.raw["slack"], section.key("slack")) if section.has("slack") else None,
@@ -613,7 +692,23 @@ class PlatformConfig:
             _app(name, value, f"{section.key('apps')}.{name}", env_names)
             for name, value in section.mapping("apps").items()
         )
+        for env in environments:
+            if env.secondary is None:
+                continue
+            for app in apps:
+                if app.settings_for(env.name).certificate_arn:
+                    # A certificate is regional: the app's fleet in the secondary region would need its own.
+                    raise ConfigError(
+                        f"{section.key('apps')}.{app.name}.certificate_arn",
+                        f"names a certificate of {env.region}, and {env.name} also runs in {env.secondary.region}",
+                        f"remove certificate_arn for {env.name} (apps.{app.name}.environments.{env.name}) "
+                        "or the environment's secondary",
+                    )
         return cls(environments=environments, apps=apps)
+
+    def stacks(self) -> list[EnvironmentSettings]:
+        """One entry per stack to synthesize: each environment, then its secondary region's copy."""
+        return [stack for env in self.environments for stack in (env, *([env.in_secondary()] if env.secondary else []))]
 
     def environment(self, name: str) -> EnvironmentSettings:
         for env in self.environments:

@@ -10,10 +10,12 @@ from typing import Any
 
 from aws_cdk import ArnFormat, CfnOutput, Duration, Fn, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigateway
+from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_route53 as route53
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
 from aws_cdk import aws_stepfunctions as sfn
@@ -30,8 +32,10 @@ from slipway.settings import (
     BuildSettings,
     ControlPlaneSettings,
     FleetSettings,
+    RegionSettings,
     RunSettings,
     SlackSettings,
+    active_region_parameter_name,
     app_parameter_name,
     app_parameters_path,
 )
@@ -42,6 +46,11 @@ RUNTIME = lambda_.Runtime.PYTHON_3_13
 # and architecture; resolved at deploy time, so synthesis needs no AWS call.
 POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/arm64/python3.13/3.37.0"
 STAGE_NAME = "v1"
+# Route 53's health check of the primary API (docs/regions.md): the name fails over after
+# FAILURE_THRESHOLD failed checks REQUEST_INTERVAL_SECONDS apart (Route 53's standard interval).
+HEALTH_PATH = f"/{STAGE_NAME}/health"
+HEALTH_REQUEST_INTERVAL_SECONDS = 30
+HEALTH_FAILURE_THRESHOLD = 3
 # API Gateway keeps an authorizer's answer per Authorization header this long; the
 # authorizer's own cache of the secret (CREDENTIALS_CACHE_SECONDS) adds to it.
 AUTHORIZER_CACHE = Duration.minutes(5)
@@ -601,6 +610,84 @@ class ControlPlane(Construct):
             "Deploys are executions of this environment's rollout state machine, created one per deploy: the API "
             "reads any of them (status, progress, output) and nothing else of Step Functions.",
         )
+
+    def enable_regions(
+        self, *, regions: RegionSettings, here: str, domain: str, hosted_zone_id: str
+    ) -> route53.CfnRecordSet:
+        """Make this control plane one of its environment's two (docs/regions.md): the API reads the
+        active-region parameter before every change (and refuses one outside the active region), answers
+        under ``domain`` (a regional custom domain with its own certificate), and that name is a Route 53
+        failover record: PRIMARY in ``regions.primary``, checked on ``/health``; SECONDARY in the other."""
+        self._settings = replace(self._settings, regions=regions)
+        self._apply_settings()
+        stack = Stack.of(self)
+        self._api_function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["ssm:GetParameter"],
+                resources=[
+                    stack.format_arn(
+                        service="ssm",
+                        resource="parameter",
+                        resource_name=active_region_parameter_name(self._env_name).lstrip("/"),
+                    )
+                ],
+            )
+        )
+        zone = route53.HostedZone.from_hosted_zone_id(self, "Zone", hosted_zone_id)
+        certificate = acm.Certificate(
+            self, "ApiCertificate", domain_name=domain, validation=acm.CertificateValidation.from_dns(zone)
+        )
+        name = apigateway.DomainName(
+            self,
+            "ApiDomain",
+            domain_name=domain,
+            certificate=certificate,
+            endpoint_type=apigateway.EndpointType.REGIONAL,
+            security_policy=apigateway.SecurityPolicy.TLS_1_2,
+        )
+        # The stage under the same path as on the API's own URL: https://<domain>/v1/...
+        name.add_base_path_mapping(self._api, base_path=STAGE_NAME, stage=self._api.deployment_stage)
+        primary = here == regions.primary
+        health_check = None
+        if primary:
+            health_check = route53.CfnHealthCheck(
+                self,
+                "ApiHealthCheck",
+                health_check_config=route53.CfnHealthCheck.HealthCheckConfigProperty(
+                    type="HTTPS",
+                    # The primary's own regional endpoint, not the failover name (which would follow the failover).
+                    fully_qualified_domain_name=f"{self._api.rest_api_id}.execute-api.{stack.region}.{stack.url_suffix}",
+                    port=443,
+                    resource_path=HEALTH_PATH,
+                    request_interval=HEALTH_REQUEST_INTERVAL_SECONDS,
+                    failure_threshold=HEALTH_FAILURE_THRESHOLD,
+                ),
+                health_check_tags=[
+                    route53.CfnHealthCheck.HealthCheckTagProperty(key="Name", value=f"slipway-{self._env_name}-api")
+                ],
+            )
+        record = route53.CfnRecordSet(
+            self,
+            "ApiFailoverRecord",
+            hosted_zone_id=hosted_zone_id,
+            name=domain,
+            type="A",
+            set_identifier=f"slipway-{self._env_name}-{here}",
+            failover="PRIMARY" if primary else "SECONDARY",
+            health_check_id=health_check.attr_health_check_id if health_check else None,
+            alias_target=route53.CfnRecordSet.AliasTargetProperty(
+                dns_name=name.domain_name_alias_domain_name,
+                hosted_zone_id=name.domain_name_alias_hosted_zone_id,
+                evaluate_target_health=False,
+            ),
+        )
+        CfnOutput(
+            self,
+            "ApiDomainUrl",
+            value=f"https://{domain}/{STAGE_NAME}/",
+            description=f"Slipway API of {self._env_name} under its one name (fails over to {regions.secondary})",
+        )
+        return record
 
 
 def _visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:

@@ -20,10 +20,10 @@ from constructs.deploy_document import DeployDocument, RunDocument
 from constructs.fleet import AppFleet
 from constructs.fleet_monitoring import FleetMonitoring
 from constructs.network import Network
-from constructs.release_store import ReleaseStore
+from constructs.release_store import ReleaseStore, replica_bucket_name
 from constructs.release_workflow import ReleaseWorkflow
 from constructs.rollout import RolloutStateMachine
-from slipway.settings import FleetSettings
+from slipway.settings import FleetSettings, RegionSettings
 
 # The base image (provisioning script and deploy program) ships to instances as an asset.
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "image"
@@ -71,7 +71,16 @@ class PlatformStack(Stack):
             cidr=network_settings.cidr,
             flow_logs=network_settings.flow_logs,
         )
-        self.release_store = ReleaseStore(self, "Releases")
+        # With a secondary region (docs/regions.md) the primary's bucket replicates to the secondary's,
+        # whose name the configuration fixes.
+        secondary = environment.secondary
+        self.release_store = ReleaseStore(
+            self,
+            "Releases",
+            bucket_name=replica_bucket_name(environment.name, environment.region) if environment.is_secondary else None,
+        )
+        if secondary is not None and not environment.is_secondary:
+            self.release_store.replicate_to(replica_bucket_name(environment.name, secondary.region))
         image = s3_assets.Asset(self, "ImageAsset", path=str(IMAGE_DIR), exclude=ASSET_EXCLUDE)
         # Every app's processes, one stream per app and instance (`slipway logs` reads it).
         self.app_logs: logs.LogGroup | None = None
@@ -148,6 +157,13 @@ class PlatformStack(Stack):
             contract=api,
             slack=environment.slack,
         )
+        if secondary is not None:
+            self.control_plane.enable_regions(
+                regions=RegionSettings(primary=environment.primary_region, secondary=secondary.region),
+                here=environment.region,
+                domain=secondary.domain,
+                hosted_zone_id=secondary.hosted_zone_id,
+            )
         self.builder: Builder | None = None
         self.release_workflow: ReleaseWorkflow | None = None
         if config.apps:  # an environment with no apps has nothing to build

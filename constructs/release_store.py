@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration, Names, RemovalPolicy, Stack
+from aws_cdk import Aws, Duration, Names, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 
@@ -15,6 +15,14 @@ from slipway_release.layout import EVERY_APP, UPLOADS, AppKeys
 # The bucket holds every release ever published: its logical ID must never change,
 # or CloudFormation would create a new, empty bucket and orphan the old one.
 BUCKET_LOGICAL_ID = "ReleaseBucket"
+# S3 Replication Time Control: what replication promises (and CloudWatch measures) at most.
+REPLICATION_MINUTES = 15
+
+
+def replica_bucket_name(env: str, region: str) -> str:
+    """The release bucket of ``env``'s secondary region, named so that the primary's replication rule
+    needs nothing of the secondary's stack (``slipway-<env>-<account>-<region>``, at most 56 characters)."""
+    return f"slipway-{env}-{Aws.ACCOUNT_ID}-{region}"
 
 
 class ReleaseStore(Construct):
@@ -25,13 +33,16 @@ class ReleaseStore(Construct):
     ``noncurrent_version_days``.
     """
 
-    def __init__(self, scope: Construct, id_: str, *, noncurrent_version_days: int = 90) -> None:
+    def __init__(
+        self, scope: Construct, id_: str, *, noncurrent_version_days: int = 90, bucket_name: str | None = None
+    ) -> None:
         super().__init__(scope, id_)
         if noncurrent_version_days < 1:
             raise ValueError("ReleaseStore: noncurrent_version_days must be at least 1 day")
         self._bucket = s3.Bucket(
             self,
             "Bucket",
+            bucket_name=bucket_name,
             versioned=True,
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
@@ -63,6 +74,66 @@ class ReleaseStore(Construct):
             "Who published or deployed what is recorded in each release.json and in the rollout "
             "history; object-level audit belongs to the organization's CloudTrail data events, not to a "
             "second log bucket per environment.",
+        )
+
+    def replicate_to(self, bucket_name: str) -> None:
+        """Copy every object written here to ``bucket_name`` (the secondary region's release bucket,
+        versioned too) within :data:`REPLICATION_MINUTES`, deletions (markers) included; through a role
+        that may read this bucket's versions and write replicas there and nothing else."""
+        destination = f"arn:{Aws.PARTITION}:s3:::{bucket_name}"
+        role = iam.Role(
+            self,
+            "ReplicationRole",
+            assumed_by=iam.ServicePrincipal("s3.amazonaws.com"),
+            description="S3 replicates the release bucket to the secondary region's",
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetReplicationConfiguration", "s3:ListBucket"], resources=[self._bucket.bucket_arn]
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObjectVersionForReplication", "s3:GetObjectVersionAcl", "s3:GetObjectVersionTagging"],
+                resources=[self._bucket.arn_for_objects("*")],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:ReplicateObject", "s3:ReplicateDelete", "s3:ReplicateTags"],
+                resources=[f"{destination}/*"],
+            )
+        )
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::{self.arn_finding(role)}/*]",
+            "Replication copies every object of the release bucket: it reads any object's versions.",
+        )
+        replicas = bucket_name.replace(Aws.ACCOUNT_ID, "<AWS::AccountId>")  # as cdk-nag writes the token
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::{replicas}/*]",
+            "Replicas of every object land in the secondary region's release bucket, and nowhere else.",
+        )
+        minutes = s3.CfnBucket.ReplicationTimeValueProperty(minutes=REPLICATION_MINUTES)
+        cfn_bucket = self._bucket.node.default_child
+        assert isinstance(cfn_bucket, s3.CfnBucket)
+        cfn_bucket.replication_configuration = s3.CfnBucket.ReplicationConfigurationProperty(
+            role=role.role_arn,
+            rules=[
+                s3.CfnBucket.ReplicationRuleProperty(
+                    id="ToSecondaryRegion",
+                    status="Enabled",
+                    priority=1,
+                    filter=s3.CfnBucket.ReplicationRuleFilterProperty(prefix=""),
+                    delete_marker_replication=s3.CfnBucket.DeleteMarkerReplicationProperty(status="Enabled"),
+                    destination=s3.CfnBucket.ReplicationDestinationProperty(
+                        bucket=destination,
+                        replication_time=s3.CfnBucket.ReplicationTimeProperty(status="Enabled", time=minutes),
+                        metrics=s3.CfnBucket.MetricsProperty(status="Enabled", event_threshold=minutes),
+                    ),
+                )
+            ],
         )
 
     @property

@@ -33,6 +33,15 @@ ADAPTATIONS: dict[str, str] = {
         "moto's CloudFormation lacks the Stage, Authorizer, GatewayResponse and Account types; the local front "
         "plays API Gateway from these same resources (local.gateway), so none is deployed into moto"
     ),
+    "AWS::CertificateManager::Certificate": (
+        "moto's CloudFormation lacks the type; only the API's custom domain (a second region's) uses it, and "
+        "the local front serves the API on loopback under no domain"
+    ),
+    "AWS::Route53::*": (
+        "a second region's failover name and its health check belong to a hosted zone of the organization's, "
+        "and point at the API's custom domain, which the local front does not have; the records are asserted "
+        "on the synthesized templates and linted there"
+    ),
     "AWS::Lambda::Permission": "only API Gateway invokes through these permissions, and the local front is API Gateway",
     "AWS::WAFv2::*": (
         "moto's CloudFormation lacks WAF; its one rule (a rate limit per client address) guards a public API, "
@@ -85,8 +94,13 @@ ADAPTATIONS: dict[str, str] = {
 }
 
 # Types taken out of the stack entirely.
-_DROPPED_PREFIXES = ("AWS::ApiGateway::", "AWS::WAFv2::")
-_DROPPED = {"AWS::Lambda::Permission", "Custom::VpcRestrictDefaultSG", "AWS::S3::BucketPolicy"}
+_DROPPED_PREFIXES = ("AWS::ApiGateway::", "AWS::WAFv2::", "AWS::Route53::")
+_DROPPED = {
+    "AWS::Lambda::Permission",
+    "Custom::VpcRestrictDefaultSG",
+    "AWS::S3::BucketPolicy",
+    "AWS::CertificateManager::Certificate",
+}
 # Types created through their API instead, and whether that happens before the stack.
 _DEFERRED = {
     "AWS::SecretsManager::Secret": "before",

@@ -114,6 +114,35 @@ def production(templates: dict[str, dict[str, Any]]) -> Template:
     return Template.from_json(templates["Platform-production"])
 
 
+def every_option(platform: dict[str, Any]) -> None:
+    """Turn on every optional feature, so lint and nag see each resource kind we can emit."""
+    staging = platform["environments"]["staging"]
+    staging["base_image"] = {"pipeline": True, "use_baked": True}
+    staging["network"]["flow_logs"] = False
+    staging["logs"] = {"destination": "logs.example.com:6514", "tls": True}
+    platform["environments"]["production"]["secondary"] = {
+        "region": "us-west-2",
+        "domain": "api.example.com",
+        "hosted_zone_id": "Z0123456789ABC",
+        "availability_zones": ["us-west-2a", "us-west-2b"],
+    }
+    web = platform["apps"]["web"]["environments"]["staging"]
+    web.update(
+        instance_type="t4g.small",
+        desired_capacity=1,
+        certificate_arn="arn:aws:acm:us-east-1:123456789012:certificate/0b3a1d2c-1111-2222-3333-444455556666",
+    )
+
+
+@pytest.fixture(scope="session")
+def every_option_dir(tmp_path_factory: pytest.TempPathFactory, example_context: dict[str, Any]) -> Path:
+    context = copy.deepcopy(example_context)
+    every_option(context["platform"])
+    outdir = tmp_path_factory.mktemp("every-option")
+    build_app(context=context, outdir=str(outdir)).synth()  # raises on any cdk-nag finding
+    return outdir
+
+
 @pytest.fixture
 def synth_variant(
     example_context: dict[str, Any], tmp_path: Path

@@ -73,6 +73,13 @@ def _rename_app(old: str, new: str) -> Callable[[dict[str, Any]], None]:
 
 
 # (change, the key path the message must name, words of the fix it must give)
+SECONDARY = {
+    "region": "us-west-2",
+    "domain": "api.example.com",
+    "hosted_zone_id": "Z0123456789ABC",
+    "availability_zones": ["us-west-2a", "us-west-2b"],
+}
+
 RULES = {
     "unknown top-level key": (_set("app", {}), "platform.app", "did you mean 'apps'"),
     "unknown app key": (_set("apps.web.prot", 5000), "platform.apps.web.prot", "did you mean 'port'"),
@@ -265,6 +272,54 @@ RULES = {
         _set("apps.web.rollout", {"bake_seconds": 7200}),
         "platform.apps.web.rollout.bake_seconds",
         "0 to 3600",
+    ),
+    "secondary in the environment's own region": (
+        _set("environments.production.secondary", {**SECONDARY, "region": "us-east-1"}),
+        "platform.environments.production.secondary.region",
+        "name another region",
+    ),
+    "secondary in a region AWS does not have": (
+        _set("environments.production.secondary", {**SECONDARY, "region": "us-west-9"}),
+        "platform.environments.production.secondary.region",
+        "did you mean 'us-west-2'",
+    ),
+    "secondary domain not a DNS name": (
+        _set("environments.production.secondary", {**SECONDARY, "domain": "API.Example"}),
+        "platform.environments.production.secondary.domain",
+        "lowercase",
+    ),
+    "secondary without its hosted zone": (
+        _set("environments.production.secondary", {k: v for k, v in SECONDARY.items() if k != "hosted_zone_id"}),
+        "platform.environments.production.secondary.hosted_zone_id",
+        "add it",
+    ),
+    "secondary hosted zone that is not an id": (
+        _set("environments.production.secondary", {**SECONDARY, "hosted_zone_id": "example.com"}),
+        "platform.environments.production.secondary.hosted_zone_id",
+        "list-hosted-zones",
+    ),
+    "secondary without zones when the environment lists its own": (
+        _set("environments.production.secondary", {k: v for k, v in SECONDARY.items() if k != "availability_zones"}),
+        "platform.environments.production.secondary.availability_zones",
+        '["us-west-2a", "us-west-2b"]',
+    ),
+    "secondary with the primary's zones": (
+        _set("environments.production.secondary", {**SECONDARY, "availability_zones": ["us-east-1a", "us-east-1b"]}),
+        "platform.environments.production.secondary.availability_zones",
+        "zones of us-west-2",
+    ),
+    "secondary with an unknown key": (
+        _set("environments.production.secondary", {**SECONDARY, "zone": "Z1"}),
+        "platform.environments.production.secondary.zone",
+        "",
+    ),
+    "app certificate in an environment with a secondary": (
+        lambda p: (
+            _set("environments.production.secondary", SECONDARY)(p),
+            _set("apps.web.certificate_arn", "arn:aws:acm:us-east-1:123456789012:certificate/abc")(p),
+        ),
+        "platform.apps.web.certificate_arn",
+        "remove certificate_arn for production",
     ),
     "apps not an object": (_set("apps", ["web"]), "platform.apps", "{...}"),
     "health codes a load balancer cannot match": (

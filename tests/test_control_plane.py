@@ -311,20 +311,22 @@ def _methods(template: Template) -> dict[str, dict[str, Any]]:
     return {k: v["Properties"] for k, v in template.find_resources("AWS::ApiGateway::Method").items()}
 
 
-def test_every_method_needs_the_basic_auth_authorizer_but_the_slack_command(staging: Template) -> None:
+def test_every_method_needs_the_basic_auth_authorizer_but_the_slack_command_and_health(staging: Template) -> None:
     authorizer = _logical_id(staging, "AWS::ApiGateway::Authorizer", "ControlPlaneBasicAuth")
     methods = _methods(staging)
     assert methods
+    open_ = ("ControlPlaneRestApislackcommandsPOST", "ControlPlaneRestApihealthGET")
     for name, method in methods.items():
-        if name.startswith("ControlPlaneRestApislackcommandsPOST"):
+        if name.startswith(open_):
             continue
         assert method["AuthorizationType"] == "CUSTOM", name
         assert method["AuthorizerId"] == {"Ref": authorizer}, name
-    # The one open method: Slack signs its requests instead (the handler verifies the signature).
-    [(name, _)] = staging.find_resources(
-        "AWS::ApiGateway::Method", {"Properties": {"AuthorizationType": "NONE"}}
-    ).items()
-    assert name.startswith("ControlPlaneRestApislackcommandsPOST")
+    # The two open methods: Slack signs its requests instead (the handler verifies the signature), and
+    # Route 53's health check (a second region's failover) asks /health, which says only whether the bucket
+    # can be read.
+    opened = staging.find_resources("AWS::ApiGateway::Method", {"Properties": {"AuthorizationType": "NONE"}})
+    assert sorted(name.startswith(open_[0]) for name in opened) == [False, True]
+    assert all(name.startswith(open_) for name in opened), sorted(opened)
 
 
 def test_authorizer_reads_the_authorization_header_and_caches_five_minutes(staging: Template) -> None:

@@ -123,7 +123,16 @@ def _same_site_json(resolver: APIGatewayRestResolver, next_middleware: NextMiddl
     return next_middleware(resolver)
 
 
-app.use(middlewares=[_known_query, _same_site_json])
+def _active_region(resolver: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Refuse a change in a region that is not the environment's active one (the Slack command's
+    changing actions check it themselves: its route carries reads too)."""
+    event = resolver.current_event
+    if event.http_method not in SAFE_METHODS and event.path != slack_handler.COMMAND_ROUTE:
+        operations.require_active_region()
+    return next_middleware(resolver)
+
+
+app.use(middlewares=[_known_query, _same_site_json, _active_region])
 
 
 def _served(served: console.Served) -> Response[str]:
@@ -143,6 +152,12 @@ def console_asset(asset: str) -> Response[str]:
     if served is None:
         raise ReleaseError(404, f"the console has no {asset!r}; open the console at the API's URL")
     return _served(served)
+
+
+@app.get("/health")
+def health() -> Response[str]:
+    """Unauthenticated (Route 53's health check asks it): says only whether the bucket can be read."""
+    return _json(200, operations.health())
 
 
 @app.get("/apps")

@@ -29,6 +29,7 @@ from slipway.settings import (
     ControlPlaneSettings,
     FleetSettings,
     SettingsError,
+    active_region_parameter_name,
     app_parameters_path,
 )
 from slipway.store import Bucket
@@ -63,6 +64,49 @@ class _Settings:
 
 
 settings = _Settings()
+
+
+def require_active_region() -> None:
+    """Refuse a change (409) in a region that is not its environment's active one: a secondary
+    region answers reads only until an operator makes it the active region (docs/regions.md).
+    Read on every change, so a switch takes effect at once."""
+    regions = settings().regions
+    if regions is None:  # one region: it is always the active one
+        return
+    ssm = aws.client("ssm")
+    here = ssm.meta.region_name
+    name = active_region_parameter_name(settings().env)
+    try:
+        with aws.throttling_is_retried():
+            active = ssm.get_parameter(Name=name)["Parameter"]["Value"].strip()
+    except ssm.exceptions.ParameterNotFound:
+        active = regions.primary
+    if active not in (regions.primary, regions.secondary):
+        raise SettingsError(
+            f"the parameter {name} says {active!r}; it must name {regions.primary} or {regions.secondary}"
+        )
+    if active != here:
+        other = regions.secondary if here == regions.primary else regions.primary
+        raise ReleaseError(
+            409,
+            f"{settings().env} takes changes in {active}, not here in {here}: use {active}'s API; only if {active} "
+            f"is down, make this region the active one: aws ssm put-parameter --overwrite --type String "
+            f"--name {name} --value {here} --region {here} (and the same with --region {other} once it is back)",
+        )
+
+
+def health() -> dict[str, Any]:
+    """Whether this region's control plane can serve (it reads its bucket): what Route 53's health
+    check asks the primary before it sends the API's name to the secondary."""
+    s3 = aws.client("s3")
+    try:
+        with aws.throttling_is_retried():
+            s3.head_bucket(Bucket=settings().bucket)
+    except aws.Throttled:
+        raise  # 503 from the API's handler of throttling, which says so
+    except Exception as error:  # any failure to read the bucket is "not healthy", said in one line
+        raise ReleaseError(503, f"the release bucket cannot be read ({type(error).__name__})") from None
+    return {"healthy": True, "env": settings().env, "region": s3.meta.region_name}
 
 
 def publisher(app_name: str, env: str) -> Publisher:

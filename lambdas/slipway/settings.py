@@ -238,6 +238,30 @@ def app_parameter_name(env: str, app: str) -> str:
     return f"{app_parameters_path(env)}/{app}"
 
 
+def active_region_parameter_name(env: str) -> str:
+    """The SSM parameter (one in each of an environment's regions) naming the region that takes changes;
+    absent, it is the primary. Operators write it to move changes to the other region (docs/regions.md)."""
+    return f"/slipway/{env}/active-region"
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    """An environment in two regions: ``primary`` takes changes unless the active-region parameter
+    names ``secondary``; the other answers reads only."""
+
+    primary: str
+    secondary: str
+
+    @classmethod
+    def from_json(cls, raw: Any) -> RegionSettings:
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in ("primary", "secondary")):
+            raise SettingsError(f'{REGIONS_JSON} must be {{"primary": "<region>", "secondary": "<region>"}}')
+        return cls(primary=raw["primary"], secondary=raw["secondary"])
+
+    def to_json(self) -> dict[str, str]:
+        return {"primary": self.primary, "secondary": self.secondary}
+
+
 # The variables the control plane's functions read, each written by the constructs.
 RELEASE_BUCKET, PLATFORM_ENV = "RELEASE_BUCKET", "PLATFORM_ENV"
 STATE_MACHINE_ARN = "STATE_MACHINE_ARN"
@@ -246,6 +270,7 @@ SLACK_JSON = "SLACK_JSON"
 RUNS_JSON = "RUNS_JSON"
 APP_LOGS = "APP_LOGS"
 MAX_SOURCE_BYTES = "MAX_SOURCE_BYTES"
+REGIONS_JSON = "REGIONS_JSON"
 # Only where waiting makes no sense (the local platform, tests): overrides of Timing as JSON.
 ROLLOUT_TIMING = "ROLLOUT_TIMING"
 
@@ -266,6 +291,7 @@ class ControlPlaneSettings:
     app_logs: str | None = None  # the log group of every app's processes (slipway logs)
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES
     timing: Timing = field(default_factory=Timing)
+    regions: RegionSettings | None = None  # an environment with a secondary region
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], app_parameters: Mapping[str, str]) -> ControlPlaneSettings:
@@ -293,6 +319,9 @@ class ControlPlaneSettings:
                 app_logs=environ.get(APP_LOGS) or None,
                 max_source_bytes=int(environ.get(MAX_SOURCE_BYTES) or DEFAULT_MAX_SOURCE_BYTES),
                 timing=Timing.from_json(json.loads(environ.get(ROLLOUT_TIMING) or "{}")),
+                regions=RegionSettings.from_json(json.loads(environ[REGIONS_JSON]))
+                if environ.get(REGIONS_JSON)
+                else None,
             )
         except KeyError as missing:
             raise SettingsError(f"the function's environment has no {missing}; deploy the Platform stack") from None
@@ -316,6 +345,8 @@ class ControlPlaneSettings:
             variables[RUNS_JSON] = render(self.runs.to_json())
         if self.app_logs:
             variables[APP_LOGS] = self.app_logs
+        if self.regions:
+            variables[REGIONS_JSON] = render(self.regions.to_json())
         return variables
 
     def app_parameters(self, to_json: Any = None) -> dict[str, str]:

@@ -119,6 +119,7 @@ def _act(command: Command, who: str, response_url: str, slack: SlackSettings) ->
         return message(releases_text(app, env, listing))
     if command.action == "config":
         return message(config_text(app, env, operations.publisher(app, env).config()))
+    operations.require_active_region()  # every action from here on changes something
     if command.action == "cycle":
         cycling = operations.cycle(app, env, instance=command.argument, min_healthy_percent=None)
         what = (
