@@ -18,6 +18,7 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 from aws_cdk.assertions import Template
+from configurations import every_option
 from end_to_end import ENVS, PASSWORD, SLIPWAY, Run
 
 from app import build_app, cdk_json_context
@@ -112,26 +113,6 @@ def staging(templates: dict[str, dict[str, Any]]) -> Template:
 @pytest.fixture(scope="session")
 def production(templates: dict[str, dict[str, Any]]) -> Template:
     return Template.from_json(templates["Platform-production"])
-
-
-def every_option(platform: dict[str, Any]) -> None:
-    """Turn on every optional feature, so lint and nag see each resource kind we can emit."""
-    staging = platform["environments"]["staging"]
-    staging["base_image"] = {"pipeline": True, "use_baked": True}
-    staging["network"]["flow_logs"] = False
-    staging["logs"] = {"destination": "logs.example.com:6514", "tls": True}
-    platform["environments"]["production"]["secondary"] = {
-        "region": "us-west-2",
-        "domain": "api.example.com",
-        "hosted_zone_id": "Z0123456789ABC",
-        "availability_zones": ["us-west-2a", "us-west-2b"],
-    }
-    web = platform["apps"]["web"]["environments"]["staging"]
-    web.update(
-        instance_type="t4g.small",
-        desired_capacity=1,
-        certificate_arn="arn:aws:acm:us-east-1:123456789012:certificate/0b3a1d2c-1111-2222-3333-444455556666",
-    )
 
 
 @pytest.fixture(scope="session")

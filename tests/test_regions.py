@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from api_events import call
-from conftest import every_option
+from configurations import every_option
 from moto_fleet import World
 from test_slack import SlackStandIn, command, slack  # noqa: F401 - slack is the fixture the Slack test uses
 from test_stacks import _cfn_lint_unexpected, _nag_report
