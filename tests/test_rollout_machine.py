@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from moto_fleet import KEYS, World, faulty
+from moto_fleet import KEYS, World, faster_rollout_clock, faulty
 
 from local.aws import Deployed
 from slipway import deploys
@@ -325,8 +325,11 @@ def test_a_cancel_mid_batch_rolls_back_what_changed(machine: Callable[..., Any],
     assert set(world.lifecycle().values()) == {"InService"}
 
 
-def test_a_bake_longer_than_half_the_lock_renews_it(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
+def test_a_bake_longer_than_half_the_lock_renews_it(
+    machine: Callable[..., Any], fleet: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = fleet(instances=2, min_size=1)
+    faster_rollout_clock(monkeypatch)  # the rollout's 35 s in under 2 s of this test's
     # A one-minute lock and a 35 s bake: the lock is renewed once less than half of it is left.
     timing = {"poll_seconds": 1, "command_timeout": 60, "healthy_timeout": 60, "lock_minutes": 1}
     status, output = machine(world, timing=timing, strategy={"canary": False, "batch_percent": 100, "bake_seconds": 35})

@@ -16,7 +16,7 @@ from typing import Any
 import api_events
 import pytest
 from api_events import call
-from moto_fleet import World
+from moto_fleet import World, faster_rollout_clock
 
 from constructs.config import ConfigError, PlatformConfig
 from local.aws import Deployed
@@ -253,8 +253,11 @@ def test_reads_answer_at_once_and_config_shows_names_only(slack: SlackStandIn, d
     assert answer["text"] == "*billing* in *staging* sets: `DATABASE_URL`" and "secret@db" not in json.dumps(answer)
 
 
-def test_a_deploy_is_acknowledged_in_3_s_and_its_outcome_posted(slack: SlackStandIn, deployed: Deployed) -> None:
+def test_a_deploy_is_acknowledged_in_3_s_and_its_outcome_posted(
+    slack: SlackStandIn, deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = World(deployed, instances=2, min_size=1)
+    faster_rollout_clock(monkeypatch)  # web's strategy bakes 30 s after each batch: 1.5 s here
     status, answer, elapsed = command("deploy web staging r2", slack.url)
     assert status == 200 and elapsed < 3, elapsed
     assert answer["response_type"] == "in_channel" and ":rocket: Deploy of *web* `r2` to *staging*" in answer["text"]
@@ -270,8 +273,11 @@ def test_a_deploy_is_acknowledged_in_3_s_and_its_outcome_posted(slack: SlackStan
     assert deploy["user"] == "roadrunner (Slack U2CERLKJA)"
 
 
-def test_a_restart_is_a_rolling_restart_posted_when_done(slack: SlackStandIn, deployed: Deployed) -> None:
+def test_a_restart_is_a_rolling_restart_posted_when_done(
+    slack: SlackStandIn, deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = World(deployed, instances=2, min_size=1)
+    faster_rollout_clock(monkeypatch)
     status, answer, elapsed = command("restart web staging", slack.url)
     assert status == 200 and elapsed < 3, elapsed
     assert ":rocket: Restart of *web* `r1` to *staging*" in answer["text"], answer
