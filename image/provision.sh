@@ -68,7 +68,7 @@ fi
 . /etc/os-release
 case "${ID:-}" in
     amzn)
-        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls amazon-cloudwatch-agent)
+        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls amazon-cloudwatch-agent haproxy)
         if $BUILDER; then PACKAGES=(python3); fi
         # App runtimes: the Python and Node.js lines Amazon Linux 2023 packages side by side
         # (python3.11/3.12/3.13 each with its pip; nodejs20/22, whose commands are node-20 and
@@ -92,7 +92,7 @@ case "${ID:-}" in
     debian)
         # The CloudWatch agent is not packaged for Debian: its config is still written below.
         # App runtimes: Debian 12's python3 (3.11, with pip and venv) and nodejs (18, with npm).
-        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls ca-certificates systemd
+        PACKAGES=(python3 python3-boto3 rsyslog rsyslog-gnutls ca-certificates systemd haproxy
                   python3-pip python3-venv nodejs npm)
         if $BUILDER; then PACKAGES=(python3 ca-certificates python3-pip python3-venv nodejs npm); fi
         missing=()
@@ -199,6 +199,33 @@ if [[ -n "$APP" ]]; then
     fi
     rm -f "$recover"
     systemctl enable --quiet slipway-recover.service
+fi
+
+# --- the front ------------------------------------------------------------------------------
+# HAProxy between the load balancer and each app's releases (docs/switch.md): the deploy agent
+# starts a release beside the serving one and switches the front to it. Our own unit, so the
+# distribution's haproxy.service (whose default configuration may listen on an app's port) stays off.
+if [[ -n "$APP" ]]; then
+    systemctl disable --now --quiet haproxy.service 2>/dev/null || true
+    install -d -m 0755 -o root -g root /etc/slipway /etc/slipway/front.d
+    front_changed="$(install_file "$HERE/front.cfg" /etc/slipway/front.cfg 0644)"
+    front_unit="$(mktemp)"
+    printf '%s\n' "# Written by Slipway image/provision.sh." "[Unit]" \
+        "Description=Slipway: the front (HAProxy between the load balancer and each app's releases)" \
+        "After=network-online.target slipway-recover.service" "Wants=network-online.target" \
+        "[Service]" "Type=notify" "RuntimeDirectory=slipway-front" \
+        "ExecStartPre=/usr/sbin/haproxy -c -q -f /etc/slipway/front.cfg -f /etc/slipway/front.d" \
+        "ExecStart=/usr/sbin/haproxy -Ws -f /etc/slipway/front.cfg -f /etc/slipway/front.d" \
+        "ExecReload=/usr/sbin/haproxy -c -q -f /etc/slipway/front.cfg -f /etc/slipway/front.d" \
+        "ExecReload=/bin/kill -USR2 \$MAINPID" "KillMode=mixed" "Restart=always" "RestartSec=1" \
+        "[Install]" "WantedBy=multi-user.target" > "$front_unit"
+    [[ -n "$(install_file "$front_unit" /etc/systemd/system/slipway-front.service 0644)" ]] && front_changed=changed
+    rm -f "$front_unit"
+    if [[ -n "$front_changed" ]]; then systemctl daemon-reload; fi
+    systemctl enable --quiet slipway-front.service
+    if [[ -d /run/systemd/system ]]; then
+        systemctl reload-or-restart slipway-front.service
+    fi
 fi
 
 # --- log forwarding -------------------------------------------------------------------------

@@ -42,7 +42,7 @@ CACHE = Path("/var/cache/slipway-test")
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
-    "systemd,systemd-sysv,dbus,python3,python3-boto3,rsyslog,rsyslog-gnutls,ca-certificates,iproute2,"
+    "systemd,systemd-sysv,dbus,python3,python3-boto3,rsyslog,rsyslog-gnutls,ca-certificates,iproute2,haproxy,"
     # The app runtimes provision.sh installs (image/provision.sh), so boots do not apt-get them.
     "python3-pip,python3-venv,nodejs,npm"
 )

@@ -222,7 +222,9 @@ def recover_interrupted(apps_root: str, runtimes_path: str = RUNTIMES_PATH) -> i
             print(f"deploy --recover: {app}: not repaired: {reason(error)}; deploy a known-good release", flush=True)
             code = EXIT_FAILED
             continue
-        print(f"deploy --recover: {app}: {layout.current} and its units agree with DEPLOYED again", flush=True)
+        print(
+            f"deploy --recover: {app}: the front, its units and {layout.current} agree with SERVING again", flush=True
+        )
     return code
 
 

@@ -146,6 +146,13 @@ def spare_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def port_open(port: int) -> bool:
+    """Does something accept connections on ``127.0.0.1:<port>``?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def http_status(port: int, path: str, timeout: float) -> int | None:
     """Status of ``GET http://127.0.0.1:<port><path>``, or ``None`` if nothing answered."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

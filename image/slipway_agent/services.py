@@ -13,14 +13,18 @@ from .units import UNIT_DIR, AppLayout, systemctl
 RUNNING_STATES = ("active", "activating", "deactivating", "reloading")
 
 
-def installed_units(layout: AppLayout) -> dict[str, str]:
-    """The app's unit files in ``/etc/systemd/system``: ``{name: text}``."""
-    return {name: read(os.path.join(UNIT_DIR, name)) for name in sorted(os.listdir(UNIT_DIR)) if layout.owns_unit(name)}
+def installed_units(layout: AppLayout, slot: str | None = None) -> dict[str, str]:
+    """The app's unit files in ``/etc/systemd/system`` (of ``slot`` only, if given): ``{name: text}``."""
+    return {
+        name: read(os.path.join(UNIT_DIR, name))
+        for name in sorted(os.listdir(UNIT_DIR))
+        if layout.owns_unit(name) and (slot is None or layout.slot_of(name) == slot)
+    }
 
 
-def release_units(release_dir: str) -> dict[str, str]:
-    """The units rendered for a release (``releases/<id>/units``)."""
-    units_dir = os.path.join(release_dir, "units")
+def release_units(release_dir: str, slot: str) -> dict[str, str]:
+    """The units rendered for a release in ``slot`` (``releases/<id>/units/<slot>``)."""
+    units_dir = os.path.join(release_dir, "units", slot)
     return {name: read(os.path.join(units_dir, name)) for name in sorted(os.listdir(units_dir))}
 
 

@@ -28,6 +28,7 @@ from slipway_release.procfile import WEB, resolve_formation
 from slipway_release.runtimes import Offer
 
 from . import host
+from .front import SLOTS
 from .report import DeployFailed, Report
 from .s3 import ReleaseStore, sha256_file
 from .services import discard_unit, transient_exit
@@ -97,7 +98,7 @@ class Stager:
                 _install_release_dir(self.layout, release_id, partial)
                 installed = True
             self.report.detail("units: " + (", ".join(units) or "none (formation scales every process to 0)"))
-            if any(name.startswith(f"slipway-{self.url.app}-{WEB}.") for name in units):
+            if any(self.layout.process_type_of(name) == WEB for name in units):
                 with self.report.phase("preflight"):
                     self._preflight(release_id, processes[WEB], manifest, runtime)
             with self.report.phase("verify"):
@@ -216,21 +217,27 @@ class Stager:
         check_carriable(values)
         units_dir = os.path.join(partial, "units")
 
-        def write() -> dict[str, str]:
+        def write() -> dict[str, dict[str, str]]:
             host.write_atomic(os.path.join(partial, "env"), render_environment_file(values), mode=0o600)
             host.write_atomic(os.path.join(partial, MANIFEST), json.dumps(manifest.raw, indent=2) + "\n")
+            # Rendered for the release's final directory, where its units will find it.
             environment = slug_environment(
-                f"{self.layout.current}/{APP}", manifest.build, runtime.bin if runtime else None
+                f"{self.layout.release_dir(manifest.id)}/{APP}", manifest.build, runtime.bin if runtime else None
             )
-            units = render_units(self.layout, processes, formation, manifest.health_check.port, environment)
             os.mkdir(units_dir, 0o755)
-            for name, text in units.items():
-                host.write_atomic(os.path.join(units_dir, name), text)
-            return units
+            rendered = {}
+            for slot in SLOTS:  # either slot may run it (docs/switch.md)
+                rendered[slot] = render_units(self.layout, manifest.id, slot, processes, formation, environment)
+                os.mkdir(os.path.join(units_dir, slot), 0o755)
+                for name, text in rendered[slot].items():
+                    host.write_atomic(os.path.join(units_dir, slot, name), text)
+            return rendered
 
-        units = _writing(f"configuring {manifest.id}", self.layout.releases_dir, 1024 * 1024, write)
+        rendered = _writing(f"configuring {manifest.id}", self.layout.releases_dir, 1024 * 1024, write)
+        units = rendered[SLOTS[0]]
         if units:
-            host.run(verify_command([os.path.join(units_dir, name) for name in units]))
+            # systemd-analyze verify reads the files where they are; the slots' differ only in names.
+            host.run(verify_command([os.path.join(units_dir, SLOTS[0], name) for name in units]))
         return processes, units
 
     def _preflight(self, release_id: str, command: str, manifest: Manifest, runtime: Offer | None) -> None:

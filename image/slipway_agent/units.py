@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from slipway_release.oneoff import PROCESS_TYPE as ONE_OFF
 from slipway_release.procfile import WEB
 
+from .front import SLOTS
+
 APPS_ROOT = "/home/deploy/apps"
 UNIT_DIR = "/etc/systemd/system"
 RUN_AS = "deploy"
@@ -33,8 +35,10 @@ class AppLayout:
     ``<root>/<app>/releases/<id>/app`` is the unpacked slug,
     ``.../<id>/env`` the systemd EnvironmentFile, ``.../<id>/release.json``
     the verified manifest and ``.../<id>/units/`` the units rendered for it;
-    ``current`` links to the running release and ``DEPLOYED`` holds its id.
-    ``home`` is the one directory the app's processes may write (their ``HOME``).
+    ``current`` links to the running release and ``DEPLOYED`` holds its id;
+    ``slots/<slot>.env`` gives the web process of the release in that slot its ``PORT``
+    (docs/switch.md). ``home`` is the one directory the app's processes may write (their
+    ``HOME``).
     """
 
     app: str
@@ -72,19 +76,36 @@ class AppLayout:
     def release_dir(self, release_id: str) -> str:
         return f"{self.releases_dir}/{release_id}"
 
-    def unit_name(self, process_type: str, index: int) -> str:
-        """``slipway-<app>-<type>.<index>.service``, e.g. ``slipway-billing-web.1.service``."""
-        return f"slipway-{self.app}-{process_type}.{index}.service"
+    @property
+    def slots_dir(self) -> str:
+        return f"{self.app_dir}/slots"
+
+    def slot_env_file(self, slot: str) -> str:
+        """The environment file that gives the web process in ``slot`` its port (``PORT=...``)."""
+        return f"{self.slots_dir}/{slot}.env"
+
+    def unit_name(self, process_type: str, index: int, slot: str) -> str:
+        """``slipway-<app>-<type>.<index>.<slot>.service``, e.g. ``slipway-billing-web.1.a.service``."""
+        return f"slipway-{self.app}-{process_type}.{index}.{slot}.service"
 
     def process_type_of(self, unit: str) -> str | None:
-        """``web`` for ``slipway-<app>-web.1.service``; ``None`` for a unit not of this app's processes."""
+        """``web`` for ``slipway-<app>-web.1.a.service``; ``None`` for a unit not of this app's processes."""
         if not self.owns_unit(unit):
             return None
-        return unit.removeprefix(f"slipway-{self.app}-").rsplit(".", 2)[0]
+        return unit.removeprefix(f"slipway-{self.app}-").split(".")[0]
+
+    def slot_of(self, unit: str) -> str | None:
+        """``a`` for ``slipway-<app>-web.1.a.service``; ``None`` for a unit not of this app's processes."""
+        if not self.owns_unit(unit):
+            return None
+        return unit.split(".")[-2]
 
     def owns_unit(self, unit: str) -> bool:
         """True for a unit file name this app's deploys created (types never contain '-')."""
-        return re.fullmatch(rf"slipway-{re.escape(self.app)}-[A-Za-z0-9_]+\.[0-9]+\.service", unit) is not None
+        slots = "|".join(SLOTS)
+        return (
+            re.fullmatch(rf"slipway-{re.escape(self.app)}-[A-Za-z0-9_]+\.[0-9]+\.({slots})\.service", unit) is not None
+        )
 
     def preflight_unit(self, release_id: str) -> str:
         return f"slipway-{self.app}-preflight-{release_id}.service"
@@ -118,29 +139,31 @@ def systemd_quote(argument: str) -> str:
 
 def render_unit(
     layout: AppLayout,
+    release_id: str,
+    slot: str,
     process_type: str,
     index: int,
     command: str,
-    port: int,
     environment: Mapping[str, str] | None = None,
 ) -> str:
-    """Return the unit file text for process ``<type>.<index>`` of the app.
+    """Return the unit file text for process ``<type>.<index>`` of ``release_id`` in ``slot``.
 
-    Units point at the ``current`` link, so switching the link and
-    restarting is what moves a process to a new release. ``web`` gets
-    ``PORT``; every process gets ``DYNO=<type>.<index>`` as on Heroku, ``HOME``
-    (the app's writable directory) and ``environment`` (the slug's PATH and
-    PYTHONPATH under ``current``). ``StartLimitIntervalSec=0`` keeps
-    ``Restart=always`` retrying forever.
+    Units point at their release's directory, so two releases can run side by side, one in
+    each slot (docs/switch.md). ``web`` gets ``PORT`` from its slot's environment file (the
+    port the front forwards to, chosen when the slot starts); every process gets
+    ``DYNO=<type>.<index>`` as on Heroku, ``HOME`` (the app's writable directory) and
+    ``environment`` (the slug's PATH and PYTHONPATH under the release's directory).
+    ``StartLimitIntervalSec=0`` keeps ``Restart=always`` retrying forever. The journal's name
+    is ``<app>-<type>`` whichever slot runs it.
     """
+    release_dir = layout.release_dir(release_id)
     settings = {"HOME": layout.home_dir, **(environment or {})}
-    if process_type == WEB:
-        settings["PORT"] = str(port)
     settings["DYNO"] = f"{process_type}.{index}"
+    port_file = [f"EnvironmentFile={layout.slot_env_file(slot)}"] if process_type == WEB else []
     lines = [
         "# Written by the Slipway deploy agent; replaced on every deploy.",
         "[Unit]",
-        f"Description=Slipway {layout.app} {process_type}.{index}",
+        f"Description=Slipway {layout.app} {process_type}.{index} ({release_id} in slot {slot})",
         f"After=network-online.target {RECOVER_UNIT}",
         "Wants=network-online.target",
         "StartLimitIntervalSec=0",
@@ -149,8 +172,9 @@ def render_unit(
         "Type=simple",
         f"User={RUN_AS}",
         f"Group={RUN_AS}",
-        f"WorkingDirectory={layout.current}/{APP}",
-        f"EnvironmentFile={layout.current}/env",
+        f"WorkingDirectory={release_dir}/{APP}",
+        f"EnvironmentFile={release_dir}/env",
+        *port_file,
         *environment_lines(settings),
         f"ExecStart={SHELL} -c {systemd_quote(command)}",
         "Restart=always",
@@ -163,6 +187,11 @@ def render_unit(
         "",
     ]
     return "\n".join(lines)
+
+
+def render_slot_env(port: int) -> str:
+    """The slot's environment file: the web process's ``PORT`` (the env file may not set it)."""
+    return f"PORT={port}\n"
 
 
 def environment_lines(settings: Mapping[str, str]) -> list[str]:
@@ -179,17 +208,18 @@ def environment_lines(settings: Mapping[str, str]) -> list[str]:
 
 def render_units(
     layout: AppLayout,
+    release_id: str,
+    slot: str,
     processes: Mapping[str, str],
     formation: Sequence[tuple[str, int]],
-    port: int,
     environment: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Return ``{unit file name: text}`` for the resolved formation."""
+    """Return ``{unit file name: text}`` for the resolved formation of ``release_id`` in ``slot``."""
     units = {}
     for process_type, count in formation:
         for index in range(1, count + 1):
-            units[layout.unit_name(process_type, index)] = render_unit(
-                layout, process_type, index, processes[process_type], port, environment
+            units[layout.unit_name(process_type, index, slot)] = render_unit(
+                layout, release_id, slot, process_type, index, processes[process_type], environment
             )
     return units
 

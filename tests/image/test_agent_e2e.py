@@ -156,13 +156,17 @@ def test_good_release_serves_with_exact_env_and_command(world):
     ensure_good_release_running(world)
     instance = world["instance"]
     body = json.loads(get(world["port"], "/env")[1])
-    assert body["env"] == {**ENV_VALUES, "PORT": str(world["port"]), "DYNO": "web.1"}
+    # Through the front on the app's port; the process listens on its slot's (docs/switch.md).
+    serving = json.loads(instance.path("/home/deploy/apps/demo/SERVING").read_text())
+    assert serving["port"] != world["port"]
+    assert body["env"] == {**ENV_VALUES, "PORT": str(serving["port"]), "DYNO": "web.1"}
     assert body["argv"] == ["--label", '100% "sure"', "web.1"]
     assert body["cwd"].startswith("/home/deploy/apps/demo/releases/") and body["cwd"].endswith("/app")
     assert body["uid"] != 0
     deployed = instance.path("/home/deploy/apps/demo/DEPLOYED").read_text().strip()
     assert deployed in world["publisher"].published
-    verify = instance.run(["systemd-analyze", "verify", "/etc/systemd/system/slipway-demo-web.1.service"], check=False)
+    unit = f"/etc/systemd/system/slipway-demo-web.1.{serving['slot']}.service"
+    verify = instance.run(["systemd-analyze", "verify", unit], check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert instance.run(["stat", "-c", "%a", f"/home/deploy/apps/demo/releases/{deployed}/env"]).stdout.strip() == "600"
 

@@ -83,11 +83,32 @@ def serving(world) -> str | None:
     return answer[1].strip() if answer and answer[0] == 200 else None
 
 
+def serving_record(world) -> dict | None:
+    recorded = text(world, f"{APP_DIR}/SERVING")
+    return json.loads(recorded) if recorded else None
+
+
+def unit_of(world, process: str = "web.1") -> str:
+    """The unit of ``process`` of the serving release (in its slot)."""
+    record = serving_record(world)
+    assert record is not None
+    return f"slipway-{APP}-{process}.{record['slot']}.service"
+
+
 def assert_agree(world, release_id: str) -> None:
-    """current, the running web process, DEPLOYED and the absence of a record in flight agree."""
+    """SERVING, current, DEPLOYED, the front, the installed units (the serving slot's only) and the
+    absence of a record in flight agree."""
+    record = serving_record(world)
+    assert record is not None and record["release"] == release_id
     assert deployed(world) == release_id
     assert current(world) == f"releases/{release_id}"
     assert text(world, f"{APP_DIR}/ACTIVATING") is None
+    units = sorted(
+        n for n in os.listdir(world["instance"].path("/etc/systemd/system")) if n.startswith(f"slipway-{APP}-")
+    )
+    assert units and all(n.endswith(f".{record['slot']}.service") for n in units), units
+    front = text(world, f"/etc/slipway/front.d/{APP}.cfg") or ""
+    assert f"server {record['slot']} 127.0.0.1:{record['port']}\n" in front, front
     deadline = time.monotonic() + 15
     while serving(world) != release_id and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -241,7 +262,7 @@ def test_restart_of_one_process_type_restarts_only_its_processes(phased):
         shown = phased["instance"].run(["systemctl", "show", "-p", "MainPID", "--value", unit])
         return shown.stdout.strip()
 
-    web, worker = f"slipway-{APP}-web.1.service", f"slipway-{APP}-worker.1.service"
+    web, worker = unit_of(phased, "web.1"), unit_of(phased, "worker.1")
     before = {web: pid(web), worker: pid(worker)}
     code, out, err, result = agent(phased, "--restart", url_of(release_id), "--process", "worker")
     assert (code, result["result"]) == (0, "restarted"), out + err
@@ -339,31 +360,39 @@ def test_killed_during_the_release_phase_the_rerun_waits_for_it_and_runs_it_once
 
 
 @pytest.mark.parametrize(
-    ("point", "outcome"),
-    [("linked", "restored"), ("restarted", "restored"), ("healthy", "restored"), ("committed", "finished")],
+    ("point", "outcome"), [("started", "restored"), ("switched", "restored"), ("committed", "finished")]
 )
-def test_killed_during_the_switch_current_units_and_deployed_agree_after_the_rerun(phased, point, outcome):
+def test_killed_during_the_switch_the_front_units_and_serving_agree_after_the_rerun(phased, point, outcome):
     before = running_release(phased)
+    old_slot = serving_record(phased)["slot"]
     release_id = staged(phased)
-    run = Started(phased, ["--activate", url_of(release_id)], pause_at=point)
-    run.wait_paused()
-    # The agent stopped mid-switch: current already names the new release, DEPLOYED does not (yet).
-    assert current(phased) == f"releases/{release_id}"
-    assert text(phased, f"{APP_DIR}/ACTIVATING") is not None
-    run.kill()
-    # Any run repairs first: a stage of something else here.
-    _, other_url = publish(phased)
-    code, out, err, _ = agent(phased, "--stage", other_url)
+    with Poller(phased["port"]) as poller:
+        run = Started(phased, ["--activate", url_of(release_id)], pause_at=point)
+        run.wait_paused()
+        # The agent stopped mid-switch: the new release runs in the other slot beside the old one, which
+        # still runs; SERVING names the new one only from the commit on.
+        assert text(phased, f"{APP_DIR}/ACTIVATING") is not None
+        units = os.listdir(phased["instance"].path("/etc/systemd/system"))
+        assert {f"slipway-{APP}-web.1.a.service", f"slipway-{APP}-web.1.b.service"} <= set(units)
+        assert (serving_record(phased)["release"] == release_id) == (point == "committed")
+        run.kill()
+        # Any run repairs first: a stage of something else here.
+        _, other_url = publish(phased)
+        code, out, err, _ = agent(phased, "--stage", other_url)
     assert code == 0, out + err
     expected = release_id if outcome == "finished" else before
     if outcome == "finished":
-        assert f"Finishing the activation of {release_id}, interrupted after its health check" in out
+        assert f"Finishing the activation of {release_id}, interrupted after it answered through the front" in out
         assert text(phased, f"{APP_DIR}/PREVIOUS") == f"{before}\n"
     else:
         assert f"An activation of {release_id} was interrupted; putting back {before}" in out
+        assert serving_record(phased)["slot"] == old_slot
     assert_agree(phased, expected)
-    # The bug this prevents: the old process crashing later and systemd starting the unchecked release.
-    phased["instance"].run(["systemctl", "kill", "--signal=KILL", f"slipway-{APP}-web.1.service"])
+    # Kill, pause and repair, and not one request lost through the front.
+    print(f"killed at {point}: {poller.ok} requests, {len(poller.failures)} failed")
+    assert poller.failures == [] and poller.ok > 10
+    # The bug this prevents: a later crash of the serving process bringing back an unchecked release.
+    phased["instance"].run(["systemctl", "kill", "--signal=KILL", unit_of(phased)])
     time.sleep(1.5)
     assert_agree(phased, expected)
 
@@ -371,18 +400,19 @@ def test_killed_during_the_switch_current_units_and_deployed_agree_after_the_rer
 def test_an_activation_killed_before_a_reboot_is_repaired_before_the_app_starts(phased):
     before = running_release(phased)
     release_id = staged(phased)
-    run = Started(phased, ["--activate", url_of(release_id)], pause_at="restarted")
+    run = Started(phased, ["--activate", url_of(release_id)], pause_at="switched")
     run.wait_paused()
-    assert current(phased) == f"releases/{release_id}"
     run.kill()
-    # What a boot runs before any app unit (they are ordered after it; it is enabled at boot).
+    # What a boot runs before any app unit and the front (they are ordered after it; it is enabled at boot).
     instance = phased["instance"]
-    web = f"slipway-{APP}-web.1.service"
-    assert "slipway-recover.service" in instance.run(["systemctl", "show", "-p", "After", "--value", web]).stdout
+    web = unit_of(phased)
+    for unit in (web, "slipway-front.service"):
+        assert "slipway-recover.service" in instance.run(["systemctl", "show", "-p", "After", "--value", unit]).stdout
     assert instance.run(["systemctl", "is-enabled", "slipway-recover.service"]).stdout.strip() == "enabled"
-    # A boot: nothing of the app runs, then one transaction starts the repair and the app's units.
-    instance.run(["systemctl", "stop", web])
-    started = instance.run(["systemctl", "start", "slipway-recover.service", web], check=False)
+    # A boot: nothing of the app runs, nor the front; then one transaction starts the repair, the app's
+    # units and the front.
+    instance.run(["systemctl", "stop", f"slipway-{APP}-*", "slipway-front.service"])
+    started = instance.run(["systemctl", "start", "slipway-recover.service", web, "slipway-front.service"], check=False)
     journal = instance.run(["journalctl", "-u", "slipway-recover.service", "--no-pager", "-o", "cat"]).stdout
     assert started.returncode == 0, journal
     assert f"An activation of {release_id} was interrupted; putting back {before}" in journal

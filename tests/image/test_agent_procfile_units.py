@@ -12,6 +12,7 @@ from slipway_agent.units import (
     preflight_command,
     release_identifier,
     release_phase_command,
+    render_slot_env,
     render_unit,
     render_units,
     systemctl,
@@ -87,13 +88,13 @@ def test_formation_errors(formation, message):
 
 def test_web_unit_text():
     environment = {
-        "PATH": "/home/deploy/apps/billing/current/app/.slipway/python/bin:/usr/bin",
-        "PYTHONPATH": "/home/deploy/apps/billing/current/app/.slipway/python",
+        "PATH": "/home/deploy/apps/billing/releases/r7/app/.slipway/python/bin:/usr/bin",
+        "PYTHONPATH": "/home/deploy/apps/billing/releases/r7/app/.slipway/python",
     }
-    assert render_unit(LAYOUT, "web", 1, 'python app.py --port $PORT --greet "100%"', 5000, environment) == (
+    assert render_unit(LAYOUT, "r7", "b", "web", 1, 'python app.py --port $PORT --greet "100%"', environment) == (
         "# Written by the Slipway deploy agent; replaced on every deploy.\n"
         "[Unit]\n"
-        "Description=Slipway billing web.1\n"
+        "Description=Slipway billing web.1 (r7 in slot b)\n"
         "After=network-online.target slipway-recover.service\n"
         "Wants=network-online.target\n"
         "StartLimitIntervalSec=0\n"
@@ -102,12 +103,13 @@ def test_web_unit_text():
         "Type=simple\n"
         "User=deploy\n"
         "Group=deploy\n"
-        "WorkingDirectory=/home/deploy/apps/billing/current/app\n"
-        "EnvironmentFile=/home/deploy/apps/billing/current/env\n"
+        "WorkingDirectory=/home/deploy/apps/billing/releases/r7/app\n"
+        "EnvironmentFile=/home/deploy/apps/billing/releases/r7/env\n"
+        # Last, so its PORT wins (the env file may not set PORT anyway).
+        "EnvironmentFile=/home/deploy/apps/billing/slots/b.env\n"
         "Environment=HOME=/home/deploy/apps/billing/home\n"
-        "Environment=PATH=/home/deploy/apps/billing/current/app/.slipway/python/bin:/usr/bin\n"
-        "Environment=PYTHONPATH=/home/deploy/apps/billing/current/app/.slipway/python\n"
-        "Environment=PORT=5000\n"
+        "Environment=PATH=/home/deploy/apps/billing/releases/r7/app/.slipway/python/bin:/usr/bin\n"
+        "Environment=PYTHONPATH=/home/deploy/apps/billing/releases/r7/app/.slipway/python\n"
         "Environment=DYNO=web.1\n"
         'ExecStart=/bin/bash -c "python app.py --port $$PORT --greet \\"100%%\\""\n'
         "Restart=always\n"
@@ -118,20 +120,21 @@ def test_web_unit_text():
         "[Install]\n"
         "WantedBy=multi-user.target\n"
     )
+    assert render_slot_env(41234) == "PORT=41234\n"
 
 
 def test_worker_units_have_no_port_and_one_unit_per_process():
-    units = render_units(LAYOUT, {"web": "w", "worker": "k"}, [("web", 0), ("worker", 2)], 5000)
-    assert list(units) == ["slipway-billing-worker.1.service", "slipway-billing-worker.2.service"]
-    text = units["slipway-billing-worker.2.service"]
-    assert "PORT" not in text
+    units = render_units(LAYOUT, "r7", "a", {"web": "w", "worker": "k"}, [("web", 0), ("worker", 2)])
+    assert list(units) == ["slipway-billing-worker.1.a.service", "slipway-billing-worker.2.a.service"]
+    text = units["slipway-billing-worker.2.a.service"]
+    assert "PORT" not in text and "slots/" not in text
     assert "Environment=DYNO=worker.2\n" in text
-    assert "SyslogIdentifier=billing-worker\n" in text
+    assert "SyslogIdentifier=billing-worker\n" in text  # the journal's name whatever the slot
 
 
 def test_unit_environment_refuses_what_would_need_quoting():
     with pytest.raises(ValueError, match="cannot be set in a unit without quoting"):
-        render_unit(LAYOUT, "web", 1, "x", 5000, {"PATH": "/a b"})
+        render_unit(LAYOUT, "r7", "a", "web", 1, "x", {"PATH": "/a b"})
     with pytest.raises(ValueError, match="cannot be set in a unit without quoting"):
         preflight_command(LAYOUT, "r7", "x", 5000, {"PATH": "/a%n"})
 
@@ -142,11 +145,20 @@ def test_systemd_quote():
 
 
 def test_unit_ownership_is_exact():
-    assert LAYOUT.owns_unit("slipway-billing-web.1.service")
-    assert LAYOUT.owns_unit("slipway-billing-clock_2.12.service")
-    assert not AppLayout("billing").owns_unit("slipway-billing-api-web.1.service")
+    assert LAYOUT.owns_unit("slipway-billing-web.1.a.service")
+    assert LAYOUT.owns_unit("slipway-billing-clock_2.12.b.service")
+    assert (
+        LAYOUT.process_type_of("slipway-billing-clock_2.12.b.service"),
+        LAYOUT.slot_of("slipway-billing-web.1.b.service"),
+    ) == (
+        "clock_2",
+        "b",
+    )
+    assert not LAYOUT.owns_unit("slipway-billing-web.1.service")  # no slot: an older agent's
+    assert not LAYOUT.owns_unit("slipway-billing-web.1.c.service")
+    assert not AppLayout("billing").owns_unit("slipway-billing-api-web.1.a.service")
     assert not LAYOUT.owns_unit("slipway-billing-preflight-r3.service")
-    assert not LAYOUT.owns_unit("slipway-billingx-web.1.service")
+    assert not LAYOUT.owns_unit("slipway-billingx-web.1.a.service")
 
 
 def test_plan_unit_changes():

@@ -1,4 +1,4 @@
-"""The agent's records (STAGED, ACTIVATING), recovery after a kill, pruning, disk-space sentences,
+"""The agent's records (STAGED, ACTIVATING, SERVING), recovery after a kill, pruning, disk-space sentences,
 and the staged directory's digest."""
 
 from __future__ import annotations
@@ -19,17 +19,22 @@ from slipway_agent.state import (
     KEEP_RELEASES,
     Intent,
     Recovery,
+    Serving,
     StagedRecord,
     parse_intent,
+    parse_serving,
     parse_staged,
     plan_recovery,
     protected_releases,
     releases_to_prune,
     render_intent,
+    render_serving,
     render_staged,
 )
 
 release_ids = st.integers(min_value=1, max_value=999_999_999).map(lambda n: f"r{n}")
+slots = st.sampled_from(["a", "b"])
+ports = st.integers(min_value=0, max_value=65535)
 
 
 @given(release_ids, st.text(alphabet="0123456789abcdef", min_size=64, max_size=64))
@@ -54,33 +59,68 @@ def test_a_missing_or_unreadable_staged_record_means_not_staged(text):
     assert parse_staged(text) is None
 
 
-@given(release_ids, st.none() | release_ids)
-def test_intent_round_trips(release, previous):
-    intent = Intent(release, previous)
+@given(release_ids, st.none() | release_ids, slots, ports)
+def test_intent_round_trips(release, previous, slot, port):
+    intent = Intent(release, previous, slot, port)
     assert parse_intent(render_intent(intent)) == intent
 
 
+@given(release_ids, slots, ports)
+def test_serving_round_trips(release, slot, port):
+    serving = Serving(release, slot, port)
+    assert parse_serving(render_serving(serving)) == serving
+
+
 @pytest.mark.parametrize(
-    "text", ["", "{}", '{"version": 1, "release": "x"}', '{"version": 1, "release": "r2", "previous": 7}']
+    "text",
+    [
+        "",
+        "{}",
+        '{"version": 1, "release": "x", "slot": "a", "port": 1}',
+        '{"version": 1, "release": "r2", "previous": 7, "slot": "a", "port": 1}',
+        '{"version": 1, "release": "r2", "previous": null, "slot": "c", "port": 1}',
+        '{"version": 1, "release": "r2", "previous": null, "slot": "a", "port": 70000}',
+        '{"version": 1, "release": "r2", "previous": null, "slot": "a", "port": true}',
+        '{"version": 1, "release": "r2", "previous": null}',  # an older agent's record
+    ],
 )
 def test_a_garbled_intent_parses_as_none(text):
     assert parse_intent(text) is None
 
 
-@given(release_ids, st.none() | release_ids, st.none() | release_ids)
-def test_recovery_undoes_to_deployed_unless_deployed_names_the_release(release, previous, deployed):
-    plan = plan_recovery(Intent(release, previous), deployed)
-    if deployed == release:
-        # DEPLOYED is written only after the health check: the activation had succeeded.
-        assert plan == Recovery(finish=True, restore=None, previous=previous)
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "{}",
+        '{"version": 1, "release": "r2", "slot": "c", "port": 1}',
+        '{"version": 1, "release": "r2", "slot": "a", "port": -1}',
+        '{"version": 2, "release": "r2", "slot": "a", "port": 1}',
+    ],
+)
+def test_a_missing_or_garbled_serving_record_parses_as_none(text):
+    assert parse_serving(text) is None
+
+
+@given(release_ids, st.none() | release_ids, slots, ports, st.none() | st.builds(Serving, release_ids, slots, ports))
+def test_recovery_undoes_to_serving_unless_serving_names_the_new_slot(release, previous, slot, port, serving):
+    plan = plan_recovery(Intent(release, previous, slot, port), serving)
+    if serving is not None and (serving.release, serving.slot) == (release, slot):
+        # SERVING is written only after the new slot answered through the front: the activation had
+        # succeeded; the old slot is emptied.
+        assert plan == Recovery(finish=True, serving=serving, remove=("b" if slot == "a" else "a",), previous=previous)
     else:
-        # Anything short of it goes back to the last release known healthy, never to the new one.
-        assert plan == Recovery(finish=False, restore=deployed, previous=None)
+        # Anything short of it goes back to the last release known healthy, never to the new one, and
+        # every slot but that one's is emptied (the new one among them: never the serving slot).
+        assert not plan.finish and plan.serving == serving and plan.previous is None
+        assert set(plan.remove) == {"a", "b"} - ({serving.slot} if serving else set())
 
 
-@given(st.none() | release_ids)
-def test_a_garbled_intent_restores_what_deployed_names(deployed):
-    assert plan_recovery(None, deployed) == Recovery(finish=False, restore=deployed, previous=None)
+@given(st.none() | st.builds(Serving, release_ids, slots, ports))
+def test_a_garbled_intent_restores_what_serving_names(serving):
+    plan = plan_recovery(None, serving)
+    assert not plan.finish and plan.serving == serving
+    assert set(plan.remove) == {"a", "b"} - ({serving.slot} if serving else set())
 
 
 def test_prune_keeps_the_highest_ids_and_the_protected():
