@@ -330,8 +330,8 @@ def test_a_release_whose_web_process_crashes_is_rolled_back(platform: Platform) 
 
 def test_a_release_the_load_balancer_finds_unhealthy_is_rolled_back(platform: Platform) -> None:
     before = platform.status()["current"]
-    # Listening on loopback only: the deploy agent's own check passes, the load balancer's cannot.
-    hidden = platform.publish("web: python3 app.py --host 127.0.0.1\n", "loopback only")
+    # Healthy for its first 3 s: the deploy agent's checks pass (they come first), the load balancer's then fail.
+    hidden = platform.publish("web: python3 app.py --unhealthy-after 3\n", "unhealthy after 3 s")
     with Load(platform.url) as load:
         result = platform.slipway("deploy", APP, ENV, hidden, *FAST)
     print(f"release unhealthy in the load balancer: {load.summary()}")

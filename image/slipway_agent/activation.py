@@ -296,6 +296,8 @@ class Activator:
             if live:
                 host.run(systemctl("reload-or-restart", FRONT_UNIT), check=False)
         for slot in remove:
+            if live and installed_units(self.layout, slot):
+                self._drain(slot)  # the front may have sent it requests before the kill: let them finish
             self._install_slot(slot, {}, start=live)
         if serving is None:
             if os.path.lexists(self.layout.current):

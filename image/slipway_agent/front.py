@@ -87,6 +87,8 @@ def render_app(front: AppFront) -> str:
         # fresh connection): a release that stops at the moment a request reaches it loses nothing.
         "    retries 2",
         "    retry-on conn-failure empty-response",
+        # ... on the other slot if this one is gone (a retry may go to any server that is up).
+        "    option redispatch 1",
     ]
     for slot in SLOTS:
         state = "" if slot == front.live else " disabled"
