@@ -217,14 +217,14 @@ if [[ -n "$APP" ]]; then
         "ExecStartPre=/usr/sbin/haproxy -c -q -f /etc/slipway/front.cfg -f /etc/slipway/front.d" \
         "ExecStart=/usr/sbin/haproxy -Ws -f /etc/slipway/front.cfg -f /etc/slipway/front.d" \
         "ExecReload=/usr/sbin/haproxy -c -q -f /etc/slipway/front.cfg -f /etc/slipway/front.d" \
-        "ExecReload=/bin/kill -USR2 \$MAINPID" "KillMode=mixed" "Restart=always" "RestartSec=1" \
+        "ExecReload=/bin/sh -c 'kill -USR2 \$MAINPID'" "KillMode=mixed" "Restart=always" "RestartSec=1" \
         "[Install]" "WantedBy=multi-user.target" > "$front_unit"
     [[ -n "$(install_file "$front_unit" /etc/systemd/system/slipway-front.service 0644)" ]] && front_changed=changed
     rm -f "$front_unit"
     if [[ -n "$front_changed" ]]; then systemctl daemon-reload; fi
     systemctl enable --quiet slipway-front.service
     if [[ -d /run/systemd/system ]]; then
-        systemctl reload-or-restart slipway-front.service
+        if [[ -n "$front_changed" ]]; then systemctl reload-or-restart slipway-front.service; else systemctl start slipway-front.service; fi
     fi
 fi
 
