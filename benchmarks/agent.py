@@ -57,8 +57,8 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 # What each measured run is, and the phases its JSON line reports (the app has no release phase).
 RUNS = {
     "stage": ["download", "verify", "unpack", "configure", "preflight"],
-    "activate": ["verify", "switch", "healthy"],
-    "activate previous": ["verify", "switch", "healthy"],
+    "activate": ["verify", "start", "healthy", "switch", "drain"],
+    "activate previous": ["verify", "start", "healthy", "switch", "drain"],
 }
 SIZES = {"1 MB": 1_000_000, "50 MB": 50_000_000}
 DEPLOY = "/home/deploy/bin/deploy"

@@ -25,6 +25,7 @@ from slipway_release.procfile import RELEASE, WEB
 from . import host
 from .front import SLOTS, AppFront, Front, FrontError, front_file, other, render_app
 from .front import UNIT as FRONT_UNIT
+from .memory import memory_available, no_room, serving_memory
 from .report import DeployFailed, NoSuchProcess, NotStaged, Report
 from .services import (
     RUNNING_STATES,
@@ -64,6 +65,7 @@ from .units import (
 )
 
 PREVIOUS_FILE = "PREVIOUS"
+MEMINFO = "/proc/meminfo"
 # How long the old slot may finish the requests it had when the front switched away from it.
 DRAIN_SECONDS = 30.0
 
@@ -240,6 +242,13 @@ class Activator:
         """Start ``release_id`` in the slot that does not serve, check it there, switch the front to
         it, check it through the front, commit (``SERVING``), then drain and empty the old slot."""
         serving = self.serving()
+        if serving is not None:
+            running = release_units(self.layout.release_dir(serving.release), serving.slot)
+            problem = no_room(
+                release_id, serving.release, serving_memory(running), memory_available(host.read_text(MEMINFO) or "")
+            )
+            if problem:
+                raise DeployFailed(problem)
         slot = other(serving.slot) if serving else SLOTS[0]
         units = release_units(self.layout.release_dir(release_id), slot)
         has_web = any(self.layout.process_type_of(name) == WEB for name in units)

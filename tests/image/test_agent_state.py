@@ -203,3 +203,18 @@ def test_a_full_disk_on_any_write_reads_as_a_sentence_naming_the_file_and_filesy
         f"(holding {tmp_path}) has "
     )
     assert "Errno" not in line and "needs about" not in line
+
+
+def test_memory_for_a_second_copy_is_read_and_refused_with_the_figures():
+    from slipway_agent.memory import memory_available, no_room, units_memory
+
+    meminfo = "MemTotal:        2000000 kB\nMemFree:          100000 kB\nMemAvailable:     500000 kB\n"
+    assert memory_available(meminfo) == 512_000_000
+    assert memory_available("MemTotal: 1 kB\n") is None
+    assert units_memory(["300000000", "[not set]", "", "20000000"]) == 320_000_000
+    assert no_room("r8", "r7", 320_000_000, 512_000_000) is None
+    assert no_room("r8", "r7", 320_000_000, None) is None  # unknown: not refused
+    assert no_room("r8", "r7", 600_000_000, 512_000_000) == (
+        "not enough memory to start r8 beside r7: r7 uses 600.0 MB and 512.0 MB is available; both run while "
+        "the switch happens, so use an instance type with more memory (instance_type) or make the app smaller"
+    )

@@ -82,12 +82,12 @@ def test_flask_app_with_gunicorn_builds_and_serves(instance_world):
     where = json.loads(get(port, "/where")[1])
     release = "/home/deploy/apps/flaskapp/releases/r1/app"
     assert where["cwd"] == release
-    # The slug's own packages, through the current link to where it was unpacked.
-    assert where["flask"] == "/home/deploy/apps/flaskapp/current/app/.slipway/python/flask/__init__.py"
+    # The slug's own packages, from its release's directory (a unit names its release, never current).
+    assert where["flask"] == f"{release}/.slipway/python/flask/__init__.py"
     assert where["python"] == manifest["runtime"]["version"]
     assert where["home"] == "/home/deploy/apps/flaskapp/home", "HOME is the app's writable directory"
     assert where["code_writable"] is False, "apps cannot change their release's code"
-    assert where["path"].startswith("/home/deploy/apps/flaskapp/current/app/.slipway/python/bin:/opt/slipway/runtimes/")
+    assert where["path"].startswith(f"{release}/.slipway/python/bin:/opt/slipway/runtimes/")
 
 
 def test_django_app_collects_static_at_build_and_migrates_at_release(instance_world):
