@@ -71,8 +71,9 @@ APP_BOOT_S = 3.0  # the app's web process from start to answering its health che
 STAGE_S = SSM_DISPATCH_S + 1.0 + APP_BOOT_S  # `deploy --stage`: download, verify, unpack (measured: 0.8 s
 # for 50 MB on this machine's agent), then the preflight boot on a spare port; every instance at once
 STAGED_S = SSM_DISPATCH_S + 0.5  # `deploy --stage` of a release the instance keeps staged: verified only
-ACTIVATE_S = SSM_DISPATCH_S + 0.2 + APP_BOOT_S  # `deploy --activate`: switch (measured 0.2 s), no release
-# phase, restart, the app's boot to healthy on its real port
+# `deploy --activate`: the release started beside the serving one, the front switched, the old one
+# stopped (measured 0.8 s, benchmarks/agent.py), no release phase; the app's boot to healthy
+ACTIVATE_S = SSM_DISPATCH_S + 0.8 + APP_BOOT_S
 HEALTHY_S = 10.0  # back in the target group to healthy: 2 checks x 5 s interval (constructs/fleet.py)
 DRAIN_IDLE_S = 1.0  # in-flight requests end (under a second), then ELB completes the deregistration at once
 DRAIN_DELAY_S = 15.0  # the target group's default deregistration delay (constructs/config.py), in full
