@@ -83,11 +83,11 @@ def render_app(front: AppFront) -> str:
         f"    default_backend {front.app}",
         "",
         f"backend {front.app}",
-        # A connection the slot refuses, or that closes before it answers, is tried again (on a
-        # fresh connection): a release that stops at the moment a request reaches it loses nothing.
+        # A connection the slot refuses is tried again, on the other slot if this one is gone: the
+        # request never reached the app, so a retry cannot run it twice. (A request the app received
+        # is never retried; none is cut anyway: the old slot stops only once it has none open.)
         "    retries 2",
-        "    retry-on conn-failure empty-response",
-        # ... on the other slot if this one is gone (a retry may go to any server that is up).
+        "    retry-on conn-failure",
         "    option redispatch 1",
     ]
     for slot in SLOTS:

@@ -32,7 +32,7 @@ def test_the_app_file_serves_one_slot_and_keeps_the_other_in_maintenance() -> No
         "\n"
         "backend billing\n"
         "    retries 2\n"
-        "    retry-on conn-failure empty-response\n"
+        "    retry-on conn-failure\n"
         "    option redispatch 1\n"
         "    server a 127.0.0.1:41001 disabled\n"
         "    server b 127.0.0.1:41002\n"
