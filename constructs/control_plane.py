@@ -611,9 +611,7 @@ class ControlPlane(Construct):
             "reads any of them (status, progress, output) and nothing else of Step Functions.",
         )
 
-    def enable_regions(
-        self, *, regions: RegionSettings, here: str, domain: str, hosted_zone_id: str
-    ) -> route53.CfnRecordSet:
+    def enable_regions(self, *, regions: RegionSettings, here: str, domain: str, hosted_zone_id: str) -> None:
         """Make this control plane one of its environment's two (docs/regions.md): the API reads the
         active-region parameter before every change (and refuses one outside the active region), answers
         under ``domain`` (a regional custom domain with its own certificate), and that name is a Route 53
@@ -666,7 +664,7 @@ class ControlPlane(Construct):
                     route53.CfnHealthCheck.HealthCheckTagProperty(key="Name", value=f"slipway-{self._env_name}-api")
                 ],
             )
-        record = route53.CfnRecordSet(
+        route53.CfnRecordSet(
             self,
             "ApiFailoverRecord",
             hosted_zone_id=hosted_zone_id,
@@ -687,7 +685,6 @@ class ControlPlane(Construct):
             value=f"https://{domain}/{STAGE_NAME}/",
             description=f"Slipway API of {self._env_name} under its one name (fails over to {regions.secondary})",
         )
-        return record
 
 
 def _visibility(metric: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:

@@ -283,8 +283,7 @@ class Activator:
         """After ``SERVING`` names ``serving``: ``DEPLOYED``, ``current`` and the front (its file; the
         running front too, if ``live``) follow it, the other slot is drained (if ``live``) and emptied,
         ``PREVIOUS`` names ``previous`` (unless it is the same release: a restart), the record goes."""
-        host.write_atomic(self.layout.deployed_file, serving.release + "\n")
-        host.point_symlink(self.layout.current, f"releases/{serving.release}")
+        self._follow(serving)
         self._write_front(serving, live=live)
         old = other(serving.slot)
         if live and installed_units(self.layout, old):
@@ -313,8 +312,7 @@ class Activator:
                 os.unlink(self.layout.current)
             _remove(self.layout.deployed_file)
         else:
-            host.write_atomic(self.layout.deployed_file, serving.release + "\n")
-            host.point_symlink(self.layout.current, f"releases/{serving.release}")
+            self._follow(serving)
         _remove(self.intent_file)
         if serving is None or not live:
             return
@@ -325,6 +323,11 @@ class Activator:
             host.run(systemctl("restart", *stopped))
         self._check_serving(serving, units, manifest)
         self.report.detail(f"{serving.release} is answering again")
+
+    def _follow(self, serving: Serving) -> None:
+        """``DEPLOYED`` and ``current`` name what ``SERVING`` does (they are derived from it)."""
+        host.write_atomic(self.layout.deployed_file, serving.release + "\n")
+        host.point_symlink(self.layout.current, f"releases/{serving.release}")
 
     def _install_slot(self, slot: str, wanted: dict[str, str], *, start: bool) -> None:
         """Make ``slot``'s installed units exactly ``wanted``: the others stopped and removed, these

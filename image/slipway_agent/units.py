@@ -236,8 +236,8 @@ class UnitChanges:
 def plan_unit_changes(installed: Mapping[str, str], wanted: Mapping[str, str]) -> UnitChanges:
     """Units to (re)write, to stop and remove, and to restart.
 
-    Every wanted unit restarts, even with unchanged text: its code moved
-    with the ``current`` link. Unchanged files are not rewritten.
+    Every wanted unit restarts, even with unchanged text: a slot being filled
+    starts all of its units. Unchanged files are not rewritten.
     """
     return UnitChanges(
         write={name: text for name, text in wanted.items() if installed.get(name) != text},
