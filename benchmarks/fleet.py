@@ -20,11 +20,13 @@ a one-off's end until ``slipway logs`` shows the line it wrote (rsyslog, the Clo
 file shipping, FilterLogEvents through the API; looked for every 0.2 s).
 
 Nothing is modelled: these are wall times on this machine. What they depend on is the
-demo environment's timing, printed with the figures: the target group's health check
-(interval, healthy threshold), its deregistration delay (draining ends as soon as a target
-has no request in flight, as on ALB), the rollout's checks (looking every 1 s), the bake
-(``--bake``, 0 by default here: a bake is a fixed wait that would only add itself to each
-batch) and the instance refresh's warmup (capped at 5 s locally).
+demo environment's timing, printed with the figures: the rollout's checks (looking every 1 s),
+the bake (``--bake``, 0 by default here: a bake is a fixed wait that would only add itself to
+each batch), and for the cycle and the scale the target group's health check (interval,
+healthy threshold), its deregistration delay (draining ends as soon as a target has no
+request in flight, as on ALB) and the instance refresh's warmup (capped at 5 s locally).
+Rollouts switch each instance in place, so the load balancer's checks and draining are not
+in their path.
 
 Run: `make bench` or `.venv/bin/python benchmarks/fleet.py [--bake 0]` (as root).
 """
@@ -50,14 +52,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "lambdas")]
 from local.demo import DEMO_APP, DEMO_ENV, sample_checkout  # noqa: E402
 from local.load import Load  # noqa: E402
 from local.platform import REFRESH_WARMUP_CAP, launch, missing_prerequisites  # noqa: E402
+from slipway.rollout.steps import STEPS  # noqa: E402
 
-# The phases of a batch a rollout's time is split into (the words of slipway.rollout.steps).
-PHASES = {
-    "staging the release on every instance (while they serve)": "stage",
-    "draining connections": "drain",
-    "switching a batch to the release": "activate",
-    "waiting for healthy targets": "healthy",
-}
+# The phases a rollout's time is split into, by the words the API gives its states.
+PHASES = {STEPS["CheckStageCommand"]: "stage", STEPS["CheckCommand"]: "activate", STEPS["CheckBake"]: "bake"}
 
 PASSWORD = "benchmark"
 SLIPWAY = shutil.which("slipway") or str(Path(sys.executable).parent / "slipway")

@@ -482,7 +482,7 @@ def _instance_type(section: _Section) -> str:
 def _rollout(raw: Mapping[str, Any], path: str, base: Strategy) -> Strategy:
     """An app's ``rollout`` settings: the control plane's own strategy model, checked here at synth.
 
-    ``{"canary": true, "batch_percent": 25, "bake_seconds": 30, "surge": true}`` (the defaults),
+    ``{"canary": true, "batch_percent": 25, "bake_seconds": 30}`` (the defaults),
     or ``{"batch_size": 2}`` for a count instead of a percent; an environment's override
     changes only the options it names.
     """

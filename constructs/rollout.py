@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_stepfunctions as sfn
@@ -19,14 +19,14 @@ TASK_HANDLER = "slipway.rollout.tasks.handler"
 class RolloutStateMachine(Construct):
     """A Standard workflow whose every task is the one rollout Lambda (``slipway.rollout.tasks``).
 
-    lock → plan (surge first if the fleet is too small) → stage the release on every instance
-    at once while they serve → per batch: detach (standby + deregister, drain) → activate the
-    staged release → wait for every invocation → attach →
-    wait for healthy targets → bake, watching alarms → next batch → promote ``current``
-    (compare-and-swap) → converge instances launched meanwhile → unsurge → unlock. Any
+    lock → plan (canary, batches by the strategy) → stage the release on every instance at once
+    while they serve → per batch: activate the staged release in place (each instance starts it
+    beside the serving one and switches its front; none leaves the load balancer) → wait for
+    every invocation → bake, watching the alarms and the batch's targets → next batch → promote
+    ``current`` (compare-and-swap) → converge instances launched meanwhile → unlock. Any
     failure rolls the changed instances back to the previous release through the same batch
-    steps (drained, in batches as large as the fleet's minimum allows, no bake), leaves
-    ``current`` alone, unlocks, and fails with the failing instance and its output.
+    steps (in one batch, no bake), leaves ``current`` alone, unlocks, and fails with the
+    failing instance and its output.
     """
 
     def __init__(
@@ -91,20 +91,20 @@ class RolloutStateMachine(Construct):
         stranded = sfn.Fail(self, "LockLeft", error="UnlockFailed", cause_path="$.failure.reason")
 
         # Every path ends through an unlock that is retried and, failing that, says so: no lock is
-        # ever held on by a failure, and no instance stays in standby (rollback attaches first).
+        # ever held on by a failure. No instance ever leaves the load balancer (each switches in
+        # place), so there is nothing else to put back.
         def unlock(id_: str, then: sfn.IChainable) -> sfn.IChainable:
             task = self._task("unlock", id_)
             task.add_retry(errors=["States.ALL"], interval=Duration.seconds(2), max_attempts=3, backoff_rate=2)
-            task.add_catch(self._task("unlock_failed", f"{id_}Failed").next(stranded), result_path="$.error")
+            failed_too = self._caught(self._task("unlock_failed", f"{id_}Failed"), stranded)
+            task.add_catch(failed_too.next(stranded), result_path="$.error")
             return task.next(then)
 
-        # Rollback: previous release onto the changed instances, then unsurge and unlock.
+        # Rollback: the previous release onto the changed instances, then unlock.
         rollback_unlock = unlock("UnlockAfterRollback", failed)
-        rollback_unsurge = self._caught(self._task("unsurge", "UnsurgeAfterRollback"), rollback_unlock)
-        rollback_unsurge.next(rollback_unlock)
-        rollback = self._caught(self._task("rollback"), rollback_unsurge)
+        rollback = self._caught(self._task("rollback"), rollback_unlock)
         rollback_wait = self._poll(
-            "RollbackCommand", "command_done", on_ready=rollback_unsurge, on_failed=rollback_unsurge
+            "RollbackCommand", "command_done", on_ready=rollback_unlock, on_failed=rollback_unlock
         )
         # BATCHES: back through the batch steps below, with the previous release; WAIT: the last
         # resort (a step of those failed), every instance not yet back in one command.
@@ -113,57 +113,35 @@ class RolloutStateMachine(Construct):
 
         # After `current` moved, a failure cannot roll back (the release is current): report it.
         incomplete_unlock = unlock("UnlockAfterConverge", incomplete)
-        incomplete_unsurge = self._caught(self._task("unsurge", "UnsurgeAfterConverge"), incomplete_unlock)
-        incomplete_unsurge.next(incomplete_unlock)
-        converge_failed = self._task("converge_failed").next(incomplete_unsurge)
+        converge_failed = self._caught(self._task("converge_failed"), incomplete_unlock).next(incomplete_unlock)
 
         # After the last batch.
         done_unlock = unlock("Unlock", succeeded)
-        unsurge = self._caught(self._task("unsurge"), converge_failed)
-        unsurge.next(done_unlock)
         converge = self._caught(self._task("converge"), converge_failed)
-        converge_wait = self._poll("ConvergeCommand", "command_done", on_ready=unsurge, on_failed=converge_failed)
-        converge.next(sfn.Choice(self, "Converging?").when(self._verdict("WAIT"), converge_wait).otherwise(unsurge))
+        converge_wait = self._poll("ConvergeCommand", "command_done", on_ready=done_unlock, on_failed=converge_failed)
+        converge.next(sfn.Choice(self, "Converging?").when(self._verdict("WAIT"), converge_wait).otherwise(done_unlock))
         promote = self._caught(self._task("promote"), rollback).next(converge)
 
-        # One batch.
+        # One batch: activate in place, wait for every invocation, bake (alarms and the batch's targets).
         advance = self._caught(self._task("advance"), rollback)
-        detach = self._caught(self._task("detach"), rollback)
+        send = self._caught(self._task("send"), rollback)
         advance.next(
             sfn.Choice(self, "MoreBatches?")
-            .when(sfn.Condition.boolean_equals("$.more", True), detach)
-            .when(sfn.Condition.boolean_equals("$.rolling_back", True), rollback_unsurge)  # advance sets it
+            .when(sfn.Condition.boolean_equals("$.more", True), send)
+            .when(sfn.Condition.boolean_equals("$.rolling_back", True), rollback_unlock)  # advance sets it
             .otherwise(promote)
         )
-        rolling_back.when(self._verdict("BATCHES"), detach).otherwise(rollback_unsurge)
-        # The bake: the fleet's alarms watched every poll, so a firing alarm (or a cancel) stops it at once.
-        baked = self._caught(self._task("baked"), rollback)
-        bake_wait = self._wait("Bake").next(baked)
-        baked.next(
-            sfn.Choice(self, "Baked?")
-            .when(self._verdict("WAIT"), bake_wait)
-            .when(self._verdict("FAILED"), rollback)
-            .otherwise(advance)
-        )
-        attach = self._caught(self._task("attach"), rollback)
-        attach.next(self._poll("Healthy", "healthy", on_ready=baked, on_failed=rollback))
-        send = self._caught(self._task("send"), rollback)
-        send.next(self._poll("Command", "command_done", on_ready=attach, on_failed=rollback))
-        detach.next(self._poll("Drained", "drained", on_ready=send, on_failed=rollback))
+        rolling_back.when(self._verdict("BATCHES"), send).otherwise(rollback_unlock)
+        bake = self._poll("Bake", "baked", on_ready=advance, on_failed=rollback)
+        send.next(self._poll("Command", "command_done", on_ready=bake, on_failed=rollback))
 
         # Stage on every instance at once while they serve; a failure there changed nothing.
         stage = self._caught(self._task("stage"), rollback)
-        stage.next(self._poll("StageCommand", "command_done", on_ready=detach, on_failed=rollback))
+        stage.next(self._poll("StageCommand", "command_done", on_ready=send, on_failed=rollback))
 
         # Lock and plan.
         plan = self._caught(self._task("plan"), rollback)
-        plan_wait = self._wait("WaitSurge").next(plan)
-        plan.next(
-            sfn.Choice(self, "Planned?")
-            .when(self._verdict("WAIT"), plan_wait)
-            .when(sfn.Condition.is_present("$.batches[0]"), stage)
-            .otherwise(promote)
-        )
+        plan.next(sfn.Choice(self, "Planned?").when(sfn.Condition.is_present("$.batches[0]"), stage).otherwise(promote))
         lock = self._task("lock")
         lock.add_catch(refused, errors=["LockRefused"], result_path="$.error")
         lock.add_catch(rollback, result_path="$.error")  # nothing changed yet: rollback only unlocks
@@ -175,41 +153,18 @@ class RolloutStateMachine(Construct):
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",
-            "Auto Scaling standby and capacity changes are conditioned on the slipway:env tag; the Describe* calls "
-            "it also grants on * (groups, target health and attributes, alarms) have no resource level in IAM.",
+            "The Describe* calls (groups, target health, alarms) have no resource level in IAM; they read only.",
         )
-        acknowledge(
-            role,
-            f"AwsSolutions-IAM5[Resource::arn:{Stack.of(self).partition}:elasticloadbalancing:{Stack.of(self).region}"
-            ":<AWS::AccountId>:targetgroup/*]",
-            f"Target registration is limited by the slipway:env={env_name} tag to this environment's target groups, "
-            "whose names CloudFormation generates.",
-        )
-        tagged = {"StringEquals": {"autoscaling:ResourceTag/slipway:env": env_name}}
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["autoscaling:EnterStandby", "autoscaling:ExitStandby", "autoscaling:SetDesiredCapacity"],
-                resources=["*"],
-                conditions=tagged,
-            )
-        )
+        # Reads only: every instance switches in place, so a rollout never moves one out of the
+        # load balancer or changes a group's capacity.
         role.add_to_policy(
             iam.PolicyStatement(
                 actions=[
                     "autoscaling:DescribeAutoScalingGroups",
                     "elasticloadbalancing:DescribeTargetHealth",
-                    "elasticloadbalancing:DescribeTargetGroupAttributes",
                     "cloudwatch:DescribeAlarms",
                 ],
                 resources=["*"],
-            )
-        )
-        stack = Stack.of(self)
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
-                resources=[stack.format_arn(service="elasticloadbalancing", resource="targetgroup", resource_name="*")],
-                conditions={"StringEquals": {"aws:ResourceTag/slipway:env": env_name}},
             )
         )
 

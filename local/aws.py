@@ -347,10 +347,13 @@ class Deployed:
         return sorted(i["InstanceId"] for i in group["AutoScalingGroups"][0]["Instances"])
 
     def start(self, state: Mapping[str, Any]) -> str:
-        """Start a rollout with ``state`` as its input; the execution's ARN."""
+        """Start a rollout with ``state`` as its input; the execution's ARN. Each gets a name of its
+        own, as the API gives them (moto names every unnamed execution alike)."""
         machine = self.settings.state_machine
         assert machine is not None
-        started = self.clients.stepfunctions.start_execution(stateMachineArn=machine, input=json.dumps(dict(state)))
+        started = self.clients.stepfunctions.start_execution(
+            stateMachineArn=machine, name=f"rollout-{uuid.uuid4().hex}", input=json.dumps(dict(state))
+        )
         return str(started["executionArn"])
 
     def wait(self, execution_arn: str, timeout: float = 120) -> Execution:

@@ -27,14 +27,14 @@ from slipway_release.layout import AppKeys
 
 APP, ENV = "web", "staging"
 KEYS = AppKeys(APP, ENV)
-TIMING = Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30)
+TIMING = Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, lock_minutes=30)
 CLOCK_SPEEDUP = 20
 
 
 def faster_rollout_clock(monkeypatch: pytest.MonkeyPatch, factor: float = CLOCK_SPEEDUP) -> None:
     """From now on the rollout tasks' clock (``tasks._now``: bakes, lock expiries and renewals, the
-    surge's and the drain's timeouts) runs ``factor`` times faster than the wall clock: a 30 s bake
-    takes 1.5 s. The same logic runs; only the time it reads is scaled."""
+    command's timeout) runs ``factor`` times faster than the wall clock: a 30 s bake takes 1.5 s.
+    The same logic runs; only the time it reads is scaled."""
     start = datetime.now(UTC)
     monkeypatch.setattr(tasks, "_now", lambda: start + (datetime.now(UTC) - start) * factor)
 
@@ -46,6 +46,8 @@ class Faults:
     command_fails_on: set[str] = field(default_factory=set)  # activations and full deploys
     stage_fails_on: set[str] = field(default_factory=set)  # staging
     unhealthy: set[str] = field(default_factory=set)
+    # instance -> the how-manieth DescribeTargetHealth naming it finds it unhealthy, and every later one
+    unhealthy_from_look: dict[str, int] = field(default_factory=dict)
     on_send: Callable[[list[str], str], None] | None = None
     # "service:method" -> what its next calls do, one per call: raise the error before reaching
     # moto, or pass through (None)
@@ -72,6 +74,8 @@ class World:
         self.actions: dict[str, str] = {}  # command id -> its Action
         self.faults = Faults()
         self.calls: dict[str, int] = {}  # AWS API calls through slipway.aws.client, by service:operation
+        self.looks: dict[str, int] = {}  # DescribeTargetHealth answers naming each instance
+        self.out_of_service: list[str] = []  # instances not InService when a command was sent to them
 
     @property
     def group(self) -> str:
@@ -164,7 +168,12 @@ class FaultyClients:
             def health(**kwargs: Any) -> Any:
                 answer = client.describe_target_health(**kwargs)
                 for target in answer["TargetHealthDescriptions"]:
-                    if target["Target"]["Id"] in world.faults.unhealthy:
+                    instance = target["Target"]["Id"]
+                    looked = world.looks[instance] = world.looks.get(instance, 0) + 1
+                    turns = world.faults.unhealthy_from_look.get(instance)
+                    if turns is not None and looked >= turns:
+                        world.faults.unhealthy.add(instance)
+                    if instance in world.faults.unhealthy:
                         target["TargetHealth"] = {"State": "unhealthy", "Reason": "Target.FailedHealthChecks"}
                 return answer
 
@@ -180,6 +189,8 @@ class FaultyClients:
                 return client.send_command(**kwargs)
             url = kwargs["Parameters"]["ReleaseUrl"][0]
             action = kwargs["Parameters"].get("Action", ["deploy"])[0]
+            states = self.world.lifecycle()
+            self.world.out_of_service += [i for i in kwargs["InstanceIds"] if states.get(i) != "InService"]
             if action == "stage":  # prepares, changes nothing served: kept apart from what was deployed
                 self.world.staged.append((list(kwargs["InstanceIds"]), url))
             else:
@@ -274,5 +285,7 @@ def platform(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Itera
 def faulty(world: World) -> Iterator[World]:
     """Route every AWS client of the control plane through the world's faults."""
     real = aws.client
+    # An earlier test's world still patched in would bend this one's calls with its dead moto.
+    assert not isinstance(real, FaultyClients), "aws.client is still an earlier test's FaultyClients"
     with mock.patch.object(aws, "client", FaultyClients(world, real)):
         yield world

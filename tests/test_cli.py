@@ -161,7 +161,7 @@ def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
     # These platforms run simulated fleets (the stack's Auto Scaling groups with moto's instances):
     # this follows the real rollout state machine and its tasks end to end, not the instance agent
     # (tests/test_local_instances.py does, through real instances behind a real load balancer).
-    # web in staging runs 1 to 2 instances: the rollout surges to 2 and deploys them one by one.
+    # web in staging runs 1 to 2 instances, one now: it switches in place, in one batch.
     assert slipway("release", "web", "staging", "-m", "one").returncode == 0
     first = releases(slipway, "web", "staging")[0]["id"]
     result = slipway("deploy", "web", "staging", first, "--bake", "0", "--interval", "0.2")
@@ -169,17 +169,18 @@ def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"Deploying web {first} to staging (deploy web-{first}-")
     # Each step in words, with its batch and how long it took; no raw state names.
-    steps = [re.fullmatch(r"  (.+?)(?: — batch (\d) of 2)? \((\d+\.\d) s\)", line) for line in lines[1:-1]]
+    steps = [re.fullmatch(r"  (.+?)(?: — batch (\d) of 1)? \((\d+\.\d) s\)", line) for line in lines[1:-1]]
     assert all(steps), lines
     words = [(m.group(1), m.group(2)) for m in steps if m]
     assert words[0] == ("taking the deploy lock", None)
     assert ("staging the release on every instance (while they serve)", None) in words
-    assert ("switching a batch to the release", "1") in words and ("switching a batch to the release", "2") in words
+    assert ("switching a batch to the release", "1") in words
+    assert ("baking (watching alarms and the batch's health)", "1") in words
     assert words[-1] == ("deployed", None)
     assert ("moving to the next batch", None) not in words  # a Choice state is no step of its own
     assert not any(re.search(r"[A-Z][a-z]+[A-Z]|\?", w) for w, _ in words)  # e.g. WaitCommand, Healthy?
     assert re.fullmatch(
-        rf"Deployed web {first} to staging: 2 instance\(s\) in 2 batch\(es\) in \d+\.\d s; {first} is current",
+        rf"Deployed web {first} to staging: 1 instance\(s\) in 1 batch\(es\) in \d+\.\d s; {first} is current",
         lines[-1],
     )
     assert slipway("config", "web", "staging", "set", "GREETING=hi").returncode == 0
@@ -192,7 +193,10 @@ def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
 
     result = slipway("rollback", "web", "staging", "--bake", "0", "--interval", "0.2")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1].endswith(f"{first} is current")
+    assert re.fullmatch(
+        rf"Rolled back web in staging to {first}: 1 instance\(s\) in 1 batch\(es\) in \d+\.\d s; {first} is current",
+        result.stdout.splitlines()[-1],
+    )
     deploys = slipway("deploys", "web", "staging").stdout.splitlines()
     assert [line.split()[1:3] for line in deploys[:3]] == [
         ["SUCCEEDED", "rollback"],
@@ -240,7 +244,7 @@ def test_a_rollout_is_followed_again_and_cancelled_from_the_cli(
             if (
                 running
                 and _get(local_platforms["staging"], f"/apps/web/envs/staging/deploys/{running[0]['id']}")["step"]
-                == "baking (watching alarms)"
+                == "baking (watching alarms and the batch's health)"
             ):
                 break
             time.sleep(0.5)

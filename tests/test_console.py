@@ -186,14 +186,14 @@ def test_deploy_a_release_with_a_strategy_and_watch_it_batch_by_batch(
     expect(console.page.locator("body[data-page=deployPage]")).to_be_attached()
     status = console.page.locator("#deploy .facts dd").first
     expect(status).to_have_text("SUCCEEDED", timeout=WAIT_MS)
-    # web in staging runs 1 to 2 instances: surged to 2, then one batch per instance.
+    # web in staging runs 1 to 2 instances, one now: one batch, switched in place.
     batches = console.page.locator("#batches .batch")
-    expect(batches).to_have_count(2)
-    expect(console.page.locator("#batches .batch[data-state=done]")).to_have_count(2)
-    expect(console.page.locator("#batches .badge[title=switched]")).to_have_count(2)
+    expect(batches).to_have_count(1)
+    expect(console.page.locator("#batches .batch[data-state=done]")).to_have_count(1)
+    expect(console.page.locator("#batches .badge[title=switched]")).to_have_count(1)
     deploy_id = console.page.url.rsplit("/", 1)[1]
     shown = api(staging, "GET", f"/apps/web/envs/staging/deploys/{deploy_id}")
-    assert shown["strategy"] == {"canary": False, "batch_size": 1, "bake_seconds": 0, "surge": True}
+    assert shown["strategy"] == {"canary": False, "batch_size": 1, "bake_seconds": 0}
     assert shown["release"] == release["id"] and shown["user"] == staging["user"]
     console.shot("deploy")
 

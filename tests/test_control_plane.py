@@ -131,7 +131,7 @@ def test_api_function_settings_parse_into_the_settings_the_api_reads(staging: Te
     fleets = {app: json.loads(text)["fleet"] for app, text in parameters.items()}
     assert set(fleets) == {"web", "billing"}
     assert set(fleets["billing"]) == {f.name for f in dataclasses.fields(FleetSettings)}
-    assert fleets["billing"]["strategy"] == {"canary": True, "batch_percent": 50, "bake_seconds": 60, "surge": True}
+    assert fleets["billing"]["strategy"] == {"canary": True, "batch_percent": 50, "bake_seconds": 60}
     assert fleets["web"]["strategy"] == Strategy().as_dict()
     assert "STATE_MACHINE_ARN" in resolved
     settings = ControlPlaneSettings.from_environ(resolved, parameters)

@@ -248,8 +248,9 @@ def test_a_rollout_over_three_instances(platform: Platform, first: str) -> None:
         rf"Deployed {APP} {release} to {ENV}: 3 instance\(s\) in 3 batch\(es\) in \d+\.\d s; {release} is current",
         out.splitlines()[-1],
     )
-    # Zero by design: each batch is drained before its app restarts and gets traffic again only
-    # after passing the load balancer's checks, while the two other instances serve.
+    # Zero by design: each instance switches in place (the release started beside the serving one,
+    # checked, the instance's front moved to it, the old one stopped once its requests ended), so
+    # no instance leaves the load balancer and none stops serving.
     assert load.failures == [], load.summary()
     served = _bodies(load)
     assert {b["release"] for b in served} == {first, release}
@@ -276,7 +277,12 @@ def test_rollback(platform: Platform) -> None:
     with Load(platform.url) as load:
         out = platform.ok("rollback", APP, ENV, *FAST)
     print(f"rollback: {load.summary()}")
-    assert out.splitlines()[-1].endswith(f"{previous} is current")
+    # Every instance back at once: each keeps the previous release staged and switches in place.
+    assert re.fullmatch(
+        rf"Rolled back {APP} in {ENV} to {previous}: 3 instance\(s\) in 1 batch\(es\) in \d+\.\d s; "
+        rf"{previous} is current",
+        out.splitlines()[-1],
+    ), out
     assert load.failures == [], load.summary()  # zero by design, as for any rollout
     assert set(platform.serving().values()) == {previous}
     assert {b["greeting"] for b in _bodies(load) if b["release"] == previous} == {"Hello"}
@@ -291,7 +297,7 @@ def test_a_rolling_restart_under_load(platform: Platform) -> None:
         rf"Restarted {APP} {current} in {ENV}: 3 instance\(s\) in 3 batch\(es\) in \d+\.\d s; {current} is current",
         out.splitlines()[-1],
     )
-    # Zero by design: each batch is drained before its processes restart, as in any rollout.
+    # Zero by design: each instance starts a fresh copy beside the serving one and switches to it.
     assert load.failures == [], load.summary()
     assert set(platform.serving().values()) == {current}
     # Each batch ran the deploy program's restart, on its instance, and it succeeded there.
@@ -330,21 +336,26 @@ def test_a_release_whose_web_process_crashes_is_rolled_back(platform: Platform) 
 
 def test_a_release_the_load_balancer_finds_unhealthy_is_rolled_back(platform: Platform) -> None:
     before = platform.status()["current"]
-    # Healthy for its first 3 s: the deploy agent's checks pass (they come first), the load balancer's then fail.
+    # Healthy for its first 3 s: the deploy agent's checks pass (they come first), the load balancer's
+    # then fail (two checks 5 s apart): the canary's bake watches its target and sees it.
     hidden = platform.publish("web: python3 app.py --unhealthy-after 3\n", "unhealthy after 3 s")
     with Load(platform.url) as load:
-        result = platform.slipway("deploy", APP, ENV, hidden, *FAST)
+        result = platform.slipway("deploy", APP, ENV, hidden, "--bake", "20", "--interval", "0.5")
     print(f"release unhealthy in the load balancer: {load.summary()}")
     assert result.returncode == 1
     assert "unhealthy in the target group: i-" in result.stderr, result.stderr
     assert "Health checks failed" in result.stderr and f"{before} is still current" in result.stderr
-    # Zero by design: a re-registered target gets traffic only once its checks pass; this one never did.
+    # Zero by design: only its health check fails; the load balancer stops sending it requests
+    # once it finds it unhealthy, and the others serve.
     assert load.failures == [], load.summary()
-    assert {b["release"] for b in _bodies(load)} == {before}
+    assert platform.status()["current"] == before
+    # It served, on the canary only, until the bake saw its target unhealthy; then went back.
+    assert len({b["instance"] for b in _bodies(load) if b["release"] == hidden}) == 1, load.summary()
+    assert re.search(r"; rolled back i-[0-9a-f]+; ", result.stderr), result.stderr  # the canary alone
     _wait(lambda: len(platform.serving()) == DEMO_INSTANCES, 60, "the rolled-back instance to serve again")
 
 
-def test_a_cancel_after_the_canary_puts_it_back_drained(platform: Platform) -> None:
+def test_a_cancel_after_the_canary_puts_it_back_in_place(platform: Platform) -> None:
     before = platform.status()["current"]
     release = platform.publish(message="cancelled after the canary")
     with Load(platform.url) as load:
@@ -368,13 +379,13 @@ def test_a_cancel_after_the_canary_puts_it_back_drained(platform: Platform) -> N
     assert cancelled.stderr.splitlines()[-1] == err.splitlines()[-1], cancelled.stderr  # the same outcome
     assert "cancelled the rollout" in err and f"{before} is still current" in err, err
     # The canary (and the second batch, if its switch was sent before the cancel was seen) back in
-    # drained batches of one: three instances keeping two in service.
+    # one batch, switched in place.
     rolled = re.search(r"; rolled back (i-[0-9a-f, i-]+); ", err)
     assert rolled, err
     count = len(rolled.group(1).split(", "))
     back = re.findall(r"rolling back: switching a batch back to the previous release — batch (\d) of (\d)", out)
-    assert count in (1, 2) and back == [(str(n), str(count)) for n in range(1, count + 1)], out
-    # Zero by design: the canary, in service on the new release, goes back drained like any batch.
+    assert count in (1, 2) and back == [("1", "1")], out
+    # Zero by design: the canary switches back in place like any batch.
     assert load.failures == [], load.summary()
     assert release in {b["release"] for b in _bodies(load)}  # the canary served it before the cancel
     _wait(lambda: len(platform.serving()) == DEMO_INSTANCES, 60, "every instance to serve again")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from slipway.rollout.commands import send_deploy_request
+from slipway.rollout.commands import MAX_INSTANCES_PER_COMMAND, send_deploy_requests
 from slipway.rollout.steps import STEPS
 from slipway.settings import FleetSettings
 
@@ -24,7 +24,7 @@ FLEET = FleetSettings(
 
 
 def test_the_deploy_command_request_is_exactly_this() -> None:
-    request = send_deploy_request(
+    [request] = send_deploy_requests(
         FLEET,
         instances=["i-0a", "i-0b"],
         url="s3://platform-staging-releasebucket-1/web/staging/r7",
@@ -48,7 +48,7 @@ def test_the_deploy_command_request_is_exactly_this() -> None:
 
 
 def test_a_long_comment_is_cut_to_what_ssm_keeps() -> None:
-    request = send_deploy_request(
+    [request] = send_deploy_requests(
         FLEET, instances=["i-0a"], url="s3://bkt/web/staging/r7", kind="rollback", user="x" * 200, timeout_seconds=60
     )
     assert len(request["Comment"]) == 100
@@ -57,7 +57,7 @@ def test_a_long_comment_is_cut_to_what_ssm_keeps() -> None:
 
 def test_an_action_the_document_does_not_know_is_refused() -> None:
     with pytest.raises(ValueError, match="action 'reboot' is not one of"):
-        send_deploy_request(
+        send_deploy_requests(
             FLEET,
             instances=["i-0a"],
             url="s3://bkt/web/staging/r7",
@@ -68,14 +68,52 @@ def test_an_action_the_document_does_not_know_is_refused() -> None:
         )
 
 
-def _states(template: dict[str, Any]) -> set[str]:
+def test_more_instances_than_one_command_takes_go_in_several_commands_in_order() -> None:
+    instances = [f"i-{n:03d}" for n in range(120)]
+    requests = send_deploy_requests(
+        FLEET, instances=instances, url="s3://bkt/web/staging/r7", kind="deploy", user="a", timeout_seconds=60
+    )
+    assert [len(r["InstanceIds"]) for r in requests] == [50, 50, 20]
+    assert [i for r in requests for i in r["InstanceIds"]] == instances
+    assert all(r["Parameters"] == requests[0]["Parameters"] for r in requests)
+
+
+def test_the_limit_per_command_is_ssms_own() -> None:
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ssm").operation_model("SendCommand")
+    assert model.input_shape.members["InstanceIds"].metadata["max"] == MAX_INSTANCES_PER_COMMAND
+
+
+def _definition(template: dict[str, Any]) -> dict[str, Any]:
     [machine] = [
         r
         for logical_id, r in template["Resources"].items()
         if r["Type"] == "AWS::StepFunctions::StateMachine" and logical_id.startswith("Rollout")
     ]
     text = "".join(p if isinstance(p, str) else "ARN" for p in machine["Properties"]["DefinitionString"]["Fn::Join"][1])
-    return set(json.loads(text)["States"])
+    definition: dict[str, Any] = json.loads(text)
+    return definition
+
+
+def _states(template: dict[str, Any]) -> set[str]:
+    return set(_definition(template)["States"])
+
+
+def test_every_task_catches_every_error_so_no_failure_strands_the_lock(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    states = _definition(templates["Platform-staging"])["States"]
+    tasks = {name: state for name, state in states.items() if state["Type"] == "Task"}
+    assert len(tasks) >= 10
+    uncaught = [
+        name
+        for name, state in tasks.items()
+        if not any("States.ALL" in c["ErrorEquals"] for c in state.get("Catch", []))
+    ]
+    assert uncaught == []
+    # ... and, failing the unlock itself, the execution says so (LockLeft) rather than end silently.
+    assert {c["Next"] for c in states["Unlock"]["Catch"]} == {"UnlockFailed"}
 
 
 def test_every_state_of_the_synthesized_machine_has_its_words_and_no_words_are_for_nothing(

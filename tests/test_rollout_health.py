@@ -5,49 +5,37 @@ from __future__ import annotations
 
 import pytest
 
-from slipway.rollout.health import Decision, Verdict, alarms_verdict, command_verdict, targets_verdict
+from slipway.rollout.health import Decision, Verdict, alarms_verdict, command_verdict, unhealthy_verdict
 
 HEALTHY, WAIT, FAILED = Verdict.HEALTHY, Verdict.WAIT, Verdict.FAILED
 
 # Target health -----------------------------------------------------------------------------------
 
-# Every state of Elastic Load Balancing's TargetHealth, for one instance, before the timeout.
+# Every state of Elastic Load Balancing's TargetHealth, for one instance of a batch. A target of
+# a batch stays in the target group throughout: only unhealthy fails it.
 TARGET_STATES = {
-    "healthy": (HEALTHY, "1 target(s) healthy"),
-    "initial": (WAIT, "waiting for 1 of 1 target(s): i-1 (initial)"),
-    "draining": (WAIT, "waiting for 1 of 1 target(s): i-1 (draining)"),
-    "unused": (WAIT, "waiting for 1 of 1 target(s): i-1 (unused)"),
-    "unavailable": (WAIT, "waiting for 1 of 1 target(s): i-1 (unavailable)"),
+    "healthy": (HEALTHY, "no target of 1 unhealthy"),
+    "initial": (HEALTHY, "no target of 1 unhealthy"),
+    "draining": (HEALTHY, "no target of 1 unhealthy"),
+    "unused": (HEALTHY, "no target of 1 unhealthy"),
+    "unavailable": (HEALTHY, "no target of 1 unhealthy"),
     "unhealthy": (FAILED, "unhealthy in the target group: i-1 (unhealthy)"),
     "unhealthy.draining": (FAILED, "unhealthy in the target group: i-1 (unhealthy.draining)"),
-    "some-future-state": (WAIT, "waiting for 1 of 1 target(s): i-1 (some-future-state)"),
+    "some-future-state": (HEALTHY, "no target of 1 unhealthy"),
 }
 
 
 @pytest.mark.parametrize("state, expected", TARGET_STATES.items(), ids=TARGET_STATES.keys())
-def test_each_target_state_before_the_timeout(state: str, expected: tuple[Verdict, str]) -> None:
-    decision = targets_verdict({"i-1": state}, ["i-1"], waited_seconds=10, timeout_seconds=300)
+def test_each_target_state(state: str, expected: tuple[Verdict, str]) -> None:
+    decision = unhealthy_verdict({"i-1": state}, ["i-1"])
     assert (decision.verdict, decision.reason) == expected
-    assert decision.subjects == (() if expected[0] is HEALTHY else ("i-1",))
-
-
-@pytest.mark.parametrize("state", sorted(TARGET_STATES), ids=sorted(TARGET_STATES))
-def test_each_target_state_at_the_timeout(state: str) -> None:
-    decision = targets_verdict({"i-1": state}, ["i-1"], waited_seconds=300, timeout_seconds=300)
-    if state == "healthy":
-        assert decision.verdict is HEALTHY
-    elif state.startswith("unhealthy"):
-        assert decision.reason == f"unhealthy in the target group: i-1 ({state})"
-    else:
-        assert decision == Decision(FAILED, f"not healthy after 300s (timeout 300s): i-1 ({state})", ("i-1",))
+    assert decision.subjects == (("i-1",) if expected[0] is FAILED else ())
 
 
 def test_an_unhealthy_target_fails_with_elbs_reason_and_names_only_the_unhealthy() -> None:
-    decision = targets_verdict(
+    decision = unhealthy_verdict(
         {"i-2": "unhealthy", "i-1": "healthy", "i-3": "initial", "i-4": "unhealthy"},
         ["i-1", "i-2", "i-3", "i-4"],
-        waited_seconds=5,
-        timeout_seconds=300,
         reasons={"i-2": "Target.ResponseCodeMismatch: Health checks failed with these codes: [502]"},
     )
     assert decision == Decision(
@@ -58,31 +46,17 @@ def test_an_unhealthy_target_fails_with_elbs_reason_and_names_only_the_unhealthy
     )
 
 
-def test_a_target_not_yet_registered_is_waited_for_then_fails() -> None:
-    assert targets_verdict({}, ["i-1"], waited_seconds=0, timeout_seconds=60) == Decision(
-        WAIT, "waiting for 1 of 1 target(s): i-1 (not registered)", ("i-1",)
-    )
-    assert targets_verdict({}, ["i-1"], waited_seconds=61, timeout_seconds=60).verdict is FAILED
+def test_a_target_not_described_is_not_unhealthy() -> None:
+    assert unhealthy_verdict({}, ["i-1"]) == Decision(HEALTHY, "no target of 1 unhealthy")
 
 
 def test_only_the_batch_counts_not_other_targets() -> None:
     states = {"i-1": "healthy", "i-2": "healthy", "i-9": "unhealthy"}
-    assert targets_verdict(states, ["i-2", "i-1"], waited_seconds=0, timeout_seconds=60) == Decision(
-        HEALTHY, "2 target(s) healthy"
-    )
+    assert unhealthy_verdict(states, ["i-2", "i-1"]) == Decision(HEALTHY, "no target of 2 unhealthy")
 
 
-def test_waiting_names_only_the_targets_not_yet_healthy() -> None:
-    states = {"i-1": "healthy", "i-2": "initial"}
-    assert targets_verdict(states, ["i-1", "i-2"], waited_seconds=3, timeout_seconds=60) == Decision(
-        WAIT, "waiting for 1 of 2 target(s): i-2 (initial)", ("i-2",)
-    )
-
-
-def test_no_targets_is_healthy() -> None:
-    assert targets_verdict({"i-1": "unhealthy"}, [], waited_seconds=0, timeout_seconds=60) == Decision(
-        HEALTHY, "no targets to check"
-    )
+def test_an_empty_batch_is_not_unhealthy() -> None:
+    assert unhealthy_verdict({"i-1": "unhealthy"}, []) == Decision(HEALTHY, "no target of 0 unhealthy")
 
 
 # Command invocations -----------------------------------------------------------------------------

@@ -35,6 +35,24 @@ def machine() -> Callable[..., Any]:
     return status_and_output
 
 
+# What only a rollout that takes instances out of the load balancer would call.
+OUT_OF_SERVICE_CALLS = {
+    "autoscaling:enter_standby",
+    "autoscaling:exit_standby",
+    "autoscaling:set_desired_capacity",
+    "elbv2:deregister_targets",
+    "elbv2:register_targets",
+}
+
+
+def never_out_of_service(world: World) -> None:
+    """No instance left service: none was in standby when a command reached it, nothing was
+    deregistered, no capacity was added."""
+    assert world.out_of_service == []
+    assert OUT_OF_SERVICE_CALLS.isdisjoint(world.calls), world.calls
+    assert set(world.lifecycle().values()) == {"InService"}
+
+
 def test_clean_rollout_over_five_instances(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
     world = fleet(instances=5, min_size=2)
     status, output = machine(world)
@@ -44,8 +62,12 @@ def test_clean_rollout_over_five_instances(machine: Callable[..., Any], fleet: C
     # Staged everywhere at once first, while every instance serves; then activated batch by batch.
     assert world.staged == [(world.instances(), f"s3://{world.bucket}/web/staging/r2")]
     batches = [instances for instances, _ in world.sent]
-    assert len(batches[0]) == 1  # the canary goes alone
+    # The canary alone, then 50 % of five (3) a batch: the strategy alone sizes them, although the
+    # fleet keeps two in service (switched in place, no instance leaves it).
+    assert [len(b) for b in batches] == [1, 3, 1]
     assert sorted(i for b in batches for i in b) == world.instances()  # every instance exactly once
+    assert set(world.actions.values()) == {"stage", "activate"}
+    never_out_of_service(world)
 
 
 def test_a_release_that_cannot_be_staged_changes_nothing(
@@ -58,19 +80,16 @@ def test_a_release_that_cannot_be_staged_changes_nothing(
     assert world.instances()[1] in output["cause"]
     assert world.sent == []  # no instance was switched, none rolled back
     assert world.current() == "r1" and world.lock() is None
-    assert set(world.lifecycle().values()) == {"InService"}  # none was taken out of service
+    never_out_of_service(world)
 
 
 def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
     world = fleet(instances=5, min_size=2)
-    out_of_service_during_rollback: list[str] = []
 
     def on_send(instances: list[str], url: str) -> None:
         if url.endswith("/r2") and len(world.sent) == 1:
             world.faults.command_fails_on.update(instances)
-        if url.endswith("/r1"):  # the rollback: the canary gets traffic again only once it is back
-            states = world.lifecycle()
-            out_of_service_during_rollback.extend(i for i in instances if states[i] == "Standby")
+        if url.endswith("/r1"):
             world.faults.command_fails_on.difference_update(instances)  # r1 runs fine
 
     world.faults.on_send = on_send
@@ -83,18 +102,15 @@ def test_command_failure_on_the_canary_rolls_back(machine: Callable[..., Any], f
     assert world.sent[1:] == [([canary], f"s3://{world.bucket}/web/staging/r1")]  # rolled back to r1, once
     assert list(world.actions.values())[-1] == "activate"  # the staged previous release, no download
     assert world.deployed() == {canary: "r1"}
-    assert out_of_service_during_rollback == [canary]
-    assert set(world.lifecycle().values()) == {"InService"}  # and back in service after it
+    never_out_of_service(world)  # switched back in place, in service throughout
 
 
-def test_unhealthy_target_in_batch_two_rolls_back_in_drained_batches_that_keep_the_minimum(
+def test_unhealthy_target_in_batch_two_rolls_back_every_changed_instance_at_once(
     machine: Callable[..., Any], fleet: Callable[..., World]
 ) -> None:
     world = fleet(instances=5, min_size=2)
-    out_of_service: list[int] = []
 
     def on_send(instances: list[str], url: str) -> None:
-        out_of_service.append(sum(1 for state in world.lifecycle().values() if state == "Standby"))
         if url.endswith("/r2") and len(world.sent) == 2:
             world.faults.unhealthy.update(instances)
         if url.endswith("/r1"):
@@ -104,16 +120,35 @@ def test_unhealthy_target_in_batch_two_rolls_back_in_drained_batches_that_keep_t
     status, output = machine(world)
     assert status == "FAILED", output
     canary, second = world.sent[0][0], world.sent[1][0]
-    assert len(canary) == 1 and len(second) == 3  # 50 % of five, the room of five keeping two
-    r1 = f"s3://{world.bucket}/web/staging/r1"
-    # The unhealthy batch first, then the canary: each drained, never more than three out at once.
-    assert world.sent[2:] == [(sorted(second), r1), (canary, r1)]
-    assert max(out_of_service) <= 3
-    assert list(world.actions.values())[-2:] == ["activate", "activate"]
+    assert len(canary) == 1 and len(second) == 3  # 50 % of five
+    # Both changed batches back in one, although the fleet keeps two in service: in place.
+    assert world.sent[2:] == [(sorted(canary + second), f"s3://{world.bucket}/web/staging/r1")]
+    assert list(world.actions.values())[-1] == "activate"
     assert world.current() == "r1" and world.lock() is None
     assert set(world.deployed().values()) == {"r1"}
-    assert set(world.lifecycle().values()) == {"InService"}
-    assert "Target.FailedHealthChecks" in output["cause"] or second[0] in output["cause"]
+    assert (
+        f"unhealthy in the target group: {sorted(second)[0]} (unhealthy: Target.FailedHealthChecks)"
+        in (output["cause"])
+    )
+    never_out_of_service(world)
+
+
+def test_a_batch_that_turns_unhealthy_during_the_bake_rolls_back(
+    machine: Callable[..., Any], fleet: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = fleet(instances=3, min_size=1)
+    faster_rollout_clock(monkeypatch)  # a 60 s bake in 3 s
+    first = sorted(world.instances())[0]
+    # The canary passes its first looks, then the load balancer finds it unhealthy (after the
+    # agent's checks, which a release failing only later passes).
+    world.faults.unhealthy_from_look[first] = 3
+    timing = {"poll_seconds": 1, "command_timeout": 60, "lock_minutes": 30}
+    status, output = machine(world, timing=timing, strategy={"batch_percent": 100, "bake_seconds": 60})
+    assert status == "FAILED", output
+    assert [instances for instances, _ in world.sent] == [[first], [first]]  # the canary, then back
+    assert output["cause"] == f"unhealthy in the target group: {first} (unhealthy: Target.FailedHealthChecks)"
+    assert world.looks[first] == 3  # looked at every second of the bake until it failed
+    assert world.current() == "r1" and world.lock() is None
 
 
 def test_the_timeline_says_which_batches_roll_back(fleet: Callable[..., World]) -> None:
@@ -131,8 +166,8 @@ def test_the_timeline_says_which_batches_roll_back(fleet: Callable[..., World]) 
     assert execution.status == "FAILED", execution.output
     steps = [(entry["step"], entry["batch"]) for entry in deploys.timeline(execution.events)]
     assert ("switching a batch to the release", 2) in steps
-    back = [batch for words, batch in steps if words == "rolling back: switching a batch back to the previous release"]
-    assert back == [1, 2]  # the failed batch, then the canary: two batches, two out at most (four keeping two)
+    back = [entry for entry in deploys.timeline(execution.events) if entry["step"].startswith("rolling back: ")]
+    assert {(entry["batch"], entry["batches"]) for entry in back} == {(1, 1)}  # both batches back in one
     assert steps[-1] == ("rolled back", None)
 
 
@@ -199,29 +234,28 @@ def test_instance_launched_mid_rollout_is_converged(machine: Callable[..., Any],
     assert len(late) == 1 and late[0] not in [i for b, _ in world.sent[:-1] for i in b]  # converged separately
 
 
-def test_fleet_at_its_minimum_surges_first_and_gives_the_capacity_back(
-    machine: Callable[..., Any], fleet: Callable[..., World]
-) -> None:
-    world = fleet(instances=2, min_size=2)
-    status, output = machine(world)
-    assert status == "SUCCEEDED", output
-    group = world.clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[world.group])[
-        "AutoScalingGroups"
-    ][0]
-    assert group["DesiredCapacity"] == 2  # the surge instance is given back
-    # Three instances were deployed one at a time, never leaving fewer than two in service.
-    assert [len(instances) for instances, _ in world.sent] == [1, 1, 1]
-    assert world.current() == "r2"
-
-
-def test_fleet_at_its_maximum_cannot_surge_and_says_what_to_change(
+def test_a_fleet_at_its_minimum_and_maximum_rolls_out_as_it_is(
     machine: Callable[..., Any], fleet: Callable[..., World]
 ) -> None:
     world = fleet(instances=2, min_size=2, max_size=2)
-    status, output = machine(world)
-    assert status == "FAILED"
-    assert "the fleet's maximum is 2; raise max_capacity or lower min_capacity" in output["cause"]
-    assert world.sent == [] and world.current() == "r1"
+    status, output = machine(world, strategy={"canary": False, "batch_percent": 100, "bake_seconds": 0})
+    assert status == "SUCCEEDED", output
+    assert [sorted(instances) for instances, _ in world.sent] == [world.instances()]  # both at once, none added
+    assert world.current() == "r2"
+    never_out_of_service(world)
+
+
+def test_more_instances_than_one_command_takes_get_several_commands(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=60, min_size=30, max_size=60)
+    status, output = machine(world, strategy={"canary": False, "batch_percent": 100, "bake_seconds": 0})
+    assert status == "SUCCEEDED", output
+    # SSM takes at most 50 instances a command: staged in two commands, activated in two.
+    assert [len(instances) for instances, _ in world.staged] == [50, 10]
+    assert [len(instances) for instances, _ in world.sent] == [50, 10]
+    assert world.deployed() == {i: "r2" for i in world.instances()}
+    assert world.current() == "r2"
 
 
 def _client_error(code: str, operation: str) -> ClientError:
@@ -251,12 +285,9 @@ def test_another_error_is_a_failed_deploy_with_its_reason(
     assert status == "FAILED" and output["error"] == "RolloutFailed"
     assert "InvalidDocument" in output["cause"]
     assert world.current() == "r1" and world.lock() is None
-    assert set(world.lifecycle().values()) == {"InService"}  # the detached batch went back
 
 
-def test_a_failing_rollback_still_gives_back_the_lock_and_leaves_nothing_in_standby(
-    machine: Callable[..., Any], fleet: Callable[..., World]
-) -> None:
+def test_a_failing_rollback_still_gives_back_the_lock(machine: Callable[..., Any], fleet: Callable[..., World]) -> None:
     world = fleet(instances=3, min_size=1)
     world.faults.command_fails_on.update(world.instances())  # the canary fails: roll back ...
     # ... and the rollback's activation fails there too, and so does the last resort (a full deploy),
@@ -266,10 +297,9 @@ def test_a_failing_rollback_still_gives_back_the_lock_and_leaves_nothing_in_stan
     assert status == "FAILED" and output["error"] == "RolloutFailed", output
     [canary] = world.sent[0][0]
     assert output["cause"].startswith(f"the deploy command failed on {canary}")
-    assert "; and rolling back in batches failed too (the deploy command failed on" in output["cause"]
-    assert f"the command giving {canary} r1 at once could not be sent (ClientError" in output["cause"]
+    assert "; and switching back failed too (the deploy command failed on" in output["cause"]
+    assert f"the command giving {canary} a full deploy of r1 could not be sent (ClientError" in output["cause"]
     assert world.lock() is None  # given back
-    assert set(world.lifecycle().values()) == {"InService"}  # nothing left in standby
     assert world.current() == "r1"
     assert world.calls["ssm:send_command"] == 4 and not world.faults.raises["ssm:send_command"]  # it was tried
 
@@ -322,7 +352,7 @@ def test_a_cancel_mid_batch_rolls_back_what_changed(machine: Callable[..., Any],
     [canary] = world.sent[0][0]
     assert world.sent[-1] == ([canary], f"s3://{world.bucket}/web/staging/r1")  # the canary put back
     assert world.current() == "r1" and world.lock() is None
-    assert set(world.lifecycle().values()) == {"InService"}
+    never_out_of_service(world)
 
 
 def test_a_bake_longer_than_half_the_lock_renews_it(
@@ -331,9 +361,62 @@ def test_a_bake_longer_than_half_the_lock_renews_it(
     world = fleet(instances=2, min_size=1)
     faster_rollout_clock(monkeypatch)  # the rollout's 35 s in under 2 s of this test's
     # A one-minute lock and a 35 s bake: the lock is renewed once less than half of it is left.
-    timing = {"poll_seconds": 1, "command_timeout": 60, "healthy_timeout": 60, "lock_minutes": 1}
+    timing = {"poll_seconds": 1, "command_timeout": 60, "lock_minutes": 1}
     status, output = machine(world, timing=timing, strategy={"canary": False, "batch_percent": 100, "bake_seconds": 35})
     assert status == "SUCCEEDED", output
     started = datetime.fromisoformat(output["started_at"])
     assert datetime.fromisoformat(output["lock_expires_at"]) > started + timedelta(minutes=1)
     assert world.lock() is None and world.current() == "r2"
+
+
+# IAM: a service's action prefix where it differs from botocore's service name.
+IAM_PREFIX = {"elbv2": "elasticloadbalancing"}
+
+
+def _granted(template: dict[str, Any], role_prefix: str) -> set[str]:
+    """Every action the policies of the role whose logical id starts ``role_prefix`` allow."""
+    [role] = [
+        lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Role" and lid.startswith(role_prefix)
+    ]
+    actions: set[str] = set()
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::IAM::Policy" and {"Ref": role} in resource["Properties"]["Roles"]:
+            for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
+                listed = statement["Action"]
+                actions.update([listed] if isinstance(listed, str) else listed)
+    return actions
+
+
+def test_the_tasks_role_allows_exactly_the_calls_the_tasks_make_but_s3_and_logs(
+    fleet: Callable[..., World], templates: dict[str, dict[str, Any]]
+) -> None:
+    """Every AWS call the rollouts below made is granted, and nothing is granted that none made: a
+    rollout that converges a late instance, then one whose canary fails and rolls back. (The S3
+    grants are tested with the bucket adapter's calls; the log grants are Lambda's own.)"""
+    import boto3
+
+    called: set[str] = set()
+    for fail_canary in (False, True):
+        world = fleet(instances=3, min_size=1)
+
+        def on_send(instances: list[str], url: str, world: World = world, fail: bool = fail_canary) -> None:
+            if len(world.sent) == 1 and fail:
+                world.faults.command_fails_on.update(instances)
+            elif len(world.sent) == 1:  # the fleet scales out by one while the canary deploys
+                world.clients.autoscaling.set_desired_capacity(AutoScalingGroupName=world.group, DesiredCapacity=4)
+            if url.endswith("/r1"):
+                world.faults.command_fails_on.clear()
+
+        world.faults.on_send = on_send
+        with faulty(world):
+            world.run()
+        for call in world.calls:
+            service, method = call.split(":")
+            if service in ("s3", "logs") or method == "get_paginator":
+                continue
+            mapping = boto3.client(service, region_name="us-east-1").meta.method_to_api_mapping
+            called.add(f"{IAM_PREFIX.get(service, service)}:{mapping.get(method, method)}")
+    granted = {
+        a for a in _granted(templates["Platform-staging"], "RolloutTasksRole") if not a.startswith(("s3:", "logs:"))
+    }
+    assert called == granted

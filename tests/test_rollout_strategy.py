@@ -20,12 +20,12 @@ def test_no_options_keep_the_base() -> None:
 
 
 def test_defaults() -> None:
-    assert Strategy() == Strategy(canary=True, batch_size=None, batch_percent=25, bake_seconds=30, surge=True)
+    assert Strategy() == Strategy(canary=True, batch_size=None, batch_percent=25, bake_seconds=30)
 
 
 def test_a_request_overrides_only_what_it_gives() -> None:
-    parsed = Strategy.parse({"bake_seconds": 0, "surge": False})
-    assert parsed == Strategy(canary=True, batch_size=None, batch_percent=25, bake_seconds=0, surge=False)
+    parsed = Strategy.parse({"bake_seconds": 0, "canary": False})
+    assert parsed == Strategy(canary=False, batch_size=None, batch_percent=25, bake_seconds=0)
 
 
 def test_batch_size_replaces_a_base_percent_and_percent_replaces_a_base_size() -> None:
@@ -44,7 +44,6 @@ strategies = st.one_of(
         batch_size=st.just(base.batch_size),
         batch_percent=st.just(base.batch_percent),
         bake_seconds=st.integers(0, 3600),
-        surge=st.booleans(),
     )
 )
 
@@ -63,7 +62,7 @@ BAD_OPTIONS: dict[str, tuple[Any, str]] = {
     "unknown key": (
         {"parallel": True},
         "strategy.parallel: is not a strategy option; remove it (the options are canary, batch_size, batch_percent, "
-        "bake_seconds, surge)",
+        "bake_seconds)",
     ),
     "batch_size 0": (
         {"batch_size": 0},
@@ -88,7 +87,12 @@ BAD_OPTIONS: dict[str, tuple[Any, str]] = {
     "bake null": ({"bake_seconds": None}, "strategy.bake_seconds: expected a whole number, got null"),
     "canary 1": ({"canary": 1}, "strategy.canary: expected true or false, got the number 1"),
     "canary text": ({"canary": "yes"}, "strategy.canary: expected true or false, got the string 'yes'"),
-    "surge null": ({"surge": None}, "strategy.surge: expected true or false, got null"),
+    "canary null": ({"canary": None}, "strategy.canary: expected true or false, got null"),
+    "surge, retired": (
+        {"surge": True},
+        "strategy.surge: is no longer an option: every instance switches in place, so a rollout never adds "
+        "instances; remove it",
+    ),
 }
 
 
@@ -130,9 +134,8 @@ def test_batch_count_by_size_or_percent_of_the_fleet() -> None:
     assert Strategy(batch_percent=100).batch_count(7) == 7
 
 
-def test_a_rollback_goes_in_batches_as_large_as_the_minimum_in_service_allows() -> None:
+def test_a_rollback_goes_in_one_batch_without_canary_or_bake() -> None:
     chosen = rollback_strategy(Strategy(batch_percent=50, bake_seconds=60))
-    assert chosen == Strategy(canary=False, batch_size=None, batch_percent=100, bake_seconds=0, surge=True)
+    assert chosen == Strategy(canary=False, batch_size=None, batch_percent=100, bake_seconds=0)
     fleet = [Instance(id=f"i-{n:02}", zone="us-east-1a" if n % 2 else "us-east-1b") for n in range(10)]
-    plan = plan_batches(fleet, strategy=chosen, min_healthy=2)
-    assert [len(batch) for batch in plan.batches] == [8, 2] and plan.surge == 0
+    assert [len(batch) for batch in plan_batches(fleet, strategy=chosen)] == [10]

@@ -248,9 +248,12 @@ def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[
             f"Restarted {args.app} {deploy['release']} in {args.env}: {instances} instance(s) in "
             f"{len(deploy['batches'])} batch(es){took}; {deploy['release']} is current"
         )
+    if deploy["kind"] == "rollback":
+        done = f"Rolled back {args.app} in {args.env} to {deploy['release']}"
+    else:
+        done = f"Deployed {args.app} {deploy['release']} to {args.env}"
     return deploy, (
-        f"Deployed {args.app} {deploy['release']} to {args.env}: {instances} instance(s) in "
-        f"{len(deploy['batches'])} batch(es){took}; {deploy['release']} is current"
+        f"{done}: {instances} instance(s) in {len(deploy['batches'])} batch(es){took}; {deploy['release']} is current"
     )
 
 

@@ -472,8 +472,9 @@ def scale(app_name: str, env: str, *, requested: dict[str, Any]) -> dict[str, An
     """Set the fleet's capacity (any of min, desired, max) within what cdk.json allows.
 
     A value left out keeps the group's own; desired follows min and max when only they move
-    (as Auto Scaling does). Refused, changing nothing, while a rollout holds the lock (it
-    surges and gives capacity back), or when a value given leaves the configured limits."""
+    (as Auto Scaling does). Refused, changing nothing, while a rollout holds the lock (it plans
+    over the instances in service: a scale-in would take some of its batches away), or when a
+    value given leaves the configured limits."""
     releases, fleet, _ = _deploying(app_name, env)
     given = {key: requested[key] for key in SCALE_KEYS if requested.get(key) is not None}
     if not given:

@@ -267,8 +267,6 @@ function strategyForm(title, defaults, start) {
           h("option", { value: "batch_size", selected: batchBySize }, "instances")))),
     h("label", {}, "Watch alarms after each batch (seconds)",
       h("input", { type: "number", name: "bake_seconds", min: 0, max: 3600, required: true, value: defaults.bake_seconds })),
-    h("label", { class: "check" }, h("input", { type: "checkbox", name: "surge", checked: defaults.surge }),
-      "Surge: add an instance while a batch switches, so capacity never drops"),
     h("p", { class: "hint" }, "The defaults are this app's rollout settings in cdk.json."),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, title)));
   form.addEventListener("submit", async (event) => {
@@ -278,7 +276,6 @@ function strategyForm(title, defaults, start) {
       canary: values.get("canary") === "on",
       [values.get("batch_unit")]: Number(values.get("batch")),
       bake_seconds: Number(values.get("bake_seconds")),
-      surge: values.get("surge") === "on",
     };
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;

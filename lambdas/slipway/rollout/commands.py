@@ -18,11 +18,12 @@ PROCESS_PARAMETER = "Process"  # a restart of only one Procfile process type; em
 # the serving release untouched), activate a staged release, both, or restart the running one.
 STAGE, ACTIVATE, DEPLOY, RESTART = "stage", "activate", "deploy", "restart"
 ACTIONS = (DEPLOY, STAGE, ACTIVATE, RESTART)
-# SSM keeps a command's comment to 100 characters.
+# SSM keeps a command's comment to 100 characters, and takes at most 50 instance ids a command.
 MAX_COMMENT = 100
+MAX_INSTANCES_PER_COMMAND = 50
 
 
-def send_deploy_request(
+def send_deploy_requests(
     fleet: FleetSettings,
     *,
     instances: list[str],
@@ -32,9 +33,10 @@ def send_deploy_request(
     timeout_seconds: int,
     action: str = DEPLOY,
     process: str | None = None,
-) -> dict[str, Any]:
-    """The ``SendCommand`` request that runs the deploy document on ``instances`` for ``url``:
-    ``action`` is one of :data:`ACTIONS`.
+) -> list[dict[str, Any]]:
+    """The ``SendCommand`` requests that run the deploy document on ``instances`` for ``url``:
+    one per :data:`MAX_INSTANCES_PER_COMMAND` instances (SSM refuses more in one command), in
+    order. ``action`` is one of :data:`ACTIONS`.
 
     Output goes to the fleet's deploy log group (one stream per command and instance), so
     what the deploy program printed stays readable after SSM's own 24,000-character
@@ -50,11 +52,17 @@ def send_deploy_request(
     parameters = {RELEASE_URL_PARAMETER: [url], ACTION_PARAMETER: [action]}
     if process:
         parameters[PROCESS_PARAMETER] = [process]
-    return {
-        "DocumentName": fleet.document,
-        "InstanceIds": list(instances),
-        "Parameters": parameters,
-        "Comment": comment[:MAX_COMMENT],
-        "TimeoutSeconds": timeout_seconds,
-        "CloudWatchOutputConfig": {"CloudWatchLogGroupName": fleet.output_log_group, "CloudWatchOutputEnabled": True},
-    }
+    return [
+        {
+            "DocumentName": fleet.document,
+            "InstanceIds": list(instances[start : start + MAX_INSTANCES_PER_COMMAND]),
+            "Parameters": parameters,
+            "Comment": comment[:MAX_COMMENT],
+            "TimeoutSeconds": timeout_seconds,
+            "CloudWatchOutputConfig": {
+                "CloudWatchLogGroupName": fleet.output_log_group,
+                "CloudWatchOutputEnabled": True,
+            },
+        }
+        for start in range(0, len(instances), MAX_INSTANCES_PER_COMMAND)
+    ]

@@ -29,10 +29,11 @@ class Decision(NamedTuple):
     subjects: tuple[str, ...] = ()
 
 
-# Elastic Load Balancing target states (DescribeTargetHealth): healthy passes; every
-# "unhealthy*" state (also "unhealthy.draining") fails; initial, draining, unused and
-# unavailable are on their way and are waited for.
-TARGET_HEALTHY = "healthy"
+# Elastic Load Balancing target states (DescribeTargetHealth): every "unhealthy*" state (also
+# "unhealthy.draining") fails a batch; healthy passes, and so do initial, draining, unused and
+# unavailable, which a target of a batch (in the target group throughout) reaches only by
+# leaving the fleet (a scale-in), not by its release.
+UNHEALTHY = "unhealthy"
 
 # SSM command invocation statuses (Status and StatusDetails of ListCommandInvocations).
 COMMAND_SUCCESS = "Success"
@@ -53,53 +54,31 @@ def _listing(items: Iterable[str]) -> str:
     return ", ".join(items)
 
 
-def targets_verdict(
-    states: Mapping[str, str],
-    instance_ids: Iterable[str],
-    *,
-    waited_seconds: float,
-    timeout_seconds: float,
-    reasons: Mapping[str, str] | None = None,
+def unhealthy_verdict(
+    states: Mapping[str, str], batch: Iterable[str], *, reasons: Mapping[str, str] | None = None
 ) -> Decision:
-    """Are ``instance_ids`` healthy in the target group, given ``states`` (instance id → state)?
+    """Is a target of ``batch`` unhealthy in the target group, given ``states`` (instance id → state)?
 
-    ``reasons`` (instance id → ELB's reason and description) goes into a failure's message.
-    An unhealthy target fails at once: the deploy agent checked the app locally before the
-    instance went back into service, so an unhealthy target will not recover by itself.
-    Targets still registering or draining are waited for until ``timeout_seconds``.
+    ``reasons`` (instance id → ELB's reason and description) goes into a failure's message. An
+    unhealthy target fails at once: the deploy agent checked the release through the instance's
+    front before it served, so a target that then fails the load balancer's checks will not
+    recover by itself.
     """
     reasons = reasons or {}
-    wanted = sorted(set(instance_ids))
-    if not wanted:
-        return Decision(Verdict.HEALTHY, "no targets to check")
 
     def described(instance: str) -> str:
         why = reasons.get(instance)
-        return f"{instance} ({states.get(instance, 'not registered')}{': ' + why if why else ''})"
+        return f"{instance} ({states[instance]}{': ' + why if why else ''})"
 
-    unhealthy = [i for i in wanted if states.get(i, "").startswith("unhealthy")]
+    wanted = sorted(set(batch))
+    unhealthy = [i for i in wanted if states.get(i, "").startswith(UNHEALTHY)]
     if unhealthy:
         return Decision(
             Verdict.FAILED,
             f"unhealthy in the target group: {_listing(described(i) for i in unhealthy)}",
             tuple(unhealthy),
         )
-    waiting = [i for i in wanted if states.get(i) != TARGET_HEALTHY]
-    if not waiting:
-        return Decision(Verdict.HEALTHY, f"{len(wanted)} target(s) healthy")
-    if waited_seconds >= timeout_seconds:
-        return Decision(
-            Verdict.FAILED,
-            f"not healthy after {waited_seconds:.0f}s (timeout {timeout_seconds:.0f}s): "
-            f"{_listing(described(i) for i in waiting)}",
-            tuple(waiting),
-        )
-    # Unknown states are waited for too: the timeout still bounds them.
-    return Decision(
-        Verdict.WAIT,
-        f"waiting for {len(waiting)} of {len(wanted)} target(s): {_listing(described(i) for i in waiting)}",
-        tuple(waiting),
-    )
+    return Decision(Verdict.HEALTHY, f"no target of {len(wanted)} unhealthy")
 
 
 def command_verdict(invocations: Mapping[str, str], *, waited: float, timeout: float) -> Decision:

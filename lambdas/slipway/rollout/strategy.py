@@ -6,8 +6,8 @@ option's rule is stated once, in :data:`OPTIONS`; a wrong value raises
 :class:`StrategyError` naming the option, the problem and the fix, which the configuration
 turns into its one-line error and the API into a 400.
 
-Example: ``{"canary": true, "batch_percent": 25, "bake_seconds": 30, "surge": true}`` (the
-defaults), or ``{"batch_size": 2, "surge": false}``.
+Example: ``{"canary": true, "batch_percent": 25, "bake_seconds": 30}`` (the defaults), or
+``{"batch_size": 2}``.
 """
 
 from __future__ import annotations
@@ -33,13 +33,16 @@ class _Range(NamedTuple):
     fix: str
 
 
-# Whole-number options and their ranges; canary and surge are true or false.
+# Whole-number options and their ranges; canary is true or false.
 OPTIONS: dict[str, _Range | None] = {
     "canary": None,
     "batch_size": _Range(1, 1000, "give a number of instances per batch from 1 to 1000, e.g. 2"),
     "batch_percent": _Range(1, 100, "give a whole percent of the fleet from 1 to 100, e.g. 25"),
     "bake_seconds": _Range(0, 3600, "give 0 to 3600 seconds of alarm watching after each batch, e.g. 30"),
-    "surge": None,
+}
+# Options earlier versions had, and why they are gone: a strategy that names one is refused saying so.
+RETIRED = {
+    "surge": "is no longer an option: every instance switches in place, so a rollout never adds instances",
 }
 
 
@@ -79,7 +82,6 @@ class Strategy:
     batch_size: int | None = None
     batch_percent: int | None = 25
     bake_seconds: int = 30
-    surge: bool = True
 
     def __post_init__(self) -> None:
         for option, value in asdict(self).items():
@@ -107,6 +109,8 @@ class Strategy:
                 'write it as {"batch_percent": 25, "bake_seconds": 30}',
             )
         for option in raw:
+            if option in RETIRED:
+                raise StrategyError(str(option), RETIRED[option], "remove it")
             if option not in OPTIONS:
                 close = difflib.get_close_matches(str(option), list(OPTIONS), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"the options are {', '.join(OPTIONS)}"
@@ -140,6 +144,5 @@ class Strategy:
 
 def rollback_strategy(base: Strategy) -> Strategy:
     """How a rollback goes, from the app's strategy: back to a release the fleet ran and keeps
-    staged, so no canary and no bake, in batches as large as the fleet's minimum in service allows
-    (:func:`slipway.rollout.plan.plan_batches` caps a batch at what may go out)."""
+    staged, so no canary and no bake, every instance in one batch (each switches in place)."""
     return replace(base, canary=False, batch_size=None, batch_percent=100, bake_seconds=0)

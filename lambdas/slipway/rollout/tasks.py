@@ -13,11 +13,15 @@ State fields (set by the API that starts the execution, or by earlier tasks)::
     strategy: {...}                          slipway.rollout.strategy.Strategy options
     timing: {...}                            slipway.settings.Timing
     previous, lock_expires_at                current before the rollout, and the lock's expiry (lock)
-    batches, cursor, done                    the plan and progress (plan, advance)
-    rolling_back, rolled_back, restored      after a failure: the batches put the changed instances
-                                             back on ``previous`` (rollback, advance)
-    command: {id, instances, sent_at}        the command being waited for
+    batches, cursor, done, activating        the plan and progress (plan, send, advance)
+    rolling_back, rolled_back, restored      after a failure: the batch that puts the changed
+                                             instances back on ``previous`` (rollback, advance)
+    command: {ids, instances, url, action}   the command being waited for ({command id: its instances})
     checked_at, verdict, reason, failure     the latest check's outcome
+
+Every instance switches in place (docs/switch.md): the agent starts the release beside the one
+that serves and moves the instance's front to it, so no batch leaves the load balancer, and the
+fleet's minimum in service does not limit a batch.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from slipway.deploys import RESTART as RESTART_KIND
 from slipway.deploys import ROLLBACK
 from slipway.publisher import AppReleases
 from slipway.releases import ReleaseError
-from slipway.rollout.commands import ACTIVATE, DEPLOY, RESTART, STAGE, send_deploy_request
-from slipway.rollout.health import alarms_verdict, command_verdict, targets_verdict
+from slipway.rollout.commands import ACTIVATE, DEPLOY, RESTART, STAGE, send_deploy_requests
+from slipway.rollout.health import Decision, alarms_verdict, command_verdict, unhealthy_verdict
 from slipway.rollout.lock import DeployLock, LockHeld, LockLost
 from slipway.rollout.plan import Instance, plan_batches, plan_rollback
 from slipway.rollout.strategy import Strategy
@@ -45,10 +49,8 @@ from slipway_release.layout import AppKeys, release_url
 
 State = dict[str, Any]
 OUTPUT_TAIL = 2000
-# A watching check (drained, command_done, healthy) looks again this often within its watch.
+# A watching check (command_done, baked) looks again this often within its watch.
 WATCH_INTERVAL_SECONDS = 1.0
-# ELB's default deregistration delay, for a target group that does not state its own.
-DEFAULT_DEREGISTRATION_DELAY = 300
 
 
 class RolloutError(Exception):
@@ -121,7 +123,6 @@ def lock(state: State) -> State:
         "started_at": _now().isoformat(),
         "lock_expires_at": held.expires_at.isoformat(),
         "done": [],
-        "surged": 0,
     }
 
 
@@ -156,65 +157,28 @@ def _group(group: str) -> Mapping[str, Any]:
     return found
 
 
-def _in_service(group: str) -> tuple[list[Instance], Mapping[str, Any]]:
+def _in_service(group: str) -> list[Instance]:
     asg = _group(group)
-    instances = [
+    return [
         Instance(id=i["InstanceId"], zone=i["AvailabilityZone"])
         for i in asg["Instances"]
         if i["LifecycleState"] == "InService" and i["HealthStatus"] == "Healthy"
     ]
-    return instances, asg
 
 
 def plan(state: State) -> State:
-    """Plan the batches over the in-service instances; surge first if the fleet is too small."""
-    fleet = _fleet(state)
-    instances, asg = _in_service(fleet.group)
-    if len(instances) < asg["DesiredCapacity"] or (state["surged"] and not _serving(state, instances)):
-        if state["surged"] and _elapsed(state, "surge_started") > _surge_timeout(state):
-            raise RolloutError(
-                f"the {state['surged']} instance(s) added to keep {asg['MinSize']} in service did not pass the load "
-                "balancer's health check in time; see the fleet's launch activity and the instances' boot log"
-            )
-        return {**state, "verdict": "WAIT", "reason": f"{len(instances)} of {asg['DesiredCapacity']} serving"}
+    """Plan the batches over the in-service instances, by the strategy alone: each instance
+    switches in place, so none leaves the load balancer. Instances that come into service later
+    boot ``current`` and get the release at the end (converge)."""
+    instances = _in_service(_fleet(state).group)
     strategy = Strategy.parse(state.get("strategy"))
-    rollout = plan_batches(instances, strategy=strategy, min_healthy=asg["MinSize"])
-    if rollout.surge:
-        wanted = asg["DesiredCapacity"] + rollout.surge
-        if wanted > asg["MaxSize"]:
-            raise RolloutError(
-                f"keeping {asg['MinSize']} instances in service needs {rollout.surge} more during the rollout, but "
-                f"the fleet's maximum is {asg['MaxSize']}; raise max_capacity or lower min_capacity in cdk.json"
-            )
-        aws.client("autoscaling").set_desired_capacity(AutoScalingGroupName=fleet.group, DesiredCapacity=wanted)
-        return {
-            **state,
-            "verdict": "WAIT",
-            "surged": state["surged"] + rollout.surge,
-            "surge_started": _now().isoformat(),
-            "reason": f"surging by {rollout.surge} to keep {asg['MinSize']} in service",
-        }
     return {
         **state,
-        "verdict": "READY",
-        "batches": [list(b) for b in rollout.batches],
+        "batches": [list(b) for b in plan_batches(instances, strategy=strategy)],
         "cursor": 0,
         "bake_seconds": strategy.bake_seconds,
         "planned": sorted(i.id for i in instances),
     }
-
-
-def _serving(state: State, instances: list[Instance]) -> bool:
-    """Are all in-service instances healthy in the target group (a surge instance counts only once it is)?"""
-    health = aws.client("elbv2").describe_target_health(TargetGroupArn=_fleet(state).target_group)
-    states = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in health["TargetHealthDescriptions"]}
-    return all(states.get(i.id) == "healthy" for i in instances)
-
-
-def _surge_timeout(state: State) -> float:
-    # A new instance boots, provisions, deploys `current`, then passes the health check.
-    timing = _timing(state)
-    return float(timing.command_timeout + timing.healthy_timeout)
 
 
 # One batch ------------------------------------------------------------------------------------
@@ -230,42 +194,6 @@ def _target(state: State) -> str:
     return str(state["previous"] if state.get("rolling_back") else state["release"])
 
 
-def detach(state: State) -> State:
-    """Take the batch out of traffic: standby (no replacement launched) and deregistration (draining).
-
-    Instances already in standby (a batch caught out of service, now rolled back first) stay there."""
-    batch, fleet = _batch(state), _fleet(state)
-    entering = [i for i in batch if i not in (state.get("standby") or [])]
-    if entering:
-        aws.client("autoscaling").enter_standby(
-            AutoScalingGroupName=fleet.group, InstanceIds=entering, ShouldDecrementDesiredCapacity=True
-        )
-        elbv2 = aws.client("elbv2")
-        elbv2.deregister_targets(TargetGroupArn=fleet.target_group, Targets=[{"Id": i} for i in entering])
-    return {**state, "standby": batch, "checked_at": _now().isoformat(), "drain_seconds": _drain_seconds(fleet)}
-
-
-def _drain_seconds(fleet: FleetSettings) -> int:
-    """How long the load balancer may take to drain a target: the target group's own deregistration delay."""
-    attributes = aws.client("elbv2").describe_target_group_attributes(TargetGroupArn=fleet.target_group)
-    values = {a["Key"]: a["Value"] for a in attributes["Attributes"]}
-    return int(values.get("deregistration_delay.timeout_seconds", DEFAULT_DEREGISTRATION_DELAY))
-
-
-def drained(state: State) -> State:
-    """Has the load balancer finished draining the batch? It is done by the deregistration delay at the latest,
-    so the batch goes on then (with a poll's margin) even if a target still shows draining."""
-    health = aws.client("elbv2").describe_target_health(TargetGroupArn=_fleet(state).target_group)
-    still = [
-        t["Target"]["Id"]
-        for t in health["TargetHealthDescriptions"]
-        if t["Target"]["Id"] in state["standby"] and t["TargetHealth"]["State"] != "unused"
-    ]
-    limit = state.get("drain_seconds", DEFAULT_DEREGISTRATION_DELAY) + _timing(state).poll_seconds
-    verdict = "WAIT" if still and _elapsed(state, "checked_at") < limit else "READY"
-    return {**state, "verdict": verdict, "reason": f"draining {', '.join(still)}" if still else "drained"}
-
-
 def stage(state: State) -> State:
     """Stage the release on every planned instance at once, while they all serve: download, verify,
     unpack and preflight; nothing they serve changes."""
@@ -273,9 +201,10 @@ def stage(state: State) -> State:
 
 
 def send(state: State) -> State:
-    """Activate the staged release on the batch (out of traffic): release phase, switch, restart, health.
-    While rolling back, the previous release, which every changed instance keeps staged; for a
-    rolling restart, restart the release the batch runs."""
+    """Activate the staged release on the batch, in place: the release phase, the release started
+    beside the serving one and checked, the instance's front switched to it, checked through the
+    front. While rolling back, the previous release, which every changed instance keeps staged;
+    for a rolling restart, a fresh copy of the release the batch runs."""
     restarting = state["kind"] == RESTART_KIND and not state.get("rolling_back")
     url = _release_url(state, _target(state))
     if restarting:
@@ -286,7 +215,8 @@ def send(state: State) -> State:
 
 
 def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY, process: str | None = None) -> State:
-    request = send_deploy_request(
+    """Send the deploy document to ``instances`` (one command per 50 of them, SSM's limit)."""
+    requests = send_deploy_requests(
         _fleet(state),
         instances=instances,
         url=url,
@@ -296,10 +226,11 @@ def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY,
         action=action,
         process=process,
     )
-    command = aws.client("ssm").send_command(**request)["Command"]
+    ssm = aws.client("ssm")
+    ids = {ssm.send_command(**request)["Command"]["CommandId"]: request["InstanceIds"] for request in requests}
     return {
         **state,
-        "command": {"id": command["CommandId"], "instances": instances, "url": url, "action": action},
+        "command": {"ids": ids, "instances": instances, "url": url, "action": action},
         "checked_at": _now().isoformat(),
     }
 
@@ -312,12 +243,14 @@ def command_done(state: State) -> State:
     """
     command = state["command"]
     statuses = {i: "Pending" for i in command["instances"]}  # until SSM registers the invocation
-    statuses.update(_statuses(command["id"]))
+    for command_id in command["ids"]:
+        statuses.update(_statuses(command_id))
     result = command_verdict(statuses, waited=_elapsed(state, "checked_at"), timeout=_timing(state).command_timeout)
     update: State = {"verdict": result.verdict.name, "reason": result.reason}
     if result.verdict.name == "FAILED":
         failed = result.subjects[0] if result.subjects else command["instances"][0]
-        invocation = _invocation(command["id"], failed)
+        [command_id] = [c for c, instances in command["ids"].items() if failed in instances]
+        invocation = _invocation(command_id, failed)
         output = (
             invocation.get("StandardOutputContent", "") + "\n" + invocation.get("StandardErrorContent", "")
         ).strip()
@@ -343,46 +276,14 @@ def _invocation(command_id: str, instance: str) -> dict[str, Any]:
     return found
 
 
-def attach(state: State) -> State:
-    """Put the batch back: out of standby, registered with the target group."""
-    batch = state.get("standby") or []
-    if batch:
-        fleet = _fleet(state)
-        aws.client("autoscaling").exit_standby(AutoScalingGroupName=fleet.group, InstanceIds=batch)
-        aws.client("elbv2").register_targets(TargetGroupArn=fleet.target_group, Targets=[{"Id": i} for i in batch])
-    return {**state, "standby": [], "attached": batch, "checked_at": _now().isoformat()}
-
-
-def healthy(state: State) -> State:
-    """Are the batch's targets healthy in the target group?"""
-    health = aws.client("elbv2").describe_target_health(
-        TargetGroupArn=_fleet(state).target_group, Targets=[{"Id": i} for i in state["attached"]]
-    )
-    described = health["TargetHealthDescriptions"]
-    states = {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in described}
-    reasons = {
-        t["Target"]["Id"]: t["TargetHealth"].get("Description") or t["TargetHealth"].get("Reason", "")
-        for t in described
-    }
-    result = targets_verdict(
-        states,
-        state["attached"],
-        waited_seconds=_elapsed(state, "checked_at"),
-        timeout_seconds=_timing(state).healthy_timeout,
-        reasons=reasons,
-    )
-    update: State = {"verdict": result.verdict.name, "reason": result.reason}
-    if result.verdict.name == "FAILED":
-        unhealthy = result.subjects[0] if result.subjects else state["attached"][0]
-        update["failure"] = {"instance": unhealthy, "reason": result.reason, "output": ""}
-    return {**state, **update}
-
-
 def baked(state: State) -> State:
-    """The bake: is any of the fleet's alarms firing (FAILED at once), and has the bake time passed?
+    """The bake: FAILED at once if one of the fleet's alarms fires or a target of the batch turns
+    unhealthy in the load balancer (the release may fail after the agent's checks passed); WAIT
+    until the bake time has passed since the batch switched.
 
-    Not while rolling back: the alarm that stopped the rollout may still be firing, and the
-    previous release is what the fleet ran before."""
+    Not while rolling back: the alarm that stopped the rollout may still be firing, and an
+    instance found unhealthy takes the load balancer's checks to be healthy again; the previous
+    release is what the fleet ran before, and the agent checked it through each front."""
     if state.get("rolling_back"):
         return {**state, "verdict": "READY", "reason": "rolling back: no bake"}
     since = state.get("baking_since") or _now().isoformat()
@@ -390,11 +291,32 @@ def baked(state: State) -> State:
     found = aws.client("cloudwatch").describe_alarms(AlarmNames=names)["MetricAlarms"] if names else []
     result = alarms_verdict({a["AlarmName"]: a["StateValue"] for a in found})
     update: State = {"verdict": result.verdict.name, "reason": result.reason}
-    if result.verdict.name == "FAILED":
+    unhealthy = _unhealthy(state, _batch(state)) if result.verdict.name != "FAILED" else None
+    if unhealthy is not None:
+        update = {"verdict": unhealthy.verdict.name, "reason": unhealthy.reason}
+        update["failure"] = {"instance": unhealthy.subjects[0], "reason": unhealthy.reason, "output": ""}
+    elif result.verdict.name == "FAILED":
         update["failure"] = {"instance": None, "reason": result.reason, "output": ""}
     elif (_now() - datetime.fromisoformat(since)).total_seconds() < state["bake_seconds"]:
         update.update(verdict="WAIT", reason=f"baking since {since}: {result.reason}")
     return {**state, **update, "baking_since": since if update["verdict"] == "WAIT" else None}
+
+
+def _unhealthy(state: State, batch: list[str]) -> Decision | None:
+    """The FAILED decision if a target of ``batch`` is unhealthy in the target group, else ``None``."""
+    health = aws.client("elbv2").describe_target_health(
+        TargetGroupArn=_fleet(state).target_group, Targets=[{"Id": i} for i in batch]
+    )
+    described = health["TargetHealthDescriptions"]
+    result = unhealthy_verdict(
+        {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in described},
+        batch,
+        reasons={
+            t["Target"]["Id"]: t["TargetHealth"].get("Description") or t["TargetHealth"].get("Reason", "")
+            for t in described
+        },
+    )
+    return result if result.verdict.name == "FAILED" else None
 
 
 def advance(state: State) -> State:
@@ -429,25 +351,11 @@ def promote(state: State) -> State:
 
 def converge(state: State) -> State:
     """Instances launched during the rollout booted the old ``current``: deploy the release to them."""
-    instances, _ = _in_service(_fleet(state).group)
+    instances = _in_service(_fleet(state).group)
     late = sorted(i.id for i in instances if i.id not in state["done"])
     if not late:
         return {**state, "verdict": "READY", "converged": []}
     return {**_send(state, late, _release_url(state, state["release"])), "verdict": "WAIT", "converged": late}
-
-
-def unsurge(state: State) -> State:
-    """Put a batch still out of service back (after its rollback), then give back the capacity added
-    for the rollout. Every path of the state machine ends through here: no instance stays in standby."""
-    if state.get("standby"):
-        state = attach(state)
-    if state.get("surged"):
-        group = _fleet(state).group
-        _, asg = _in_service(group)
-        aws.client("autoscaling").set_desired_capacity(
-            AutoScalingGroupName=group, DesiredCapacity=max(asg["MinSize"], asg["DesiredCapacity"] - state["surged"])
-        )
-    return {**state, "surged": 0}
 
 
 def unlock(state: State) -> State:
@@ -467,16 +375,15 @@ def unlock(state: State) -> State:
 def rollback(state: State) -> State:
     """Put the instances already changed back on the previous release; ``current`` is untouched.
 
-    In drained batches through the same steps as the rollout (verdict ``BATCHES``), as large as
-    the fleet's minimum in service allows, activating the previous release each instance keeps
-    staged: the batch caught mid-switch first (it stays out of service until it is back), then
-    those done. If a step of that fails too, the instances not yet back get the previous release
-    at once, in service or not (verdict ``WAIT``, the last resort), and the failure says both."""
+    In one batch through the same steps as the rollout (verdict ``BATCHES``), activating the
+    previous release each instance keeps staged, in place. If a step of that fails too, the
+    instances not yet back get the previous release in one command (verdict ``WAIT``, the last
+    resort: a full deploy, downloaded again), and the failure says both."""
     if state.get("rolling_back"):
-        return _rollback_at_once(state)
+        return _rollback_by_full_deploy(state)
     failure = state.get("failure") or _caught(state)
     try:
-        return _rollback_in_batches(state, failure)
+        return _rollback_in_place(state, failure)
     except Exception as error:  # reported in the failure, which must survive it
         if aws.is_throttled(error):
             raise
@@ -484,29 +391,18 @@ def rollback(state: State) -> State:
         return {**state, "failure": {**failure, "reason": reason}, "rolled_back": [], "verdict": "READY"}
 
 
-def _rollback_in_batches(state: State, failure: State) -> State:
+def _rollback_in_place(state: State, failure: State) -> State:
     # Changed: the batches done, and the batch whose activation was sent. Staging changed nothing.
     changed = {*state.get("done", []), *state.get("activating", [])}
-    if not changed and not state.get("standby"):
-        return {**state, "rolled_back": [], "restored": [], "failure": failure, "verdict": "READY"}
-    asg = _group(_fleet(state).group)
-    members = {i["InstanceId"]: i for i in asg["Instances"]}
-    # A batch out of service whose switch was never sent is unchanged: it serves again at once.
-    unchanged = [i for i in state.get("standby") or [] if i not in changed and i in members]
-    if unchanged:
-        state = attach({**state, "standby": unchanged})
-    standby = [i for i in state.get("standby") or [] if i in changed]
-    present = sorted(i for i in changed if i in members)
-    update: State = {"rolled_back": present, "restored": [], "failure": failure, "standby": standby}
-    if not present or not state.get("previous"):
+    update: State = {"rolled_back": [], "restored": [], "failure": failure}
+    if not changed or not state.get("previous"):
         return {**state, **update, "verdict": "READY"}
-    serving = sum(1 for i in members.values() if i["LifecycleState"] in ("InService", "Standby"))
-    batches = plan_rollback(
-        [Instance(id=i, zone=members[i]["AvailabilityZone"]) for i in present],
-        failing={*state.get("activating", []), *standby},
-        serving=serving,
-        min_healthy=asg["MinSize"],
-    )
+    members = {i["InstanceId"]: i for i in _group(_fleet(state).group)["Instances"]}
+    present = sorted(i for i in changed if i in members)  # those terminated meanwhile need nothing
+    update["rolled_back"] = present
+    if not present:
+        return {**state, **update, "verdict": "READY"}
+    batches = plan_rollback([Instance(id=i, zone=members[i]["AvailabilityZone"]) for i in present])
     return {
         **state,
         **update,
@@ -515,18 +411,19 @@ def _rollback_in_batches(state: State, failure: State) -> State:
         "batches": [list(b) for b in batches],
         "cursor": 0,
         "verdict": "BATCHES",
-        "reason": f"rolling back {len(present)} instance(s) to {state['previous']} in {len(batches)} batch(es)",
+        "reason": f"rolling back {len(present)} instance(s) to {state['previous']}, all at once",
     }
 
 
-def _rollback_at_once(state: State) -> State:
-    """The last resort: a step of the batched rollback failed; the rest go back in one command."""
+def _rollback_by_full_deploy(state: State) -> State:
+    """The last resort: switching back in place failed; those not back get a full deploy of the
+    previous release (downloaded, staged and activated again), in one command."""
     cause: State = state["rollback_cause"]
     noted: State | None = state.get("failure")
     then = noted if noted and state.get("verdict") == "FAILED" else _caught(state)
     remaining = [i for i in state["rolled_back"] if i not in state.get("restored", [])]
-    failed_too = f"{cause['reason']}; and rolling back in batches failed too ({then['reason']})"
-    reason = f"{failed_too}, so {', '.join(remaining) or 'no instance'} got {state['previous']} at once"
+    failed_too = f"{cause['reason']}; and switching back failed too ({then['reason']})"
+    reason = f"{failed_too}, so {', '.join(remaining) or 'no instance'} got a full deploy of {state['previous']}"
     update: State = {"rolling_back": False, "failure": {**cause, "reason": reason}}
     if not remaining:
         return {**state, **update, "verdict": "READY"}
@@ -536,8 +433,8 @@ def _rollback_at_once(state: State) -> State:
         if aws.is_throttled(error):
             raise
         reason = (
-            f"{failed_too}, and the command giving {', '.join(remaining)} {state['previous']} at once could not "
-            f"be sent ({type(error).__name__}: {error}); see slipway status {state['app']} {state['env']}"
+            f"{failed_too}, and the command giving {', '.join(remaining)} a full deploy of {state['previous']} could "
+            f"not be sent ({type(error).__name__}: {error}); see slipway status {state['app']} {state['env']}"
         )
         return {**state, **update, "failure": {**cause, "reason": reason}, "verdict": "READY"}
     return {**sent, "verdict": "WAIT"}
@@ -598,17 +495,12 @@ TASKS: dict[str, Callable[[State], State]] = {
     "lock": lock,
     "plan": plan,
     "stage": stage,
-    "detach": detach,
-    "drained": watching(drained),
     "send": send,
     "command_done": watching(command_done),
-    "attach": attach,
-    "healthy": watching(healthy),
-    "baked": baked,
+    "baked": watching(baked),
     "advance": advance,
     "promote": promote,
     "converge": converge,
-    "unsurge": unsurge,
     "unlock": unlock,
     "rollback": rollback,
     "converge_failed": converge_failed,
@@ -619,7 +511,7 @@ TASKS: dict[str, Callable[[State], State]] = {
 # Tasks that run while the rollout holds the lock and must keep it: all but taking and releasing it.
 _HOLDING_LOCK = set(TASKS) - {"lock", "unlock", "unlock_failed"}
 # Where a cancel request stops the rollout: any step before ``current`` moves, except rolling back.
-_CANCELLABLE = {"plan", "stage", "detach", "drained", "send", "command_done", "attach", "healthy", "baked", "advance"}
+_CANCELLABLE = {"plan", "stage", "send", "command_done", "baked", "advance"}
 
 
 def stop_if_cancelled(state: State) -> None:
