@@ -260,7 +260,7 @@ def execute(template: dict[str, Any], scenario: Scenario, batch_percent: int) ->
             kind=scenario.kind,
             fleet=deployed.fleet("web"),
             strategy=strategy,
-            timing=Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, lock_minutes=30),
+            timing=Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30),
         )
         counting = CountingClients(aws.client)
         log: list[tuple[str, int]] = []

@@ -27,7 +27,7 @@ from slipway_release.layout import AppKeys
 
 APP, ENV = "web", "staging"
 KEYS = AppKeys(APP, ENV)
-TIMING = Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, lock_minutes=30)
+TIMING = Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30)
 CLOCK_SPEEDUP = 20
 
 
@@ -46,8 +46,9 @@ class Faults:
     command_fails_on: set[str] = field(default_factory=set)  # activations and full deploys
     stage_fails_on: set[str] = field(default_factory=set)  # staging
     unhealthy: set[str] = field(default_factory=set)
-    # instance -> the how-manieth DescribeTargetHealth naming it finds it unhealthy, and every later one
+    # instance -> the how-manieth DescribeTargetHealth naming it finds it unhealthy (or healthy), and every later one
     unhealthy_from_look: dict[str, int] = field(default_factory=dict)
+    healthy_from_look: dict[str, int] = field(default_factory=dict)
     on_send: Callable[[list[str], str], None] | None = None
     # "service:method" -> what its next calls do, one per call: raise the error before reaching
     # moto, or pass through (None)
@@ -173,6 +174,9 @@ class FaultyClients:
                     turns = world.faults.unhealthy_from_look.get(instance)
                     if turns is not None and looked >= turns:
                         world.faults.unhealthy.add(instance)
+                    recovers = world.faults.healthy_from_look.get(instance)
+                    if recovers is not None and looked >= recovers:
+                        world.faults.unhealthy.discard(instance)
                     if instance in world.faults.unhealthy:
                         target["TargetHealth"] = {"State": "unhealthy", "Reason": "Target.FailedHealthChecks"}
                 return answer

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from slipway.rollout.health import Decision, Verdict, alarms_verdict, command_verdict, unhealthy_verdict
+from slipway.rollout.health import Decision, Verdict, alarms_verdict, batch_verdict, command_verdict
 
 HEALTHY, WAIT, FAILED = Verdict.HEALTHY, Verdict.WAIT, Verdict.FAILED
 
 # Target health -----------------------------------------------------------------------------------
 
-# Every state of Elastic Load Balancing's TargetHealth, for one instance of a batch. A target of
-# a batch stays in the target group throughout: only unhealthy fails it.
+# Every state of Elastic Load Balancing's TargetHealth, for one target of a batch that served
+# before its switch: only unhealthy fails it.
 TARGET_STATES = {
     "healthy": (HEALTHY, "no target of 1 unhealthy"),
     "initial": (HEALTHY, "no target of 1 unhealthy"),
@@ -25,17 +25,25 @@ TARGET_STATES = {
 }
 
 
+def served(states: dict[str, str], batch: list[str], **reasons: str) -> Decision:
+    """The verdict on a batch whose every target served before its switch."""
+    return batch_verdict(states, batch, unserved=[], waited_seconds=0, timeout_seconds=300, reasons=reasons)
+
+
 @pytest.mark.parametrize("state, expected", TARGET_STATES.items(), ids=TARGET_STATES.keys())
-def test_each_target_state(state: str, expected: tuple[Verdict, str]) -> None:
-    decision = unhealthy_verdict({"i-1": state}, ["i-1"])
+def test_each_target_state_of_a_target_that_served(state: str, expected: tuple[Verdict, str]) -> None:
+    decision = served({"i-1": state}, ["i-1"])
     assert (decision.verdict, decision.reason) == expected
     assert decision.subjects == (("i-1",) if expected[0] is FAILED else ())
 
 
 def test_an_unhealthy_target_fails_with_elbs_reason_and_names_only_the_unhealthy() -> None:
-    decision = unhealthy_verdict(
+    decision = batch_verdict(
         {"i-2": "unhealthy", "i-1": "healthy", "i-3": "initial", "i-4": "unhealthy"},
         ["i-1", "i-2", "i-3", "i-4"],
+        unserved=[],
+        waited_seconds=5,
+        timeout_seconds=300,
         reasons={"i-2": "Target.ResponseCodeMismatch: Health checks failed with these codes: [502]"},
     )
     assert decision == Decision(
@@ -46,17 +54,33 @@ def test_an_unhealthy_target_fails_with_elbs_reason_and_names_only_the_unhealthy
     )
 
 
+@pytest.mark.parametrize("state", sorted(TARGET_STATES), ids=sorted(TARGET_STATES))
+def test_a_target_that_did_not_serve_is_waited_for_until_healthy_then_fails_at_the_timeout(state: str) -> None:
+    """A first deploy: nothing answered before the switch, so unhealthy is where it starts from."""
+    before = batch_verdict({"i-1": state}, ["i-1"], unserved=["i-1"], waited_seconds=299, timeout_seconds=300)
+    at = batch_verdict({"i-1": state}, ["i-1"], unserved=["i-1"], waited_seconds=300, timeout_seconds=300)
+    if state == "healthy":
+        assert before.verdict is at.verdict is HEALTHY
+        return
+    assert before == Decision(
+        WAIT,
+        f"waiting for 1 target(s) that did not serve before to pass the load balancer's checks: i-1 ({state})",
+        ("i-1",),
+    )
+    assert at == Decision(FAILED, f"not healthy in the target group after 300s (timeout 300s): i-1 ({state})", ("i-1",))
+
+
 def test_a_target_not_described_is_not_unhealthy() -> None:
-    assert unhealthy_verdict({}, ["i-1"]) == Decision(HEALTHY, "no target of 1 unhealthy")
+    assert served({}, ["i-1"]) == Decision(HEALTHY, "no target of 1 unhealthy")
 
 
 def test_only_the_batch_counts_not_other_targets() -> None:
     states = {"i-1": "healthy", "i-2": "healthy", "i-9": "unhealthy"}
-    assert unhealthy_verdict(states, ["i-2", "i-1"]) == Decision(HEALTHY, "no target of 2 unhealthy")
+    assert served(states, ["i-2", "i-1"]) == Decision(HEALTHY, "no target of 2 unhealthy")
 
 
 def test_an_empty_batch_is_not_unhealthy() -> None:
-    assert unhealthy_verdict({"i-1": "unhealthy"}, []) == Decision(HEALTHY, "no target of 0 unhealthy")
+    assert served({"i-1": "unhealthy"}, []) == Decision(HEALTHY, "no target of 0 unhealthy")
 
 
 # Command invocations -----------------------------------------------------------------------------

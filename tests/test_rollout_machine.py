@@ -151,6 +151,45 @@ def test_a_batch_that_turns_unhealthy_during_the_bake_rolls_back(
     assert world.current() == "r1" and world.lock() is None
 
 
+def test_a_first_deploy_waits_for_targets_that_served_nothing_to_pass_the_checks(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=3, min_size=1)
+    # Nothing deployed yet: every target fails the load balancer's checks until its release runs,
+    # and passes them two looks after its switch (the load balancer's healthy threshold).
+    world.faults.unhealthy.update(world.instances())
+
+    def on_send(instances: list[str], url: str) -> None:
+        for instance in instances:
+            world.faults.healthy_from_look[instance] = world.looks.get(instance, 0) + 3
+
+    world.faults.on_send = on_send
+    status, output = machine(world)
+    assert status == "SUCCEEDED", output
+    assert world.current() == "r2" and world.deployed() == {i: "r2" for i in world.instances()}
+    # Looked at before its switch (unhealthy: not serving), then until healthy: waited for, not failed.
+    assert all(world.looks[i] == 4 for i in world.instances()), world.looks
+
+
+def test_a_target_that_served_nothing_and_never_passes_the_checks_fails_at_the_timeout(
+    machine: Callable[..., Any], fleet: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = fleet(instances=2, min_size=1)
+    world.faults.unhealthy.update(world.instances())  # nothing deployed yet, and the release never answers
+    faster_rollout_clock(monkeypatch)  # the 20 s timeout in a second
+    timing = {"poll_seconds": 1, "command_timeout": 60, "healthy_timeout": 20, "lock_minutes": 30}
+    status, output = machine(world, timing=timing)
+    assert status == "FAILED", output
+    [canary] = world.sent[0][0]
+    assert output["cause"].startswith("not healthy in the target group after 2")
+    assert output["cause"].endswith(f"(timeout 20s): {canary} (unhealthy: Target.FailedHealthChecks)")
+    assert world.sent == [
+        ([canary], f"s3://{world.bucket}/web/staging/r2"),
+        ([canary], f"s3://{world.bucket}/web/staging/r1"),
+    ]
+    assert world.current() == "r1" and world.lock() is None
+
+
 def test_the_timeline_says_which_batches_roll_back(fleet: Callable[..., World]) -> None:
     world = fleet(instances=4, min_size=2)
 

@@ -109,6 +109,7 @@ class Timing:
     poll_seconds: int = 5  # the state machine's Wait between two watches (and between build checks)
     watch_seconds: int = 20  # a check watches its step this long, every second, before such a Wait
     command_timeout: int = 900  # a deploy command: download, unpack, release phase, health check
+    healthy_timeout: int = 300  # a target that did not serve before its switch, to pass the load balancer's checks
     lock_minutes: int = 60  # a lock outlives a dead execution by at most this
     build_timeout: int = 1800  # a build: provisioning the runtimes, installing dependencies, the build: line
 

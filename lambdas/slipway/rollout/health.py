@@ -29,10 +29,12 @@ class Decision(NamedTuple):
     subjects: tuple[str, ...] = ()
 
 
-# Elastic Load Balancing target states (DescribeTargetHealth): every "unhealthy*" state (also
-# "unhealthy.draining") fails a batch; healthy passes, and so do initial, draining, unused and
-# unavailable, which a target of a batch (in the target group throughout) reaches only by
-# leaving the fleet (a scale-in), not by its release.
+# Elastic Load Balancing target states (DescribeTargetHealth). A target of a batch stays in the
+# target group throughout its switch: if it served (was healthy) before, any "unhealthy*" state
+# (also "unhealthy.draining") fails the batch at once; if it did not (a first deploy, nothing
+# answering yet), it is waited for until healthy. Initial, draining, unused and unavailable,
+# which a target that served reaches only by leaving the fleet (a scale-in), do not fail it.
+TARGET_HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
 
 # SSM command invocation statuses (Status and StatusDetails of ListCommandInvocations).
@@ -54,31 +56,54 @@ def _listing(items: Iterable[str]) -> str:
     return ", ".join(items)
 
 
-def unhealthy_verdict(
-    states: Mapping[str, str], batch: Iterable[str], *, reasons: Mapping[str, str] | None = None
+def batch_verdict(
+    states: Mapping[str, str],
+    batch: Iterable[str],
+    *,
+    unserved: Iterable[str],
+    waited_seconds: float,
+    timeout_seconds: float,
+    reasons: Mapping[str, str] | None = None,
 ) -> Decision:
-    """Is a target of ``batch`` unhealthy in the target group, given ``states`` (instance id → state)?
+    """Are the targets of ``batch`` healthy in the target group after its switch, given ``states``
+    (instance id → state)? ``unserved`` are those that were not healthy before it.
 
-    ``reasons`` (instance id → ELB's reason and description) goes into a failure's message. An
-    unhealthy target fails at once: the deploy agent checked the release through the instance's
-    front before it served, so a target that then fails the load balancer's checks will not
-    recover by itself.
+    A target that served and is now unhealthy fails at once: the deploy agent checked the release
+    through the instance's front before it served, so a target that then fails the load
+    balancer's checks (a release that fails only later) will not recover by itself. One that did
+    not serve is waited for until healthy, and fails once ``waited_seconds`` reaches
+    ``timeout_seconds``. ``reasons`` (instance id → ELB's reason) goes into a failure's message.
     """
     reasons = reasons or {}
+    wanted, waiting_for = sorted(set(batch)), set(unserved)
 
     def described(instance: str) -> str:
         why = reasons.get(instance)
-        return f"{instance} ({states[instance]}{': ' + why if why else ''})"
+        return f"{instance} ({states.get(instance, 'not registered')}{': ' + why if why else ''})"
 
-    wanted = sorted(set(batch))
-    unhealthy = [i for i in wanted if states.get(i, "").startswith(UNHEALTHY)]
+    unhealthy = [i for i in wanted if i not in waiting_for and states.get(i, "").startswith(UNHEALTHY)]
     if unhealthy:
         return Decision(
             Verdict.FAILED,
             f"unhealthy in the target group: {_listing(described(i) for i in unhealthy)}",
             tuple(unhealthy),
         )
-    return Decision(Verdict.HEALTHY, f"no target of {len(wanted)} unhealthy")
+    waiting = [i for i in wanted if i in waiting_for and states.get(i) != TARGET_HEALTHY]
+    if not waiting:
+        return Decision(Verdict.HEALTHY, f"no target of {len(wanted)} unhealthy")
+    if waited_seconds >= timeout_seconds:
+        return Decision(
+            Verdict.FAILED,
+            f"not healthy in the target group after {waited_seconds:.0f}s (timeout {timeout_seconds:.0f}s): "
+            f"{_listing(described(i) for i in waiting)}",
+            tuple(waiting),
+        )
+    return Decision(
+        Verdict.WAIT,
+        f"waiting for {len(waiting)} target(s) that did not serve before to pass the load balancer's checks: "
+        f"{_listing(described(i) for i in waiting)}",
+        tuple(waiting),
+    )
 
 
 def command_verdict(invocations: Mapping[str, str], *, waited: float, timeout: float) -> Decision:

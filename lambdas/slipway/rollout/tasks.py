@@ -39,7 +39,7 @@ from slipway.deploys import ROLLBACK
 from slipway.publisher import AppReleases
 from slipway.releases import ReleaseError
 from slipway.rollout.commands import ACTIVATE, DEPLOY, RESTART, STAGE, send_deploy_requests
-from slipway.rollout.health import Decision, alarms_verdict, command_verdict, unhealthy_verdict
+from slipway.rollout.health import TARGET_HEALTHY, alarms_verdict, batch_verdict, command_verdict
 from slipway.rollout.lock import DeployLock, LockHeld, LockLost
 from slipway.rollout.plan import Instance, plan_batches, plan_rollback
 from slipway.rollout.strategy import Strategy
@@ -206,12 +206,16 @@ def send(state: State) -> State:
     front. While rolling back, the previous release, which every changed instance keeps staged;
     for a rolling restart, a fresh copy of the release the batch runs."""
     restarting = state["kind"] == RESTART_KIND and not state.get("rolling_back")
-    url = _release_url(state, _target(state))
+    url, batch = _release_url(state, _target(state)), _batch(state)
+    unserved: list[str] = []
+    if not state.get("rolling_back"):  # the bake waits for those not serving yet (a first deploy), not fails them
+        states, _ = _target_health(state, batch)
+        unserved = [i for i in batch if states.get(i) != TARGET_HEALTHY]
     if restarting:
-        sent = _send(state, _batch(state), url, action=RESTART, process=state.get("process"))
+        sent = _send(state, batch, url, action=RESTART, process=state.get("process"))
     else:
-        sent = _send(state, _batch(state), url, action=ACTIVATE)
-    return {**sent, "activating": _batch(state)}
+        sent = _send(state, batch, url, action=ACTIVATE)
+    return {**sent, "activating": batch, "unserved": unserved}
 
 
 def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY, process: str | None = None) -> State:
@@ -277,9 +281,10 @@ def _invocation(command_id: str, instance: str) -> dict[str, Any]:
 
 
 def baked(state: State) -> State:
-    """The bake: FAILED at once if one of the fleet's alarms fires or a target of the batch turns
-    unhealthy in the load balancer (the release may fail after the agent's checks passed); WAIT
-    until the bake time has passed since the batch switched.
+    """The bake: FAILED at once if one of the fleet's alarms fires or a target of the batch that
+    served before its switch turns unhealthy in the load balancer (the release may fail after the
+    agent's checks passed); WAIT until those that did not serve (a first deploy) pass the load
+    balancer's checks, and until the bake time has passed since the batch switched.
 
     Not while rolling back: the alarm that stopped the rollout may still be firing, and an
     instance found unhealthy takes the load balancer's checks to be healthy again; the previous
@@ -291,32 +296,41 @@ def baked(state: State) -> State:
     found = aws.client("cloudwatch").describe_alarms(AlarmNames=names)["MetricAlarms"] if names else []
     result = alarms_verdict({a["AlarmName"]: a["StateValue"] for a in found})
     update: State = {"verdict": result.verdict.name, "reason": result.reason}
-    unhealthy = _unhealthy(state, _batch(state)) if result.verdict.name != "FAILED" else None
-    if unhealthy is not None:
-        update = {"verdict": unhealthy.verdict.name, "reason": unhealthy.reason}
-        update["failure"] = {"instance": unhealthy.subjects[0], "reason": unhealthy.reason, "output": ""}
-    elif result.verdict.name == "FAILED":
+    if result.verdict.name == "FAILED":
         update["failure"] = {"instance": None, "reason": result.reason, "output": ""}
+        return {**state, **update, "baking_since": None}
+    states, reasons = _target_health(state, _batch(state))
+    unserved = [i for i in state.get("unserved") or [] if states.get(i) != TARGET_HEALTHY]
+    targets = batch_verdict(
+        states,
+        _batch(state),
+        unserved=state.get("unserved") or [],
+        waited_seconds=(_now() - datetime.fromisoformat(since)).total_seconds(),
+        timeout_seconds=_timing(state).healthy_timeout,
+        reasons=reasons,
+    )
+    if targets.verdict.name == "FAILED":
+        update = {"verdict": "FAILED", "reason": targets.reason}
+        update["failure"] = {"instance": targets.subjects[0], "reason": targets.reason, "output": ""}
+    elif targets.verdict.name == "WAIT":
+        update = {"verdict": "WAIT", "reason": targets.reason}
     elif (_now() - datetime.fromisoformat(since)).total_seconds() < state["bake_seconds"]:
         update.update(verdict="WAIT", reason=f"baking since {since}: {result.reason}")
-    return {**state, **update, "baking_since": since if update["verdict"] == "WAIT" else None}
+    return {**state, **update, "unserved": unserved, "baking_since": since if update["verdict"] == "WAIT" else None}
 
 
-def _unhealthy(state: State, batch: list[str]) -> Decision | None:
-    """The FAILED decision if a target of ``batch`` is unhealthy in the target group, else ``None``."""
-    health = aws.client("elbv2").describe_target_health(
-        TargetGroupArn=_fleet(state).target_group, Targets=[{"Id": i} for i in batch]
-    )
-    described = health["TargetHealthDescriptions"]
-    result = unhealthy_verdict(
+def _target_health(state: State, instances: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Each of ``instances``' state in the fleet's target group, and ELB's reason for it."""
+    described = aws.client("elbv2").describe_target_health(
+        TargetGroupArn=_fleet(state).target_group, Targets=[{"Id": i} for i in instances]
+    )["TargetHealthDescriptions"]
+    return (
         {t["Target"]["Id"]: t["TargetHealth"]["State"] for t in described},
-        batch,
-        reasons={
+        {
             t["Target"]["Id"]: t["TargetHealth"].get("Description") or t["TargetHealth"].get("Reason", "")
             for t in described
         },
     )
-    return result if result.verdict.name == "FAILED" else None
 
 
 def advance(state: State) -> State:
