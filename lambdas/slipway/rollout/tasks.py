@@ -14,6 +14,8 @@ State fields (set by the API that starts the execution, or by earlier tasks)::
     timing: {...}                            slipway.settings.Timing
     previous, lock_expires_at                current before the rollout, and the lock's expiry (lock)
     batches, cursor, done, activating        the plan and progress (plan, send, advance)
+    unserved, baking_since                   the batch's targets not healthy before its switch, and
+                                             when its bake began (send, baked)
     rolling_back, rolled_back, restored      after a failure: the batch that puts the changed
                                              instances back on ``previous`` (rollback, advance)
     command: {ids, instances, url, action}   the command being waited for ({command id: its instances})
