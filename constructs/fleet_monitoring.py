@@ -238,7 +238,7 @@ class FleetMonitoring(Construct):
                             for name, label in (
                                 ("GroupInServiceInstances", "In service"),
                                 ("GroupDesiredCapacity", "Desired"),
-                                ("GroupStandbyInstances", "Standby (rollout)"),
+                                ("GroupPendingInstances", "Launching"),
                             )
                         ],
                         width=8,

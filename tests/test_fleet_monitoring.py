@@ -160,7 +160,7 @@ def test_dashboard_shows_traffic_errors_latency_hosts_instances_and_cpu(staging:
     assert shown("Instances") == {
         ("GroupInServiceInstances", "Average"),
         ("GroupDesiredCapacity", "Average"),
-        ("GroupStandbyInstances", "Average"),
+        ("GroupPendingInstances", "Average"),
     }
     assert shown("CPU (%)") == {("CPUUtilization", "Average"), ("CPUUtilization", "Maximum")}
     # Instances and CPU are the fleet's own Auto Scaling group's.
