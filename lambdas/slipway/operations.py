@@ -259,8 +259,9 @@ def rollback(app_name: str, env: str, *, strategy: object, user: str) -> dict[st
 
 
 def restart(app_name: str, env: str, *, strategy: object, user: str, process: object = None) -> dict[str, Any]:
-    """Restart the current release on every instance, batch by batch as a rollout goes (drained,
-    restarted, healthy, baked): a rolling restart; ``current`` stays. ``process``: only the
+    """Restart the current release on every instance, batch by batch as a rollout goes (a fresh
+    copy started beside the running one and switched to, then baked): a rolling restart;
+    ``current`` stays. ``process``: only the
     processes of that Procfile type (each instance refuses a type its release does not run)."""
     if process is not None and (not isinstance(process, str) or not PROCESS_TYPE.fullmatch(process)):
         raise ReleaseError(400, f"process must be a Procfile process type such as web or worker; got {process!r}")
