@@ -85,7 +85,6 @@ class PollLoop:
     """A check → Choice → Wait loop of the state machine and how long its step takes."""
 
     start: str  # the state after which a run of the loop begins
-    wait: str
     check: str
     seconds: float
     per_batch: bool
@@ -111,9 +110,9 @@ def watched_step(seconds: float) -> tuple[float, int, int]:
 def loops(*, stage_s: float, bake_s: float) -> tuple[PollLoop, ...]:
     """The state machine's poll loops, with the modelled duration of each step."""
     return (
-        PollLoop(start="Stage", wait="WaitStageCommand", check="CheckStageCommand", seconds=stage_s, per_batch=False),
-        PollLoop(start="Send", wait="WaitCommand", check="CheckCommand", seconds=ACTIVATE_S, per_batch=True),
-        PollLoop(start="Send", wait="WaitBake", check="CheckBake", seconds=bake_s, per_batch=True),
+        PollLoop(start="Stage", check="CheckStageCommand", seconds=stage_s, per_batch=False),
+        PollLoop(start="Send", check="CheckCommand", seconds=ACTIVATE_S, per_batch=True),
+        PollLoop(start="Send", check="CheckBake", seconds=bake_s, per_batch=True),
     )
 
 
@@ -155,7 +154,6 @@ class Measured:
     batch_sizes: list[int]
     calls: int
     calls_by_operation: dict[str, int]
-    moto_s: float
 
 
 @dataclass
@@ -167,7 +165,6 @@ class Modelled:
     calls: int
     stage_s: float
     batch_s: float  # one batch, its control plane included
-    fixed_s: float  # the control plane outside batches
     control_s: float
     wall_s: float
 
@@ -264,10 +261,8 @@ def execute(template: dict[str, Any], scenario: Scenario, batch_percent: int) ->
         )
         counting = CountingClients(aws.client)
         log: list[tuple[str, int]] = []
-        started = time.perf_counter()
         with counted_tasks(counting, log):
             execution = deployed.wait(deployed.start(state))
-        moto_s = time.perf_counter() - started
         aws.client.cache_clear()
     entered = [e for e in execution.events if e["type"].endswith("StateEntered")]
     task_states = [e for e in entered if e["type"] == "TaskStateEntered"]
@@ -285,7 +280,6 @@ def execute(template: dict[str, Any], scenario: Scenario, batch_percent: int) ->
         batch_sizes=[len(batch) for batch in execution.output.get("batches", [])],
         calls=sum(counting.calls.values()),
         calls_by_operation=dict(counting.calls),
-        moto_s=moto_s,
     )
 
 
@@ -302,7 +296,7 @@ def model(measured: Measured, *, bake_s: float, stage_s: float) -> Modelled:
     calls = measured.calls
     waits = {True: 0.0, False: 0.0}
     for loop in loops(stage_s=stage_s, bake_s=bake_s):
-        for checks, _polls, final_check_calls in _loop_runs(measured.steps, loop):
+        for checks, final_check_calls in _loop_runs(measured.steps, loop):
             seen, modelled_checks, looks = watched_step(loop.seconds)
             extra = modelled_checks - checks
             transitions[loop.per_batch] += extra * STATES_PER_POLL
@@ -321,15 +315,13 @@ def model(measured: Measured, *, bake_s: float, stage_s: float) -> Modelled:
         calls=calls,
         stage_s=waits[False],
         batch_s=(waits[True] + control(True)) / batches,
-        fixed_s=control(False),
         control_s=control_s,
         wall_s=waits[True] + waits[False] + control_s,
     )
 
 
-def _loop_runs(steps: list[Step], loop: PollLoop) -> list[tuple[int, int, int]]:
-    """Each run of ``loop``: how many checks it made, how many times it waited, and the AWS
-    calls of its last check.
+def _loop_runs(steps: list[Step], loop: PollLoop) -> list[tuple[int, int]]:
+    """Each run of ``loop``: how many checks it made, and the AWS calls of its last check.
 
     A check's calls do not depend on its verdict, so every modelled extra look makes the
     calls of the check that found the step done.
@@ -338,14 +330,12 @@ def _loop_runs(steps: list[Step], loop: PollLoop) -> list[tuple[int, int, int]]:
     current: list[int] | None = None
     for step in steps:
         if step.name == loop.start:
-            current = [0, 0, 0]
+            current = [0, 0]
             runs.append(current)
-        elif current is not None and step.name == loop.wait:
-            current[1] += 1
         elif current is not None and step.name == loop.check:
             current[0] += 1
-            current[2] = step.calls
-    return [(checks, polls, made) for checks, polls, made in runs if checks]
+            current[1] = step.calls
+    return [(checks, made) for checks, made in runs if checks]
 
 
 def _batch_sizes(sizes: list[int]) -> str:

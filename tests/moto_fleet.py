@@ -171,12 +171,12 @@ class FaultyClients:
                 for target in answer["TargetHealthDescriptions"]:
                     instance = target["Target"]["Id"]
                     looked = world.looks[instance] = world.looks.get(instance, 0) + 1
-                    turns = world.faults.unhealthy_from_look.get(instance)
-                    if turns is not None and looked >= turns:
-                        world.faults.unhealthy.add(instance)
                     recovers = world.faults.healthy_from_look.get(instance)
                     if recovers is not None and looked >= recovers:
                         world.faults.unhealthy.discard(instance)
+                    turns = world.faults.unhealthy_from_look.get(instance)  # a later turn wins
+                    if turns is not None and looked >= turns:
+                        world.faults.unhealthy.add(instance)
                     if instance in world.faults.unhealthy:
                         target["TargetHealth"] = {"State": "unhealthy", "Reason": "Target.FailedHealthChecks"}
                 return answer

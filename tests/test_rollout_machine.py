@@ -171,6 +171,24 @@ def test_a_first_deploy_waits_for_targets_that_served_nothing_to_pass_the_checks
     assert all(world.looks[i] == 4 for i in world.instances()), world.looks
 
 
+def test_a_first_deploy_target_that_passed_the_checks_then_fails_them_fails_the_batch_at_once(
+    machine: Callable[..., Any], fleet: Callable[..., World], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = fleet(instances=1, min_size=1)
+    world.faults.unhealthy.update(world.instances())  # nothing deployed yet
+    faster_rollout_clock(monkeypatch)
+    [canary] = world.instances()
+    # Healthy from its 3rd look (the 2nd of the bake), unhealthy again from its 4th: once it has
+    # served, it counts as any target that served.
+    world.faults.healthy_from_look[canary] = 3
+    world.faults.unhealthy_from_look[canary] = 4
+    timing = {"poll_seconds": 1, "command_timeout": 60, "healthy_timeout": 300, "lock_minutes": 30}
+    status, output = machine(world, timing=timing, strategy={"bake_seconds": 60})
+    assert status == "FAILED", output
+    assert output["cause"] == f"unhealthy in the target group: {canary} (unhealthy: Target.FailedHealthChecks)"
+    assert world.looks[canary] == 4  # failed at the look that saw it, not at the 300 s timeout
+
+
 def test_a_target_that_served_nothing_and_never_passes_the_checks_fails_at_the_timeout(
     machine: Callable[..., Any], fleet: Callable[..., World], monkeypatch: pytest.MonkeyPatch
 ) -> None:

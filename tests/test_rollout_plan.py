@@ -186,5 +186,5 @@ def test_a_rollback_puts_every_changed_instance_back_at_once(changed: list[Insta
     assert sorted(i for batch in batches for i in batch) == sorted(i.id for i in changed)
 
 
-def test_a_rollback_of_ten_is_one_batch_spread_over_zones() -> None:
+def test_a_rollback_is_one_batch_spread_over_zones() -> None:
     assert plan_rollback(fleet_of(4, zones="ab")[::-1]) == (("i-01", "i-02", "i-03", "i-04"),)

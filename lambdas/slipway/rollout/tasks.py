@@ -302,11 +302,11 @@ def baked(state: State) -> State:
         update["failure"] = {"instance": None, "reason": result.reason, "output": ""}
         return {**state, **update, "baking_since": None}
     states, reasons = _target_health(state, _batch(state))
-    unserved = [i for i in state.get("unserved") or [] if states.get(i) != TARGET_HEALTHY]
+    unserved = state.get("unserved") or []
     targets = batch_verdict(
         states,
         _batch(state),
-        unserved=state.get("unserved") or [],
+        unserved=unserved,
         waited_seconds=(_now() - datetime.fromisoformat(since)).total_seconds(),
         timeout_seconds=_timing(state).healthy_timeout,
         reasons=reasons,
@@ -318,7 +318,14 @@ def baked(state: State) -> State:
         update = {"verdict": "WAIT", "reason": targets.reason}
     elif (_now() - datetime.fromisoformat(since)).total_seconds() < state["bake_seconds"]:
         update.update(verdict="WAIT", reason=f"baking since {since}: {result.reason}")
-    return {**state, **update, "unserved": unserved, "baking_since": since if update["verdict"] == "WAIT" else None}
+    # A target seen healthy has served from then on: turning unhealthy later fails the batch at once.
+    serving_now = [i for i in unserved if states.get(i) == TARGET_HEALTHY]
+    return {
+        **state,
+        **update,
+        "unserved": [i for i in unserved if i not in serving_now],
+        "baking_since": since if update["verdict"] == "WAIT" else None,
+    }
 
 
 def _target_health(state: State, instances: list[str]) -> tuple[dict[str, str], dict[str, str]]:
