@@ -56,7 +56,7 @@ from local.template import REGION  # noqa: E402
 from slipway import aws, deploys  # noqa: E402
 from slipway.rollout import tasks  # noqa: E402
 from slipway.rollout.strategy import Strategy, rollback_strategy  # noqa: E402
-from slipway.settings import Timing  # noqa: E402
+from slipway.settings import ROLLOUT_TIMING, Timing  # noqa: E402
 from slipway_release.layout import AppKeys  # noqa: E402
 
 # Simulated latencies (seconds), fixed.
@@ -247,6 +247,10 @@ def execute(template: dict[str, Any], scenario: Scenario, batch_percent: int) ->
         strategy = rollback_strategy(strategy)  # as the API starts a rollback
     with mock_platform(template) as deployed:
         os.environ.update(deployed.environment)
+        # Every wait 0: the rollout reads its pacing from its function's environment, as on the local platform.
+        os.environ[ROLLOUT_TIMING] = json.dumps(
+            Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30).to_json()
+        )
         aws.client.cache_clear()
         _fleet(deployed, scenario)
         state = deploys.execution_input(
@@ -255,9 +259,7 @@ def execute(template: dict[str, Any], scenario: Scenario, batch_percent: int) ->
             release="r1" if scenario.kind == "rollback" else "r2",
             user="bench",
             kind=scenario.kind,
-            fleet=deployed.fleet("web"),
             strategy=strategy,
-            timing=Timing(poll_seconds=0, watch_seconds=0, command_timeout=60, healthy_timeout=60, lock_minutes=30),
         )
         counting = CountingClients(aws.client)
         log: list[tuple[str, int]] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_stepfunctions as sfn
@@ -12,6 +12,7 @@ from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.release_store import ReleaseStore
 from constructs.workflow import WorkflowTasks, standard_workflow
+from slipway.settings import PLATFORM_ENV, app_parameters_path
 
 TASK_HANDLER = "slipway.rollout.tasks.handler"
 
@@ -19,7 +20,8 @@ TASK_HANDLER = "slipway.rollout.tasks.handler"
 class RolloutStateMachine(Construct):
     """A Standard workflow whose every task is the one rollout Lambda (``slipway.rollout.tasks``).
 
-    lock → plan (canary, batches by the strategy) → stage the release on every instance at once
+    lock (the input checked: its fleet, alarms and pacing come from the environment's settings, never
+    from the caller) → plan (canary, batches by the strategy) → stage the release on every instance at once
     while they serve → per batch: activate the staged release in place (each instance starts it
     beside the serving one and switches its front; none leaves the load balancer) → wait for
     every invocation → bake, watching the alarms and the batch's targets → next batch → promote
@@ -84,6 +86,8 @@ class RolloutStateMachine(Construct):
     def _definition(self) -> sfn.IChainable:
         failed = sfn.Fail(self, "RolledBack", error="RolloutFailed", cause_path="$.failure.reason")
         refused = sfn.Fail(self, "Refused", error="LockHeld", cause_path="$.error.Cause")
+        # An input that is not a rollout of this environment (slipway.rollout.request): nothing touched.
+        not_taken = sfn.Fail(self, "RequestRefused", error="RequestRefused", cause_path="$.error.Cause")
         succeeded = sfn.Succeed(self, "Deployed")
         # After `current` moved: the release is current, but something after it failed.
         incomplete = sfn.Fail(self, "DeployedIncompletely", error="ConvergeFailed", cause_path="$.failure.reason")
@@ -143,6 +147,7 @@ class RolloutStateMachine(Construct):
         plan = self._caught(self._task("plan"), rollback)
         plan.next(sfn.Choice(self, "Planned?").when(sfn.Condition.is_present("$.batches[0]"), stage).otherwise(promote))
         lock = self._task("lock")
+        lock.add_catch(not_taken, errors=["RequestRefused"], result_path="$.error")
         lock.add_catch(refused, errors=["LockRefused"], result_path="$.error")
         lock.add_catch(rollback, result_path="$.error")  # nothing changed yet: rollback only unlocks
         return lock.next(plan)
@@ -150,6 +155,24 @@ class RolloutStateMachine(Construct):
     def _grant_tasks(self, release_store: ReleaseStore, env_name: str) -> None:
         role = self._role
         release_store.grant_rollout(role, env=env_name)
+        # What a rollout acts on comes from the environment's settings, never from its input: the
+        # function knows its environment and reads the app's parameter (slipway.rollout.tasks.derive).
+        self._function.add_environment(PLATFORM_ENV, env_name)
+        stack = Stack.of(self)
+        parameters = f"{app_parameters_path(env_name).lstrip('/')}/*"
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["ssm:GetParameter"],
+                resources=[stack.format_arn(service="ssm", resource="parameter", resource_name=parameters)],
+            )
+        )
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::arn:{stack.partition}:ssm:{stack.region}:<AWS::AccountId>:parameter/"
+            f"{parameters}]",
+            f"A rollout reads the settings of the app it deploys: one parameter per app of {env_name} under "
+            "this path, written by the stack, and nothing else of SSM.",
+        )
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",

@@ -9,6 +9,7 @@ every call."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -135,15 +136,29 @@ class World:
             release="r2",
             user="alice",
             kind="deploy",
-            fleet=self.fleet,
             strategy=strategy,
-            timing=TIMING,
         )
         return {**state, **overrides}
 
-    def run(self, **state: Any) -> Execution:
-        """One rollout to its end, with the world's faults."""
-        return self.deployed_stack.wait(self.deployed_stack.start(self.state(**state)))
+    def run(self, *, timing: dict[str, int] | None = None, **state: Any) -> Execution:
+        """One rollout to its end, with the world's faults; ``timing``: the rollout function's pacing
+        (its environment's ROLLOUT_TIMING, over :data:`TIMING`), which no input can set."""
+        with rollout_timing(timing or {}):
+            return self.deployed_stack.wait(self.deployed_stack.start(self.state(**state)))
+
+
+@contextmanager
+def rollout_timing(overrides: dict[str, int]) -> Iterator[None]:
+    """While inside, the rollout tasks' environment paces them with ``overrides`` over :data:`TIMING`."""
+    before = os.environ.get(ROLLOUT_TIMING)
+    os.environ[ROLLOUT_TIMING] = json.dumps({**TIMING.to_json(), **overrides})
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ROLLOUT_TIMING, None)
+        else:
+            os.environ[ROLLOUT_TIMING] = before
 
 
 class FaultyClients:

@@ -70,6 +70,37 @@ def test_clean_rollout_over_five_instances(machine: Callable[..., Any], fleet: C
     never_out_of_service(world)
 
 
+@pytest.mark.parametrize(
+    ("forged", "named"),
+    [
+        # A real deploy's input edited as someone who may start the machine could: another release, and a
+        # fleet whose group has no instances (so nothing would deploy and current would move anyway).
+        ({"release": "r2", "fleet": "EMPTY"}, "fleet"),
+        ({"timing": {"poll_seconds": 0}}, "timing"),
+        ({"bucket": "someone-elses-bucket"}, "bucket"),
+        ({"env": "production"}, "deploys staging only"),
+        ({"app": "nosuchapp"}, "has no app nosuchapp"),
+        ({"kind": "promote"}, "kind 'promote'"),
+        ({"strategy": {"batch_size": 5000}}, "batch_size"),
+    ],
+)
+def test_a_forged_input_is_refused_with_nothing_changed(
+    fleet: Callable[..., World], forged: dict[str, Any], named: str
+) -> None:
+    world = fleet(instances=2, min_size=1)
+    if forged.get("fleet") == "EMPTY":
+        empty = world.deployed_stack.fleet("billing")  # a real fleet's settings, another group's
+        world.deployed_stack.resize("billing", desired=0, minimum=0, maximum=2)
+        forged = {**forged, "fleet": {**world.fleet.to_json(), "group": empty.group}}
+    with faulty(world):  # the input exactly as given, not through World.run's keywords
+        execution = world.deployed_stack.wait(world.deployed_stack.start({**world.state(), **forged}))
+    status, output = execution.status, execution.output
+    assert status == "FAILED" and output["error"] == "RequestRefused", output
+    assert named in output["cause"]
+    assert world.current() == "r1" and world.lock() is None
+    assert world.sent == [] and world.staged == []
+
+
 def test_a_release_that_cannot_be_staged_changes_nothing(
     machine: Callable[..., Any], fleet: Callable[..., World]
 ) -> None:

@@ -13,15 +13,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from slipway.rollout.request import DEPLOY, KINDS, RESTART, ROLLBACK, RolloutRequest
 from slipway.rollout.steps import BATCH_STATES, step
 from slipway.rollout.strategy import Strategy
-from slipway.settings import FleetSettings, Timing
 from slipway_release import names
 
-# What a rollout does: switch to a release, go back to the previous one, or restart what runs
-# (the same release, batch by batch). The API starts each; openapi.json's enum is tied by a test.
-DEPLOY, ROLLBACK, RESTART = "deploy", "rollback", "restart"
-KINDS = (DEPLOY, ROLLBACK, RESTART)
+__all__ = ["DEPLOY", "KINDS", "RESTART", "ROLLBACK", "deploy_id", "deploy_of", "execution_input", "view"]
 
 _STARTED = "[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}"  # UTC start, then 4 random hex digits
 # As documents spell it (the OpenAPI document's deploy parameter); the parser below names its parts.
@@ -44,31 +41,14 @@ def deploy_of(deploy: str) -> tuple[str, str] | None:
 
 
 def execution_input(
-    *,
-    app: str,
-    env: str,
-    release: str,
-    user: str,
-    kind: str,
-    fleet: FleetSettings,
-    strategy: Strategy,
-    timing: Timing,
-    process: str | None = None,
+    *, app: str, env: str, release: str, user: str, kind: str, strategy: Strategy, process: str | None = None
 ) -> dict[str, Any]:
-    """The rollout state machine's input (see :mod:`slipway.rollout.tasks`); ``process``: a restart
+    """The rollout state machine's input (:class:`slipway.rollout.request.RolloutRequest`): what to
+    deploy and who asked, never where (the rollout derives its fleet itself); ``process``: a restart
     of only that Procfile process type."""
-    extra = {"process": process} if process else {}
-    return {
-        **extra,
-        "app": app,
-        "env": env,
-        "release": release,
-        "user": user,
-        "kind": kind,
-        "fleet": fleet.to_json(),
-        "strategy": strategy.as_dict(),
-        "timing": timing.to_json(),
-    }
+    return RolloutRequest(
+        app=app, env=env, release=release, user=user, kind=kind, strategy=strategy, process=process
+    ).to_json()
 
 
 def last_state(events: Iterable[Mapping[str, Any]]) -> tuple[str | None, dict[str, Any]]:

@@ -22,6 +22,7 @@ from slipway.builds import requests as builds
 from slipway.publisher import Publisher
 from slipway.releases import ReleaseError
 from slipway.rollout.lock import Lock, decide, refusal
+from slipway.rollout.request import RequestRefused
 from slipway.rollout.strategy import Strategy, StrategyError, rollback_strategy
 from slipway.settings import (
     PLATFORM_ENV,
@@ -225,17 +226,12 @@ def start_deploy(
     releases.show(release)  # 404 for a release that does not exist
     refuse_if_locked(releases, kind)
     name = deploys.deploy_id(app_name, release, datetime.now(UTC), secrets.token_hex(2))
-    request = deploys.execution_input(
-        app=app_name,
-        env=env,
-        release=release,
-        user=user,
-        kind=kind,
-        fleet=fleet,
-        strategy=chosen,
-        timing=settings().timing,
-        process=process,
-    )
+    try:
+        request = deploys.execution_input(
+            app=app_name, env=env, release=release, user=user, kind=kind, strategy=chosen, process=process
+        )
+    except RequestRefused as error:
+        raise ReleaseError(400, str(error)) from None
     started = aws.client("stepfunctions").start_execution(stateMachineArn=machine, name=name, input=json.dumps(request))
     description = {"name": name, "status": "RUNNING", "input": json.dumps(request), "startDate": started["startDate"]}
     return deploys.view(description, [])
@@ -385,8 +381,29 @@ def cycle(app_name: str, env: str, *, instance: object, min_healthy_percent: obj
     percent = 90 if min_healthy_percent is None else min_healthy_percent
     if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
         raise ReleaseError(400, "min_healthy_percent must be a whole number from 0 to 100 (default 90)")
-    refresh = autoscaling.start_instance_refresh(**instance_refresh_request(fleet, percent))
+    try:
+        refresh = autoscaling.start_instance_refresh(**instance_refresh_request(fleet, percent))
+    except autoscaling.exceptions.InstanceRefreshInProgressFault:  # Auto Scaling runs one refresh at a time
+        raise ReleaseError(409, _cycling_already(autoscaling, fleet, app_name, env)) from None
     return {"kind": "fleet", "refresh": refresh["InstanceRefreshId"], "status": "Pending"}
+
+
+# The states of an instance refresh that has not ended: Auto Scaling starts no other meanwhile.
+REFRESH_RUNNING = ("Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking")
+
+
+def _cycling_already(autoscaling: Any, fleet: FleetSettings, app_name: str, env: str) -> str:
+    """Why the fleet cannot be cycled now: the instance refresh that runs, and what to do."""
+    found = autoscaling.describe_instance_refreshes(AutoScalingGroupName=fleet.group)["InstanceRefreshes"]
+    running = next((r for r in found if r.get("Status") in REFRESH_RUNNING), None)
+    if running is None:  # it ended between the two calls
+        return f"an instance refresh of {app_name} in {env} was running and has just ended; cycle again"
+    refresh = running["InstanceRefreshId"]
+    return (
+        f"{app_name} in {env} is already being cycled: instance refresh {refresh} is {running['Status']} "
+        f"({running.get('PercentageComplete', 0)}% done); wait for it to end (the `slipway cycle` that started "
+        f"it shows its progress, as does GET /apps/{app_name}/envs/{env}/cycle/{refresh}), then cycle again"
+    )
 
 
 def start_run(app_name: str, env: str, *, command: object, timeout: object, user: str) -> dict[str, Any]:

@@ -275,6 +275,12 @@ REGIONS_JSON = "REGIONS_JSON"
 ROLLOUT_TIMING = "ROLLOUT_TIMING"
 
 
+def rollout_timing(environ: Mapping[str, str]) -> Timing:
+    """The rollouts' pacing in a function's environment: the defaults, or :data:`ROLLOUT_TIMING`'s
+    overrides where one is set (the local platform and tests)."""
+    return Timing.from_json(json.loads(environ.get(ROLLOUT_TIMING) or "{}"))
+
+
 @dataclass(frozen=True)
 class ControlPlaneSettings:
     """The API function's whole configuration."""
@@ -318,7 +324,7 @@ class ControlPlaneSettings:
                 runs=RunSettings.from_json(json.loads(environ[RUNS_JSON])) if environ.get(RUNS_JSON) else None,
                 app_logs=environ.get(APP_LOGS) or None,
                 max_source_bytes=int(environ.get(MAX_SOURCE_BYTES) or DEFAULT_MAX_SOURCE_BYTES),
-                timing=Timing.from_json(json.loads(environ.get(ROLLOUT_TIMING) or "{}")),
+                timing=rollout_timing(environ),
                 regions=RegionSettings.from_json(json.loads(environ[REGIONS_JSON]))
                 if environ.get(REGIONS_JSON)
                 else None,

@@ -41,6 +41,7 @@ STEPS: dict[str, str] = {
     "UnlockAfterRollback": "releasing the deploy lock",
     "RolledBack": "rolled back",
     "Refused": "refused",
+    "RequestRefused": "refused: not a rollout this environment runs",
     "ConvergeFailed": "reporting instances that did not take the release",
     "UnlockAfterConverge": "releasing the deploy lock",
     "DeployedIncompletely": "deployed, except on instances launched meanwhile",

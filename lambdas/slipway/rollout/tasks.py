@@ -6,12 +6,12 @@ the pure functions of :mod:`slipway.rollout.plan`, :mod:`~slipway.rollout.lock` 
 :mod:`~slipway.rollout.health`; checks return a ``verdict`` the state machine's Choice
 states route on (``WAIT`` loops through a Wait state, ``FAILED`` rolls back).
 
-State fields (set by the API that starts the execution, or by earlier tasks)::
+State fields (the input, :class:`~slipway.rollout.request.RolloutRequest`, or set by the tasks)::
 
-    app, env, release, user, execution      who deploys what
-    fleet: {...}                             slipway.settings.FleetSettings (as JSON)
-    strategy: {...}                          slipway.rollout.strategy.Strategy options
-    timing: {...}                            slipway.settings.Timing
+    app, env, release, user, kind, strategy  what to deploy, how, and who asked (the input)
+    execution                                this execution (Step Functions names it)
+    fleet: {...}, timing: {...}              slipway.settings.FleetSettings and Timing, derived by lock
+                                             from the environment's settings (never the input)
     previous, lock_expires_at                current before the rollout, and the lock's expiry (lock)
     batches, cursor, done, activating        the plan and progress (plan, send, advance)
     unserved, baking_since                   the batch's targets not healthy before its switch, and
@@ -30,22 +30,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slipway import aws
-from slipway.deploys import RESTART as RESTART_KIND
-from slipway.deploys import ROLLBACK
 from slipway.publisher import AppReleases
 from slipway.releases import ReleaseError
 from slipway.rollout.commands import ACTIVATE, DEPLOY, RESTART, STAGE, send_deploy_requests
 from slipway.rollout.health import TARGET_HEALTHY, alarms_verdict, batch_verdict, command_verdict
 from slipway.rollout.lock import DeployLock, LockHeld, LockLost
 from slipway.rollout.plan import Instance, plan_batches, plan_rollback
+from slipway.rollout.request import RESTART as RESTART_KIND
+from slipway.rollout.request import ROLLBACK, RequestRefused, RolloutRequest
 from slipway.rollout.strategy import Strategy
-from slipway.settings import FleetSettings, Timing
+from slipway.settings import PLATFORM_ENV, AppParameter, FleetSettings, Timing, app_parameter_name, rollout_timing
 from slipway.store import Bucket
 from slipway_release.layout import AppKeys, release_url
 
@@ -98,8 +99,36 @@ def _release_url(state: State, release: str) -> str:
 # Lock and plan --------------------------------------------------------------------------------
 
 
+def derive(request: RolloutRequest) -> tuple[FleetSettings, Timing]:
+    """The app's fleet (its group, target group, alarms, document, bucket) and the rollout's pacing,
+    from this environment's own settings: the function's environment and the app's SSM parameter,
+    which the stack writes. :class:`RequestRefused` for an app or environment it does not hold."""
+    env = os.environ.get(PLATFORM_ENV, "")
+    if request.env != env:
+        raise RequestRefused(f"this is {env}'s rollout, which deploys {env} only, not {request.env}")
+    ssm = aws.client("ssm")
+    name = app_parameter_name(env, request.app)
+    try:
+        value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    except ssm.exceptions.ParameterNotFound:
+        raise RequestRefused(f"{env} has no app {request.app} (no parameter {name}); add it to cdk.json") from None
+    try:
+        fleet = AppParameter.from_json(json.loads(value)).fleet
+        timing = rollout_timing(os.environ)
+    except ValueError as error:  # SettingsError, and JSON that is not
+        raise RequestRefused(f"the settings of {request.app} in {env} are unreadable ({error})") from None
+    if fleet is None:
+        raise RequestRefused(f"{request.app} has no fleet in {env}; deploy the Platform-{env} stack")
+    return fleet, timing
+
+
 def lock(state: State) -> State:
-    """Take the app's deploy lock; note the current release to roll back to."""
+    """Check the input and derive what the rollout acts on, take the app's deploy lock, and note the
+    current release to roll back to. An input that is not a rollout of this environment, or a
+    release that does not exist, is refused with nothing changed."""
+    request = RolloutRequest.from_json({key: value for key, value in state.items() if key != "execution"})
+    fleet, timing = derive(request)
+    state = {**request.to_json(), "execution": state["execution"], "fleet": fleet.to_json(), "timing": timing.to_json()}
     deploy_lock = _deploy_lock(state)
     try:
         held = deploy_lock.acquire(
@@ -551,9 +580,11 @@ def stop_if_cancelled(state: State) -> None:
 
 
 def handler(event: Mapping[str, Any], context: Any) -> State:
-    """The Lambda entry point: ``{"task": "<name>", "state": {...}}``."""
+    """The Lambda entry point: ``{"task": "<name>", "state": {...}, "execution": "<id>"}``."""
     state = dict(event["state"])
-    state.setdefault("execution", event.get("execution", ""))
+    if "execution" in event:  # Step Functions names the execution; an input that does is not believed
+        state["execution"] = event["execution"]
+    state.setdefault("execution", "")
     task = event["task"]
     with aws.throttling_is_retried():
         if task in _HOLDING_LOCK:
