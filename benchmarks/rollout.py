@@ -33,6 +33,7 @@ Run: `make bench` or `.venv/bin/python benchmarks/rollout.py [--fleets 2 10 100]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -57,7 +58,7 @@ from slipway import aws, deploys  # noqa: E402
 from slipway.rollout import tasks  # noqa: E402
 from slipway.rollout.strategy import Strategy, rollback_strategy  # noqa: E402
 from slipway.settings import ROLLOUT_TIMING, Timing  # noqa: E402
-from slipway_release.layout import AppKeys  # noqa: E402
+from slipway_release.layout import AppKeys, Pointer  # noqa: E402
 
 # Simulated latencies (seconds), fixed.
 SSM_DISPATCH_S = 2.0  # SendCommand until the instance's SSM agent runs the document
@@ -233,11 +234,10 @@ def _fleet(deployed: Deployed, scenario: Scenario) -> None:
     instances = scenario.instances
     deployed.resize("web", desired=instances, minimum=scenario.minimum, maximum=max(4, instances * 2))
     keys, bucket = AppKeys("web", "staging"), deployed.fleet("web").bucket
-    for release in ("r1", "r2"):
-        body = json.dumps({"id": release, "app": "web", "env": "staging"}).encode()
-        deployed.clients.s3.put_object(Bucket=bucket, Key=keys.release(release, "release.json"), Body=body)
-    current = b"r2\n" if scenario.kind == "rollback" else b"r1\n"
-    deployed.clients.s3.put_object(Bucket=bucket, Key=keys.current, Body=current)
+    made = {release: deployed.add_release("web", release) for release in ("r1", "r2")}
+    current = "r2" if scenario.kind == "rollback" else "r1"
+    pointer = Pointer(current, hashlib.sha256(made[current]).hexdigest())
+    deployed.clients.s3.put_object(Bucket=bucket, Key=keys.current, Body=pointer.render())
 
 
 def execute(template: dict[str, Any], scenario: Scenario, batch_percent: int) -> Measured:

@@ -15,7 +15,14 @@ from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.fleet import DEPLOY_PROGRAM
 from constructs.release_store import ReleaseStore
-from slipway.rollout.commands import ACTION_PARAMETER, ACTIONS, DEPLOY, PROCESS_PARAMETER, RELEASE_URL_PARAMETER
+from slipway.rollout.commands import (
+    ACTION_PARAMETER,
+    ACTIONS,
+    DEPLOY,
+    DIGEST_PARAMETER,
+    PROCESS_PARAMETER,
+    RELEASE_URL_PARAMETER,
+)
 from slipway.runs import COMMAND_PARAMETER as RUN_COMMAND_PARAMETER
 from slipway.runs import RELEASE_PARAMETER as RUN_RELEASE_PARAMETER
 from slipway.runs import STEP as RUN_STEP
@@ -74,10 +81,12 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
     the serving release untouched), ``activate`` (``deploy --activate URL``: switch to the
     staged release), ``deploy`` (both, the default) or ``restart`` (``deploy --restart URL``:
     restart the release the instance runs, a rolling restart's step; ``Process`` names one process
-    type to restart). SSM puts the values into the shell text; their patterns admit nothing else.
+    type to restart). ``Digest`` is the sha256 of the release's ``release.json`` the rollout pinned,
+    passed on as ``--digest``. SSM puts the values into the shell text; their patterns admit nothing else.
     """
     url, action = f"{{{{ {RELEASE_URL_PARAMETER} }}}}", f"{{{{ {ACTION_PARAMETER} }}}}"
-    process = f"{{{{ {PROCESS_PARAMETER} }}}}"
+    process, digest = f"{{{{ {PROCESS_PARAMETER} }}}}", f"{{{{ {DIGEST_PARAMETER} }}}}"
+    pinned, only = '${digest:+--digest "$digest"}', '${process:+--process "$process"}'
     return {
         "schemaVersion": "2.2",
         "description": f"Slipway deploy in {env}: runs {DEPLOY_PROGRAM} with a release URL (stage, activate, both, "
@@ -95,6 +104,13 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
                 "default": DEPLOY,
                 "allowedPattern": f"^({'|'.join(ACTIONS)})$",
             },
+            DIGEST_PARAMETER: {
+                "type": "String",
+                "description": "The sha256 of the release's release.json that the rollout pinned: the instance refuses "
+                "any other, before staging and before activating (empty: the one current pins, for .../current)",
+                "default": "",
+                "allowedPattern": f"^({names.SHA256})?$",
+            },
             PROCESS_PARAMETER: {
                 "type": "String",
                 "description": "restart only: the Procfile process type to restart (empty: every process)",
@@ -109,11 +125,12 @@ def deploy_document_content(*, bucket_pattern: str, apps: Sequence[str], env: st
                 "inputs": {
                     "runCommand": [
                         f'process="{process}"',
+                        f'digest="{digest}"',
                         f'case "{action}" in',
-                        f"  stage) exec {DEPLOY_PROGRAM} --stage {url} ;;",
-                        f"  activate) exec {DEPLOY_PROGRAM} --activate {url} ;;",
-                        f'  restart) exec {DEPLOY_PROGRAM} --restart {url} ${{process:+--process "$process"}} ;;',
-                        f"  *) exec {DEPLOY_PROGRAM} {url} ;;",
+                        f"  stage) exec {DEPLOY_PROGRAM} --stage {url} {pinned} ;;",
+                        f"  activate) exec {DEPLOY_PROGRAM} --activate {url} {pinned} ;;",
+                        f"  restart) exec {DEPLOY_PROGRAM} --restart {url} {pinned} {only} ;;",
+                        f"  *) exec {DEPLOY_PROGRAM} {url} {pinned} ;;",
                         "esac",
                     ],
                     "timeoutSeconds": str(DEPLOY_TIMEOUT_SECONDS),

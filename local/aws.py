@@ -10,6 +10,7 @@ the stack gave them (:func:`function_environment`).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import json
@@ -27,6 +28,7 @@ from unittest import mock
 from local.template import ACCOUNT, REGION, Adapted, Deferred, adapt, resolved_properties
 from slipway.aws import read_parameters
 from slipway.settings import PLATFORM_ENV, ControlPlaneSettings, FleetSettings, app_parameters_path
+from slipway_release.layout import MANIFEST, AppKeys
 
 # moto executes Step Functions definitions, and runs Lambda without Docker (see invoke_in_process).
 MOTO_CONFIG: Any = {"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}}
@@ -335,6 +337,42 @@ class Deployed:
 
     def fleet(self, app: str) -> FleetSettings:
         return self.settings.fleets[app]
+
+    def add_release(self, app: str, release_id: str) -> bytes:
+        """A release record of ``app`` as the publisher writes one (schema-valid, naming itself), for a
+        simulated fleet, whose instances never read its slug; its ``release.json`` bytes."""
+        from slipway.releases import Artifact, build_manifest
+
+        env = self.environment[PLATFORM_ENV]
+        made = Artifact(hashlib.sha256(f"{app} {release_id}".encode()).hexdigest(), 1)
+        manifest = build_manifest(
+            release_id=release_id,
+            app=app,
+            env=env,
+            slug=made,
+            build={
+                "version": 1,
+                "kind": "procfile",
+                "runtime": None,
+                "env": {"PATH": [], "PYTHONPATH": []},
+                "source_sha256": made.sha256,
+                "built_at": "2026-01-01T00:00:00Z",
+            },
+            source=made,
+            git_ref="main",
+            git_commit="0" * 40,
+            env_text="",
+            config_changes={"set": [], "unset": []},
+            created_by="test",
+            created_at="2026-01-01T00:00:00Z",
+            description="",
+            runtime=self.settings.apps[app],
+            parent=None,
+        )
+        body = json.dumps(manifest).encode()
+        bucket = self.settings.bucket
+        self.clients.s3.put_object(Bucket=bucket, Key=AppKeys(app, env).release(release_id, MANIFEST), Body=body)
+        return body
 
     def resize(self, app: str, *, desired: int, minimum: int, maximum: int) -> None:
         """Set the app's Auto Scaling group to ``minimum..maximum`` with ``desired`` instances."""

@@ -8,6 +8,7 @@ every call."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from slipway import aws, deploys
 from slipway.rollout import tasks
 from slipway.rollout.strategy import Strategy
 from slipway.settings import ROLLOUT_TIMING, Timing
-from slipway_release.layout import AppKeys
+from slipway_release.layout import AppKeys, Pointer, parse_pointer
 
 APP, ENV = "web", "staging"
 KEYS = AppKeys(APP, ENV)
@@ -65,12 +66,10 @@ class World:
         self.fleet = deployed.fleet(APP)
         self.bucket = self.fleet.bucket
         deployed.resize(APP, desired=instances, minimum=min_size, maximum=max_size)
-        for release in ("r1", "r2"):
-            manifest = {"id": release, "app": APP, "env": ENV}
-            self.clients.s3.put_object(
-                Bucket=self.bucket, Key=KEYS.release(release, "release.json"), Body=json.dumps(manifest).encode()
-            )
-        self.clients.s3.put_object(Bucket=self.bucket, Key=KEYS.current, Body=b"r1\n")
+        self.manifests = {release: deployed.add_release(APP, release) for release in ("r1", "r2")}
+        self.digests = {release: hashlib.sha256(body).hexdigest() for release, body in self.manifests.items()}
+        current = Pointer("r1", self.digests["r1"]).render()
+        self.clients.s3.put_object(Bucket=self.bucket, Key=KEYS.current, Body=current)
         self.sent: list[tuple[list[str], str]] = []  # activations and full deploys, in order
         self.staged: list[tuple[list[str], str]] = []  # stage commands, in order
         self.actions: dict[str, str] = {}  # command id -> its Action
@@ -78,6 +77,7 @@ class World:
         self.calls: dict[str, int] = {}  # AWS API calls through slipway.aws.client, by service:operation
         self.looks: dict[str, int] = {}  # DescribeTargetHealth answers naming each instance
         self.out_of_service: list[str] = []  # instances not InService when a command was sent to them
+        self.pinned: list[tuple[str, str]] = []  # (release, manifest digest) of every deploy command sent
 
     @property
     def group(self) -> str:
@@ -116,8 +116,12 @@ class World:
     def instances(self) -> list[str]:
         return self.deployed_stack.instances(APP)
 
+    def pointer(self) -> Pointer:
+        """What ``current`` says."""
+        return parse_pointer(self.clients.s3.get_object(Bucket=self.bucket, Key=KEYS.current)["Body"].read())
+
     def current(self) -> str:
-        return self.clients.s3.get_object(Bucket=self.bucket, Key=KEYS.current)["Body"].read().decode().strip()
+        return self.pointer().release
 
     def deployed(self) -> dict[str, str]:
         """The release each instance got last, by the commands sent."""
@@ -208,6 +212,7 @@ class FaultyClients:
                 return client.send_command(**kwargs)
             url = kwargs["Parameters"]["ReleaseUrl"][0]
             action = kwargs["Parameters"].get("Action", ["deploy"])[0]
+            self.world.pinned.append((url.rsplit("/", 1)[1], kwargs["Parameters"]["Digest"][0]))
             states = self.world.lifecycle()
             self.world.out_of_service += [i for i in kwargs["InstanceIds"] if states.get(i) != "InService"]
             if action == "stage":  # prepares, changes nothing served: kept apart from what was deployed

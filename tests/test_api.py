@@ -28,7 +28,7 @@ from slipway.builds.requests import workflow_input
 from slipway.releases import ReleaseError, change_config
 from slipway.settings import AppParameter, AppRuntime, BuildSettings, SettingsError, Timing, app_parameter_name
 from slipway_release.envfile import parse_env
-from slipway_release.layout import SLUG, AppKeys
+from slipway_release.layout import SLUG, AppKeys, Pointer
 
 EVENTS = Path(__file__).parent / "events"
 SCHEMA = json.loads((Path(__file__).parent.parent / "image" / "slipway_release" / "release.schema.json").read_text())
@@ -515,11 +515,14 @@ def test_current_moves_only_by_compare_and_swap(s3: Any) -> None:
     publish()
     publish()
     releases = operations.publisher("web", "staging")
-    releases.move_current("r1", expected=None)
+    pins = {release: releases.verified(release)[1] for release in ("r1", "r2")}
+    releases.move_current("r1", digest=pins["r1"], expected=None)
     with pytest.raises(ReleaseError, match="current is r1, not unset"):
-        releases.move_current("r2", expected=None)  # a stale view loses
-    releases.move_current("r2", expected="r1")
-    assert releases.current() == "r2"
+        releases.move_current("r2", digest=pins["r2"], expected=None)  # a stale view loses
+    with pytest.raises(ReleaseError, match="changed since the rollout pinned it"):
+        releases.move_current("r2", digest=pins["r1"], expected="r1")  # not the manifest pinned
+    releases.move_current("r2", digest=pins["r2"], expected="r1")
+    assert releases.current() == "r2" and releases.pointer() == Pointer("r2", pins["r2"])
     assert call("GET", "/apps/web/envs/staging/releases/r2")[1]["current"] is True
 
 

@@ -4,6 +4,7 @@ into moto and its state machine (tests/moto_fleet.py), with real API Gateway eve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from moto_fleet import KEYS, World, faulty
 from local.aws import Deployed
 from slipway import aws
 from slipway_release import oneoff
-from slipway_release.layout import AppKeys
+from slipway_release.layout import AppKeys, Pointer
 
 
 @pytest.fixture
@@ -200,10 +201,9 @@ def test_cycling_is_refused_during_a_rollout(world: World) -> None:
 def test_the_apps_configured_rollout_is_the_default(world: World) -> None:
     """billing's rollout in cdk.json (50 % batches, 60 s bake) reaches its deploys through the stack."""
     keys = AppKeys("billing", "staging")
-    for release in ("r1", "r2"):
-        body = json.dumps({"id": release, "app": "billing", "env": "staging"}).encode()
-        world.clients.s3.put_object(Bucket=world.bucket, Key=keys.release(release, "release.json"), Body=body)
-    world.clients.s3.put_object(Bucket=world.bucket, Key=keys.current, Body=b"r1\n")
+    made = {release: world.deployed_stack.add_release("billing", release) for release in ("r1", "r2")}
+    current = Pointer("r1", hashlib.sha256(made["r1"]).hexdigest()).render()
+    world.clients.s3.put_object(Bucket=world.bucket, Key=keys.current, Body=current)
     world.deployed_stack.resize("billing", desired=4, minimum=2, maximum=4)
     status, started = call("POST", "/apps/billing/envs/staging/deploys", {"release": "r2"})
     assert status == 202, started

@@ -57,6 +57,14 @@ def test_document_content_exact_text() -> None:
                 "default": "deploy",
                 "allowedPattern": "^(deploy|stage|activate|restart)$",
             },
+            "Digest": {
+                "type": "String",
+                "description": "The sha256 of the release's release.json that the rollout pinned: the instance "
+                "refuses any other, before staging and before activating (empty: the one current pins, for "
+                ".../current)",
+                "default": "",
+                "allowedPattern": "^([0-9a-f]{64})?$",
+            },
             "Process": {
                 "type": "String",
                 "description": "restart only: the Procfile process type to restart (empty: every process)",
@@ -71,12 +79,15 @@ def test_document_content_exact_text() -> None:
                 "inputs": {
                     "runCommand": [
                         'process="{{ Process }}"',
+                        'digest="{{ Digest }}"',
                         'case "{{ Action }}" in',
-                        "  stage) exec /home/deploy/bin/deploy --stage {{ ReleaseUrl }} ;;",
-                        "  activate) exec /home/deploy/bin/deploy --activate {{ ReleaseUrl }} ;;",
+                        "  stage) exec /home/deploy/bin/deploy --stage {{ ReleaseUrl }}"
+                        ' ${digest:+--digest "$digest"} ;;',
+                        "  activate) exec /home/deploy/bin/deploy --activate {{ ReleaseUrl }}"
+                        ' ${digest:+--digest "$digest"} ;;',
                         "  restart) exec /home/deploy/bin/deploy --restart {{ ReleaseUrl }}"
-                        ' ${process:+--process "$process"} ;;',
-                        "  *) exec /home/deploy/bin/deploy {{ ReleaseUrl }} ;;",
+                        ' ${digest:+--digest "$digest"} ${process:+--process "$process"} ;;',
+                        '  *) exec /home/deploy/bin/deploy {{ ReleaseUrl }} ${digest:+--digest "$digest"} ;;',
                         "esac",
                     ],
                     "timeoutSeconds": "900",
@@ -84,6 +95,17 @@ def test_document_content_exact_text() -> None:
             }
         ],
     }
+
+
+@pytest.mark.parametrize(
+    "digest", ["", "a" * 65, "A" * 64, "$(reboot)" + "a" * 55, "a" * 63 + " ", "a" * 64 + "\nreboot"]
+)
+def test_the_digest_pattern_admits_only_a_sha256_or_nothing(digest: str) -> None:
+    pattern = deploy_document_content(bucket_pattern=re.escape(BUCKET), apps=APPS, env="staging")["parameters"][
+        "Digest"
+    ]["allowedPattern"]
+    assert re.fullmatch(pattern, "3f" * 32)
+    assert (re.search(pattern, digest) is not None) == (digest == "")
 
 
 @pytest.mark.parametrize("action", ["deploy", "stage", "activate", "restart"])

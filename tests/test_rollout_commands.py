@@ -21,6 +21,7 @@ FLEET = FleetSettings(
     bucket="platform-staging-releasebucket-1",
     url="http://web-staging-1.us-east-1.elb.amazonaws.com",
 )
+DIGEST = "3f" * 32  # the release.json's sha256 the rollout pinned
 
 
 def test_the_deploy_command_request_is_exactly_this() -> None:
@@ -28,6 +29,7 @@ def test_the_deploy_command_request_is_exactly_this() -> None:
         FLEET,
         instances=["i-0a", "i-0b"],
         url="s3://platform-staging-releasebucket-1/web/staging/r7",
+        digest=DIGEST,
         kind="deploy",
         user="alice",
         timeout_seconds=900,
@@ -36,7 +38,12 @@ def test_the_deploy_command_request_is_exactly_this() -> None:
     assert request == {
         "DocumentName": "Platform-staging-Deploy",
         "InstanceIds": ["i-0a", "i-0b"],
-        "Parameters": {"ReleaseUrl": ["s3://platform-staging-releasebucket-1/web/staging/r7"], "Action": ["stage"]},
+        "Parameters": {
+            "ReleaseUrl": ["s3://platform-staging-releasebucket-1/web/staging/r7"],
+            "Action": ["stage"],
+            # The manifest the instance must find: it refuses any other before staging and activating.
+            "Digest": [DIGEST],
+        },
         "Comment": "slipway deploy web staging r7 (stage) by alice",
         "TimeoutSeconds": 900,
         # The deploy program's output reaches the log group the stack made for it.
@@ -49,7 +56,13 @@ def test_the_deploy_command_request_is_exactly_this() -> None:
 
 def test_a_long_comment_is_cut_to_what_ssm_keeps() -> None:
     [request] = send_deploy_requests(
-        FLEET, instances=["i-0a"], url="s3://bkt/web/staging/r7", kind="rollback", user="x" * 200, timeout_seconds=60
+        FLEET,
+        instances=["i-0a"],
+        url="s3://bkt/web/staging/r7",
+        digest=DIGEST,
+        kind="rollback",
+        user="x" * 200,
+        timeout_seconds=60,
     )
     assert len(request["Comment"]) == 100
     assert request["Comment"].startswith("slipway rollback web staging r7 (deploy) by xxx")
@@ -61,6 +74,7 @@ def test_an_action_the_document_does_not_know_is_refused() -> None:
             FLEET,
             instances=["i-0a"],
             url="s3://bkt/web/staging/r7",
+            digest=DIGEST,
             kind="deploy",
             user="a",
             timeout_seconds=60,
@@ -71,7 +85,13 @@ def test_an_action_the_document_does_not_know_is_refused() -> None:
 def test_more_instances_than_one_command_takes_go_in_several_commands_in_order() -> None:
     instances = [f"i-{n:03d}" for n in range(120)]
     requests = send_deploy_requests(
-        FLEET, instances=instances, url="s3://bkt/web/staging/r7", kind="deploy", user="a", timeout_seconds=60
+        FLEET,
+        instances=instances,
+        url="s3://bkt/web/staging/r7",
+        digest=DIGEST,
+        kind="deploy",
+        user="a",
+        timeout_seconds=60,
     )
     assert [len(r["InstanceIds"]) for r in requests] == [50, 50, 20]
     assert [i for r in requests for i in r["InstanceIds"]] == instances

@@ -15,6 +15,7 @@ from moto_fleet import KEYS, World, faster_rollout_clock, faulty
 
 from local.aws import Deployed
 from slipway import deploys
+from slipway_release.layout import Pointer
 
 
 @pytest.fixture
@@ -68,6 +69,9 @@ def test_clean_rollout_over_five_instances(machine: Callable[..., Any], fleet: C
     assert sorted(i for b in batches for i in b) == world.instances()  # every instance exactly once
     assert set(world.actions.values()) == {"stage", "activate"}
     never_out_of_service(world)
+    # Every command pinned r2's manifest, and current now pins it too.
+    assert set(world.pinned) == {("r2", world.digests["r2"])}
+    assert world.pointer().digest == world.digests["r2"]
 
 
 @pytest.mark.parametrize(
@@ -99,6 +103,41 @@ def test_a_forged_input_is_refused_with_nothing_changed(
     assert named in output["cause"]
     assert world.current() == "r1" and world.lock() is None
     assert world.sent == [] and world.staged == []
+
+
+def test_a_release_record_rewritten_after_current_pinned_it_is_refused(fleet: Callable[..., World]) -> None:
+    world = fleet(instances=2, min_size=1)
+    # r1 serves; its release.json is rewritten as a role that may write release keys could (on AWS the
+    # bucket policy refuses the write itself; here the rollout must not believe it either).
+    rewritten = json.loads(world.manifests["r1"])
+    rewritten["description"] = "not what was released"
+    world.clients.s3.put_object(Bucket=world.bucket, Key=KEYS.release("r1", "release.json"), Body=json.dumps(rewritten))
+    with faulty(world):
+        execution = world.run()
+    assert execution.status == "FAILED" and execution.output["error"] == "LockHeld", execution.output
+    assert "no longer has the digest current pins" in execution.output["cause"]
+    assert world.pointer().digest == world.digests["r1"] and world.lock() is None
+    assert world.sent == [] and world.staged == []
+
+
+def test_a_release_rewritten_during_its_rollout_never_becomes_current(
+    machine: Callable[..., Any], fleet: Callable[..., World]
+) -> None:
+    world = fleet(instances=2, min_size=1)
+
+    def rewrite(instances: list[str], url: str) -> None:  # once r2 is activated on the canary
+        forged = {**json.loads(world.manifests["r2"]), "description": "swapped"}
+        world.clients.s3.put_object(
+            Bucket=world.bucket, Key=KEYS.release("r2", "release.json"), Body=json.dumps(forged)
+        )
+
+    world.faults.on_send = rewrite
+    status, output = machine(world)
+    assert status == "FAILED", output
+    assert "changed since the rollout pinned it" in output["cause"]
+    assert world.pointer() == Pointer("r1", world.digests["r1"])
+    # Every command, the switch back included, pinned what the rollout read at its start.
+    assert set(world.pinned) == {("r2", world.digests["r2"]), ("r1", world.digests["r1"])}
 
 
 def test_a_release_that_cannot_be_staged_changes_nothing(

@@ -36,7 +36,14 @@ from .services import (
     service_exit,
     wait_stopped,
 )
-from .staged import instance_runtime, one_off_environment, read_processes, staged_manifest, staged_problem
+from .staged import (
+    instance_runtime,
+    one_off_environment,
+    read_processes,
+    require_pinned,
+    staged_manifest,
+    staged_problem,
+)
 from .state import (
     ACTIVATING,
     KEEP_RELEASES,
@@ -119,13 +126,17 @@ class Activator:
 
     # The flow -----------------------------------------------------------------------------------
 
-    def activate(self, release_id: str, previous: str | None, stage_hint: str) -> None:
+    def activate(self, release_id: str, previous: str | None, stage_hint: str, digest: str | None = None) -> None:
         """Make the staged ``release_id`` the serving release, replacing ``previous``.
 
-        :class:`NotStaged` (nothing changed) if it is not staged, naming ``stage_hint``.
+        :class:`NotStaged` (nothing changed) if it is not staged, naming ``stage_hint``;
+        :class:`DeployFailed` (nothing changed) if it was staged from a ``release.json`` other than
+        the one with sha256 ``digest``.
         """
         with self.report.phase("verify"):
             problem = staged_problem(self.layout, release_id)
+            if problem is None:
+                require_pinned(self.layout, release_id, digest)
         if problem is not None:
             raise NotStaged(f"{problem}; stage it first: {stage_hint}")
         self.report.step(f"Activating {release_id}" + (f" over {previous}" if previous else ""))
@@ -141,12 +152,14 @@ class Activator:
         self.prune(protected_releases(release_id, previous))
         self.report.step(f"{release_id} is serving" + (f" (was {previous})" if previous else ""))
 
-    def ensure_running(self, release_id: str) -> str:
+    def ensure_running(self, release_id: str, digest: str | None = None) -> str:
         """The release is already deployed: confirm it is healthy through the front, restart it if not.
 
-        Returns ``unchanged`` or ``restarted``; :class:`DeployFailed` if it does not come up.
+        Returns ``unchanged`` or ``restarted``; :class:`DeployFailed` if it does not come up, or was
+        staged from a ``release.json`` other than the one with sha256 ``digest``.
         """
         self.report.step(f"{release_id} is already deployed; checking it")
+        require_pinned(self.layout, release_id, digest)
         manifest = staged_manifest(self.layout, release_id, self.schema)
         serving = self.serving()
         if serving is not None and serving.release == release_id:
@@ -160,11 +173,12 @@ class Activator:
         self._start_beside(release_id, release_id, manifest)
         return "restarted"
 
-    def restart(self, release_id: str, process: str | None = None) -> str:
+    def restart(self, release_id: str, process: str | None = None, digest: str | None = None) -> str:
         """Restart the serving release (one step of a rolling restart): a fresh copy of it started in
         the other slot and switched to, so no request finds it down; or only its processes of type
         ``process`` (not ``web``, which the front serves), restarted where they run. :class:`DeployFailed`
         if they do not come up; :class:`NoSuchProcess` (nothing done) for a type the release does not run."""
+        require_pinned(self.layout, release_id, digest)
         manifest = staged_manifest(self.layout, release_id, self.schema)
         serving = self.serving()
         if serving is None or serving.release != release_id:

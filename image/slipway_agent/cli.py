@@ -2,7 +2,8 @@
 
 Three forms (image/README.md, "The deploy command")::
 
-    deploy URL                 stage, then activate (one run, one lock)
+    deploy URL [--digest D]    stage, then activate (one run, one lock); D: the sha256 of the
+                               release's release.json that it must have (current pins its own)
     deploy --stage URL         download, verify, unpack, configure, preflight; the serving release untouched
     deploy --activate rN       release phase, switch, restart, health check; nothing downloaded
     deploy --activate URL      the same, the app and environment taken from the URL (s3://…/rN)
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.layout import USAGE, ReleaseUrl, parse_release_url
-from slipway_release.names import CURRENT, is_app_name, is_env_name, is_release_id
+from slipway_release.names import CURRENT, is_app_name, is_env_name, is_release_id, is_sha256
 from slipway_release.oneoff import DEFAULT_TIMEOUT_SECONDS, CommandError, decode, parse_timeout
 from slipway_release.procfile import PROCESS_TYPE
 
@@ -53,6 +54,7 @@ class DeployArgs:
     command: str | None = None  # --run: the one-off's shell text (decoded)
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS  # --run: its time limit
     process: str | None = None  # --restart: only this process type's units
+    digest: str | None = None  # the sha256 the release's release.json must have (--digest; current's pin)
 
 
 def parse_url(url: str) -> ReleaseUrl:
@@ -113,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run --command once with the running release r<N>'s code and config, its output and exit status "
         "passed through (124: the time limit stopped it, 125: refused)",
     )
+    parser.add_argument(
+        "--digest",
+        help="the sha256 the release's release.json must have (what the rollout pinned); a release whose "
+        "manifest is another is refused, before staging and again before activating",
+    )
     parser.add_argument("--process", help="--restart: only the processes of this Procfile type, e.g. worker")
     parser.add_argument("--command", help="--run's shell text as unpadded URL-safe base64 (slipway_release.oneoff)")
     parser.add_argument(
@@ -140,13 +147,21 @@ def parse_args(argv: Sequence[str], instance_env: Mapping[str, str] | None = Non
         raise UsageError("--recover takes no other argument; usage: deploy --recover")
     if namespace.process is not None and namespace.restart is None:
         raise UsageError("--process goes with --restart; usage: deploy --restart r7 --process worker")
+    digest = namespace.digest
+    if digest is not None:
+        if not is_sha256(digest):
+            raise UsageError(f"--digest {digest[:80]!r} is not a sha256 (64 lowercase hex digits)")
+        if namespace.run is not None:
+            raise UsageError("--digest goes with a release to stage, activate or restart, not with --run")
+        if namespace.url is not None and namespace.url.endswith(f"/{CURRENT}"):
+            raise UsageError(f"--digest goes with a release id; {CURRENT} pins its own digest")
     if namespace.activate is not None:
         if namespace.url is not None:
             raise UsageError(
                 f"--activate takes the release alone, not also {namespace.url!r}; usage: deploy --activate r7"
             )
         release = _activation_target(namespace.activate, instance_env or {})
-        return DeployArgs(ACTIVATE, release, namespace.max_unpacked_bytes)
+        return DeployArgs(ACTIVATE, release, namespace.max_unpacked_bytes, digest=digest)
     if namespace.restart is not None:
         if namespace.process is not None and not PROCESS_TYPE.fullmatch(namespace.process):
             raise UsageError(
@@ -157,14 +172,16 @@ def parse_args(argv: Sequence[str], instance_env: Mapping[str, str] | None = Non
                 f"--restart takes the release alone, not also {namespace.url!r}; usage: deploy --restart r7"
             )
         release = _activation_target(namespace.restart, instance_env or {}, flag="--restart")
-        return DeployArgs(RESTART, release, namespace.max_unpacked_bytes, process=namespace.process)
+        return DeployArgs(RESTART, release, namespace.max_unpacked_bytes, process=namespace.process, digest=digest)
     if namespace.run is not None:
         return _one_off(namespace, instance_env or {})
     if namespace.command is not None:
         raise UsageError("--command goes with --run; usage: deploy --run r7 --command <base64>")
     if namespace.url is None:
         raise UsageError(f"the following arguments are required: url; usage: {USAGE_EXAMPLE}")
-    return DeployArgs(STAGE if namespace.stage else DEPLOY, parse_url(namespace.url), namespace.max_unpacked_bytes)
+    return DeployArgs(
+        STAGE if namespace.stage else DEPLOY, parse_url(namespace.url), namespace.max_unpacked_bytes, digest=digest
+    )
 
 
 def _one_off(namespace: argparse.Namespace, instance_env: Mapping[str, str]) -> DeployArgs:

@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from slipway_release.layout import parse_pointer
 from slipway_release.manifest import load_schema
-from slipway_release.names import CURRENT, is_app_name, is_release_id
+from slipway_release.names import CURRENT, is_app_name
 from slipway_release.runtimes import RUNTIMES_PATH
 
 from . import host
@@ -88,6 +89,7 @@ class Deployment:
         self.stager = Stager(self.url, report, store, layout, schema, args.max_unpacked_bytes, runtimes_path, pause_at)
         self.activator = Activator(layout, report, schema, runtimes_path, pause_at)
         self.release_id: str | None = None
+        self.digest = args.digest  # what the release's release.json must hash to (current's pin for current)
         self.previous: str | None = None
         self.phase = self.mode if self.mode in (ACTIVATE, RESTART) else STAGE
 
@@ -117,12 +119,14 @@ class Deployment:
                 self.phase = ACTIVATE
                 return self._ensure_running(self.release_id)
             if self.mode != ACTIVATE:
-                staged = self.stager.stage(self.release_id, self.previous)
+                staged = self.stager.stage(self.release_id, self.previous, self.digest)
                 self.activator.prune({self.release_id, *(r for r in (self.previous, self.activator.previous()) if r)})
                 if self.mode == STAGE:
                     return staged, EXIT_OK, None
             self.phase = ACTIVATE
-            self.activator.activate(self.release_id, self.previous, f"deploy --stage {self.url.of(self.release_id)}")
+            self.activator.activate(
+                self.release_id, self.previous, f"deploy --stage {self.url.of(self.release_id)}", self.digest
+            )
             return ("deployed" if self.mode == DEPLOY else "activated"), EXIT_OK, None
         except NotStaged as error:
             line = f"{self.url.target} not activated: {error}"
@@ -134,17 +138,26 @@ class Deployment:
             shutil.rmtree(self.layout.downloads_dir, ignore_errors=True)
 
     def _resolve_target(self) -> str:
+        """The release to act on: the URL's, or the one ``current`` names, with the digest it pins."""
         if self.url.target != CURRENT:
             return self.url.target
-        body = self.stager.store.read(self.url.keys.current, limit=64).decode("utf-8", errors="replace").strip()
-        if not is_release_id(body):
-            raise DeployFailed(f"{self.url} holds {body[:20]!r}, not a release id like r7")
-        self.report.step(f"{self.url} is {body}")
-        return body
+        try:
+            pointer = parse_pointer(self.stager.store.read(self.url.keys.current, limit=256))
+        except ValueError as error:
+            raise DeployFailed(f"{self.url} {error}") from None
+        if pointer.digest is None:
+            self.report.step(
+                f"{self.url} is {pointer.release} (written before current pinned digests: checked against "
+                "its own release.json only)"
+            )
+        else:
+            self.report.step(f"{self.url} is {pointer.release}, its release.json pinned as {pointer.digest[:12]}…")
+        self.digest = pointer.digest
+        return pointer.release
 
     def _ensure_running(self, release_id: str) -> tuple[str, int, str | None]:
         try:
-            return self.activator.ensure_running(release_id), EXIT_OK, None
+            return self.activator.ensure_running(release_id, self.digest), EXIT_OK, None
         except DeployFailed as error:
             line = f"{release_id} is deployed but does not come up after a restart: {error}; deploy a good release"
             self.report.failure(line)
@@ -159,7 +172,7 @@ class Deployment:
             self.report.failure(line)
             return "failed", EXIT_FAILED, line
         try:
-            return self.activator.restart(release_id, self.process), EXIT_OK, None
+            return self.activator.restart(release_id, self.process, self.digest), EXIT_OK, None
         except NoSuchProcess as error:
             line = f"{release_id} not restarted: {error}; give one of those"
             self.report.failure(line)

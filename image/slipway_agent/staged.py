@@ -34,6 +34,21 @@ def staged_problem(layout: AppLayout, release_id: str) -> str | None:
     return None
 
 
+def require_pinned(layout: AppLayout, release_id: str, digest: str | None) -> None:
+    """:class:`DeployFailed` unless the staged ``release_id`` was staged from the ``release.json`` with
+    sha256 ``digest`` (what the rollout pinned); nothing to check without one."""
+    if digest is None:
+        return
+    record = parse_staged(host.read_text(os.path.join(layout.release_dir(release_id), STAGED)))
+    if record is not None and record.manifest_sha256 == digest:
+        return
+    staged = f"{record.manifest_sha256[:12]}…" if record and record.manifest_sha256 else "an unrecorded one"
+    raise DeployFailed(
+        f"refusing {release_id}: it was staged from a release.json with sha256 {staged}, not the {digest[:12]}… "
+        "the rollout pinned (the release's record changed after it was made)"
+    )
+
+
 def staged_manifest(layout: AppLayout, release_id: str, schema: dict[str, Any]) -> Manifest:
     """The ``release.json`` kept with a release (verified when it was staged)."""
     with open(os.path.join(layout.release_dir(release_id), MANIFEST), "rb") as handle:

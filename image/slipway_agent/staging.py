@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,14 +75,18 @@ class Stager:
         self.runtimes_path = runtimes_path
         self.pause_at = pause_at
 
-    def stage(self, release_id: str, deployed: str | None) -> str:
-        """Stage ``release_id``; ``"staged"``, or ``"unchanged"`` if it already was (and is intact)."""
+    def stage(self, release_id: str, deployed: str | None, digest: str | None = None) -> str:
+        """Stage ``release_id``; ``"staged"``, or ``"unchanged"`` if it already was (and is intact).
+
+        ``digest``: the sha256 its ``release.json`` must have (what the rollout, or ``current``, pinned);
+        any other manifest is refused before anything is downloaded.
+        """
         self.report.step(f"Staging {self.url.of(release_id)}" + (f" beside {deployed}" if deployed else ""))
         with self.report.phase("download"):
-            manifest = self._fetch_manifest(release_id)
+            manifest, manifest_sha256 = self._fetch_manifest(release_id, digest)
             runtime = instance_runtime(manifest, self.runtimes_path)
         with self.report.phase("verify"):
-            if self._already_staged(release_id, manifest, deployed):
+            if self._already_staged(release_id, manifest, manifest_sha256, deployed):
                 return "unchanged"
         final = self.layout.release_dir(release_id)
         partial = os.path.join(self.layout.releases_dir, f".{release_id}.partial")
@@ -102,7 +107,7 @@ class Stager:
                 with self.report.phase("preflight"):
                     self._preflight(release_id, processes[WEB], manifest, runtime)
             with self.report.phase("verify"):
-                record = StagedRecord(release_id, tree_digest(final))
+                record = StagedRecord(release_id, tree_digest(final), manifest_sha256)
             host.write_atomic(os.path.join(final, STAGED), render_staged(record))
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -114,9 +119,16 @@ class Stager:
 
     # Steps ----------------------------------------------------------------------------------------
 
-    def _fetch_manifest(self, release_id: str) -> Manifest:
+    def _fetch_manifest(self, release_id: str, digest: str | None) -> tuple[Manifest, str]:
         key = self.url.keys.release(release_id, MANIFEST)
-        manifest = parse_manifest(self.store.read(key, limit=MAX_MANIFEST_BYTES), self.schema)
+        body = self.store.read(key, limit=MAX_MANIFEST_BYTES)
+        found = hashlib.sha256(body).hexdigest()
+        if digest is not None and found != digest:
+            raise DeployFailed(
+                f"refusing {self.url.of(release_id)}/{MANIFEST}: its sha256 is {found[:12]}…, not the {digest[:12]}… "
+                "the rollout pinned (the release's record changed after it was made)"
+            )
+        manifest = parse_manifest(body, self.schema)
         expected = (release_id, self.url.app, self.url.env)
         if (manifest.id, manifest.app, manifest.env) != expected:
             raise DeployFailed(
@@ -125,9 +137,9 @@ class Stager:
             )
         if not re.fullmatch(r"/[\x21-\x7e]*", manifest.health_check.path):
             raise DeployFailed(f"release.json health_check.path {manifest.health_check.path!r} is not a plain URL path")
-        return manifest
+        return manifest, found
 
-    def _already_staged(self, release_id: str, manifest: Manifest, deployed: str | None) -> bool:
+    def _already_staged(self, release_id: str, manifest: Manifest, manifest_sha256: str, deployed: str | None) -> bool:
         final = self.layout.release_dir(release_id)
         if not os.path.isdir(final):
             return False
@@ -137,13 +149,19 @@ class Stager:
                 self.report.detail(f"the copy of {release_id} here differs from the bucket's {MANIFEST}; staging again")
             return False
         problem = staged_problem(self.layout, release_id)
-        if problem is None:
+        record = parse_staged(host.read_text(os.path.join(final, STAGED)))
+        if problem is None and record is not None:
+            if record.manifest_sha256 != manifest_sha256:  # the same manifest (compared above), now pinned
+                host.write_atomic(
+                    os.path.join(final, STAGED), render_staged(replace(record, manifest_sha256=manifest_sha256))
+                )
             self.report.detail(f"{release_id} is already staged and unchanged since (verified); nothing to download")
             return True
-        if release_id == deployed and parse_staged(host.read_text(os.path.join(final, STAGED))) is None:
+        if release_id == deployed and record is None:
             # Deployed by an agent that did not mark releases: it passed its health check, and
             # staging it again would replace the files under its running processes.
-            host.write_atomic(os.path.join(final, STAGED), render_staged(StagedRecord(release_id, tree_digest(final))))
+            staged = StagedRecord(release_id, tree_digest(final), manifest_sha256)
+            host.write_atomic(os.path.join(final, STAGED), render_staged(staged))
             self.report.detail(f"{release_id} is the running release; recorded it as staged")
             return True
         self.report.detail(f"{problem}; staging it again")

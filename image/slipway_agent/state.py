@@ -4,7 +4,8 @@ Four records, each one small JSON file written atomically:
 
 - ``releases/<id>/STAGED``: the release was downloaded, verified, unpacked, configured and
   passed its preflight; it holds the sha256 of the release directory as staged, so
-  activation can refuse a copy changed since.
+  activation can refuse a copy changed since, and the sha256 of the ``release.json`` it was
+  staged from, so activation can refuse a release other than the one the rollout pinned.
 - ``ACTIVATING`` (in the app directory): an activation is starting ``release`` in ``slot``
   (its web on ``port``) beside ``previous``, to switch the front to it. Written before the
   first change and removed once the switch is complete or undone. A run that finds it was
@@ -21,7 +22,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from slipway_release.names import is_release_id, newest_first
+from slipway_release.names import is_release_id, is_sha256, newest_first
 
 from .front import SLOTS, other
 
@@ -35,14 +36,19 @@ _VERSION = 1
 
 @dataclass(frozen=True)
 class StagedRecord:
-    """What ``releases/<id>/STAGED`` says: the release and its directory's digest."""
+    """What ``releases/<id>/STAGED`` says: the release, its directory's digest, and the digest of the
+    ``release.json`` it was staged from (``None`` in a record written before manifests were pinned)."""
 
     release: str
     tree_sha256: str
+    manifest_sha256: str | None = None
 
 
 def render_staged(record: StagedRecord) -> str:
-    return json.dumps({"version": _VERSION, "release": record.release, "tree_sha256": record.tree_sha256}) + "\n"
+    fields = {"version": _VERSION, "release": record.release, "tree_sha256": record.tree_sha256}
+    if record.manifest_sha256:
+        fields["manifest_sha256"] = record.manifest_sha256
+    return json.dumps(fields) + "\n"
 
 
 def parse_staged(text: str | None) -> StagedRecord | None:
@@ -50,10 +56,12 @@ def parse_staged(text: str | None) -> StagedRecord | None:
     data = _object(text)
     if data is None or data.get("version") != _VERSION:
         return None
-    release, digest = data.get("release"), data.get("tree_sha256")
-    if not (isinstance(release, str) and is_release_id(release) and isinstance(digest, str) and len(digest) == 64):
+    release, digest, manifest = data.get("release"), data.get("tree_sha256"), data.get("manifest_sha256")
+    if not (isinstance(release, str) and is_release_id(release) and isinstance(digest, str) and is_sha256(digest)):
         return None
-    return StagedRecord(release, digest)
+    if manifest is not None and not (isinstance(manifest, str) and is_sha256(manifest)):
+        return None
+    return StagedRecord(release, digest, manifest)
 
 
 @dataclass(frozen=True)

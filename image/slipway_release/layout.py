@@ -3,7 +3,8 @@
 ::
 
     <app>/<env>/env                       canonical config for new releases
-    <app>/<env>/current                   body = id of the current release, e.g. "r7"
+    <app>/<env>/current                   body = the current release and its manifest's digest,
+                                          "r7 <sha256 of r7/release.json>" (:class:`Pointer`)
     <app>/<env>/previous                  body = the release current was before the last rollout
     <app>/<env>/lock                      the deploy lock (rollouts only)
     <app>/<env>/instances/<instance id>   body = the release the last rollout put there
@@ -24,7 +25,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .names import APP_NAME, APP_NAME_RULE, CURRENT, ENV_NAME, ENV_NAME_RULE, RELEASE_ID, full, is_release_id
+from .names import (
+    APP_NAME,
+    APP_NAME_RULE,
+    CURRENT,
+    ENV_NAME,
+    ENV_NAME_RULE,
+    RELEASE_ID,
+    full,
+    is_release_id,
+    is_sha256,
+)
 
 UPLOADS = "uploads/"
 CACHES = "caches/"
@@ -144,6 +155,35 @@ class ReleaseUrl:
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.app}/{self.env}/{self.target}"
+
+
+# current may hold a release and nothing else only as written before digests were pinned.
+POINTER_USAGE = "a release id and its manifest's sha256, e.g. 'r7 3f1c…' (64 hex digits)"
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What ``current`` says: ``release`` serves, and its ``release.json`` has sha256 ``digest``.
+
+    The digest pins the manifest, which pins the slug and the env file: every hop from
+    ``current`` to the bytes an instance runs is checked against the one before it.
+    ``digest`` is ``None`` only in a pointer written before digests were pinned (``r7``).
+    """
+
+    release: str
+    digest: str | None
+
+    def render(self) -> bytes:
+        return f"{self.release} {self.digest}\n".encode() if self.digest else f"{self.release}\n".encode()
+
+
+def parse_pointer(body: bytes) -> Pointer:
+    """``current``'s body; ``ValueError`` saying what it holds instead."""
+    text = body.decode("utf-8", errors="replace").strip()
+    release, _, digest = text.partition(" ")
+    if not is_release_id(release) or (digest and not is_sha256(digest)):
+        raise ValueError(f"holds {text[:90]!r}, not {POINTER_USAGE}")
+    return Pointer(release, digest or None)
 
 
 def release_url(bucket: str, app: str, env: str, target: str) -> str:

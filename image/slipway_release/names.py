@@ -18,6 +18,8 @@ ENV_NAME = "[a-z][a-z0-9]{0,19}"
 RELEASE_ID = "r[1-9][0-9]{0,8}"
 # The pointer to the release an app runs in an environment; deployable by name.
 CURRENT = "current"
+# A sha256 digest as the platform writes one: 64 lowercase hex digits.
+SHA256 = "[0-9a-f]{64}"
 
 APP_NAME_RULE = "2 to 32 lowercase letters, digits and -, starting with a letter"
 ENV_NAME_RULE = "lowercase letters and digits, starting with a letter, at most 20"
@@ -29,6 +31,7 @@ def full(pattern: str) -> re.Pattern[str]:
 
 
 _RELEASE = full(RELEASE_ID)
+_SHA256 = full(SHA256)
 _APP = full(APP_NAME)
 _ENV = full(ENV_NAME)
 
@@ -43,6 +46,10 @@ def is_env_name(text: str) -> bool:
 
 def is_release_id(text: str) -> bool:
     return _RELEASE.fullmatch(text) is not None
+
+
+def is_sha256(text: str) -> bool:
+    return _SHA256.fullmatch(text) is not None
 
 
 def release_number(release_id: str) -> int:

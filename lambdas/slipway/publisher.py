@@ -8,6 +8,7 @@ writes nothing under the app's prefix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -34,7 +35,8 @@ from slipway.settings import AppRuntime
 from slipway.store import Bucket
 from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.envfile import render_env
-from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE, UPLOAD_RECORD, AppKeys
+from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE, UPLOAD_RECORD, AppKeys, Pointer, parse_pointer
+from slipway_release.manifest import ManifestError, load_schema, parse_manifest
 from slipway_release.names import newest_first, next_release_id
 
 # Uploads larger than one part go multipart; the CLI sends parts in parallel.
@@ -55,7 +57,8 @@ def _timestamp(moment: datetime) -> str:
 
 class AppReleases:
     """The releases of ``app`` in ``env`` as rollouts and readers see them: manifests, the
-    ``current`` pointer (moved only by compare-and-swap), and what each instance runs."""
+    ``current`` pointer (moved only by compare-and-swap, pinning the manifest's digest), and what
+    each instance runs."""
 
     def __init__(self, bucket: Bucket, *, app: str, env: str) -> None:
         self.bucket, self.app, self.env = bucket, app, env
@@ -66,12 +69,32 @@ class AppReleases:
         return self._with_current(self._manifest(release_id))
 
     def _manifest(self, release_id: str) -> dict[str, Any]:
+        manifest: dict[str, Any] = json.loads(self._manifest_bytes(release_id))
+        return manifest
+
+    def _manifest_bytes(self, release_id: str) -> bytes:
         release_number(release_id)
         stored = self.bucket.read(self.keys.release(release_id, MANIFEST))
         if stored is None:
             raise ReleaseError(404, f"{self.app} has no release {release_id} in {self.env}")
-        manifest: dict[str, Any] = json.loads(stored.body)
-        return manifest
+        return stored.body
+
+    def verified(self, release_id: str) -> tuple[dict[str, Any], str]:
+        """A release's manifest, valid against ``release.schema.json`` and naming this app,
+        environment and id, and the sha256 of its bytes (what ``current`` and the instances pin).
+        404 if there is no such release, 422 if its manifest is not one."""
+        body = self._manifest_bytes(release_id)
+        try:
+            manifest = parse_manifest(body, load_schema())
+        except ManifestError as error:
+            raise ReleaseError(422, f"{self.app} {release_id} in {self.env}: {error}") from None
+        if (manifest.id, manifest.app, manifest.env) != (release_id, self.app, self.env):
+            raise ReleaseError(
+                422,
+                f"{self.keys.release(release_id, MANIFEST)} describes {manifest.app}/{manifest.env}/{manifest.id}, "
+                "not itself; it was not written by this platform",
+            )
+        return manifest.raw, hashlib.sha256(body).hexdigest()
 
     def _with_current(self, manifest: dict[str, Any]) -> dict[str, Any]:
         return {**manifest, "current": manifest["id"] == self.current()}
@@ -80,25 +103,40 @@ class AppReleases:
         stored = self.bucket.read(key)
         return stored.body.decode().strip() if stored else None
 
+    def pointer(self) -> Pointer | None:
+        """What ``current`` says (the release and the digest it pins); ``None`` before any deploy."""
+        stored = self.bucket.read(self.keys.current)
+        if stored is None:
+            return None
+        try:
+            return parse_pointer(stored.body)
+        except ValueError as error:
+            raise ReleaseError(500, f"{self.keys.current} {error}; only rollouts write it") from None
+
     def current(self) -> str | None:
-        return self._pointer(self.keys.current)
+        pointer = self.pointer()
+        return pointer.release if pointer else None
 
     def previous(self) -> str | None:
         """The release that was current before the last rollout moved it (what a rollback deploys)."""
         return self._pointer(self.keys.previous)
 
-    def move_current(self, release_id: str, *, expected: str | None) -> None:
-        """Point ``current`` at ``release_id`` if it still points at ``expected`` (compare-and-swap),
-        and note ``expected`` as the previous release."""
-        self._manifest(release_id)
+    def move_current(self, release_id: str, *, digest: str, expected: str | None) -> None:
+        """Point ``current`` at ``release_id``, pinning its manifest's ``digest``, if it still points at
+        ``expected`` (compare-and-swap), and note ``expected`` as the previous release. 409 if another
+        deploy moved it; 422 if the manifest is not the one pinned (it changed since the rollout read it)."""
+        if self.verified(release_id)[1] != digest:
+            raise ReleaseError(
+                422, f"{self.keys.release(release_id, MANIFEST)} changed since the rollout pinned it; refusing it"
+            )
         key = self.keys.current
         stored = self.bucket.read(key)
-        found = stored.body.decode().strip() if stored else None
+        found = parse_pointer(stored.body).release if stored else None
         if found != expected:
             raise ReleaseError(
                 409, f"current is {found or 'unset'}, not {expected or 'unset'}; another deploy moved it"
             )
-        body = f"{release_id}\n".encode()
+        body = Pointer(release_id, digest).render()
         moved = self.bucket.create(key, body) if stored is None else self.bucket.replace(key, body, etag=stored.etag)
         if not moved:
             raise ReleaseError(409, f"current moved while switching to {release_id}; another deploy moved it")

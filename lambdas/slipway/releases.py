@@ -23,7 +23,7 @@ from slipway_release.manifest import load_schema, schema_errors
 from slipway_release.procfile import ProcfileError, parse_procfile, resolve_formation
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SHA256 = re.compile(f"^{names.SHA256}$")
 GIT_COMMIT = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
 MANIFEST_VERSION = 2
 MAX_DESCRIPTION = 1000

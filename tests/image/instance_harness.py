@@ -21,7 +21,7 @@ from typing import Any
 from slugs import host_build, slug_build
 
 from local.instance import free_port
-from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE
+from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE, Pointer
 
 BUCKET = "slipway-test-releases"
 # The app and environment the session's instance is provisioned for (conftest.instance_world).
@@ -164,9 +164,16 @@ class Publisher:
         self.published.append(release_id)
         return f"s3://{self.bucket}/{self.app}/{self.env}/{release_id}"
 
-    def set_current(self, release_id: str) -> str:
-        """Point ``current`` at a release; return the ``current`` URL."""
-        self.client.put_object(Bucket=self.bucket, Key=f"{self.app}/{self.env}/current", Body=release_id.encode())
+    def digest(self, release_id: str) -> str:
+        """The sha256 of the release's release.json as it is in the bucket now."""
+        key = f"{self.app}/{self.env}/{release_id}/{MANIFEST}"
+        return hashlib.sha256(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()).hexdigest()
+
+    def set_current(self, release_id: str, *, pinned: str | None = None, legacy: bool = False) -> str:
+        """Point ``current`` at a release, pinning ``pinned`` (default: its manifest's digest now), or as
+        written before digests were pinned (``legacy``); return the ``current`` URL."""
+        pointer = Pointer(release_id, None if legacy else pinned or self.digest(release_id))
+        self.client.put_object(Bucket=self.bucket, Key=f"{self.app}/{self.env}/current", Body=pointer.render())
         return f"s3://{self.bucket}/{self.app}/{self.env}/current"
 
 

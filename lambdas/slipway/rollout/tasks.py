@@ -48,7 +48,7 @@ from slipway.rollout.request import ROLLBACK, RequestRefused, RolloutRequest
 from slipway.rollout.strategy import Strategy
 from slipway.settings import PLATFORM_ENV, AppParameter, FleetSettings, Timing, app_parameter_name, rollout_timing
 from slipway.store import Bucket
-from slipway_release.layout import AppKeys, release_url
+from slipway_release.layout import MANIFEST, AppKeys, release_url
 
 State = dict[str, Any]
 OUTPUT_TAIL = 2000
@@ -142,19 +142,37 @@ def lock(state: State) -> State:
         )
     except (LockHeld, ValueError) as refused:  # ValueError: a corrupt lock object, whose message says what to do
         raise LockRefused(str(refused)) from None
-    releases = _releases(state)
     try:
-        releases.show(state["release"])  # refuse a release that does not exist, before touching instances
+        pinned = _pin(_releases(state), state["release"])
     except ReleaseError as error:
         deploy_lock.release(state["app"], state["env"], execution=state["execution"])
         raise LockRefused(str(error)) from None
     return {
         **state,
-        "previous": releases.current(),
+        **pinned,
         "started_at": _now().isoformat(),
         "lock_expires_at": held.expires_at.isoformat(),
         "done": [],
     }
+
+
+def _pin(releases: AppReleases, release: str) -> State:
+    """The digests the rollout pins, before it touches an instance: the release's manifest (valid,
+    naming itself), and current's, which must still be the one current pinned when it moved (what
+    a rollback switches back to). ``ReleaseError`` for a release that does not exist or whose record
+    changed since it was made or made current."""
+    _, digest = releases.verified(release)
+    pointer = releases.pointer()
+    if pointer is None:
+        return {"digest": digest, "previous": None, "previous_digest": None}
+    _, previous_digest = releases.verified(pointer.release)
+    if pointer.digest is not None and pointer.digest != previous_digest:
+        raise ReleaseError(
+            422,
+            f"{releases.keys.release(pointer.release, MANIFEST)} no longer has the digest current pins "
+            f"({pointer.digest[:12]}…): the record of what serves was changed after it was made; nothing was deployed",
+        )
+    return {"digest": digest, "previous": pointer.release, "previous_digest": previous_digest}
 
 
 def keep_lock(state: State) -> State:
@@ -228,7 +246,7 @@ def _target(state: State) -> str:
 def stage(state: State) -> State:
     """Stage the release on every planned instance at once, while they all serve: download, verify,
     unpack and preflight; nothing they serve changes."""
-    return _send(state, state["planned"], _release_url(state, state["release"]), action=STAGE)
+    return _send(state, state["planned"], state["release"], action=STAGE)
 
 
 def send(state: State) -> State:
@@ -237,24 +255,30 @@ def send(state: State) -> State:
     front. While rolling back, the previous release, which every changed instance keeps staged;
     for a rolling restart, a fresh copy of the release the batch runs."""
     restarting = state["kind"] == RESTART_KIND and not state.get("rolling_back")
-    url, batch = _release_url(state, _target(state)), _batch(state)
+    target, batch = _target(state), _batch(state)
     unserved: list[str] = []
     if not state.get("rolling_back"):  # the bake waits for those not serving yet (a first deploy), not fails them
         states, _ = _target_health(state, batch)
         unserved = [i for i in batch if states.get(i) != TARGET_HEALTHY]
     if restarting:
-        sent = _send(state, batch, url, action=RESTART, process=state.get("process"))
+        sent = _send(state, batch, target, action=RESTART, process=state.get("process"))
     else:
-        sent = _send(state, batch, url, action=ACTIVATE)
+        sent = _send(state, batch, target, action=ACTIVATE)
     return {**sent, "activating": batch, "unserved": unserved}
 
 
-def _send(state: State, instances: list[str], url: str, *, action: str = DEPLOY, process: str | None = None) -> State:
-    """Send the deploy document to ``instances`` (one command per 50 of them, SSM's limit)."""
+def _send(
+    state: State, instances: list[str], release: str, *, action: str = DEPLOY, process: str | None = None
+) -> State:
+    """Send the deploy document for ``release`` (the rollout's, or the previous one) to ``instances``,
+    with the manifest digest the rollout pinned for it, which each instance checks before it stages
+    and again before it activates (one command per 50 instances, SSM's limit)."""
+    url = _release_url(state, release)
     requests = send_deploy_requests(
         _fleet(state),
         instances=instances,
         url=url,
+        digest=state["digest"] if release == state["release"] else state["previous_digest"],
         kind=ROLLBACK if state.get("rolled_back") is not None else state["kind"],
         user=state["user"],
         timeout_seconds=_timing(state).command_timeout,
@@ -395,7 +419,7 @@ def promote(state: State) -> State:
     if state["kind"] == RESTART_KIND:
         return {**state, "promoted": True}
     try:
-        _releases(state).move_current(state["release"], expected=state["previous"])
+        _releases(state).move_current(state["release"], digest=state["digest"], expected=state["previous"])
     except ReleaseError as error:
         raise RolloutError(str(error)) from None
     return {**state, "promoted": True}
@@ -407,7 +431,7 @@ def converge(state: State) -> State:
     late = sorted(i.id for i in instances if i.id not in state["done"])
     if not late:
         return {**state, "verdict": "READY", "converged": []}
-    return {**_send(state, late, _release_url(state, state["release"])), "verdict": "WAIT", "converged": late}
+    return {**_send(state, late, state["release"]), "verdict": "WAIT", "converged": late}
 
 
 def unlock(state: State) -> State:
@@ -480,7 +504,7 @@ def _rollback_by_full_deploy(state: State) -> State:
     if not remaining:
         return {**state, **update, "verdict": "READY"}
     try:
-        sent = _send({**state, **update}, remaining, _release_url(state, state["previous"]))
+        sent = _send({**state, **update}, remaining, state["previous"])
     except Exception as error:  # reported in the failure, which must survive it
         if aws.is_throttled(error):
             raise
