@@ -35,6 +35,8 @@ from local.instance import booted_instance, free_port, missing_prerequisites, pr
 from slipway.publisher import PART_SIZE, Publisher  # noqa: E402
 from slipway.settings import AppRuntime  # noqa: E402
 from slipway.store import Bucket  # noqa: E402
+from slipway.writer import ReleaseWriter  # noqa: E402
+from slipway_release.layout import SLUG  # noqa: E402
 
 BUCKET = "slipway-bench-releases"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -101,28 +103,22 @@ def put_parts(parts: list[dict[str, Any]], data: bytes) -> list[dict[str, Any]]:
     return done
 
 
-def publish(publisher: Publisher, source: bytes) -> str:
-    """Publish ``source`` as the next release the way a promotion does: the source and its slug
-    (built here) uploaded to presigned URLs, finalized, published."""
-    slug = build_slug(source)
-    upload = publisher.create_upload(
-        size=len(source),
-        sha256=hashlib.sha256(source).hexdigest(),
-        user="bench",
-        slug={"size": len(slug), "sha256": hashlib.sha256(slug).hexdigest()},
-    )
+def publish(publisher: Publisher, writer: ReleaseWriter, source: bytes) -> str:
+    """Publish ``source`` as the next release the way the platform does: the source uploaded to its
+    presigned URLs and finalized (checked), its slug (built here) where the builder writes it, and
+    the release made by the release writer."""
+    upload = publisher.create_upload(size=len(source), sha256=hashlib.sha256(source).hexdigest(), user="bench")
     parts = put_parts(upload["parts"], source)
-    slug_parts = put_parts(upload["slug_parts"], slug)
     publisher.finalize(
         upload_id=upload["upload_id"],
         git={"ref": "main", "commit": hashlib.sha1(source).hexdigest()},
         description=None,
         parts=parts if len(parts) > 1 else None,
-        slug_parts=slug_parts if len(slug_parts) > 1 else None,
-        promoted_from={"env": "built", "release": "r1"},
         user="bench",
     )
-    release: dict[str, Any] = publisher.publish_upload(upload["upload_id"])
+    slug = publisher.keys.upload(upload["upload_id"], SLUG)
+    publisher.bucket.client.put_object(Bucket=BUCKET, Key=slug, Body=build_slug(source))
+    release: dict[str, Any] = writer.publish_build(upload["upload_id"])
     return f"s3://{BUCKET}/bench/bench/{release['id']}"
 
 
@@ -148,8 +144,10 @@ def main() -> int:
         client.create_bucket(Bucket=BUCKET)
         port = free_port()
         runtime = AppRuntime(port=port, health_check_path="/", formation={})
+        client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         publisher = Publisher(Bucket(client, BUCKET), app="bench", env="bench", runtime=runtime, max_source_bytes=2**30)
-        publisher.change_config(set_vars={"A": "1"}, unset=[], description=None, user="bench")
+        writer = ReleaseWriter(Bucket(client, BUCKET), app="bench", env="bench", runtime=runtime)
+        writer.change_config(set_vars={"A": "1"}, unset=[], description=None, user="bench")
         with tempfile.TemporaryDirectory() as workdir, booted_instance(Path(workdir)) as instance:
             provision(instance, {"SLIPWAY_APP": "bench", "SLIPWAY_ENV": "bench", "SLIPWAY_BUCKET": BUCKET})
 
@@ -161,9 +159,9 @@ def main() -> int:
 
             for label, size in SIZES.items():
                 # The release to roll back to, of the same size.
-                running = deploy(publish(publisher, release_source(size, -1)))["release"]
+                running = deploy(publish(publisher, writer, release_source(size, -1)))["release"]
                 for run in range(runs):
-                    url = publish(publisher, release_source(size, run))
+                    url = publish(publisher, writer, release_source(size, run))
                     staged = deploy("--stage", url)
                     assert staged["result"] == "staged", staged
                     activated = deploy("--activate", url)

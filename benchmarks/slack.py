@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Any, cast
 from unittest import mock
@@ -49,10 +50,10 @@ COMMANDS = ["status web staging", "releases web staging", "config web staging", 
 
 
 def slack_event(text: str) -> dict[str, Any]:
-    """A signed slash command, as API Gateway hands it to the function."""
-    body = urllib.parse.urlencode(
-        {"user_id": "U2CERLKJA", "user_name": "bench", "channel_id": "C024BE91L", "text": text, "response_url": ""}
-    )
+    """A signed slash command, as API Gateway hands it to the function; its own trigger_id, as Slack
+    gives each command (the same command twice in a second would otherwise be a replay, refused)."""
+    form = {"user_id": "U2CERLKJA", "user_name": "bench", "channel_id": "C024BE91L", "text": text, "response_url": ""}
+    body = urllib.parse.urlencode({**form, "trigger_id": uuid.uuid4().hex})
     timestamp = str(int(time.time()))
     event: dict[str, Any] = copy.deepcopy(EVENT)
     event.update(
@@ -82,22 +83,7 @@ def warm(requests: int, template: dict[str, Any]) -> tuple[list[float], list[int
         settings = json.loads(deployed.environment["SLACK_JSON"])
         deployed.clients.secretsmanager.put_secret_value(SecretId=settings["signing_secret"], SecretString=SECRET)
         keys_bucket = deployed.fleet("web").bucket
-        manifest = {
-            "version": 1,
-            "id": "r1",
-            "app": "web",
-            "env": "staging",
-            "source": {"sha256": "0" * 64, "size": 1},
-            "git": {"ref": "main", "commit": "0" * 40},
-            "env_sha256": "0" * 64,
-            "created_by": "bench",
-            "created_at": "2026-12-01T00:00:00Z",
-            "description": "",
-            "formation": {},
-            "health_check": {"path": "/health", "port": 5000},
-            "parent": None,
-        }
-        deployed.clients.s3.put_object(Bucket=keys_bucket, Key="web/staging/r1/release.json", Body=json.dumps(manifest))
+        deployed.add_release("web", "r1")  # a release record as the writer makes one (schema-valid)
         calls = {"n": 0}
         real = aws.client
 

@@ -710,6 +710,14 @@ class PlatformConfig:
         """One entry per stack to synthesize: each environment, then its secondary region's copy."""
         return [stack for env in self.environments for stack in (env, *([env.in_secondary()] if env.secondary else []))]
 
+    def promotion_sources(self, name: str) -> dict[str, str]:
+        """The environments a release may be promoted from into ``name``, and their regions: the others of
+        the same account (unnamed accounts are the one of the credentials in use, so the same), whose
+        buckets its release writer may read. Promotion across accounts would need the source bucket's
+        policy to admit the other account, which this platform does not write."""
+        here = self.environment(name)
+        return {env.name: env.region for env in self.environments if env.name != name and env.account == here.account}
+
     def environment(self, name: str) -> EnvironmentSettings:
         for env in self.environments:
             if env.name == name:

@@ -40,6 +40,7 @@ from slipway.settings import (
     app_parameters_path,
 )
 from slipway_release import names
+from slipway_release.layout import slack_requests
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 # Powertools publishes each layer version's ARN as a public SSM parameter per runtime
@@ -126,7 +127,7 @@ class ControlPlane(Construct):
         self._api = self._build_api(env_name)
         self._add_routes(contract)
         self._web_acl = self._build_web_acl(env_name)
-        self._slack_secret = self._enable_slack(env_name, slack) if slack is not None else None
+        self._slack_secret = self._enable_slack(env_name, slack, release_store) if slack is not None else None
         # RestApi's own unnamed "Endpoint" output would repeat ApiUrl without saying what it is.
         self._api.node.try_remove_child("Endpoint")
         CfnOutput(self, "ApiUrl", value=self._api.url, description=f"Slipway API of {env_name}")
@@ -351,9 +352,10 @@ class ControlPlane(Construct):
         )
         return api
 
-    def _enable_slack(self, env_name: str, slack: SlackConfig) -> secretsmanager.Secret:
-        """The ``/slipway`` command's signing secret, its rules, and the function's right to follow a
-        deploy in itself. Operators put the Slack app's signing secret into the secret."""
+    def _enable_slack(self, env_name: str, slack: SlackConfig, release_store: ReleaseStore) -> secretsmanager.Secret:
+        """The ``/slipway`` command's signing secret, its rules, the function's right to record the
+        commands it accepts (to refuse a replay) and to follow a deploy in itself. Operators put the
+        Slack app's signing secret into the secret."""
         secret = secretsmanager.Secret(
             self,
             "SlackSigningSecret",
@@ -369,6 +371,19 @@ class ControlPlane(Construct):
         )
         function = self._api_function
         secret.grant_read(function)
+        # Each command accepted is recorded once, by its signature (slipway_release.layout.slack_request):
+        # a replay of it within its five minutes finds the record and is refused.
+        assert function.role is not None
+        accepted = f"{slack_requests(env_name)}*"
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["s3:PutObject"], resources=[release_store.bucket.arn_for_objects(accepted)])
+        )
+        acknowledge(
+            function.role,
+            f"AwsSolutions-IAM5[Resource::{release_store.arn_finding(function)}/{accepted}]",
+            f"One object per Slack command {env_name} accepts, named by the digest of its signature, which no "
+            "grant can name in advance; only under this environment's slack-requests/ prefix, which no app can take.",
+        )
         self._settings = replace(
             self._settings,
             slack=SlackSettings(
@@ -523,15 +538,26 @@ class ControlPlane(Construct):
         self,
         *,
         workflow: sfn.IStateMachine,
+        writer: lambda_.IFunction,
         builds: Mapping[str, BuildSettings],
         build_logs: logs.ILogGroup,
         projects: Sequence[codebuild.IProject],
     ) -> None:
-        """Let the API start ``workflow`` for each finalized upload, and follow its build's log."""
+        """Let the API start ``workflow`` for each finalized upload, follow its build's log, and ask the
+        release ``writer`` for config, rollback and promotion releases (it makes them; the API cannot)."""
         function = self._api_function
-        self._settings = replace(self._settings, builds=dict(builds), release_workflow=workflow.state_machine_arn)
+        self._settings = replace(
+            self._settings,
+            builds=dict(builds),
+            release_workflow=workflow.state_machine_arn,
+            release_writer=writer.function_name,
+        )
         self._apply_settings()
         workflow.grant_start_execution(function)
+        # Its unqualified ARN only (CDK's grant_invoke adds every version, which nothing invokes).
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[writer.function_arn])
+        )
         function.add_to_role_policy(
             iam.PolicyStatement(actions=["codebuild:BatchGetBuilds"], resources=[p.project_arn for p in projects])
         )

@@ -81,6 +81,8 @@ class PlatformStack(Stack):
         )
         if secondary is not None and not environment.is_secondary:
             self.release_store.replicate_to(replica_bucket_name(environment.name, secondary.region))
+        if not environment.is_secondary:  # a promotion from this environment reads its primary's bucket
+            self.release_store.name_for_promotions(environment.name)
         image = s3_assets.Asset(self, "ImageAsset", path=str(IMAGE_DIR), exclude=ASSET_EXCLUDE)
         # Every app's processes, one stream per app and instance (`slipway logs` reads it).
         self.app_logs: logs.LogGroup | None = None
@@ -187,9 +189,11 @@ class PlatformStack(Stack):
                 release_store=self.release_store,
                 projects=self.builder.projects,
                 build_logs=self.builder.log_group,
+                promotion_sources=config.promotion_sources(environment.name),
             )
             self.control_plane.enable_builds(
                 workflow=self.release_workflow.state_machine,
+                writer=self.release_workflow.writer,
                 builds={app.name: self.builder.settings_for(app.name) for app in config.apps},
                 build_logs=self.builder.log_group,
                 projects=self.builder.projects,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -12,15 +13,23 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_stepfunctions as sfn
 
 from constructs import Construct
+from constructs.acknowledge import acknowledge
 from constructs.release_store import ReleaseStore
 from constructs.workflow import WorkflowTasks, standard_workflow
+from slipway.settings import PLATFORM_ENV, PROMOTION_SOURCES, RELEASE_BUCKET, app_parameters_path
+from slipway_release.layout import EVERY_APP, AppKeys
 
 TASK_HANDLER = "slipway.builds.tasks.handler"
+WRITER_HANDLER = "slipway.writer.handler"
+# A promotion streams its slug through the writer; the API waits for it (API Gateway answers within 29 s).
+WRITER_TIMEOUT_SECONDS = 120
 
 
 class ReleaseWorkflow(Construct):
     """A Standard workflow per build: start → wait, check (until built) → publish, or record
-    why it failed. The release (``rN``) exists only when the build succeeded."""
+    why it failed. The release (``rN``) exists only when the build succeeded. Beside it, the
+    release writer function (the API's config, rollback and promotion releases); both run with
+    one role, the only one that may write releases."""
 
     def __init__(
         self,
@@ -32,6 +41,7 @@ class ReleaseWorkflow(Construct):
         release_store: ReleaseStore,
         projects: Sequence[codebuild.IProject],
         build_logs: logs.ILogGroup,
+        promotion_sources: Mapping[str, str],
     ) -> None:
         super().__init__(scope, id_)
         if not projects:
@@ -41,6 +51,51 @@ class ReleaseWorkflow(Construct):
         )
         role = self._tasks.role
         release_store.grant_release(role, env=env_name)
+        # The release writer: the API's requests for config, rollback and promotion releases, under the
+        # same role, the only one that may write releases (slipway.writer).
+        writer_logs = logs.LogGroup(self, "WriterLogs", retention=logs.RetentionDays.ONE_MONTH)
+        writer_logs.grant_write(role)
+        self._writer = lambda_.Function(
+            self,
+            "Writer",
+            runtime=self._tasks.function.runtime,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=WRITER_HANDLER,
+            code=code,
+            memory_size=1024,
+            timeout=Duration.seconds(WRITER_TIMEOUT_SECONDS),
+            log_group=writer_logs,
+            role=role,
+            description=f"Slipway release writer ({env_name}): config, rollback and promotion releases",
+        )
+        acknowledge(
+            self._writer,
+            "AwsSolutions-L1",
+            "Python 3.13 is pinned on purpose: the same runtime as the workflow's tasks and the API, whose code it "
+            "shares; moving to a newer runtime is a deliberate change of all of them.",
+        )
+        stack = Stack.of(self)
+        for function in (self._tasks.function, self._writer):
+            function.add_environment(PLATFORM_ENV, env_name)
+            function.add_environment(RELEASE_BUCKET, release_store.bucket.bucket_name)
+        if promotion_sources:
+            self._writer.add_environment(PROMOTION_SOURCES, json.dumps(dict(sorted(promotion_sources.items()))))
+        for source, region in sorted(promotion_sources.items()):
+            release_store.grant_promotion_from(role, env=source, region=region, app_env_keys=AppKeys(EVERY_APP, source))
+        parameters = f"{app_parameters_path(env_name).lstrip('/')}/*"
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["ssm:GetParameter"],
+                resources=[stack.format_arn(service="ssm", resource="parameter", resource_name=parameters)],
+            )
+        )
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::arn:{stack.partition}:ssm:{stack.region}:<AWS::AccountId>:parameter/"
+            f"{parameters}]",
+            f"The release writer reads the settings of the app it makes a release of: one parameter per app of "
+            f"{env_name} under this path, written by the stack, and nothing else of SSM.",
+        )
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["codebuild:StartBuild", "codebuild:BatchGetBuilds", "codebuild:StopBuild"],
@@ -80,3 +135,8 @@ class ReleaseWorkflow(Construct):
     @property
     def role(self) -> iam.IRole:
         return self._tasks.role
+
+    @property
+    def writer(self) -> lambda_.IFunction:
+        """The release writer the API asks for config, rollback and promotion releases."""
+        return self._writer

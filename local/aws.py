@@ -136,6 +136,8 @@ def deploy_stack(clients: Clients, name: str, template: Mapping[str, Any]) -> St
     }
     for logical, attributes in adapted.target_group_attributes:
         clients.elbv2.modify_target_group_attributes(TargetGroupArn=resources[logical], Attributes=attributes)
+    for logical in adapted.versioned_buckets:
+        clients.s3.put_bucket_versioning(Bucket=resources[logical], VersioningConfiguration={"Status": "Enabled"})
     for item in adapted.deferred:
         if item.when == "before":
             resources[item.logical_id] = next(

@@ -11,6 +11,10 @@ Both modes (moto's in-process mock and the local platform's server):
 
 The local platform's server only:
 
+* :func:`other_environments` — another environment of the account (what a promotion reads):
+  each local environment is an AWS of its own, so its clients point at that environment's local
+  AWS, found in the registry every running local platform writes itself into
+  (:class:`EnvironmentRegistry`); on AWS they are the region's own endpoints.
 * :func:`instance_refreshes` — Auto Scaling's ``StartInstanceRefresh``,
   ``DescribeInstanceRefreshes`` and ``CancelInstanceRefresh``, which moto lacks, carried
   out by :class:`local.refresh.InstanceRefreshes`.
@@ -303,3 +307,53 @@ def group_members(group_name: str) -> dict[str, str]:
 
     group = autoscaling_backends[ACCOUNT][REGION].autoscaling_groups.get(group_name)
     return {} if group is None else {s.instance.id: s.lifecycle_state for s in list(group.instance_states)}
+
+
+# Where each running local platform says where its AWS is: one small JSON file per environment.
+REGISTRY_VARIABLE = "SLIPWAY_LOCAL_REGISTRY"
+
+
+class EnvironmentRegistry:
+    """The local environments running on this machine and where each one's AWS answers."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        import os
+        import tempfile
+        from pathlib import Path
+
+        self.directory = Path(
+            directory or os.environ.get(REGISTRY_VARIABLE) or Path(tempfile.gettempdir(), "slipway-local")
+        )
+
+    def add(self, env: str, aws_endpoint: str) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.joinpath(f"{env}.json").write_text(json.dumps({"aws_endpoint": aws_endpoint}))
+
+    def remove(self, env: str) -> None:
+        self.directory.joinpath(f"{env}.json").unlink(missing_ok=True)
+
+    def endpoint(self, env: str) -> str:
+        """Where ``env``'s local AWS answers; a refusal the API passes on when it is not running."""
+        from slipway.releases import ReleaseError
+
+        try:
+            return str(json.loads(self.directory.joinpath(f"{env}.json").read_text())["aws_endpoint"])
+        except (OSError, ValueError, KeyError):
+            raise ReleaseError(
+                409, f"{env} is not running on this machine; start it (make local ENV={env}) and promote again"
+            ) from None
+
+
+@contextmanager
+def other_environments(registry: EnvironmentRegistry) -> Iterator[None]:
+    """While inside: a client of another environment (``slipway.aws.environment_client``) talks to that
+    environment's local AWS, as the registry says where it is."""
+    import boto3
+
+    from slipway import aws
+
+    def client(service: str, env: str, region: str) -> Any:
+        return boto3.client(service, region_name=region, endpoint_url=registry.endpoint(env))
+
+    with mock.patch.object(aws, "environment_client", client):
+        yield

@@ -201,13 +201,18 @@ class LocalPlatform:
         clients = aws.default_clients()
         refreshes = InstanceRefreshes(clients=aws.default_clients(), warmup_cap=REFRESH_WARMUP_CAP)
         self._cleanup.callback(refreshes.stop)
+        registry = hooks.EnvironmentRegistry()
         for hook in (
             hooks.invoke_in_process(),
             hooks.list_command_invocations(),
             hooks.commands_reach_only_their_instances(),
             hooks.instance_refreshes(refreshes),
+            hooks.other_environments(registry),
         ):
             self._cleanup.enter_context(hook)
+        # Where this environment's AWS is, for another local environment promoting one of its releases.
+        registry.add(self.env, self.aws_endpoint)
+        self._cleanup.callback(registry.remove, self.env)
         aws.bootstrap(clients)
         self.stack = aws.deploy_stack(clients, f"Platform-{self.env}", template)
         self.environment = aws.function_environment(clients, self.stack)

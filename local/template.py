@@ -87,6 +87,10 @@ ADAPTATIONS: dict[str, str] = {
         "moto's CloudFormation ignores a target group's attributes (its deregistration delay among them): they are "
         "set through ModifyTargetGroupAttributes after the stack"
     ),
+    "AWS::S3::Bucket VersioningConfiguration": (
+        "moto's CloudFormation ignores a bucket's versioning: it is enabled through PutBucketVersioning after the "
+        "stack (the release bucket's writer copies the object version it checked, which needs versions)"
+    ),
     "Lambda code": (
         "moto runs no Lambda code without Docker; the local platform runs each function's handler in-process, "
         "so the asset bucket holds an empty archive under each code key"
@@ -165,6 +169,7 @@ class Adapted:
     lambda_code: list[tuple[str, str]] = field(default_factory=list)  # (bucket with tokens resolved, key)
     # (target group's logical id, its TargetGroupAttributes), applied after the stack
     target_group_attributes: list[tuple[str, list[dict[str, str]]]] = field(default_factory=list)
+    versioned_buckets: list[str] = field(default_factory=list)  # logical ids, versioned after the stack
 
 
 NESTED_STACK = "AWS::CloudFormation::Stack"
@@ -362,6 +367,12 @@ def adapt(template: Mapping[str, Any], *, stack: str, public_parameters: Mapping
         if resource["Type"] == "AWS::ElasticLoadBalancingV2::TargetGroup"
         and resource["Properties"].get("TargetGroupAttributes")
     ]
+    versioned = sorted(
+        logical
+        for logical, resource in resources.items()
+        if resource["Type"] == "AWS::S3::Bucket"
+        and resource["Properties"].get("VersioningConfiguration", {}).get("Status") == "Enabled"
+    )
     return Adapted(
         template=adapted,
         original=template,
@@ -369,6 +380,7 @@ def adapt(template: Mapping[str, Any], *, stack: str, public_parameters: Mapping
         dropped=sorted(set(dropped)),
         lambda_code=[(_substitute(c["S3Bucket"]), c["S3Key"]) for c in code],
         target_group_attributes=attributes,
+        versioned_buckets=versioned,
     )
 
 

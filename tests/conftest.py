@@ -22,6 +22,7 @@ from configurations import every_option
 from end_to_end import ENVS, PASSWORD, SLIPWAY, Run
 
 from app import build_app, cdk_json_context
+from local.hooks import REGISTRY_VARIABLE
 from local.platform import launch, merged_template
 
 
@@ -157,9 +158,11 @@ def resources_of_type(template: Template, resource_type: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def local_platforms() -> Iterator[dict[str, dict[str, Any]]]:
+def local_platforms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
     """Local control planes for staging and production, as two separate services, shared by the
-    end-to-end tests of the CLI and the console (started together: each synthesizes its stack)."""
+    end-to-end tests of the CLI and the console (started together: each synthesizes its stack).
+    They find each other (a promotion reads the other's bucket) in a registry of this session's own."""
+    os.environ[REGISTRY_VARIABLE] = str(tmp_path_factory.mktemp("environments"))
     with ThreadPoolExecutor() as pool:
         started = dict(zip(ENVS, pool.map(lambda env: launch(env, PASSWORD), ENVS), strict=True))
     yield {env: info for env, (_, info) in started.items()}

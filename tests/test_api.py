@@ -10,6 +10,7 @@ import json
 import re
 import tarfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,16 @@ import pytest
 from api_events import Context, call, resource
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moto.core.config import default_user_config
 from slugs import host_build, slug_build
 
+from local.aws import MOTO_CONFIG, invoke_in_process
 from slipway import api, aws, console, operations, publisher
+from slipway import writer as writer_module
 from slipway.builds import tasks as build_tasks
 from slipway.builds.requests import workflow_input
 from slipway.releases import ReleaseError, change_config
-from slipway.settings import AppParameter, AppRuntime, BuildSettings, SettingsError, Timing, app_parameter_name
+from slipway.settings import RELEASE_WRITER, AppParameter, AppRuntime, BuildSettings, SettingsError, app_parameter_name
 from slipway_release.envfile import parse_env
 from slipway_release.layout import SLUG, AppKeys, Pointer
 
@@ -47,7 +51,7 @@ BUILDS = {app: BuildSettings(project=f"builder-{app}", log_group="builds") for a
 
 
 @pytest.fixture
-def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
     """A fresh, versioned release bucket; the API configured for `staging`."""
     for name, value in {
         "RELEASE_BUCKET": BUCKET,
@@ -60,13 +64,27 @@ def s3(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     for app, runtime in APPS.items():
         value = AppParameter(AppRuntime.from_json(runtime), build=BUILDS[app]).to_json()
         ssm.put_parameter(Name=app_parameter_name("staging", app), Value=json.dumps(value), Type="String")
-    # The release workflow: its executions are started, never run here (the tests play the builds).
+    default_user_config.update(MOTO_CONFIG)  # Lambda in this process, and Step Functions interpreted
+    # The release workflow: its executions are started and end at once (the tests play the builds).
     workflow = boto3.client("stepfunctions").create_state_machine(
         name="release-workflow",
         definition=json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": True}}}),
         roleArn="arn:aws:iam::123456789012:role/release-workflow",
     )
     monkeypatch.setenv("RELEASE_WORKFLOW_ARN", workflow["stateMachineArn"])
+    # The release writer, a Lambda function of its own (run in this process), which the API invokes.
+    role = boto3.client("iam").create_role(RoleName="writer", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    boto3.client("lambda").create_function(
+        FunctionName="release-writer",
+        Runtime="python3.13",
+        Role=role,
+        Handler="slipway.writer.handler",
+        Code={"ZipFile": b"PK\x05\x06" + bytes(18)},
+    )
+    monkeypatch.setenv(RELEASE_WRITER, "release-writer")
+    in_process = invoke_in_process()
+    in_process.__enter__()
+    request.addfinalizer(lambda: in_process.__exit__(None, None, None))
     aws.client.cache_clear()
     operations.settings.cache_clear()
     client = boto3.client("s3")
@@ -128,16 +146,7 @@ def build_and_publish(app: str, upload_id: str, source: bytes) -> tuple[int, Any
     boto3.client("s3").put_object(
         Bucket=BUCKET, Key=AppKeys(app, "staging").upload(upload_id, SLUG), Body=host_build(source)
     )
-    state = workflow_input(
-        app=app,
-        env="staging",
-        upload_id=upload_id,
-        build=BUILDS[app],
-        runtime=AppRuntime.from_json(APPS[app]),
-        bucket=BUCKET,
-        timing=Timing(),
-    )
-    published = build_tasks.publish(state)
+    published = build_tasks.publish(workflow_input(app=app, env="staging", upload_id=upload_id))
     status, release = call("GET", f"/apps/{app}/envs/staging/releases/{published['release']}")
     assert status == 200, release
     return 201, release
@@ -185,24 +194,32 @@ def test_publish_makes_an_immutable_release_valid_against_the_schema(s3: Any) ->
     assert status == 201, release
     manifest = {k: v for k, v in release.items() if k != "current"}
     jsonschema.validate(manifest, SCHEMA)
-    assert release["version"] == 2
+    assert release["version"] == 3
     assert release["id"] == "r1" and release["parent"] is None and release["current"] is False
+    assert release["base"] is None  # built from its own source
     assert release["created_by"] == "alice"
     assert release["source"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    slug = s3.get_object(Bucket=BUCKET, Key="web/staging/r1/slug.tar.gz")["Body"].read()
+    [slug_key] = keys(s3, "web/staging/slugs/")
+    slug = s3.get_object(Bucket=BUCKET, Key=slug_key)["Body"].read()
     assert release["slug"] == {"sha256": hashlib.sha256(slug).hexdigest(), "size": len(slug)}
+    assert slug_key == AppKeys("web", "staging").slug(release["slug"]["sha256"])  # stored once, by its digest
     # The build manifest the slug carries, copied out of it: what the agent checks the slug against.
     assert release["build"] == slug_build(slug) and release["build"]["source_sha256"] == release["source"]["sha256"]
     assert release["formation"] == {"web": 1}
     assert release["health_check"] == {"path": "/health", "port": 5000, "codes": "200"}
     assert release["config_changes"] == {"set": [], "unset": []}
-    assert keys(s3, "web/staging/") == [
-        "web/staging/r1/env",
-        "web/staging/r1/release.json",
-        "web/staging/r1/slug.tar.gz",
-        "web/staging/r1/source.tar.gz",
-    ]
-    assert s3.get_object(Bucket=BUCKET, Key="web/staging/r1/source.tar.gz")["Body"].read() == data
+    assert keys(s3, "web/staging/") == sorted(
+        [
+            "web/staging/r1/env",
+            "web/staging/r1/release.json",
+            slug_key,
+            f"web/staging/sources/{release['source']['sha256']}.tar.gz",
+        ]
+    )
+    assert (
+        s3.get_object(Bucket=BUCKET, Key=f"web/staging/sources/{release['source']['sha256']}.tar.gz")["Body"].read()
+        == data
+    )
     # The upload's copies are gone; its record says what it became.
     uploads = keys(s3, "uploads/web/staging/")
     assert [k.rsplit("/", 1)[1] for k in uploads] == ["upload.json"]
@@ -237,8 +254,9 @@ def test_concurrent_publishes_get_distinct_ids_and_none_is_lost(s3: Any) -> None
     assert ids == [f"r{n}" for n in range(1, 9)]
     # Every release holds the source its own publisher uploaded: no writer overwrote another.
     for i, (_, release) in enumerate(results):
-        stored = s3.get_object(Bucket=BUCKET, Key=f"web/staging/{release['id']}/source.tar.gz")["Body"].read()
-        assert stored == sources[i]
+        source_key = AppKeys("web", "staging").source(release["source"]["sha256"])
+        assert release["source"]["sha256"] == hashlib.sha256(sources[i]).hexdigest()
+        assert s3.get_object(Bucket=BUCKET, Key=source_key)["Body"].read() == sources[i]
 
 
 def tarball_of(entries: list[tuple[str, bytes, str]]) -> bytes:
@@ -470,6 +488,96 @@ def test_config_change_makes_a_release_with_the_same_source(s3: Any) -> None:
     assert "EMPTY" not in unset["vars"] and unset["release"]["id"] == "r3"
 
 
+def serve(s3: Any, release: str) -> None:
+    """Make ``release`` current, as a rollout that deployed it would (current pins its manifest)."""
+    releases = operations.publisher("web", "staging")
+    expected = releases.current()
+    releases.move_current(release, digest=releases.verified(release)[1], expected=expected)
+
+
+def test_a_config_change_builds_on_what_serves_not_the_newest_release(s3: Any) -> None:
+    """After a broken r2 that never served, a config change runs r1's slug (what serves), says so, and
+    lists only what it changes against r1; naming a base builds on that one instead."""
+    _, r1 = publish()
+    serve(s3, "r1")
+    _, r2 = publish(source_tarball({"Procfile": b"web: python broken.py\n", "broken.py": b"raise SystemExit(1)\n"}))
+    assert r2["slug"] != r1["slug"]
+    status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"BAR": "1"}})
+    assert status == 200, changed
+    r3 = changed["release"]
+    assert (changed["base"], r3["id"], r3["slug"], r3["parent"]) == ("r1", "r3", r1["slug"], "r2")
+    assert r3["base"] == {"env": "staging", "release": "r1", "reason": "config"}
+    assert r3["description"] == "config: BAR (on r1)" and r3["config_changes"] == {"set": ["BAR"], "unset": []}
+    status, on_r2 = call("PATCH", "/apps/web/envs/staging/config", {"set": {"BAZ": "2"}, "base": "r2"})
+    assert status == 200 and on_r2["base"] == "r2" and on_r2["release"]["slug"] == r2["slug"]
+    assert parse_env(s3.get_object(Bucket=BUCKET, Key="web/staging/r4/env")["Body"].read().decode()) == {
+        "BAR": "1",
+        "BAZ": "2",
+    }
+    # Slugs are stored once by digest: two slugs for four releases, no copy per release.
+    assert len(keys(s3, "web/staging/slugs/")) == 2
+
+
+def test_a_rollback_is_a_new_release_copying_an_earlier_one_and_its_config(s3: Any) -> None:
+    _, r1 = publish()
+    serve(s3, "r1")
+    call("PATCH", "/apps/web/envs/staging/config", {"set": {"V": "2"}})  # r2: r1's slug, V=2
+    serve(s3, "r2")
+    writer = writer_module.writer_for("web", "staging")
+    r3 = writer.roll_back(to=None, user="bob")  # back to what served before r2: r1
+    assert (r3["id"], r3["description"], r3["created_by"]) == ("r3", "rollback to r1", "bob")
+    assert (r3["slug"], r3["env_sha256"]) == (r1["slug"], r1["env_sha256"])
+    assert r3["base"] == {"env": "staging", "release": "r1", "reason": "rollback"}
+    # Its config is the config from now on, as on Heroku: the next change builds on it.
+    assert call("GET", "/apps/web/envs/staging/config") == (200, {"vars": {}})
+    serve(s3, "r3")
+    _, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"W": "1"}})
+    assert (changed["base"], changed["vars"], changed["release"]["slug"]) == ("r3", {"W": "1"}, r1["slug"])
+
+
+def test_a_promotion_copies_and_verifies_the_other_environment_s_release_and_refuses_a_tampered_one(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staging receives production's releases from production's own bucket (named by its SSM
+    parameter), never from the client: a slug whose bytes do not match production's record is
+    refused, and nothing is released or stored here."""
+    _, r1 = publish()
+    origin = "production-releases"
+    s3.create_bucket(Bucket=origin)
+    s3.put_bucket_versioning(Bucket=origin, VersioningConfiguration={"Status": "Enabled"})
+    boto3.client("ssm").put_parameter(Name="/slipway/production/release-bucket", Value=origin, Type="String")
+    monkeypatch.setenv("PROMOTION_SOURCES", json.dumps({"production": "us-east-1"}))
+    staging, production = AppKeys("web", "staging"), AppKeys("web", "production")
+    slug = s3.get_object(Bucket=BUCKET, Key=staging.slug(r1["slug"]["sha256"]))["Body"].read()
+    source = s3.get_object(Bucket=BUCKET, Key=staging.source(r1["source"]["sha256"]))["Body"].read()
+    for release, body in (("r5", slug), ("r6", slug[:-10] + b"\0" * 10)):  # r6: its slug's bytes were changed
+        record = {**{k: v for k, v in r1.items() if k != "current"}, "id": release, "env": "production"}
+        s3.put_object(Bucket=origin, Key=production.release(release, "release.json"), Body=json.dumps(record))
+        s3.put_object(Bucket=origin, Key=production.slug(r1["slug"]["sha256"]), Body=body)
+        s3.put_object(Bucket=origin, Key=production.source(r1["source"]["sha256"]), Body=source)
+        if release == "r6":
+            s3.delete_object(Bucket=BUCKET, Key=staging.slug(r1["slug"]["sha256"]))  # so it must be copied
+            before = keys(s3, "web/")
+            status, refused = call(
+                "POST", "/apps/web/envs/staging/promotions", {"from": "production", "release": release}
+            )
+            assert status == 422 and "sha256" in refused["message"], refused
+            assert keys(s3, "web/") == before  # nothing released, no slug stored
+            continue
+        status, promoted = call("POST", "/apps/web/envs/staging/promotions", {"from": "production", "release": release})
+        assert status == 201, promoted
+        assert promoted["slug"] == r1["slug"] and promoted["base"]["env"] == "production"
+        assert promoted["description"] == "promoted from production r5"
+    # No slug rides with an upload any more: the API's contract has no place for one.
+    schemas = json.loads((Path(api.__file__).parent / "openapi.json").read_text())["components"]["schemas"]
+    assert (
+        "slug" not in schemas["UploadRequest"]["properties"]
+        and schemas["UploadRequest"]["additionalProperties"] is False
+    )
+    status, refused = call("POST", "/apps/web/envs/staging/promotions", {"from": "qa", "release": "r1"})
+    assert status == 400 and "releases come here from production only" in refused["message"]
+
+
 def test_config_before_the_first_release_waits_for_it(s3: Any) -> None:
     status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}})
     assert (status, changed["release"]) == (200, None)
@@ -585,6 +693,113 @@ def test_a_wrong_config_change_gets_a_400_naming_it(s3: Any, change: dict[str, A
     status, body = call("PATCH", "/apps/web/envs/staging/config", change)
     assert status == 400 and message in body["message"], body
     assert keys(s3, "web/") == []
+
+
+def nested(depth: int) -> bytes:
+    """A JSON object ``depth`` levels deep: arrays in an object."""
+    return b'{"set": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+# Deep enough that Python's json parser would recurse past its limit: RecursionError, a 502.
+TOO_DEEP = {
+    "arrays": b"[" * 10_000 + b"]" * 10_000,
+    "objects": b'{"a": ' * 10_000 + b"1" + b"}" * 10_000,
+    "unclosed": b"[" * 10_000,
+    "one level too many": nested(api.MAX_BODY_DEPTH + 1),
+}
+
+
+@pytest.mark.parametrize("method, path", [*WITH_BODIES, ("POST", "/apps/web/envs/staging/cycle")])
+@pytest.mark.parametrize("raw", TOO_DEEP.values(), ids=TOO_DEEP.keys())
+def test_a_body_nested_too_deep_gets_a_400_saying_so_and_changes_nothing(
+    s3: Any, method: str, path: str, raw: bytes
+) -> None:
+    status, body = call(method, path, raw=raw)
+    assert status == 400, body
+    assert body["message"] == (
+        f"the request body nests arrays and objects deeper than {api.MAX_BODY_DEPTH} levels; send the object "
+        "the operation takes (openapi.json: none nests more than 3)"
+    )
+    assert keys(s3, "") == []
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_pass_the_depth_check(s3: Any) -> None:
+    status, body = call("PATCH", "/apps/web/envs/staging/config", raw=nested(api.MAX_BODY_DEPTH))
+    assert status == 400 and body["message"].startswith('send {"set": {"NAME": "value"}}'), body  # parsed: its own 400
+    brackets = '[{\\"' * 5_000  # escaped quotes and backslashes in a string do not end it
+    status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"BRACKETS": brackets}})
+    assert status == 200 and changed["vars"] == {"BRACKETS": brackets}, changed
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"set": {"A": "' + b"x" * (4 * 1024 * 1024) + b'"}}',
+        b"\xff" * (4 * 1024 * 1024 + 1),  # not UTF-8: API Gateway passes it base64-encoded
+    ],
+    ids=["text", "base64"],
+)
+def test_a_body_over_the_size_limit_gets_a_413_saying_so_and_changes_nothing(s3: Any, raw: bytes) -> None:
+    assert len(raw) > api.MAX_BODY_BYTES
+    status, body = call("PATCH", "/apps/web/envs/staging/config", raw=raw)
+    assert status == 413, body
+    assert body["message"] == (
+        f"the request body is larger than the {api.MAX_BODY_BYTES} bytes this API takes (a whole environment's "
+        "config is at most 1048576); send a smaller request"
+    )
+    assert keys(s3, "") == []
+
+
+def test_the_largest_config_change_the_platform_carries_is_under_the_size_limit(s3: Any) -> None:
+    from slipway_release.envfile import MAX_ASSIGNMENT_BYTES, MAX_ENVIRONMENT_BYTES
+
+    # Each variable as large as Linux passes one, of 2-byte characters (6 bytes each as JSON sends them),
+    # as many as the environment holds: about 3 MiB of JSON.
+    value = "é" * ((MAX_ASSIGNMENT_BYTES - len("VAR_0=") - 1) // 2)
+    count = MAX_ENVIRONMENT_BYTES // MAX_ASSIGNMENT_BYTES
+    change = {"set": {f"VAR_{i}": value for i in range(count)}}
+    assert len(json.dumps(change)) > 3_000_000
+    status, changed = call("PATCH", "/apps/web/envs/staging/config", change)
+    assert status == 200, changed
+    assert changed["vars"] == change["set"]
+
+
+def test_a_build_s_log_from_a_token_this_api_did_not_give_is_a_400(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.stub import Stubber
+
+    upload_id = upload(source_tarball())
+    status, build = call(
+        "POST", "/apps/web/envs/staging/releases", {"upload_id": upload_id, "git": {"ref": "main", "commit": COMMIT}}
+    )
+    assert status == 202, build
+    build_id = "builder-web:5a1b2c3d-0000-4000-8000-000000000001"
+    operations.publisher("web", "staging").note_build(upload_id, build_id=build_id)
+    logs = boto3.client("logs")
+    stream = {"groupName": "builds", "streamName": build_id.split(":")[1]}
+    logs.create_log_group(logGroupName=stream["groupName"])
+    logs.create_log_stream(logGroupName=stream["groupName"], logStreamName=stream["streamName"])
+    logs.put_log_events(
+        logGroupName=stream["groupName"],
+        logStreamName=stream["streamName"],
+        logEvents=[{"timestamp": int(time.time() * 1000), "message": "-----> building"}],
+    )
+    codebuild = boto3.client("codebuild")  # moto runs no build: CodeBuild's answer stubbed
+    real = aws.client
+    monkeypatch.setattr(aws, "client", lambda service: codebuild if service == "codebuild" else real(service))
+    path = f"/apps/web/envs/staging/builds/{upload_id}"
+    with Stubber(codebuild) as builds:
+        running = {"id": build_id, "buildStatus": "IN_PROGRESS", "currentPhase": "BUILD", "logs": stream}
+        for _ in range(3):
+            builds.add_response("batch_get_builds", {"builds": [running]}, {"ids": [build_id]})
+        status, shown = call("GET", path)
+        assert status == 200 and shown["log"] == ["-----> building"] and shown["next"], shown
+        status, refused = call("GET", path, query={"after": "not-a-token"})
+        assert status == 400, refused
+        assert refused["message"] == (
+            "after='not-a-token' is not a token this API gave; pass the `next` value of the previous answer"
+        )
+        status, rest = call("GET", path, query={"after": shown["next"]})  # the real token still reads on
+        assert status == 200 and rest["log"] == [], rest
 
 
 # Browsers: the console's page, and changes no other site's page can make with the browser's credentials.

@@ -184,7 +184,8 @@ def test_an_upload_is_built_in_the_builder_and_becomes_a_release(building: Deplo
     assert status == 200 and release["description"] == "built here" and release["build"]["kind"] == "procfile"
     assert release["build"]["source_sha256"] == release["source"]["sha256"]
     names = {o["Key"] for o in building.clients.s3.list_objects_v2(Bucket=building.settings.bucket)["Contents"]}
-    assert {"web/staging/r1/slug.tar.gz", "web/staging/r1/source.tar.gz"} <= names
+    keys = AppKeys("web", "staging")
+    assert {keys.slug(release["slug"]["sha256"]), keys.source(release["source"]["sha256"])} <= names
     assert not [n for n in names if n.startswith("uploads/") and not n.endswith("upload.json")]
 
 

@@ -1,23 +1,31 @@
 """The `slipway` CLI end to end: a git checkout of an app, the installed command, and the
-local control plane (real handlers and authorizer behind an API Gateway-shaped front)."""
+local control plane (real handlers and authorizer behind an API Gateway-shaped front); and,
+in this process, what it does before and besides any platform (its arguments, its API URL,
+answers that are not the API's)."""
 
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from end_to_end import PASSWORD, SLIPWAY, Run, releases
+
+from slipway_cli.client import path as api_path
+from slipway_cli.main import main, parse
 
 
 def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> None:
@@ -38,7 +46,7 @@ def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> 
     tricky = "multi\nline 'quoted' $HOME `x` é"
     result = slipway("config", "billing", "staging", "set", f"SECRET={tricky}", "PLAIN=1")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith(f"released as r{before + 2}")
+    assert f"released as r{before + 2} (on r{before + 1}'s slug;" in result.stdout  # nothing serves: the newest
     shown = json.loads(slipway("--json", "config", "billing", "staging").stdout)
     assert shown["vars"]["SECRET"] == tricky and shown["vars"]["PLAIN"] == "1"
     assert slipway("config", "billing", "staging", "unset", "PLAIN").returncode == 0
@@ -57,9 +65,11 @@ def test_release_config_and_promote_end_to_end(slipway: Run, checkout: Path) -> 
     assert result.returncode == 0, result.stderr
     promoted = releases(slipway, "billing", "production")[0]
     assert result.stdout.strip() == (
-        f"Promoted billing staging r{before + 3} to production as {promoted['id']} (the same slug, Procfile only; "
-        "production's config)"
+        f"Promoted billing staging r{before + 3} to production as {promoted['id']} (the same slug, verified by "
+        "production; Procfile only; production's config)"
     )
+    # Production read the release from staging's own bucket and says so: nothing came from the client.
+    assert promoted["base"] == {"env": "staging", "release": f"r{before + 3}", "reason": "promotion"}
     # The same bytes: source and slug, and the build manifest that says how the slug was made.
     assert promoted["source"] == newest["source"] and promoted["git"] == newest["git"]
     assert promoted["slug"] == newest["slug"] and promoted["build"] == newest["build"]
@@ -193,10 +203,17 @@ def test_deploy_and_rollback_from_the_cli(slipway: Run) -> None:
 
     result = slipway("rollback", "web", "staging", "--bake", "0", "--interval", "0.2")
     assert result.returncode == 0, result.stderr
+    # A new release copying the first one is what rolls out and serves (as on Heroku).
+    third = releases(slipway, "web", "staging")[0]
+    assert (third["description"], third["current"]) == (f"rollback to {first}", True)
     assert re.fullmatch(
-        rf"Rolled back web in staging to {first}: 1 instance\(s\) in 1 batch\(es\) in \d+\.\d s; {first} is current",
+        rf"Rolled back web in staging to {first} as {third['id']}: 1 instance\(s\) in 1 batch\(es\) in \d+\.\d s; "
+        rf"{third['id']} is current",
         result.stdout.splitlines()[-1],
     )
+    listing = slipway("releases", "web", "staging").stdout
+    assert re.search(rf"\* +{third['id']} .* copy of {first} +rollback to {first}", listing), listing
+    assert re.search(rf"  +{second} .* config on {first} +config: GREETING", listing), listing
     deploys = slipway("deploys", "web", "staging").stdout.splitlines()
     assert [line.split()[1:3] for line in deploys[:3]] == [
         ["SUCCEEDED", "rollback"],
@@ -400,3 +417,190 @@ def test_apps_lists_each_environment_s_apps_current_release_and_url(slipway: Run
     result = slipway("apps", SLIPWAY_URL_STAGING="", SLIPWAY_URL_PRODUCTION="")
     assert result.returncode == 1
     assert result.stderr.startswith("slipway: no environment to list: give one (slipway apps staging)")
+
+
+# The CLI on its own, no platform: its arguments, its API URL, and answers that are not the API's.
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], environ: dict[str, str]) -> str:
+    """Run ``slipway argv`` in this process: it must fail with one line on stderr, which is returned."""
+    assert main(argv, {"SLIPWAY_USER": "admin", "SLIPWAY_PASSWORD": "not-this", "HOME": "/nonexistent", **environ}) == 1
+    out, err = capsys.readouterr()
+    [line] = err.splitlines()
+    assert out == "" and line.startswith("slipway: ") and "Traceback" not in err
+    return line.removeprefix("slipway: ")
+
+
+FIX = "set it to the ApiUrl output of the Platform-staging stack, e.g. https://abc123.execute-api.us-east-1.amazonaws.com/v1"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("notaurl", f"SLIPWAY_URL_STAGING is 'notaurl', not an http(s) URL with a host; {FIX}"),
+        ("ftp://x", f"SLIPWAY_URL_STAGING is 'ftp://x', not an http(s) URL with a host; {FIX}"),
+        ("http://", f"SLIPWAY_URL_STAGING is 'http://', not an http(s) URL with a host; {FIX}"),
+        ("http://[::1", f"SLIPWAY_URL_STAGING is 'http://[::1', not a URL; {FIX}"),
+        ("http://h:port/v1", f"SLIPWAY_URL_STAGING is 'http://h:port/v1', not a URL; {FIX}"),
+        ("https://h/v1?x=1", f"SLIPWAY_URL_STAGING is 'https://h/v1?x=1': the API URL has no query or fragment; {FIX}"),
+    ],
+)
+def test_an_api_url_that_is_not_one_is_one_line_naming_the_variable(
+    capsys: pytest.CaptureFixture[str], url: str, message: str
+) -> None:
+    assert one_line_error(capsys, ["releases", "web", "staging"], {"SLIPWAY_URL_STAGING": url}) == message
+
+
+def test_the_variable_named_is_the_one_the_url_came_from(capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, ["releases", "web", "staging"], {"SLIPWAY_URL": "ftp://x"})
+    assert line.startswith("SLIPWAY_URL is 'ftp://x', not an http(s) URL with a host; ")
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("http://admin:secret@127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1"),
+        ("https://admin:s%40cret@api.example.com/v1", "https://api.example.com/v1"),
+        ("https://:secret@api.example.com/v1", "https://api.example.com/v1"),
+    ],
+)
+def test_an_api_url_with_credentials_is_refused_without_echoing_them(
+    capsys: pytest.CaptureFixture[str], url: str, shown: str
+) -> None:
+    line = one_line_error(capsys, ["releases", "web", "staging"], {"SLIPWAY_URL_STAGING": url})
+    assert line == (
+        f"SLIPWAY_URL_STAGING carries credentials: give the URL without them ({shown}) and the user and password "
+        "in SLIPWAY_USER and SLIPWAY_PASSWORD, or in ~/.netrc"
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["http://admin:se/cret@127.0.0.1/v1", "http://admin:se?cret@h/v1", "http://admin:se#cret@h/v1", "a:secret@h"]
+)
+def test_a_password_that_cuts_the_url_short_is_not_echoed_either(capsys: pytest.CaptureFixture[str], url: str) -> None:
+    line = one_line_error(capsys, ["releases", "web", "staging"], {"SLIPWAY_URL_STAGING": url})
+    assert "cret" not in line and ":se" not in line and "secret" not in line, line
+
+
+@pytest.fixture
+def foreign() -> Iterator[tuple[str, list[tuple[int, str, bytes]]]]:
+    """A server on loopback that is not the Slipway API (an app's load balancer, say): it answers
+    every request with the next of the (status, content type, body) the test appends."""
+    answers: list[tuple[int, str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, content_type, body = answers[0] if len(answers) == 1 else answers.pop(0)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", answers
+    server.shutdown()
+    server.server_close()
+
+
+PAGE = b"<!doctype html><html><body>Hello from web</body></html>"
+UNLIKE = "does not answer like the Slipway API"
+SET_IT = "set SLIPWAY_URL_STAGING to the ApiUrl output of the Platform-staging stack"
+
+
+@pytest.mark.parametrize(
+    "argv, answer, why",
+    [
+        (["releases", "web", "staging"], (200, "text/html", PAGE), "the answer is not JSON"),
+        (
+            ["releases", "web", "staging"],
+            (200, "application/json", b'{"status": "ok"}'),
+            "its answer has no 'releases'",
+        ),
+        (["status", "web", "staging"], (200, "application/json", b"[1, 2]"), "the answer is not a JSON object"),
+        (["apps", "staging"], (200, "text/plain", b""), "the answer is not JSON"),
+        (["releases", "web", "staging"], (404, "text/html", PAGE), "HTTP 404 Not Found without the API's JSON"),
+        (["deploys", "web", "staging"], (200, "application/json", b"{}"), "its answer has no 'deploys'"),
+    ],
+)
+def test_a_url_that_is_not_the_api_is_one_line_naming_the_variable(
+    capsys: pytest.CaptureFixture[str],
+    foreign: tuple[str, list[tuple[int, str, bytes]]],
+    argv: list[str],
+    answer: tuple[int, str, bytes],
+    why: str,
+) -> None:
+    url, answers = foreign
+    answers.append(answer)
+    line = one_line_error(capsys, argv, {"SLIPWAY_URL_STAGING": url})
+    assert line.startswith(f"{url} {UNLIKE} (") and why in line and line.endswith(SET_IT), line
+
+
+def test_a_path_that_is_no_route_of_the_api_is_one_line_naming_the_arguments(
+    capsys: pytest.CaptureFixture[str], foreign: tuple[str, list[tuple[int, str, bytes]]]
+) -> None:
+    url, answers = foreign
+    answers.append((403, "application/json", b'{"message":"Missing Authentication Token"}'))  # API Gateway's
+    line = one_line_error(capsys, ["releases", "", "staging"], {"SLIPWAY_URL_STAGING": url})
+    assert line == (
+        "GET /apps//envs/staging/releases is no operation of the Slipway API (HTTP 403: Missing Authentication "
+        "Token); check the app '' (slipway apps staging lists them) and the environment 'staging', and that "
+        "SLIPWAY_URL_STAGING is the ApiUrl output of the Platform-staging stack"
+    )
+
+
+@pytest.mark.parametrize(
+    "app, env, rest, sent",
+    [
+        ("../web", "staging", ("releases",), "/apps/..%2Fweb/envs/staging/releases"),
+        ("..", "staging", ("releases",), "/apps/%2E%2E/envs/staging/releases"),
+        ("web", ".", (), "/apps/web/envs/%2E"),
+        ("web", "staging", ("releases", "../../x"), "/apps/web/envs/staging/releases/..%2F..%2Fx"),
+        ("web", "staging", ("deploys", "a/b c?d#e"), "/apps/web/envs/staging/deploys/a%2Fb%20c%3Fd%23e"),
+    ],
+)
+def test_each_argument_is_one_path_segment(app: str, env: str, rest: tuple[str, ...], sent: str) -> None:
+    assert api_path(app, env, *rest) == sent
+
+
+@pytest.mark.parametrize(
+    "argv, timeout, words",
+    [
+        (["run", "web", "staging", "--timeout", "0", "--", "true"], 0, ["true"]),
+        (["--json", "run", "web", "staging", "--timeout", "60", "--", "./manage", "--timeout", "5"], 60, None),
+        (["run", "web", "staging", "--", "ls", "-la", "--", "x"], None, ["ls", "-la", "--", "x"]),
+        (["run", "web", "staging", "echo", "--", "-n"], None, ["echo", "--", "-n"]),
+        (["run", "web", "staging", "python", "manage.py"], None, ["python", "manage.py"]),
+    ],
+)
+def test_run_s_options_are_options_and_its_command_what_follows_the_dashes(
+    argv: list[str], timeout: int | None, words: list[str] | None
+) -> None:
+    args = parse(argv)
+    assert (args.command, args.app, args.env, args.timeout) == ("run", "web", "staging", timeout)
+    assert args.words == (words or ["./manage", "--timeout", "5"])
+
+
+def test_run_with_a_time_limit_out_of_range_is_refused_by_the_api(slipway: Run) -> None:
+    # The range is the API's (slipway_release.oneoff, and openapi.json's RunRequest, which API Gateway checks
+    # first): the CLI sends --timeout as given, after the dashes' command.
+    result = slipway("run", "web", "staging", "--timeout", "0", "--", "true")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "slipway: the request body does not match the API (openapi.json): [0 is less than the minimum of 1] (HTTP 400)"
+    )
+
+
+def test_an_app_name_that_climbs_the_path_is_one_line_naming_it(slipway: Run) -> None:
+    result = slipway("releases", "../web", "staging")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("slipway: no app '..%2Fweb' in staging (apps: billing, web)"), line

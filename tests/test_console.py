@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import time
 import urllib.request
@@ -218,9 +219,16 @@ def test_roll_back_to_the_release_before(console: Watched, staging: dict[str, An
     console.shot("rollback")
     form.get_by_role("button", name=f"Roll back to {first}").click()
 
-    expect(console.page.locator("h1")).to_have_text(f"Rollback of billing to {first}")
+    # A new release copying the first one rolls out (as on Heroku), and the page says which.
+    expect(console.page.locator("h1")).to_have_text(re.compile(rf"Rollback of billing to {first} as r\d+"))
     expect(console.page.locator("#deploy .facts dd").first).to_have_text("SUCCEEDED", timeout=WAIT_MS)
-    assert api(staging, "GET", "/apps/billing/envs/staging/status")["current"] == first
+    copy = releases(slipway, "billing", "staging")[0]
+    assert copy["base"] == {"env": "staging", "release": first, "reason": "rollback"}
+    assert api(staging, "GET", "/apps/billing/envs/staging/status")["current"] == copy["id"]
+    open_page(console, staging["url"] + "/#/apps/billing", "appPage")
+    row = console.page.locator(f"tr[data-release={copy['id']}]")
+    expect(row.locator(".from")).to_have_text(f"copy of {first}")
+    expect(row.locator(".badge.current")).to_have_text("serves")
     console.assert_clean()
 
 

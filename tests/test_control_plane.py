@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import fnmatch
 import json
@@ -23,6 +22,7 @@ from constructs.control_plane import ControlPlane
 from constructs.release_store import ReleaseStore
 from slipway.rollout.strategy import Strategy
 from slipway.settings import ControlPlaneSettings, FleetSettings
+from slipway_release.layout import EVERY_APP, AppKeys
 
 LAYER_PARAMETER = "/aws/service/powertools/python/arm64/python3.13/3.37.0"
 
@@ -75,7 +75,8 @@ def test_api_function_gets_powertools_from_the_public_ssm_parameter(staging: Tem
 def _app_parameters(template: Template) -> dict[str, dict[str, Any]]:
     """Each app's settings parameter: its name to its resource's properties."""
     found = template.find_resources("AWS::SSM::Parameter")
-    return {props["Properties"]["Name"]: props["Properties"] for props in found.values()}
+    named = {props["Properties"]["Name"]: props["Properties"] for props in found.values()}
+    return {name: props for name, props in named.items() if "/apps/" in name}
 
 
 def test_api_function_environment(staging: Template, production: Template) -> None:
@@ -181,26 +182,36 @@ def allows(statements: list[dict[str, Any]], action: str, arn: str) -> bool:
     return allowed
 
 
-def test_the_api_writes_releases_config_and_uploads_never_what_rollouts_own(staging: Template) -> None:
+def test_the_api_writes_uploads_and_cancels_never_a_release_nor_what_rollouts_own(staging: Template) -> None:
     statements = _statements(staging, "Api")
     bucket = "arn:aws:s3:::BUCKET/"
+    for key in ("uploads/web/staging/u1/source.tar.gz", "uploads/web/staging/u1/upload.json", "web/staging/cancels/d"):
+        assert allows(statements, "s3:PutObject", bucket + key), key
+    # Releases, slugs, sources and the canonical config are the release writer's to make; current,
+    # previous, the lock and what each instance runs the rollouts'. The API reads them all.
     for key in (
         "web/staging/r7/release.json",
+        "web/staging/r7/env",
         "web/staging/r12/slug.tar.gz",
+        "web/staging/slugs/ab.tar.gz",
+        "web/staging/sources/ab.tar.gz",
         "web/staging/env",
-        "uploads/web/staging/u1/source.tar.gz",
+        "uploads/web/staging/u1/slug.tar.gz",  # the builder's
+        "web/staging/current",
+        "web/staging/previous",
+        "web/staging/lock",
+        "web/staging/instances/i-0abc",
     ):
-        assert allows(statements, "s3:PutObject", bucket + key), key
         assert allows(statements, "s3:GetObject", bucket + key), key
-    for key in ("web/staging/current", "web/staging/previous", "web/staging/lock", "web/staging/instances/i-0abc"):
-        assert allows(statements, "s3:GetObject", bucket + key), key  # status reads them
         for action in ("s3:PutObject", "s3:DeleteObject"):
             assert not allows(statements, action, bucket + key), f"the API may {action} {key}"
+    # A refused upload is deleted at once; nothing else is.
+    assert allows(statements, "s3:DeleteObject", bucket + "uploads/web/staging/u1/source.tar.gz")
+    assert not allows(statements, "s3:DeleteObject", bucket + "web/staging/cancels/d")
     # One grant covers every app of the environment (the same size for 1 app or 100), and nothing of
     # another environment; no app may be named like one (constructs.config), which would bring
     # uploads/<that app>/<env>/ under the other environment's pattern.
-    for key in ("other/staging/r1/env", "uploads/other/staging/u1/source.tar.gz"):
-        assert allows(statements, "s3:PutObject", bucket + key), key
+    assert allows(statements, "s3:PutObject", bucket + "uploads/other/staging/u1/source.tar.gz")
     for key in (
         "web/production/r1/release.json",
         "web/production/env",
@@ -210,64 +221,59 @@ def test_the_api_writes_releases_config_and_uploads_never_what_rollouts_own(stag
     ):
         for action in ("s3:GetObject", "s3:PutObject"):
             assert not allows(statements, action, bucket + key), f"the API may {action} {key} of another env"
-    # The rollout's tasks, which own those keys, may write them.
-    tasks = staging.find_resources("AWS::IAM::Policy")
-    [rollout] = [p for k, p in tasks.items() if k.startswith("RolloutTasks")]
-    owned = rollout["Properties"]["PolicyDocument"]["Statement"]
+    # The release writer makes releases and the canonical config, never a pointer.
+    writer = _role_statements(staging, "ReleaseWorkflowTasksRole")
+    for key in ("web/staging/r7/release.json", "web/staging/r7/env", "web/staging/slugs/ab.tar.gz", "web/staging/env"):
+        assert allows(writer, "s3:PutObject", bucket + key), key
+    for key in (
+        "web/staging/current",
+        "web/staging/lock",
+        "web/staging/r7/release.json",
+        "web/staging/slugs/ab.tar.gz",
+    ):
+        assert not allows(writer, "s3:DeleteObject", bucket + key), key
+    assert not allows(writer, "s3:PutObject", bucket + "web/staging/current")
+    # The rollout's tasks, which own those keys, may write them; nothing of a release.
+    owned = _role_statements(staging, "RolloutTasksRole")
     for key in ("web/staging/current", "web/staging/lock", "web/staging/instances/i-0abc", "api/staging/current"):
         assert allows(owned, "s3:PutObject", bucket + key), key
     for key in ("web/staging/r7/release.json", "web/staging/env", "web/production/current"):
         assert not allows(owned, "s3:PutObject", bucket + key), key
+    for key in ("web/staging/current", "web/staging/previous"):
+        assert not allows(owned, "s3:DeleteObject", bucket + key), key
 
 
-# The IAM action each S3 operation of the API function's bucket adapter needs.
-S3_ACTIONS = {
-    "get_object": {"s3:GetObject"},
-    "head_object": {"s3:GetObject"},
-    "put_object": {"s3:PutObject"},
-    "copy_object": {"s3:GetObject", "s3:PutObject"},
-    "delete_objects": {"s3:DeleteObject"},
-    "delete_object": {"s3:DeleteObject"},
-    "list_objects_v2": {"s3:ListBucket"},
-    "create_multipart_upload": {"s3:PutObject"},
-    "upload_part": {"s3:PutObject"},
-    "complete_multipart_upload": {"s3:PutObject"},
-    "abort_multipart_upload": {"s3:AbortMultipartUpload"},
-    "list_parts": {"s3:ListMultipartUploadParts"},
-}
+def _role_statements(template: Template, role_prefix: str) -> list[dict[str, Any]]:
+    """Every statement of the policies attached to the role whose logical id starts with ``role_prefix``."""
+    return [
+        statement
+        for policy in template.find_resources("AWS::IAM::Policy").values()
+        if any(r.get("Ref", "").startswith(role_prefix) for r in policy["Properties"]["Roles"])
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
 
 
-def _s3_operations(source: str) -> set[str]:
-    """The S3 operations a module calls on ``self.client``: direct, paginated and presigned."""
-    operations = set()
-    for node in ast.walk(ast.parse(source)):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        target = node.func.value
-        if not (isinstance(target, ast.Attribute) and target.attr == "client"):
-            continue
-        if node.func.attr in ("get_paginator", "generate_presigned_url"):
-            first = node.args[0]
-            assert isinstance(first, ast.Constant), ast.unparse(node)
-            operations.add(str(first.value))
-        else:
-            operations.add(node.func.attr)
-    return operations
-
-
-def test_every_s3_call_of_the_bucket_adapter_is_granted(repo: Path, staging: Template) -> None:
-    operations = _s3_operations((repo / "lambdas" / "slipway" / "store.py").read_text())
-    assert operations, "found no S3 call in lambdas/slipway/store.py"
-    unknown = operations - set(S3_ACTIONS)
-    assert not unknown, (
-        f"map {sorted(unknown)} to IAM actions in S3_ACTIONS and grant them in ReleaseStore.grant_publish"
-    )
-    granted = set()
-    for statement in _statements(staging, "Api"):
-        actions = statement["Action"]
-        granted |= {actions} if isinstance(actions, str) else set(actions)
-    needed = set().union(*(S3_ACTIONS[op] for op in operations))
-    assert needed <= granted, f"not granted: {sorted(needed - granted)}"
+def test_the_bucket_refuses_to_overwrite_or_delete_a_release_whoever_asks(staging: Template) -> None:
+    """S3 enforces it, not only the roles: a write to a release's files, a slug or a source without
+    If-None-Match (the parts of a multipart upload exempted, as S3 requires; their completion is not)
+    and any delete of them, by any principal."""
+    [policy] = staging.find_resources("AWS::S3::BucketPolicy").values()
+    statements = {s.get("Sid"): s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    write_once = [f"arn:aws:s3:::BUCKET/{key}" for key in AppKeys(EVERY_APP, EVERY_APP).write_once()]
+    once, never = statements["ReleasesAreWrittenOnce"], statements["ReleasesAreNeverDeleted"]
+    assert (once["Effect"], once["Principal"], once["Action"]) == ("Deny", {"AWS": "*"}, "s3:PutObject")
+    assert sorted(_resources(once)) == sorted(write_once)
+    assert once["Condition"] == {
+        "Null": {"s3:if-none-match": "true"},
+        "StringNotEquals": {"s3:ObjectCreationOperation": ["CreateMultipartUpload", "UploadPart", "UploadPartCopy"]},
+    }
+    assert (never["Effect"], never["Principal"]) == ("Deny", {"AWS": "*"})
+    assert sorted(never["Action"]) == ["s3:DeleteObject", "s3:DeleteObjectVersion"]
+    assert sorted(_resources(never)) == sorted(write_once)
+    for key in ("web/staging/r7/release.json", "web/production/r12/env", "web/staging/slugs/a.tar.gz"):
+        assert any(fnmatch.fnmatchcase(f"arn:aws:s3:::BUCKET/{key}", r) for r in write_once), key
+    for key in ("web/staging/env", "web/staging/current", "uploads/web/staging/u/upload.json", "web/staging/lock"):
+        assert not any(fnmatch.fnmatchcase(f"arn:aws:s3:::BUCKET/{key}", r) for r in write_once), key
 
 
 def test_authorizer_reads_only_the_credentials_secret(staging: Template) -> None:
@@ -573,6 +579,7 @@ def test_every_operation_of_the_api_is_validated(staging: Template) -> None:
         "DeployRequest",
         "ScaleRequest",
         "RunRequest",
+        "PromotionRequest",
     }
     for method in methods.values():
         properties = method["Properties"]

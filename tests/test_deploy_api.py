@@ -69,10 +69,18 @@ def test_rollback_deploys_the_previous_release(world: World) -> None:
     deploy(world, "/apps/web/envs/staging/deploys", {"release": "r2", "strategy": {"bake_seconds": 0}})
     assert {i["release"] for i in call("GET", "/apps/web/envs/staging/status")[1]["instances"]} == {"r2"}
     shown = deploy(world, "/apps/web/envs/staging/rollback", {"strategy": {"bake_seconds": 0}})
-    assert (shown["status"], shown["release"], shown["kind"]) == ("SUCCEEDED", "r1", "rollback")
-    assert world.current() == "r1"
-    assert set(world.deployed().values()) == {"r1"}
-    assert {i["release"] for i in call("GET", "/apps/web/envs/staging/status")[1]["instances"]} == {"r1"}
+    # As on Heroku: a new release, r3, copying r1 (its slug and config), is what rolls out and serves.
+    assert (shown["status"], shown["release"], shown["kind"]) == ("SUCCEEDED", "r3", "rollback")
+    r1, r3 = (call("GET", f"/apps/web/envs/staging/releases/{r}")[1] for r in ("r1", "r3"))
+    assert r3["description"] == "rollback to r1" and r3["base"] == {
+        "env": "staging",
+        "release": "r1",
+        "reason": "rollback",
+    }
+    assert (r3["slug"], r3["env_sha256"], r3["build"]) == (r1["slug"], r1["env_sha256"], r1["build"])
+    assert world.current() == "r3" and r3["current"] is True
+    assert set(world.deployed().values()) == {"r3"}
+    assert {i["release"] for i in call("GET", "/apps/web/envs/staging/status")[1]["instances"]} == {"r3"}
 
 
 def test_failed_deploy_shows_the_instance_and_its_output(world: World) -> None:

@@ -4,6 +4,8 @@ stand-in for Slack's response URL on loopback collecting what is posted."""
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import threading
 import time
@@ -16,14 +18,18 @@ from typing import Any
 import api_events
 import pytest
 from api_events import call
+from botocore.exceptions import ClientError
 from moto_fleet import World, faster_rollout_clock
 
 from constructs.config import ConfigError, PlatformConfig
 from local.aws import Deployed
+from slipway import aws, operations
 from slipway.slack import handler as slack_handler
 from slipway.slack.commands import Command, CommandError, parse
 from slipway.slack.rules import Rule, RuleError, parse_rules, refusal
 from slipway.slack.signature import SignatureError, sign, verify
+from slipway.store import Bucket
+from slipway_release.layout import SLACK_REQUESTS, slack_request, slack_requests
 
 EVENTS = Path(__file__).parent / "events"
 # Slack's own example, from "Verifying requests from Slack" (docs.slack.dev): secret, timestamp,
@@ -222,6 +228,32 @@ def slack(deployed: Deployed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Slack
     stand_in.close()
 
 
+def signed(
+    text: str,
+    response_url: str,
+    *,
+    user: str = "U2CERLKJA",
+    channel: str = "G8PSS9T3V",
+    secret: str = SECRET,
+    age: int = 0,
+    timestamp: str | None = None,
+    trigger_id: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """A slash command's body and the headers Slack sends with it, signed ``age`` seconds ago (or at
+    ``timestamp``); ``trigger_id`` as Slack makes one per command (the sample's by default)."""
+    form = urllib.parse.parse_qs(SLACK_BODY.decode())
+    form.update(text=[text], user_id=[user], channel_id=[channel], response_url=[response_url], command=["/slipway"])
+    if trigger_id is not None:
+        form.update(trigger_id=[trigger_id])
+    body = urllib.parse.urlencode({k: v[0] for k, v in form.items()}).encode()
+    timestamp = timestamp or str(int(time.time()) - age)
+    return body, headers(sign(secret, timestamp, body), timestamp)
+
+
+def send(body: bytes, request_headers: dict[str, str]) -> tuple[int, Any]:
+    return call("POST", "/slack/commands", raw=body, user=None, headers=request_headers)
+
+
 def command(
     text: str,
     response_url: str,
@@ -231,14 +263,9 @@ def command(
     secret: str = SECRET,
     age: int = 0,
 ) -> tuple[int, Any, float]:
-    form = urllib.parse.parse_qs(SLACK_BODY.decode())
-    form.update(text=[text], user_id=[user], channel_id=[channel], response_url=[response_url], command=["/slipway"])
-    body = urllib.parse.urlencode({k: v[0] for k, v in form.items()}).encode()
-    timestamp = str(int(time.time()) - age)
+    body, request_headers = signed(text, response_url, user=user, channel=channel, secret=secret, age=age)
     started = time.monotonic()
-    status, answer = call(
-        "POST", "/slack/commands", raw=body, user=None, headers=headers(sign(secret, timestamp, body), timestamp)
-    )
+    status, answer = send(body, request_headers)
     return status, answer, time.monotonic() - started
 
 
@@ -314,3 +341,149 @@ def test_what_the_rules_or_the_signature_refuse_changes_nothing(
     time.sleep(0.5)
     assert world.current() == "r1" and slack.posts == []
     assert call("GET", "/apps/web/envs/staging/deploys")[1]["deploys"] == []
+
+
+# Replays: each signed request is acted on once, by whichever instance of the function it reaches.
+
+
+def cold_start() -> None:
+    """What a new instance of the function starts without: every cache of this process."""
+    slack_handler._secret_cache.clear()
+    aws.client.cache_clear()
+    operations.settings.cache_clear()
+
+
+def accepted(deployed: Deployed) -> set[str]:
+    """The keys of the Slack requests staging's control plane has recorded."""
+    listing = deployed.clients.s3.list_objects_v2(Bucket=deployed.settings.bucket, Prefix=slack_requests("staging"))
+    return {item["Key"] for item in listing.get("Contents", [])}
+
+
+def test_a_replayed_request_is_refused_and_starts_nothing(
+    slack: SlackStandIn, deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World(deployed, instances=2, min_size=1)
+    faster_rollout_clock(monkeypatch)
+    body, request_headers = signed("deploy web staging r2", slack.url)
+    status, answer = send(body, request_headers)
+    assert status == 200 and ":rocket: Deploy of *web* `r2` to *staging*" in answer["text"], answer
+    # The same request again (same timestamp, body and signature), while the deploy runs, to another
+    # instance of the function: refused, said in one line.
+    cold_start()
+    status, refused = send(body, request_headers)
+    assert (status, refused) == (401, {"message": "this request was already received (a replay); nothing was done"})
+    posts = slack.wait_for(1)
+    deadline = time.monotonic() + 90
+    while not any(":white_check_mark:" in p["text"] for p in posts) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(":white_check_mark: deployed, `r2` is current" in p["text"] for p in posts), posts
+    # And once the deploy is done and web unlocked, still within the request's five minutes.
+    cold_start()
+    status, refused = send(body, request_headers)
+    assert status == 401 and "(a replay)" in refused["message"]
+    time.sleep(0.5)
+    [deploy] = call("GET", "/apps/web/envs/staging/deploys")[1]["deploys"]
+    assert deploy["release"] == "r2" and world.current() == "r2"
+    assert not any("(a replay)" in p["text"] for p in posts)  # a replay is answered, never posted to the channel
+    # What refuses it: the record, at the layout's key for this signature.
+    signature = request_headers["X-Slack-Signature"]
+    key = f"slack-requests/staging/{hashlib.sha256(signature.encode()).hexdigest()}"
+    assert slack_request("staging", signature) == key
+    assert accepted(deployed) == {key}
+
+
+def test_different_requests_in_the_same_second_are_each_accepted(slack: SlackStandIn, deployed: Deployed) -> None:
+    World(deployed, instances=2, min_size=1)
+    now = str(int(time.time()))
+    requests = [
+        signed("status web staging", slack.url, timestamp=now),
+        signed("releases web staging", slack.url, timestamp=now),
+        # The same command typed twice in one second: Slack gives each its own trigger_id.
+        signed("status web staging", slack.url, timestamp=now, trigger_id="398738663015.47445629121.second"),
+    ]
+    assert len({request_headers["X-Slack-Signature"] for _, request_headers in requests}) == 3
+    for body, request_headers in requests:
+        status, answer = send(body, request_headers)
+        assert status == 200 and "(a replay)" not in json.dumps(answer), answer
+        assert answer["blocks"][0]["text"]["text"].startswith("*web* in *staging*"), answer
+    assert accepted(deployed) == {slack_request("staging", h["X-Slack-Signature"]) for _, h in requests}
+
+
+def test_what_is_refused_for_its_signature_is_not_recorded(slack: SlackStandIn, deployed: Deployed) -> None:
+    """Only a request Slack signed is recorded: a forged or stale one cannot take a genuine one's place."""
+    assert command("status web staging", slack.url, secret="guess")[0] == 401
+    assert command("status web staging", slack.url, age=600)[0] == 401
+    assert accepted(deployed) == set()
+
+
+def test_a_request_that_cannot_be_recorded_is_not_acted_on(
+    slack: SlackStandIn, deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any failure to record other than S3's answer to a second create (here: access denied) stops
+    the request before it is acted on: a request is never acted on unrecorded."""
+    world = World(deployed, instances=2, min_size=1)
+
+    def denied(*args: Any, **kwargs: Any) -> bool:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject")
+
+    monkeypatch.setattr(Bucket, "create", denied)
+    with pytest.raises(ClientError, match="AccessDenied"):
+        command("deploy web staging r2", slack.url)
+    time.sleep(0.5)
+    assert world.current() == "r1" and slack.posts == []
+    assert call("GET", "/apps/web/envs/staging/deploys")[1]["deploys"] == []
+
+
+def test_no_app_may_be_named_like_the_slack_requests_folder(example_platform: dict[str, Any]) -> None:
+    """slack-requests/<env>/ would otherwise hold that app's keys, under the API's grant and the rule
+    that expires the records after a day."""
+    platform = json.loads(json.dumps(example_platform))
+    platform["apps"]["slack-requests"] = platform["apps"].pop("web")
+    with pytest.raises(ConfigError) as raised:
+        PlatformConfig.from_context(platform)
+    assert raised.value.path == "platform.apps.slack-requests"
+
+
+def _arn(resource: Any) -> str:
+    """An object ARN of the release bucket as a policy writes it, with the bucket named BUCKET."""
+    if isinstance(resource, str):
+        return resource
+    parts = resource["Fn::Join"][1]
+    return "".join(
+        "arn:aws:s3:::BUCKET" if part == {"Fn::GetAtt": ["ReleaseBucket", "Arn"]} else str(part) for part in parts
+    )
+
+
+def test_the_api_may_record_its_own_environments_requests_and_they_expire(
+    templates: dict[str, dict[str, Any]],
+) -> None:
+    resources = templates["Platform-staging"]["Resources"]
+    puts = [
+        _arn(resource)
+        for logical, policy in resources.items()
+        if policy["Type"] == "AWS::IAM::Policy" and logical.startswith("ControlPlaneApiFunctionRole")
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "s3:PutObject" in statement["Action"] and statement["Effect"] == "Allow" and not statement.get("Condition")
+        for resource in (statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]])
+    ]
+
+    def may_put(key: str) -> bool:
+        return any(fnmatch.fnmatchcase(f"arn:aws:s3:::BUCKET/{key}", pattern) for pattern in puts)
+
+    signature = sign(SECRET, SLACK_TIMESTAMP, SLACK_BODY)
+    assert may_put(slack_request("staging", signature))
+    assert not may_put(slack_request("production", signature))  # another environment's records
+    # The records expire (a day after they are made, long after their five minutes), and nothing else does
+    # by that rule: its prefix is the bucket's own namespace.
+    [bucket] = [r for r in resources.values() if r["Type"] == "AWS::S3::Bucket"]
+    rules = {rule["Id"]: rule for rule in bucket["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["ExpireSlackRequests"] == {
+        "Id": "ExpireSlackRequests",
+        "Prefix": SLACK_REQUESTS,
+        "ExpirationInDays": 1,
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+        "Status": "Enabled",
+    }
+    assert slack_request("staging", signature).startswith(SLACK_REQUESTS) and slack_requests("staging").startswith(
+        SLACK_REQUESTS
+    )

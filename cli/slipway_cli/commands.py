@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 import webbrowser
 from collections.abc import Mapping
@@ -67,11 +66,23 @@ def cmd_releases(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
         mark = "*" if r.get("current") else " "
         lines.append(
             f"{mark} {r['id']:>5}  {r['created_at']}  {r['created_by']:<12}  {r['git']['ref']} @ "
-            f"{r['git']['commit'][:10]}  {_runtime(r):<15}  {r['description']}".rstrip()
+            f"{r['git']['commit'][:10]}  {_runtime(r):<15}  {_made_from(r):<22}  {r['description']}".rstrip()
         )
+    if listing["releases"]:
+        lines.append("  * serves (current)")
     if listing.get("next_before"):
         lines.append(f"  … older releases: --limit {args.limit * 2}")
     return listing, "\n".join(lines)
+
+
+def _made_from(release: Mapping[str, Any]) -> str:
+    """What a release was made from, in words: a build, or the release whose slug it runs."""
+    base = release.get("base")
+    if not base:
+        return "built"
+    if base["reason"] == "promotion":
+        return f"from {base['env']} {base['release']}"
+    return f"{'config on' if base['reason'] == 'config' else 'copy of'} {base['release']}"
 
 
 def cmd_config(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
@@ -92,14 +103,23 @@ def cmd_config(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
         change: dict[str, Any] = {"set": assignments}
     else:
         change = {"unset": list(args.items)}
+    if getattr(args, "base", None):
+        change["base"] = args.base
     changed = api.call("PATCH", path, change)
     names = ", ".join(sorted(change.get("set", {})) or change.get("unset", []))
     release = changed.get("release")
-    made = f"; released as {release['id']}" if release else "; the first release will use it"
+    made = (
+        f"; released as {release['id']} (on {changed.get('base')}'s slug; deploy it: slipway deploy {args.app} "
+        f"{args.env} {release['id']})"
+        if release
+        else "; the first release will use it"
+    )
     return changed, f"{'Set' if args.action == 'set' else 'Unset'} {names} for {args.app} in {args.env}{made}"
 
 
 def cmd_promote(args: argparse.Namespace, apis: Mapping[str, Api]) -> tuple[Any, str]:
+    """Ask TO to release FROM's release: TO reads it from FROM's own bucket, copies its slug and
+    verifies it against FROM's record (nothing passes through this machine)."""
     source, target = apis[args.source], apis[args.target]
     release_id = args.release
     if release_id is None:
@@ -108,29 +128,13 @@ def cmd_promote(args: argparse.Namespace, apis: Mapping[str, Api]) -> tuple[Any,
             raise CliError(f"{args.app} has no releases in {args.source} to promote")
         current = [r for r in listing["releases"] if r.get("current")]
         release_id = (current or listing["releases"])[0]["id"]
-    manifest = source.call("GET", api_path(args.app, args.source, "releases", release_id))
-    download = source.call("GET", api_path(args.app, args.source, "releases", release_id, "source"))
-    with tempfile.TemporaryDirectory(prefix="slipway-") as folder:
-        # The same bytes: the source, and the slug it was built into (not built again).
-        path, slug = os.path.join(folder, "source.tar.gz"), os.path.join(folder, "slug.tar.gz")
-        for url, size, digest, into, what in (
-            (download["url"], download["size"], manifest["source"]["sha256"], path, "source"),
-            (download["slug"]["url"], download["slug"]["size"], manifest["slug"]["sha256"], slug, "slug"),
-        ):
-            transfer.download(url, into, int(size), quiet=args.json)
-            if transfer.sha256(into) != digest:
-                raise CliError(f"the {what} of {args.source} {release_id} did not download intact; run promote again")
-        uploaded = transfer.upload_file(target, args.app, args.target, path, slug=slug, quiet=args.json)
-    body: dict[str, Any] = {
-        **uploaded.finalizing(),
-        "git": manifest["git"],
-        "description": args.message or manifest.get("description", ""),
-        "promoted_from": {"env": args.source, "release": release_id},
-    }
-    release = target.call("POST", api_path(args.app, args.target, "releases"), body)
+    body: dict[str, Any] = {"from": args.source, "release": release_id}
+    if args.message:
+        body["description"] = args.message
+    release = target.call("POST", api_path(args.app, args.target, "promotions"), body)
     return release, (
         f"Promoted {args.app} {args.source} {release_id} to {args.target} as {release['id']} "
-        f"(the same slug, {_runtime(release)}; {args.target}'s config)"
+        f"(the same slug, verified by {args.target}; {_runtime(release)}; {args.target}'s config)"
     )
 
 
@@ -180,7 +184,10 @@ def _running(args: argparse.Namespace, api: Api) -> dict[str, Any]:
 
 
 def cmd_rollback(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
-    started = api.call("POST", api_path(args.app, args.env, "rollback"), {"strategy": _strategy(args)})
+    body: dict[str, Any] = {"strategy": _strategy(args)}
+    if args.to:
+        body["to"] = args.to
+    started = api.call("POST", api_path(args.app, args.env, "rollback"), body)
     return follow(api, args, started)
 
 
@@ -249,7 +256,9 @@ def follow(api: Api, args: argparse.Namespace, deploy: dict[str, Any]) -> tuple[
             f"{len(deploy['batches'])} batch(es){took}; {deploy['release']} is current"
         )
     if deploy["kind"] == "rollback":
-        done = f"Rolled back {args.app} in {args.env} to {deploy['release']}"
+        made = api.call("GET", api_path(args.app, args.env, "releases", deploy["release"]))
+        to = (made.get("base") or {}).get("release", "?")
+        done = f"Rolled back {args.app} in {args.env} to {to} as {deploy['release']}"
     else:
         done = f"Deployed {args.app} {deploy['release']} to {args.env}"
     return deploy, (
@@ -303,11 +312,12 @@ def cmd_status(args: argparse.Namespace, api: Api) -> tuple[Any, str]:
 
 def cmd_run(args: argparse.Namespace, api: Api) -> tuple[Any, str | None]:
     """A one-off: its output printed as it streams, its exit status the caller's (main returns it)."""
-    words = args.words[1:] if args.words[:1] == ["--"] else args.words
-    if not words:
+    if not args.words:
         raise CliError(f"run needs a command, e.g. slipway run {args.app} {args.env} -- python manage.py migrate")
-    command = " ".join(words)
-    body = {"command": command, "timeout_seconds": args.timeout}
+    command = " ".join(args.words)
+    body: dict[str, Any] = {"command": command}
+    if args.timeout is not None:  # the API checks it, and applies its default without it
+        body["timeout_seconds"] = args.timeout
     started = api.call("POST", api_path(args.app, args.env, "runs"), body)
     if not args.json:
         print(
@@ -333,7 +343,7 @@ def cmd_run(args: argparse.Namespace, api: Api) -> tuple[Any, str | None]:
     except KeyboardInterrupt:
         raise CliError(
             f"stopped following; the command goes on on {started['instance']} until it ends or reaches its time "
-            f"limit ({args.timeout} s)"
+            f"limit ({started['timeout_seconds']} s)"
         ) from None
     if shown["exit_code"] is None:
         raise CliError(

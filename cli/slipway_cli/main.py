@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from slipway_cli import commands
-from slipway_cli.client import Api, api_url, configured_envs, credentials
+from slipway_cli.client import Api, api_url, configured_envs, credentials, url_variable
 from slipway_cli.errors import EXIT_FAILED, CliError
 
 
@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("env")
     config.add_argument("action", nargs="?", choices=["set", "unset"])
     config.add_argument("items", nargs="*", metavar="NAME=value | NAME")
+    config.add_argument(
+        "--base", metavar="RELEASE", help="the release whose slug the change runs (default: the one that serves)"
+    )
 
     def strategy_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(
@@ -56,9 +59,12 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("--cancel", action="store_true", help="stop the running rollout and roll back what it changed")
     strategy_options(deploy)
 
-    rollback = commands.add_parser("rollback", help="deploy the release that was current before this one")
+    rollback = commands.add_parser(
+        "rollback", help="a new release copying an earlier one (its slug and config), deployed in one batch"
+    )
     rollback.add_argument("app")
     rollback.add_argument("env")
+    rollback.add_argument("--to", metavar="RELEASE", help="the release to copy (default: the one that served before)")
     strategy_options(rollback)
 
     restart = commands.add_parser("restart", help="restart the current release, batch by batch like a deploy")
@@ -77,9 +83,10 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("app")
     run.add_argument("env")
-    run.add_argument("--timeout", type=int, default=900, help="seconds before the command is stopped (default 900)")
+    run.add_argument("--timeout", type=int, help="seconds before the command is stopped (default: the API's)")
     run.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    run.add_argument("words", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments")
+    # What follows `--` is the command word for word (parse() takes it off before argparse sees it).
+    run.add_argument("words", nargs="*", metavar="-- COMMAND", help="the command and its arguments")
 
     logs = commands.add_parser("logs", help="the app's log lines: every process, release phase, one-offs")
     logs.add_argument("app")
@@ -142,10 +149,24 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line's arguments. For ``run``, the words after the first ``--`` are the command as
+    they are, and the options before it are options wherever they stand (``run APP ENV --timeout 60
+    -- ./migrate --all``): argparse alone would take them for the command's words."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    if command != "run" or "--" not in argv[argv.index(command) :]:
+        return parser().parse_args(argv)
+    cut = argv.index("--", argv.index(command))
+    args = parser().parse_args(argv[:cut])
+    # Words before `--` too (run APP ENV echo -- x): the command is all of them, `--` kept.
+    args.words = [*args.words, "--", *argv[cut + 1 :]] if args.words else argv[cut + 1 :]
+    return args
+
+
 def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command; return the exit status."""
     environ = os.environ if environ is None else environ
-    args = parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "config" and args.action and not args.items:
             wanted = "NAME=value" if args.action == "set" else "NAME"
@@ -162,7 +183,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         text: str | None
         for env in envs:
             url = api_url(env, environ)
-            apis[env] = Api(url, *credentials(url, environ))
+            apis[env] = Api(url, *credentials(url, environ), variable=url_variable(env, environ), env=env)
         if args.command == "promote":
             result, text = commands.cmd_promote(args, apis)
         elif args.command == "apps":

@@ -41,34 +41,25 @@ class _Slice:
 
 @dataclass(frozen=True)
 class Uploaded:
-    """An upload: its id, and the ETags of the source's (and the slug's) parts if they went multipart."""
+    """An upload: its id, and the ETags of the source's parts if it went multipart."""
 
     upload_id: str
     parts: list[dict[str, Any]] | None
-    slug_parts: list[dict[str, Any]] | None = None
 
     def finalizing(self) -> dict[str, Any]:
         """What the releases call adds for this upload."""
         body: dict[str, Any] = {"upload_id": self.upload_id}
         if self.parts:
             body["parts"] = self.parts
-        if self.slug_parts:
-            body["slug_parts"] = self.slug_parts
         return body
 
 
-def upload_file(api: Api, app: str, env: str, path: str, *, quiet: bool, slug: str | None = None) -> Uploaded:
-    """Upload the source at ``path`` (and the slug at ``slug``: a promotion) through presigned
-    URLs, parts in parallel as ``aws s3 cp`` does."""
+def upload_file(api: Api, app: str, env: str, path: str, *, quiet: bool) -> Uploaded:
+    """Upload the source at ``path`` through presigned URLs, parts in parallel as ``aws s3 cp`` does."""
     size, digest = os.path.getsize(path), sha256(path)
-    request: dict[str, Any] = {"size": size, "sha256": digest}
-    if slug is not None:
-        request["slug"] = {"size": os.path.getsize(slug), "sha256": sha256(slug)}
-    upload = api.call("POST", api_path(app, env, "uploads"), request)
+    upload = api.call("POST", api_path(app, env, "uploads"), {"size": size, "sha256": digest})
     part_size = int(upload.get("part_size") or size)
-    parts = _send_parts(path, upload["parts"], part_size, "upload", quiet)
-    slug_parts = _send_parts(slug, upload["slug_parts"], part_size, "slug", quiet) if slug is not None else None
-    return Uploaded(upload["upload_id"], parts, slug_parts)
+    return Uploaded(upload["upload_id"], _send_parts(path, upload["parts"], part_size, "upload", quiet))
 
 
 def _send_parts(
@@ -111,19 +102,6 @@ def sha256(path: str) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def download(url: str, path: str, size: int, *, quiet: bool) -> None:
-    progress = Progress(size, "download", quiet)
-    try:
-        with urllib.request.urlopen(url, timeout=600) as response, open(path, "wb") as out:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                progress.advance(len(chunk))
-    except urllib.error.URLError as error:
-        raise CliError(f"cannot download the source ({error}); run promote again") from None
-    finally:
-        progress.close()
 
 
 def _git(*args: str) -> bytes:

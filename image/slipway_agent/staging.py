@@ -24,7 +24,8 @@ from slipway_release.build import BUILD_MANIFEST, MAX_BUILD_MANIFEST_BYTES, Buil
 from slipway_release.build import process_environment as slug_environment
 from slipway_release.envfile import check_carriable, parse_env, render_environment_file
 from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, ReleaseUrl
-from slipway_release.manifest import Manifest, parse_manifest
+from slipway_release.manifest import Manifest, ManifestError, parse_manifest, slug_key
+from slipway_release.names import is_release_id
 from slipway_release.procfile import WEB, resolve_formation
 from slipway_release.runtimes import Offer
 
@@ -40,6 +41,7 @@ from .staged import (
     instance_runtime,
     one_off_environment,
     read_processes,
+    staged_manifest,
     staged_problem,
     tree_digest,
 )
@@ -91,11 +93,17 @@ class Stager:
         final = self.layout.release_dir(release_id)
         partial = os.path.join(self.layout.releases_dir, f".{release_id}.partial")
         installed = False
+        same = self._staged_with_slug(manifest, release_id)
         try:
-            env_bytes = self._download(manifest)
-            archive = os.path.join(self.layout.downloads_dir, SLUG)
-            with self.report.phase("unpack"):
-                self._unpack(manifest, archive, partial)
+            if same is None:
+                env_bytes = self._download(manifest)
+                archive = os.path.join(self.layout.downloads_dir, SLUG)
+                with self.report.phase("unpack"):
+                    self._unpack(manifest, archive, partial)
+            else:  # a config change or a rollback: the slug is here already, verified when it was staged
+                env_bytes = self._download_env(manifest)
+                with self.report.phase("unpack"):
+                    self._link_slug(same, manifest, partial)
             host.pause_if("unpacked", self.pause_at)
             with self.report.phase("configure"):
                 ensure_home(self.layout)
@@ -103,7 +111,12 @@ class Stager:
                 _install_release_dir(self.layout, release_id, partial)
                 installed = True
             self.report.detail("units: " + (", ".join(units) or "none (formation scales every process to 0)"))
-            if any(self.layout.process_type_of(name) == WEB for name in units):
+            if same is not None and _same_content(same[1], manifest):
+                self.report.detail(
+                    f"{release_id} runs exactly what {same[1].id} runs (slug, config, formation, health check), "
+                    f"which passed its preflight here: none needed"
+                )
+            elif any(self.layout.process_type_of(name) == WEB for name in units):
                 with self.report.phase("preflight"):
                     self._preflight(release_id, processes[WEB], manifest, runtime)
             with self.report.phase("verify"):
@@ -170,28 +183,60 @@ class Stager:
     def _download(self, manifest: Manifest) -> bytes:
         release_id, size = manifest.id, manifest.slug_size
         archive = os.path.join(self.layout.downloads_dir, SLUG)
+        key = slug_key(manifest, self.url.keys)
         with self.report.phase("download"):
             what = f"downloading {release_id}'s slug"
             require_space(what, self.layout.downloads_dir, size)
-            _writing(
-                what,
-                self.layout.downloads_dir,
-                size,
-                lambda: self.store.download(self.url.keys.release(release_id, SLUG), archive, size),
-            )
-            env_bytes = self.store.read(self.url.keys.release(release_id, ENV_FILE), limit=MAX_ENV_FILE_BYTES)
+            _writing(what, self.layout.downloads_dir, size, lambda: self.store.download(key, archive, size))
         self.report.detail(f"downloaded {size} bytes of slug ({_built(manifest)})")
         with self.report.phase("verify"):
-            self._verify(manifest, archive, env_bytes)
+            digest, got = sha256_file(archive)
+            if (digest, got) != (manifest.slug_sha256, manifest.slug_size):
+                raise DeployFailed(
+                    f"refusing s3://{self.url.bucket}/{key}: it does not match release.json (sha256 {digest[:12]}…, "
+                    f"{got} bytes; expected {manifest.slug_sha256[:12]}…, {manifest.slug_size} bytes)"
+                )
+        return self._download_env(manifest)
+
+    def _download_env(self, manifest: Manifest) -> bytes:
+        with self.report.phase("download"):
+            env_bytes = self.store.read(self.url.keys.release(manifest.id, ENV_FILE), limit=MAX_ENV_FILE_BYTES)
+        with self.report.phase("verify"):
+            self._verify_env(manifest, env_bytes)
         return env_bytes
 
-    def _verify(self, manifest: Manifest, archive: str, env_bytes: bytes) -> None:
-        digest, size = sha256_file(archive)
-        if (digest, size) != (manifest.slug_sha256, manifest.slug_size):
-            raise DeployFailed(
-                f"{SLUG} does not match release.json (sha256 {digest[:12]}…, {size} bytes; expected "
-                f"{manifest.slug_sha256[:12]}…, {manifest.slug_size} bytes); the release is corrupt, publish a new one"
-            )
+    def _staged_with_slug(self, manifest: Manifest, release_id: str) -> tuple[str, Manifest] | None:
+        """A release staged here (intact, by its record) whose slug is this one's: its directory and
+        manifest. A config change or a rollback runs the slug of a release the instance has."""
+        names = sorted(os.listdir(self.layout.releases_dir)) if os.path.isdir(self.layout.releases_dir) else []
+        for name in names:
+            if name == release_id or not is_release_id(name) or staged_problem(self.layout, name) is not None:
+                continue
+            try:
+                other = staged_manifest(self.layout, name, self.schema)
+            except (OSError, ManifestError):
+                continue
+            if (other.slug_sha256, other.slug_size, other.build.raw) == (
+                manifest.slug_sha256,
+                manifest.slug_size,
+                manifest.build.raw,
+            ):
+                return self.layout.release_dir(name), other
+        return None
+
+    def _link_slug(self, same: tuple[str, Manifest], manifest: Manifest, partial: str) -> None:
+        """The slug's files from the release staged with the same slug, as hard links (instant, no
+        space): nothing writes a staged release's files (they belong to root; the app runs as its
+        user), and the copy is verified as a whole when it is recorded staged."""
+        directory, other = same
+        os.mkdir(partial, 0o755)
+        host.run(["cp", "-a", "--link", os.path.join(directory, APP), os.path.join(partial, APP)])
+        self._check_slug_manifest(manifest, partial)
+        self.report.detail(
+            f"{manifest.id} runs {other.id}'s slug (sha256 {manifest.slug_sha256[:12]}…): nothing to download"
+        )
+
+    def _verify_env(self, manifest: Manifest, env_bytes: bytes) -> None:
         env_digest = hashlib.sha256(env_bytes).hexdigest()
         if env_digest != manifest.env_sha256:
             raise DeployFailed(
@@ -281,6 +326,16 @@ class Stager:
         finally:
             discard_unit(unit)
         self.report.detail(f"answered {manifest.health_check.path} on port {port}")
+
+
+def _same_content(other: Manifest, manifest: Manifest) -> bool:
+    """Whether two releases run exactly the same thing: slug, config, formation and health check."""
+    return (other.slug_sha256, other.env_sha256, other.formation, other.health_check) == (
+        manifest.slug_sha256,
+        manifest.env_sha256,
+        manifest.formation,
+        manifest.health_check,
+    ) and other.build.raw == manifest.build.raw
 
 
 def _staged_manifest_raw(release_dir: str) -> Any:

@@ -8,12 +8,22 @@
     <app>/<env>/previous                  body = the release current was before the last rollout
     <app>/<env>/lock                      the deploy lock (rollouts only)
     <app>/<env>/instances/<instance id>   body = the release the last rollout put there
-    <app>/<env>/r<N>/slug.tar.gz          the release's files, immutable: the built app,
-    <app>/<env>/r<N>/source.tar.gz        the source it was built from (what promotion ships),
-    <app>/<env>/r<N>/env                  the env file frozen into it,
-    <app>/<env>/r<N>/release.json         and its manifest
+    <app>/<env>/cancels/<deploy id>       a request to cancel a running rollout
+    <app>/<env>/slugs/<sha256>.tar.gz     built slugs, each stored once by its digest and shared by the
+                                          releases that run it (a config change, a rollback)
+    <app>/<env>/sources/<sha256>.tar.gz   the sources they were built from (what promotion ships)
+    <app>/<env>/r<N>/env                  a release: the env file frozen into it,
+    <app>/<env>/r<N>/release.json         and its manifest, which pins the slug's and env's digests
+    <app>/<env>/r<N>/slug.tar.gz          (manifest version 2, still read: the slug and source
+    <app>/<env>/r<N>/source.tar.gz         beside the manifest)
     uploads/<app>/<env>/<upload id>/...   sources on their way in and their builds (expire after a day)
     caches/<app>/<env>/...                the builder's dependency caches (expire when unused)
+    slack-requests/<env>/<sha256>         one per Slack command accepted, named by its signature's
+                                          digest: a replay finds it there (expire after a day)
+
+The release keys, the slugs and the sources are written once (:func:`AppKeys.write_once`): the
+bucket's policy refuses any write to them without ``If-None-Match`` and any delete, so no role,
+whatever IAM grants it, can change or remove one once written.
 
 A release is addressed by URL, ``s3://<bucket>/<app>/<env>/r<N>`` or ``.../current``: what
 rollouts send to instances and what the deploy program takes.
@@ -21,6 +31,7 @@ rollouts send to instances and what the deploy program takes.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +61,13 @@ UPLOAD_RECORD = "upload.json"
 PREVIOUS, LOCK, INSTANCES = "previous", "lock", "instances/"
 # Under <app>/<env>/: a request to cancel a running rollout, written by the API, read by the rollout.
 CANCELS = "cancels/"
+# Under <app>/<env>/: slugs and sources, one object per digest, shared by the releases that use them.
+SLUGS, SOURCES = "slugs/", "sources/"
+TARBALL = ".tar.gz"
+# What a release is made of under an app's prefix: its env and manifest, and the slugs and sources.
+RELEASE_FILES = (f"r*/{MANIFEST}", f"r*/{ENV_FILE}", f"{SLUGS}*", f"{SOURCES}*")
+# What is written once there: those, and the slugs and sources of version 2 releases beside them.
+WRITE_ONCE = (*RELEASE_FILES, f"r*/{SLUG}", f"r*/{SOURCE}")
 # What only rollouts write under an app's prefix (their IAM grant names these).
 ROLLOUT_KEYS = (CURRENT, PREVIOUS, LOCK, f"{INSTANCES}*")
 
@@ -61,8 +79,25 @@ USAGE = "s3://<bucket>/<app>/<env>/r7 (or .../current)"
 # The app part of a key pattern that covers every app of an environment (IAM grants of the
 # control plane, which serves all of them): ``AppKeys(EVERY_APP, env)``.
 EVERY_APP = "*"
+# The Slack commands each environment's control plane has accepted (slack_request).
+SLACK_REQUESTS = "slack-requests/"
 # Names an app may not take: the bucket's own namespaces, which begin keys the way an app does.
-RESERVED_APP_NAMES = (UPLOADS.rstrip("/"), CACHES.rstrip("/"))
+RESERVED_APP_NAMES = (UPLOADS.rstrip("/"), CACHES.rstrip("/"), SLACK_REQUESTS.rstrip("/"))
+
+
+def slack_requests(env: str) -> str:
+    """``slack-requests/<env>/``: the Slack commands ``env``'s control plane has accepted, each
+    within the five minutes its signature is valid; the only keys of the prefix are
+    :func:`slack_request`'s."""
+    return f"{SLACK_REQUESTS}{env}/"
+
+
+def slack_request(env: str, signature: str) -> str:
+    """``slack-requests/<env>/<sha256 hex of signature>``: the record of the Slack command signed
+    ``signature`` (its ``X-Slack-Signature``, ``v0=<hex>``), created once when the command is
+    accepted; a second request with the same signature (the same timestamp and body) finds it and
+    is a replay. The digest keeps the key's length and characters fixed, whatever was sent."""
+    return f"{slack_requests(env)}{hashlib.sha256(signature.encode()).hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -111,8 +146,24 @@ class AppKeys:
         return f"{self.cancels}{deploy_id}"
 
     def release(self, release_id: str, name: str) -> str:
-        """One file (:data:`SLUG`, :data:`SOURCE`, :data:`ENV_FILE`, :data:`MANIFEST`) of a release."""
+        """One file (:data:`ENV_FILE`, :data:`MANIFEST`; in version 2, :data:`SLUG`, :data:`SOURCE`) of a release."""
         return f"{self.prefix}{release_id}/{name}"
+
+    def slug(self, sha256: str) -> str:
+        """The slug with that digest: ``<app>/<env>/slugs/<sha256>.tar.gz``."""
+        return f"{self.prefix}{SLUGS}{sha256}{TARBALL}"
+
+    def source(self, sha256: str) -> str:
+        """The source with that digest: ``<app>/<env>/sources/<sha256>.tar.gz``."""
+        return f"{self.prefix}{SOURCES}{sha256}{TARBALL}"
+
+    def release_files(self) -> tuple[str, ...]:
+        """The key patterns of what a release is made of now (what the release writer creates)."""
+        return tuple(f"{self.prefix}{pattern}" for pattern in RELEASE_FILES)
+
+    def write_once(self) -> tuple[str, ...]:
+        """The key patterns nothing may overwrite or delete once written (the bucket policy's)."""
+        return tuple(f"{self.prefix}{pattern}" for pattern in WRITE_ONCE)
 
     @property
     def uploads(self) -> str:

@@ -1,9 +1,10 @@
 """The release manifest (release.json), validated against release.schema.json.
 
 The schema file is the single source of truth; the publisher validates against the same
-file with the same validator (:mod:`.schema`, re-exported here). Version 2: a release is a
-built slug (``slug``, with the build manifest the publisher copied out of it in ``build``),
-and still names the ``source`` it was built from.
+file with the same validator (:mod:`.schema`, re-exported here). A release is a built slug
+(``slug``, with the build manifest the writer copied out of it in ``build``), and names the
+``source`` it was built from and, unless built from a new source, the ``base`` it was made from.
+Version 3 stores the slug and source by digest, version 2 beside the manifest (:func:`slug_key`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from typing import Any
 
 from .build import BuildManifest, BuildManifestError, build_manifest_from_data
 from .health import DEFAULT_CODES, HealthCodesError, parse_codes
+from .layout import SLUG, SOURCE, AppKeys
 from .schema import SchemaError, read_schema, schema_errors
 
 __all__ = ["HealthCheck", "Manifest", "ManifestError", "SchemaError", "load_schema", "parse_manifest", "schema_errors"]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "release.schema.json"
-SUPPORTED_VERSION = 2
+# Version 3 stores slugs and sources by digest; version 2 (written before) beside the manifest.
+SUPPORTED_VERSIONS = (2, 3)
+VERSION = 3
 DEFAULT_PORT = 5000
 DEFAULT_HEALTH_TIMEOUT = 30.0
 
@@ -58,11 +62,22 @@ class Manifest:
     source_sha256: str
     source_size: int
     env_sha256: str
+    version: int
     formation: dict[str, int]
     health_check: HealthCheck
     build: BuildManifest
     parent: str | None
     raw: dict[str, Any]
+
+
+def slug_key(manifest: Manifest, keys: AppKeys) -> str:
+    """Where the release's slug is: by its digest (version 3), or beside the manifest (version 2)."""
+    return keys.slug(manifest.slug_sha256) if manifest.version >= 3 else keys.release(manifest.id, SLUG)
+
+
+def source_key(manifest: Manifest, keys: AppKeys) -> str:
+    """Where the source the slug was built from is, as :func:`slug_key`."""
+    return keys.source(manifest.source_sha256) if manifest.version >= 3 else keys.release(manifest.id, SOURCE)
 
 
 def parse_manifest(text: bytes, schema: Mapping[str, Any]) -> Manifest:
@@ -80,10 +95,10 @@ def parse_manifest(text: bytes, schema: Mapping[str, Any]) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError("release.json must be a JSON object; republish the release")
     version = data.get("version")
-    if not (isinstance(version, (int, float)) and not isinstance(version, bool) and version == SUPPORTED_VERSION):
+    if not (isinstance(version, int) and not isinstance(version, bool) and version in SUPPORTED_VERSIONS):
         raise ManifestError(
-            f"release.json has version {json.dumps(version)}, but this agent understands version "
-            f"{SUPPORTED_VERSION} only; update the instance's base image (image/provision.sh) "
+            f"release.json has version {json.dumps(version)}, but this agent understands versions "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))} only; update the instance's base image (image/provision.sh) "
             "or publish with a matching publisher"
         )
     errors = schema_errors(data, schema)
@@ -109,6 +124,7 @@ def parse_manifest(text: bytes, schema: Mapping[str, Any]) -> Manifest:
         source_sha256=data["source"]["sha256"],
         source_size=int(data["source"]["size"]),
         env_sha256=data["env_sha256"],
+        version=version,
         formation={name: int(count) for name, count in data["formation"].items()},
         health_check=HealthCheck(
             path=health["path"],

@@ -11,7 +11,9 @@ CORS preflight this API never grants), and not marked cross-site by the browser.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from slipway.operations import publisher as _publisher
 from slipway.releases import ReleaseError, release_number
 from slipway.settings import SettingsError
 from slipway.slack import handler as slack_handler
+from slipway_release.envfile import MAX_ENVIRONMENT_BYTES
 
 logger = Logger()  # never logs request bodies: they carry config values
 app = APIGatewayRestResolver()
@@ -41,10 +44,57 @@ def _user() -> str:
     return str(user)
 
 
+# The largest body a request may have. The largest legitimate one is a config change setting a
+# whole environment: at most MAX_ENVIRONMENT_BYTES (1 MiB) of NAME=value, and JSON (json.dumps,
+# as the CLI and the console send it) writes a character outside ASCII as a \uXXXX escape: 6
+# bytes for a 2-byte character, 12 for a 4-byte one, at most 3 times the text (only control
+# characters, which text holds a few of, grow more: 6 bytes for 1). The next largest is a
+# release's two lists of parts, at most 2 x 10,000 (S3's limit) of about 70 bytes: 1.4 MB.
+# Four environments' worth (4 MiB) is above both; Lambda takes at most 6 MB per request anyway.
+MAX_BODY_BYTES = 4 * MAX_ENVIRONMENT_BYTES
+# How deeply a body may nest arrays and objects: no operation's body nests more than 3 levels
+# (openapi.json); Python's json parser recurses once per level and fails at about a thousand.
+MAX_BODY_DEPTH = 32
+# A JSON string (escapes included), and the characters that open or close a level.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _nesting(text: str) -> int:
+    """How deeply ``text`` nests arrays and objects, counted without recursion (what is not
+    well-formed JSON is left for the parser to refuse)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
+
+
 def _body() -> dict[str, Any]:
+    event = app.current_event
+    raw = event.body or ""
+    # A first look before decoding anything: base64 carries 3 bytes in 4 characters.
+    carried = len(raw) * 3 // 4 if event.is_base64_encoded else len(raw)
+    too_large = ReleaseError(
+        413,
+        f"the request body is larger than the {MAX_BODY_BYTES} bytes this API takes (a whole environment's "
+        f"config is at most {MAX_ENVIRONMENT_BYTES}); send a smaller request",
+    )
+    if carried > MAX_BODY_BYTES:
+        raise too_large
     try:
-        body = app.current_event.json_body
-    except (ValueError, TypeError):  # not JSON, or not UTF-8 (ValueError covers both)
+        text = event.decoded_body or ""
+        size = len(text.encode("utf-8"))
+    except (ValueError, TypeError):  # not base64 of UTF-8, or not UTF-8 (ValueError covers both)
+        raise ReleaseError(400, "the request body must be a JSON object in UTF-8") from None
+    if size > MAX_BODY_BYTES:
+        raise too_large
+    if _nesting(text) > MAX_BODY_DEPTH:
+        raise ReleaseError(
+            400,
+            f"the request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels; send the object "
+            "the operation takes (openapi.json: none nests more than 3)",
+        )
+    try:
+        body = event.json_body
+    except (ValueError, TypeError):  # not JSON
         raise ReleaseError(400, "the request body must be a JSON object in UTF-8") from None
     if not isinstance(body, dict):
         raise ReleaseError(400, "the request body must be a JSON object")
@@ -168,9 +218,7 @@ def list_apps() -> Response[str]:
 @app.post(f"{APP}/uploads")
 def create_upload(app_name: str, env: str) -> Response[str]:
     body = _body()
-    upload = _publisher(app_name, env).create_upload(
-        size=body.get("size"), sha256=body.get("sha256"), slug=body.get("slug"), user=_user()
-    )
+    upload = _publisher(app_name, env).create_upload(size=body.get("size"), sha256=body.get("sha256"), user=_user())
     return _json(201, upload)
 
 
@@ -184,15 +232,30 @@ def create_release(app_name: str, env: str) -> Response[str]:
         git=body.get("git"),
         description=body.get("description"),
         parts=body.get("parts"),
-        slug_parts=body.get("slug_parts"),
-        promoted_from=body.get("promoted_from"),
         user=_user(),
     )
-    if status == 201:
-        logger.info("release published", extra={"app": app_name, "env": env, "release": made["id"], "by": _user()})
-    else:
-        logger.info("build started", extra={"app": app_name, "env": env, "build": made["id"], "by": _user()})
+    logger.info("build started", extra={"app": app_name, "env": env, "build": made["id"], "by": _user()})
     return _json(status, made)
+
+
+@app.post(f"{APP}/promotions")
+def promote(app_name: str, env: str) -> Response[str]:
+    """Release here another environment's release: the writer reads it from that environment's bucket."""
+    body = _body()
+    made = operations.write_release(
+        app_name,
+        env,
+        "promotion",
+        **{"from": body.get("from")},
+        release=body.get("release"),
+        description=body.get("description"),
+        user=_user(),
+    )
+    logger.info(
+        "release promoted",
+        extra={"app": app_name, "env": env, "from": body.get("from"), "release": made["id"], "by": _user()},
+    )
+    return _json(201, made)
 
 
 @app.get(f"{APP}/builds/<build>")
@@ -234,8 +297,15 @@ def update_config(app_name: str, env: str) -> Response[str]:
     set_vars, unset = body.get("set", {}), body.get("unset", [])
     if not isinstance(set_vars, dict) or not isinstance(unset, list) or not (set_vars or unset):
         raise ReleaseError(400, 'send {"set": {"NAME": "value"}} and/or {"unset": ["NAME"]}')
-    changed = _publisher(app_name, env).change_config(
-        set_vars=set_vars, unset=unset, description=body.get("description"), user=_user()
+    changed = operations.write_release(
+        app_name,
+        env,
+        "config",
+        set=set_vars,
+        unset=unset,
+        description=body.get("description"),
+        base=body.get("base"),
+        user=_user(),
     )
     # Names only: values may be secrets.
     logger.info("config changed", extra={"app": app_name, "env": env, "names": sorted({*set_vars, *map(str, unset)})})
@@ -258,7 +328,8 @@ def start_deploy(app_name: str, env: str) -> Response[str]:
 
 @app.post(f"{APP}/rollback")
 def rollback(app_name: str, env: str) -> Response[str]:
-    return _start_of_current(app_name, env, operations.rollback)
+    to = (_body() if app.current_event.body else {}).get("to")
+    return _start_of_current(app_name, env, functools.partial(operations.rollback, to=to))
 
 
 @app.post(f"{APP}/restart")

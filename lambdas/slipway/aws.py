@@ -47,6 +47,19 @@ def client(service: str) -> Any:
     return boto3.client(service, config=Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS}))
 
 
+@cache
+def environment_client(service: str, env: str, region: str) -> Any:
+    """A client of ``service`` in the region of environment ``env`` (another environment of this
+    account: where a promotion reads the release it ships). On AWS that is the region's own endpoint;
+    the local platform, where each environment is an AWS of its own, points it at that one."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service, region_name=region, config=Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS})
+    )
+
+
 @contextmanager
 def throttling_is_retried() -> Iterator[None]:
     """Raise :class:`Throttled` for a throttled AWS call, whatever the service called it."""
@@ -68,7 +81,8 @@ def is_throttled(error: Exception) -> bool:
 
 
 def read_log(logs: Any, group: str, stream: str, after: str | None) -> tuple[list[str], str | None]:
-    """A log stream's lines from ``after`` (a token this returned) on, and the token to read on from."""
+    """A log stream's lines from ``after`` (a token this returned) on, and the token to read on from;
+    400 (:class:`~slipway.releases.ReleaseError`) for an ``after`` CloudWatch Logs cannot read."""
     request: dict[str, Any] = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
     if after:
         request["nextToken"] = after
@@ -76,6 +90,14 @@ def read_log(logs: Any, group: str, stream: str, after: str | None) -> tuple[lis
         page = logs.get_log_events(**request)
     except logs.exceptions.ResourceNotFoundException:  # its writer (CodeBuild, the SSM agent) makes it on start
         return [], after
+    except logs.exceptions.InvalidParameterException:
+        if not after:  # the group and stream are the platform's own: not the caller's to fix
+            raise
+        from slipway.releases import ReleaseError  # here: the authorizer imports this module too, lightly
+
+        raise ReleaseError(
+            400, f"after={after[:40]!r} is not a token this API gave; pass the `next` value of the previous answer"
+        ) from None
     return [event["message"].rstrip("\n") for event in page["events"]], page.get("nextForwardToken") or after
 
 

@@ -139,51 +139,39 @@ def _building(app_name: str, env: str) -> tuple[Publisher, BuildSettings, str]:
 
 
 def create_release(
-    app_name: str,
-    env: str,
-    *,
-    upload_id: object,
-    git: object,
-    description: object,
-    parts: object,
-    slug_parts: object,
-    promoted_from: object,
-    user: str,
+    app_name: str, env: str, *, upload_id: object, git: object, description: object, parts: object, user: str
 ) -> tuple[int, dict[str, Any]]:
-    """Finalize an upload: a promotion (source and slug) is published at once (201, the release);
-    a source is built by the release workflow (202, the build, which makes the release)."""
-    if promoted_from is not None:
-        releases = publisher(app_name, env)
-        promoted = releases.finalize(
-            upload_id=upload_id,
-            git=git,
-            description=description,
-            parts=parts,
-            slug_parts=slug_parts,
-            promoted_from=promoted_from,
-            user=user,
-        )
-        return 201, releases.publish_upload(promoted["upload_id"])
-    releases, build, workflow = _building(app_name, env)
-    prepared = releases.finalize(
-        upload_id=upload_id, git=git, description=description, parts=parts, promoted_from=None, user=user
-    )
+    """Finalize an uploaded source; the release workflow builds it and its writer makes the release
+    (202, the build)."""
+    releases, _, workflow = _building(app_name, env)
+    prepared = releases.finalize(upload_id=upload_id, git=git, description=description, parts=parts, user=user)
     name = builds.execution_name(app_name, prepared["upload_id"])
-    request = builds.workflow_input(
-        app=app_name,
-        env=env,
-        upload_id=prepared["upload_id"],
-        build=build,
-        runtime=releases.runtime,
-        bucket=settings().bucket,
-        timing=settings().timing,
-    )
+    request = builds.workflow_input(app=app_name, env=env, upload_id=prepared["upload_id"])
     try:
         aws.client("stepfunctions").start_execution(stateMachineArn=workflow, name=name, input=json.dumps(request))
     except Exception:
         releases.note_build(prepared["upload_id"], status=None)  # not building: finalizing again may start it
         raise
     return 202, releases.build(prepared["upload_id"])
+
+
+def write_release(app_name: str, env: str, action: str, **request: Any) -> dict[str, Any]:
+    """Ask the release writer (the one component that may write releases) to make one: a config
+    change, a rollback or a promotion (:mod:`slipway.writer`). Its refusal is this request's."""
+    publisher(app_name, env)  # 404 for an app or environment this API does not serve
+    writer = settings().release_writer
+    if writer is None:
+        raise ReleaseError(503, f"the release writer is not set up in {env}; deploy the Platform-{env} stack")
+    payload = {"action": action, "app": app_name, "env": env, **request}
+    answer = aws.client("lambda").invoke(FunctionName=writer, Payload=json.dumps(payload).encode())
+    body = json.loads(answer["Payload"].read() or b"null")
+    if answer.get("FunctionError") or not isinstance(body, dict) or "status" not in body:
+        cause = body.get("errorMessage") if isinstance(body, dict) else None
+        raise ReleaseError(502, f"the release writer failed ({cause or answer.get('FunctionError')}); nothing changed")
+    if body["status"] != 201:
+        raise ReleaseError(int(body["status"]), str(body.get("message")))
+    result: dict[str, Any] = body["result"]
+    return result
 
 
 def show_build(app_name: str, env: str, upload_id: str, *, after: str | None) -> dict[str, Any]:
@@ -245,13 +233,14 @@ def newest_release(app_name: str, env: str) -> str:
     return str(listing[0]["id"])
 
 
-def rollback(app_name: str, env: str, *, strategy: object, user: str) -> dict[str, Any]:
-    """Deploy the release that was current before the last rollout moved it."""
+def rollback(app_name: str, env: str, *, strategy: object, user: str, to: object = None) -> dict[str, Any]:
+    """Roll back as Heroku does: a new release copying ``to`` (default: the release that served before
+    the current one), its slug and config, then deployed in one batch; so the newest release that
+    deployed is what serves. Refused before anything is made while another rollout holds the lock."""
     releases, _, _ = _deploying(app_name, env)
-    previous = releases.previous()
-    if previous is None:
-        raise ReleaseError(409, f"{app_name} in {env} has no earlier deployed release to roll back to")
-    return start_deploy(app_name, env, previous, kind=deploys.ROLLBACK, strategy=strategy, user=user)
+    refuse_if_locked(releases, deploys.ROLLBACK)
+    made = write_release(app_name, env, "rollback", to=to, user=user)
+    return start_deploy(app_name, env, made["id"], kind=deploys.ROLLBACK, strategy=strategy, user=user)
 
 
 def restart(app_name: str, env: str, *, strategy: object, user: str, process: object = None) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""Publishing releases of one app in one environment, over the release bucket.
+"""One app's releases in one environment as the API reads them, and its uploads.
 
-Every write that could race is conditional: a release id is claimed by creating its
-``release.json`` only if absent (the loser retries with the next id), the canonical
-env file and ``current`` move only if unchanged since read. A rejected request
-writes nothing under the app's prefix.
+:class:`AppReleases` reads releases, ``current`` (which rollouts move, by compare-and-swap) and
+what each instance runs; :class:`Publisher` adds what the API writes: uploads of sources on
+their way to the builder, and nothing of any release. Releases are made by the release writer
+(:mod:`slipway.writer`), the only component whose role may write them.
 """
 
 from __future__ import annotations
@@ -20,13 +20,9 @@ from slipway.releases import (
     UPLOAD_ID,
     Artifact,
     ReleaseError,
-    build_manifest,
-    change_config,
     check_description,
     check_git,
-    check_slug,
     check_source,
-    config_changes,
     page,
     read_config,
     release_number,
@@ -34,15 +30,12 @@ from slipway.releases import (
 from slipway.settings import AppRuntime
 from slipway.store import Bucket
 from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
-from slipway_release.envfile import render_env
-from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE, UPLOAD_RECORD, AppKeys, Pointer, parse_pointer
-from slipway_release.manifest import ManifestError, load_schema, parse_manifest
-from slipway_release.names import newest_first, next_release_id
+from slipway_release.layout import MANIFEST, SOURCE, UPLOAD_RECORD, AppKeys, Pointer, parse_pointer
+from slipway_release.manifest import ManifestError, load_schema, parse_manifest, slug_key, source_key
 
 # Uploads larger than one part go multipart; the CLI sends parts in parallel.
 PART_SIZE = 16 * 1024 * 1024
 URL_LIFETIME = 3600
-CLAIM_ATTEMPTS = 20
 # Where an upload's build stands (its record's ``status``).
 BUILDING, SUCCEEDED, FAILED = "BUILDING", "SUCCEEDED", "FAILED"
 
@@ -176,10 +169,8 @@ class Publisher(AppReleases):
 
     # Uploads ------------------------------------------------------------------------------------
 
-    def create_upload(self, *, size: object, sha256: object, user: str, slug: object = None) -> dict[str, Any]:
-        """Presigned URLs for the source: one PUT, or one per part of ``PART_SIZE``. With ``slug``
-        (``{"size", "sha256"}``: a promotion, which ships the slug another environment built),
-        URLs for the slug too."""
+    def create_upload(self, *, size: object, sha256: object, user: str) -> dict[str, Any]:
+        """Presigned URLs for the source: one PUT, or one per part of ``PART_SIZE``."""
         source = _declared(size, sha256, "the source", self.max_source_bytes)
         upload_id = uuid.uuid4().hex
         record: dict[str, Any] = {"size": source.size, "sha256": source.sha256, "created_by": user}
@@ -189,14 +180,6 @@ class Publisher(AppReleases):
             "part_size": PART_SIZE,
         }
         answer["parts"], record["multipart_upload_id"] = self._upload_urls(self.keys.upload(upload_id, SOURCE), source)
-        if slug is not None:
-            if not isinstance(slug, Mapping):
-                raise ReleaseError(400, 'slug must be {"size": <bytes>, "sha256": "<hex>"} of the slug to promote')
-            built = _declared(slug.get("size"), slug.get("sha256"), "the slug", DEFAULT_MAX_UNPACKED_BYTES)
-            record["slug"] = {"size": built.size, "sha256": built.sha256}
-            answer["slug_parts"], record["slug_multipart_upload_id"] = self._upload_urls(
-                self.keys.upload(upload_id, SLUG), built
-            )
         self.bucket.put(self.keys.upload(upload_id, UPLOAD_RECORD), json.dumps(record).encode())
         return answer
 
@@ -223,69 +206,47 @@ class Publisher(AppReleases):
         self.bucket.put(self.keys.upload(upload_id, UPLOAD_RECORD), json.dumps(record).encode())
 
     def finalize(
-        self,
-        *,
-        upload_id: object,
-        git: object,
-        description: object,
-        parts: object,
-        slug_parts: object = None,
-        promoted_from: object,
-        user: str,
+        self, *, upload_id: object, git: object, description: object, parts: object, user: str
     ) -> dict[str, Any]:
-        """Check an upload: its source, and for a promotion (``promoted_from``) the slug it ships.
-        Returns the upload's record: a promotion is then published with :meth:`publish_upload`, a
-        source is built first (its status ``BUILDING``). A check that fails changes nothing."""
+        """Check an uploaded source with the rules the instance applies, and mark it to be built
+        (its status ``BUILDING``): the upload's record. A source that fails a check is refused and
+        deleted at once (nothing of it stays in the bucket)."""
         if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
             raise ReleaseError(400, "upload_id must be the id createUpload returned")
         git_ref, git_commit = check_git(git)
         note = check_description(description)
-        if promoted_from is not None:
-            if not isinstance(promoted_from, Mapping) or not {"env", "release"} <= set(promoted_from):
-                raise ReleaseError(400, 'promoted_from must be {"env": ..., "release": ...}')
-            if promoted_from["env"] == self.env:
-                raise ReleaseError(
-                    400, f"a release cannot be promoted from {self.env} to itself; promote to another environment"
-                )
-            origin = f"promoted from {promoted_from['env']} {promoted_from['release']}"
-            note = f"{origin}: {note}" if note else origin
-            check_description(note)
         upload_id, record = self._record(upload_id)
         if "release" in record:
             raise ReleaseError(409, f"upload {upload_id} was already published as {record['release']}")
         if record.get("status") == BUILDING:
             raise ReleaseError(409, f"upload {upload_id} is being built (build {upload_id}); follow it, not again")
-        if (promoted_from is not None) != ("slug" in record):
-            raise ReleaseError(
-                400,
-                "a promotion ships the slug its release was built into, with the source, and only a promotion "
-                "does: publish a source alone (it is built here), or promote with `slipway promote`",
-            )
         source = self.keys.upload(upload_id, SOURCE)
         if record.get("multipart_upload_id"):
             self._complete(source, record["multipart_upload_id"], parts)
-        if record.get("slug_multipart_upload_id"):
-            self._complete(self.keys.upload(upload_id, SLUG), record["slug_multipart_upload_id"], slug_parts)
-        body = self.bucket.stream(source)
-        if body is None:
+        found = self.bucket.stream_version(source)
+        if found is None:
             raise ReleaseError(422, f"nothing was uploaded for upload {upload_id}; PUT the source to its URL first")
-        check_source(
-            body,
-            sha256=record["sha256"],
-            size=record["size"],
-            limit=self.max_source_bytes,
-            max_unpacked_bytes=DEFAULT_MAX_UNPACKED_BYTES,
-            formation=self.runtime.formation,
-        )
+        body, version = found
+        try:
+            check_source(
+                body,
+                sha256=record["sha256"],
+                size=record["size"],
+                limit=self.max_source_bytes,
+                max_unpacked_bytes=DEFAULT_MAX_UNPACKED_BYTES,
+                formation=self.runtime.formation,
+            )
+        except ReleaseError:
+            self.bucket.delete(source, self.keys.upload(upload_id, UPLOAD_RECORD))  # refused: nothing kept
+            raise
         record.update(
             git={"ref": git_ref, "commit": git_commit},
             description=note,
             finalized_by=user,
             multipart_upload_id=None,
-            slug_multipart_upload_id=None,
+            source_version=version,  # the bytes checked: what the writer stores as the release's source
+            status=BUILDING,
         )
-        if "slug" not in record:
-            record["status"] = BUILDING
         self._note(upload_id, record)
         return {"upload_id": upload_id, **record}
 
@@ -316,41 +277,6 @@ class Publisher(AppReleases):
             "created_by": record.get("finalized_by", record.get("created_by")),
         }
 
-    def publish_upload(self, upload_id: str) -> dict[str, Any]:
-        """The upload's slug, checked as the instance will read it, becomes the next release with
-        the upload's source; the upload's copies are dropped. 409 if it was already published."""
-        upload_id, record = self._record(upload_id)
-        if "release" in record:
-            raise ReleaseError(409, f"upload {upload_id} was already published as {record['release']}")
-        source_artifact = Artifact(record["sha256"], record["size"])
-        slug_key = self.keys.upload(upload_id, SLUG)
-        declared = record.get("slug")  # a promotion's; a slug the builder wrote is taken as it is
-        stream = self.bucket.stream(slug_key)
-        if stream is None:
-            raise ReleaseError(422, f"upload {upload_id} has no slug: the build wrote none, or it was never PUT")
-        build, slug_artifact = check_slug(
-            stream,
-            slug=Artifact(declared["sha256"], declared["size"]) if declared else None,
-            source=source_artifact,
-            max_unpacked_bytes=DEFAULT_MAX_UNPACKED_BYTES,
-            formation=self.runtime.formation,
-        )
-        manifest = self._publish(
-            slug_key=slug_key,
-            slug=slug_artifact,
-            build=build,
-            source_key=self.keys.upload(upload_id, SOURCE),
-            source=source_artifact,
-            git=(record["git"]["ref"], record["git"]["commit"]),
-            env_text=self._canonical_env()[0],
-            description=record.get("description", ""),
-            user=record.get("finalized_by", record["created_by"]),
-        )
-        # Mark the upload used (a retry gets 409, not a second release) and drop its copies.
-        self._note(upload_id, {**record, "release": manifest["id"], "status": SUCCEEDED})
-        self.bucket.delete(self.keys.upload(upload_id, SOURCE), slug_key)
-        return self._with_current(manifest)
-
     def _complete(self, key: str, multipart_id: str, parts: object) -> None:
         if not isinstance(parts, list) or not all(
             isinstance(p, Mapping) and isinstance(p.get("part_number"), int) and isinstance(p.get("etag"), str)
@@ -364,80 +290,31 @@ class Publisher(AppReleases):
 
     # Releases -----------------------------------------------------------------------------------
 
-    def _publish(
-        self,
-        *,
-        slug_key: str,
-        slug: Artifact,
-        build: Mapping[str, Any],
-        source_key: str,
-        source: Artifact,
-        git: tuple[str, str],
-        env_text: str,
-        description: str,
-        user: str,
-    ) -> dict[str, Any]:
-        """Claim the next id by creating its release.json, then add the slug, source and env."""
-        for _ in range(CLAIM_ATTEMPTS):
-            existing = list(self.bucket.child_names(self.keys.prefix))
-            newest = newest_first(existing)
-            release_id = next_release_id(existing)
-            parent = newest[0] if newest else None
-            parent_env = self._env_text(parent) if parent else ""
-            manifest = build_manifest(
-                release_id=release_id,
-                app=self.app,
-                env=self.env,
-                slug=slug,
-                build=build,
-                source=source,
-                git_ref=git[0],
-                git_commit=git[1],
-                env_text=env_text,
-                config_changes=config_changes(parent_env, env_text),
-                created_by=user,
-                created_at=_timestamp(self.clock()),
-                description=description,
-                runtime=self.runtime,
-                parent=parent,
-            )
-            key = self.keys.release(release_id, MANIFEST)
-            if self.bucket.create(key, (json.dumps(manifest, indent=2) + "\n").encode()):
-                try:
-                    self.bucket.copy(slug_key, self.keys.release(release_id, SLUG))
-                    self.bucket.copy(source_key, self.keys.release(release_id, SOURCE))
-                    self.bucket.put(self.keys.release(release_id, ENV_FILE), env_text.encode())
-                except Exception:
-                    # A release without its files must not stay visible: give the id back.
-                    self.bucket.delete(key)
-                    raise
-                return manifest
-        raise ReleaseError(503, f"{CLAIM_ATTEMPTS} publishers raced for a release id; try again")
-
-    def _env_text(self, release_id: str) -> str:
-        stored = self.bucket.read(self.keys.release(release_id, ENV_FILE))
-        return stored.body.decode() if stored else ""
-
     def list_releases(self, *, limit: int, before: str | None) -> dict[str, Any]:
+        """One page of releases, newest first, each with whether it is current (what serves). An id
+        whose claim never completed (its env written, the writer stopped before its manifest) is
+        not a release, and left out."""
         ids, next_before = page(self.bucket.child_names(self.keys.prefix), limit=limit, before=before)
         current = self.current()
-        return {
-            "releases": [{**self._manifest(r), "current": r == current} for r in ids],
-            "next_before": next_before,
-        }
+        listed = []
+        for release_id in ids:
+            stored = self.bucket.read(self.keys.release(release_id, MANIFEST))
+            if stored is not None:
+                listed.append({**json.loads(stored.body), "current": release_id == current})
+        return {"releases": listed, "next_before": next_before}
 
     def download(self, release_id: str) -> dict[str, Any]:
-        """Presigned URLs for a release's source and slug, for promotion to another environment
-        (which ships the same slug: it is not built again)."""
-        manifest = self._manifest(release_id)
+        """Presigned URLs for a release's source and slug (where its manifest's version keeps them)."""
+        manifest, _ = self.verified(release_id)
+        parsed = parse_manifest(json.dumps(manifest).encode(), load_schema())
         expires = _timestamp(self.clock() + timedelta(seconds=URL_LIFETIME))
         return {
-            "url": self.bucket.presigned_get(self.keys.release(release_id, SOURCE), URL_LIFETIME),
+            "url": self.bucket.presigned_get(source_key(parsed, self.keys), URL_LIFETIME),
             "expires_at": expires,
             "size": manifest["source"]["size"],
             "sha256": manifest["source"]["sha256"],
             "slug": {
-                "url": self.bucket.presigned_get(self.keys.release(release_id, SLUG), URL_LIFETIME),
+                "url": self.bucket.presigned_get(slug_key(parsed, self.keys), URL_LIFETIME),
                 "size": manifest["slug"]["size"],
                 "sha256": manifest["slug"]["sha256"],
             },
@@ -451,45 +328,6 @@ class Publisher(AppReleases):
 
     def config(self) -> dict[str, str]:
         return read_config(self._canonical_env()[0])
-
-    def change_config(
-        self, *, set_vars: Mapping[str, object], unset: list[object], description: object, user: str
-    ) -> dict[str, Any]:
-        """Write the new canonical env, then release it with the newest release's source."""
-        note = check_description(description)
-        text, etag = self._canonical_env()
-        values = change_config(read_config(text), set_vars=set_vars, unset=unset)
-        new_text = render_env(values)
-        key = self.keys.env_file
-        written = (
-            self.bucket.create(key, new_text.encode())
-            if etag is None
-            else self.bucket.replace(key, new_text.encode(), etag=etag)
-        )
-        if not written:
-            raise ReleaseError(409, "the config changed while this change was being made; run it again")
-        names = sorted({*set_vars, *(str(n) for n in unset)})
-        release = self._release_config(new_text, note or f"config: {', '.join(names)}", user)
-        return {"vars": values, "release": release}
-
-    def _release_config(self, env_text: str, description: str, user: str) -> dict[str, Any] | None:
-        """The newest release's slug and source with ``env_text``: a config change never builds."""
-        newest = newest_first(self.bucket.child_names(self.keys.prefix))
-        if not newest:
-            return None  # nothing published yet: the first release picks the config up
-        base = self._manifest(newest[0])
-        manifest = self._publish(
-            slug_key=self.keys.release(base["id"], SLUG),
-            slug=Artifact(base["slug"]["sha256"], base["slug"]["size"]),
-            build=base["build"],
-            source_key=self.keys.release(base["id"], SOURCE),
-            source=Artifact(base["source"]["sha256"], base["source"]["size"]),
-            git=(base["git"]["ref"], base["git"]["commit"]),
-            env_text=env_text,
-            description=description,
-            user=user,
-        )
-        return self._with_current(manifest)
 
 
 def _declared(size: object, sha256: object, what: str, limit: int) -> Artifact:

@@ -19,13 +19,12 @@ from slipway_release import names
 from slipway_release.archive import UnsafeArchive, scan
 from slipway_release.build import BUILD_MANIFEST, MAX_BUILD_MANIFEST_BYTES, BuildManifestError, parse_build_manifest
 from slipway_release.envfile import EnvFileError, check_carriable, parse_env, render_env
-from slipway_release.manifest import load_schema, schema_errors
+from slipway_release.manifest import VERSION, load_schema, schema_errors
 from slipway_release.procfile import ProcfileError, parse_procfile, resolve_formation
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 SHA256 = re.compile(f"^{names.SHA256}$")
 GIT_COMMIT = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
-MANIFEST_VERSION = 2
 MAX_DESCRIPTION = 1000
 
 
@@ -80,10 +79,12 @@ def build_manifest(
     description: str,
     runtime: AppRuntime,
     parent: str | None,
+    base: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The release.json of a new release, checked against ``release.schema.json``."""
+    """The release.json of a new release, checked against ``release.schema.json``; ``base``: what it
+    was made from (``{"env", "release", "reason"}``), ``None`` for one built from its own source."""
     manifest = {
-        "version": MANIFEST_VERSION,
+        "version": VERSION,
         "id": release_id,
         "app": app,
         "env": env,
@@ -103,6 +104,7 @@ def build_manifest(
             "codes": runtime.health_check_codes,
         },
         "parent": parent,
+        "base": dict(base) if base else None,
     }
     errors = schema_errors(manifest, load_schema())
     if errors:

@@ -238,6 +238,12 @@ def app_parameter_name(env: str, app: str) -> str:
     return f"{app_parameters_path(env)}/{app}"
 
 
+def release_bucket_parameter_name(env: str) -> str:
+    """The SSM parameter in which ``env``'s stack names its release bucket: where another environment
+    of the account reads the release it promotes (the bucket's name is CloudFormation's choice)."""
+    return f"/slipway/{env}/release-bucket"
+
+
 def active_region_parameter_name(env: str) -> str:
     """The SSM parameter (one in each of an environment's regions) naming the region that takes changes;
     absent, it is the primary. Operators write it to move changes to the other region (docs/regions.md)."""
@@ -271,6 +277,10 @@ RUNS_JSON = "RUNS_JSON"
 APP_LOGS = "APP_LOGS"
 MAX_SOURCE_BYTES = "MAX_SOURCE_BYTES"
 REGIONS_JSON = "REGIONS_JSON"
+# The release writer (its function's name), which the API asks to make config, rollback and promotion releases.
+RELEASE_WRITER = "RELEASE_WRITER"
+# The writer's: the environments of this account a release may be promoted from, {env: region} as JSON.
+PROMOTION_SOURCES = "PROMOTION_SOURCES"
 # Only where waiting makes no sense (the local platform, tests): overrides of Timing as JSON.
 ROLLOUT_TIMING = "ROLLOUT_TIMING"
 
@@ -298,6 +308,7 @@ class ControlPlaneSettings:
     max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES
     timing: Timing = field(default_factory=Timing)
     regions: RegionSettings | None = None  # an environment with a secondary region
+    release_writer: str | None = None  # the function that makes config, rollback and promotion releases
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], app_parameters: Mapping[str, str]) -> ControlPlaneSettings:
@@ -328,6 +339,7 @@ class ControlPlaneSettings:
                 regions=RegionSettings.from_json(json.loads(environ[REGIONS_JSON]))
                 if environ.get(REGIONS_JSON)
                 else None,
+                release_writer=environ.get(RELEASE_WRITER) or None,
             )
         except KeyError as missing:
             raise SettingsError(f"the function's environment has no {missing}; deploy the Platform stack") from None
@@ -353,6 +365,8 @@ class ControlPlaneSettings:
             variables[APP_LOGS] = self.app_logs
         if self.regions:
             variables[REGIONS_JSON] = render(self.regions.to_json())
+        if self.release_writer:
+            variables[RELEASE_WRITER] = self.release_writer
         return variables
 
     def app_parameters(self, to_json: Any = None) -> dict[str, str]:

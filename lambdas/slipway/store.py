@@ -6,6 +6,7 @@ beyond keys. The client is created by the caller (lazily, never at import).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -89,9 +90,54 @@ class Bucket:
             raise
         return True
 
-    def copy(self, source: str, destination: str) -> None:
-        """Copy within the bucket (server side, up to 5 GB)."""
-        self.client.copy_object(Bucket=self.name, Key=destination, CopySource={"Bucket": self.name, "Key": source})
+    def stream_version(self, key: str) -> tuple[IO[bytes], str] | None:
+        """The object's body and the version id of what it reads (an object version never changes)."""
+        try:
+            response = self.client.get_object(Bucket=self.name, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return response["Body"], str(response.get("VersionId") or "null")
+
+    def version(self, key: str) -> str | None:
+        """The id of the object's current version, or ``None`` if there is no object."""
+        try:
+            return str(self.client.head_object(Bucket=self.name, Key=key).get("VersionId") or "null")
+        except self.client.exceptions.ClientError as error:
+            if _code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def copy_once(self, destination: str, *, source: str, version: str, bucket: str | None = None) -> bool:
+        """Create ``destination`` as a server-side copy of version ``version`` of ``source`` (in this
+        bucket, or ``bucket``), only if it does not exist: ``False`` if it did (nothing written).
+
+        Where the bucket's policy refuses writes without ``If-None-Match`` (slipway_release.layout's
+        write-once keys), ``CopyObject`` cannot write at all, so the copy is one multipart upload:
+        ``UploadPartCopy`` of the pinned version (parts take no conditional header), completed with
+        ``If-None-Match: *``. One part: S3 copies up to 5 GiB in one, more than a slug or source may be.
+        """
+        upload = self.client.create_multipart_upload(Bucket=self.name, Key=destination)["UploadId"]
+        try:
+            copy_source = {"Bucket": bucket or self.name, "Key": source}
+            if version != "null":
+                copy_source["VersionId"] = version
+            part = self.client.upload_part_copy(
+                Bucket=self.name, Key=destination, UploadId=upload, PartNumber=1, CopySource=copy_source
+            )
+            self.client.complete_multipart_upload(
+                Bucket=self.name,
+                Key=destination,
+                UploadId=upload,
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["CopyPartResult"]["ETag"]}]},
+                IfNoneMatch="*",
+            )
+        except self.client.exceptions.ClientError as error:
+            with contextlib.suppress(Exception):  # the lifecycle rule removes it anyway within a week
+                self.client.abort_multipart_upload(Bucket=self.name, Key=destination, UploadId=upload)
+            if _code(error) in _CONFLICTS:
+                return False
+            raise
+        return True
 
     def delete(self, *keys: str) -> None:
         if keys:

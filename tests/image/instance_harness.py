@@ -21,7 +21,7 @@ from typing import Any
 from slugs import host_build, slug_build
 
 from local.instance import free_port
-from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE, Pointer
+from slipway_release.layout import ENV_FILE, MANIFEST, SLUG, SOURCE, AppKeys, Pointer
 
 BUCKET = "slipway-test-releases"
 # The app and environment the session's instance is provisioned for (conftest.instance_world).
@@ -106,8 +106,9 @@ def tarball(files: Mapping[str, bytes | str], extra: list[tarfile.TarInfo] | Non
 
 @dataclass
 class Publisher:
-    """Writes releases to the bucket the way the publisher will: the slug, the source it was built
-    from, the env file, and release.json (schema version 2) with the slug's build manifest."""
+    """Writes releases to the bucket the way the release writer does: the slug, the source it was built
+    from, the env file, and release.json with the slug's build manifest (version 3: the slug and
+    source stored by digest; version 2, as releases written before were, beside the manifest)."""
 
     client: Any
     app: str
@@ -128,6 +129,7 @@ class Publisher:
         health_path: str = "/health",
         timeout: float = 10,
         codes: str | None = None,
+        version: int = 2,
     ) -> str:
         """Upload one release and return its URL.
 
@@ -141,7 +143,7 @@ class Publisher:
         if codes is not None:
             health["codes"] = codes
         manifest = {
-            "version": 2,
+            "version": version,
             "id": release_id,
             "app": self.app,
             "env": self.env,
@@ -157,8 +159,14 @@ class Publisher:
             "health_check": health,
             "parent": self.published[-1] if self.published else None,
         }
-        self.client.put_object(Bucket=self.bucket, Key=prefix + SLUG, Body=slug)
-        self.client.put_object(Bucket=self.bucket, Key=prefix + SOURCE, Body=source)
+        if version >= 3:  # stored once by digest, shared by the releases that run them
+            keys = AppKeys(self.app, self.env)
+            manifest["base"] = None
+            self.client.put_object(Bucket=self.bucket, Key=keys.slug(manifest["slug"]["sha256"]), Body=slug)
+            self.client.put_object(Bucket=self.bucket, Key=keys.source(manifest["source"]["sha256"]), Body=source)
+        else:
+            self.client.put_object(Bucket=self.bucket, Key=prefix + SLUG, Body=slug)
+            self.client.put_object(Bucket=self.bucket, Key=prefix + SOURCE, Body=source)
         self.client.put_object(Bucket=self.bucket, Key=prefix + ENV_FILE, Body=env_text.encode())
         self.client.put_object(Bucket=self.bucket, Key=prefix + MANIFEST, Body=json.dumps(manifest).encode())
         self.published.append(release_id)

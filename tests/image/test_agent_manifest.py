@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from slipway_release.layout import SLUG, SOURCE, AppKeys
 from slipway_release.manifest import (
     SCHEMA_PATH,
     HealthCheck,
@@ -16,6 +17,8 @@ from slipway_release.manifest import (
     load_schema,
     parse_manifest,
     schema_errors,
+    slug_key,
+    source_key,
 )
 
 SCHEMA = load_schema()
@@ -77,11 +80,24 @@ def test_build_is_checked_against_build_schema():
         parse_manifest(json.dumps(broken).encode(), SCHEMA)
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 4])
 def test_other_versions_are_refused_before_the_schema(version):
     other = dict(VALID, version=version, something_new=True)
-    with pytest.raises(ManifestError, match=f"has version {version}, but this agent understands version 2 only"):
+    with pytest.raises(ManifestError, match=f"has version {version}, but this agent understands versions 2, 3 only"):
         parse_manifest(json.dumps(other).encode(), SCHEMA)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_both_versions_name_where_their_slug_is(version):
+    """Version 3 keeps slugs and sources by digest (shared by the releases that run them); version 2,
+    written before, beside the manifest: an agent reads both."""
+    manifest = parse_manifest(json.dumps(dict(VALID, version=version)).encode(), SCHEMA)
+    keys = AppKeys(manifest.app, manifest.env)
+    where = (slug_key(manifest, keys), source_key(manifest, keys))
+    if version == 3:
+        assert where == (keys.slug(manifest.slug_sha256), keys.source(manifest.source_sha256))
+    else:
+        assert where == (keys.release(manifest.id, SLUG), keys.release(manifest.id, SOURCE))
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import json
 
 import pytest
 from instance_harness import BUCKET, ENV, Poller, Publisher
+from slugs import host_build
 from test_agent_e2e import DEPLOY, ENV_FILE, good_source
 
 from local.instance import free_port, missing_prerequisites
@@ -103,3 +104,27 @@ def test_a_pointer_from_before_digests_still_boots(pinned):
 
 def publisher_url(world, release_id: str) -> str:
     return f"s3://{BUCKET}/{APP}/{ENV}/{release_id}"
+
+
+def test_a_release_running_a_staged_slug_downloads_nothing_and_an_identical_one_skips_its_preflight(pinned):
+    """Version 3: a config change (r11: r10's slug, other config) links r10's unpacked slug instead of
+    downloading it and is preflighted; a rollback's copy (r12: r10's slug and config) needs no preflight."""
+    publisher = pinned["publisher"]
+    slug = host_build(good_source("r10"))
+    publisher.publish("r10", good_source("r10"), ENV_FILE, port=pinned["port"], slug=slug, version=3)
+    code, out = agent(pinned, publisher_url(pinned, "r10"), "--digest", publisher.digest("r10"))
+    assert code == 0 and deployed(pinned) == "r10", out
+    publisher.publish(
+        "r11", good_source("r10"), ENV_FILE + "export MORE=1\n", port=pinned["port"], slug=slug, version=3
+    )
+    code, out = agent(pinned, "--stage", publisher_url(pinned, "r11"), "--digest", publisher.digest("r11"))
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and "r11 runs r10's slug" in out and "nothing to download" in out, out
+    assert "preflight" in result["durations"], result
+    publisher.publish("r12", good_source("r10"), ENV_FILE, port=pinned["port"], slug=slug, version=3)
+    with Poller(pinned["port"]) as poller:
+        code, out = agent(pinned, publisher_url(pinned, "r12"), "--digest", publisher.digest("r12"))
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and deployed(pinned) == "r12", out
+    assert "passed its preflight here: none needed" in out and "preflight" not in result["durations"], out
+    assert poller.failures == []

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from slipway.settings import AppRuntime, BuildSettings, Timing
+from slipway.settings import BuildSettings
 from slipway_release.layout import SLUG, SOURCE, AppKeys
 
 # The builder's environment variables: where the source is, and where the slug goes.
@@ -75,23 +75,7 @@ def execution_name(app: str, upload_id: str) -> str:
     return f"{app}-{upload_id}"
 
 
-def workflow_input(
-    *,
-    app: str,
-    env: str,
-    upload_id: str,
-    build: BuildSettings,
-    runtime: AppRuntime,
-    bucket: str,
-    timing: Timing,
-) -> dict[str, Any]:
-    """The release workflow's input (see :mod:`slipway.builds.tasks`)."""
-    return {
-        "app": app,
-        "env": env,
-        "upload_id": upload_id,
-        "build": build.to_json(),
-        "runtime": runtime.to_json(),
-        "bucket": bucket,
-        "timing": timing.to_json(),
-    }
+def workflow_input(*, app: str, env: str, upload_id: str) -> dict[str, Any]:
+    """The release workflow's input (see :mod:`slipway.builds.tasks`): what to build, never where or
+    how (the tasks read the app's builder, bucket and pacing from the environment's settings)."""
+    return {"app": app, "env": env, "upload_id": upload_id}

@@ -1,12 +1,13 @@
 """The release workflow's tasks: start the build, follow it, publish its slug as a release.
 
-One Lambda, one small function per state, like the rollout's tasks. The state (set by the
-API when it finalizes an upload)::
+One Lambda, one small function per state, like the rollout's tasks; its role is the release
+writer's (:mod:`slipway.writer`), the only one that may write releases. The input (set by the API
+when it finalizes an upload) says only what to build; the project, the bucket, what the release
+records and the pacing come from the environment's own settings (:mod:`slipway.configured`),
+read again by each task::
 
     app, env, upload_id, execution         what is built (who asked is in the upload's record)
-    build: {...}                           slipway.settings.BuildSettings (as JSON)
-    runtime: {...}                         slipway.settings.AppRuntime: what the release records
-    bucket, timing: {...}                  the release bucket; slipway.settings.Timing
+    timing: {...}                          slipway.settings.Timing (start, for the Wait states)
     build_id, checked_at                   the CodeBuild build being followed (start)
     verdict, reason                        the latest check (check)
     release                                the release made (publish)
@@ -25,10 +26,12 @@ from typing import Any
 
 from slipway import aws
 from slipway.builds.requests import build_verdict, failure_reason, start_build_request
-from slipway.publisher import FAILED, Publisher
+from slipway.configured import Configured, NotConfigured, configured
+from slipway.publisher import FAILED
 from slipway.releases import ReleaseError
-from slipway.settings import AppRuntime, BuildSettings, Timing
+from slipway.settings import Timing
 from slipway.store import Bucket
+from slipway.writer import ReleaseWriter
 
 State = dict[str, Any]
 LOG_TAIL = 100
@@ -42,28 +45,42 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _publisher(state: State) -> Publisher:
-    return Publisher(
-        Bucket(aws.client("s3"), state["bucket"]),
-        app=state["app"],
-        env=state["env"],
-        runtime=AppRuntime.from_json(state["runtime"]),
-        max_source_bytes=0,  # nothing is uploaded here: the limit was applied when the source was
+def _configured(state: State) -> Configured:
+    try:
+        found = configured(str(state["app"]), str(state["env"]))
+    except NotConfigured as error:
+        raise BuildError(str(error)) from None
+    if found.settings.build is None:
+        raise BuildError(f"{state['app']} has no builder in {state['env']}; deploy the Platform-{state['env']} stack")
+    return found
+
+
+def _writer(state: State) -> ReleaseWriter:
+    found = _configured(state)
+    return ReleaseWriter(
+        Bucket(aws.client("s3"), found.bucket), app=found.app, env=found.env, runtime=found.settings.runtime
     )
 
 
 def start(state: State) -> State:
     """Start the build of the upload's source on the app's CodeBuild project."""
-    publisher = _publisher(state)
+    unknown = sorted(set(state) - {"app", "env", "upload_id", "execution"})
+    if unknown:
+        raise BuildError(f"the release workflow's input names {', '.join(unknown)}: it takes app, env and upload_id")
+    found = _configured(state)
+    assert found.settings.build is not None
+    writer = _writer(state)
     request = start_build_request(
-        BuildSettings.from_json(state["build"]),
-        bucket=state["bucket"],
-        keys=publisher.keys,
-        upload_id=state["upload_id"],
+        found.settings.build, bucket=found.bucket, keys=writer.keys, upload_id=str(state["upload_id"])
     )
     started = aws.client("codebuild").start_build(**request)["build"]
-    publisher.note_build(state["upload_id"], build_id=started["id"])
-    return {**state, "build_id": started["id"], "checked_at": _now().isoformat()}
+    writer.uploads.note_build(state["upload_id"], build_id=started["id"])
+    return {
+        **state,
+        "build_id": started["id"],
+        "checked_at": _now().isoformat(),
+        "timing": found.timing.to_json(),
+    }
 
 
 def check(state: State) -> State:
@@ -73,7 +90,7 @@ def check(state: State) -> State:
     if verdict == "FAILED":
         return {**state, "verdict": verdict, "reason": failure_reason(build, _log_tail(build))}
     waited = (_now() - datetime.fromisoformat(state["checked_at"])).total_seconds()
-    timeout = Timing.from_json(state["timing"]).build_timeout
+    timeout = Timing.from_json(state["timing"]).build_timeout  # what start read from the settings
     if verdict == "WAIT" and waited > timeout:
         aws.client("codebuild").stop_build(id=state["build_id"])
         return {**state, "verdict": "FAILED", "reason": f"the build did not finish in {timeout} s and was stopped"}
@@ -97,7 +114,7 @@ def _log_tail(build: Mapping[str, Any]) -> list[str]:
 def publish(state: State) -> State:
     """The build succeeded: its slug (checked like any upload) becomes the next release."""
     try:
-        release = _publisher(state).publish_upload(state["upload_id"])
+        release = _writer(state).publish_build(state["upload_id"])
     except ReleaseError as error:
         raise BuildError(str(error)) from None
     return {**state, "release": release["id"]}
@@ -105,8 +122,10 @@ def publish(state: State) -> State:
 
 def fail(state: State) -> State:
     """Note why the build made no release (a failed build, or a step that raised)."""
-    reason = state.get("reason") or _caught(state)
-    _publisher(state).note_build(state["upload_id"], status=FAILED, error=reason)
+    # A step that raised says why under "error"; a failed build's check, under "reason" (which a
+    # successful check also leaves: the step after it may still fail).
+    reason = _caught(state) if state.get("error") else state.get("reason") or _caught(state)
+    _writer(state).uploads.note_build(state["upload_id"], status=FAILED, error=reason)
     return {**state, "reason": reason}
 
 
@@ -124,6 +143,7 @@ TASKS: dict[str, Callable[[State], State]] = {"start": start, "check": check, "p
 def handler(event: Mapping[str, Any], context: Any) -> State:
     """The Lambda entry point: ``{"task": "<name>", "state": {...}}``."""
     state = dict(event["state"])
-    state.setdefault("execution", event.get("execution", ""))
+    if "execution" in event:  # Step Functions names the execution; an input that does is not believed
+        state["execution"] = event["execution"]
     with aws.throttling_is_retried():
         return TASKS[event["task"]](state)

@@ -185,10 +185,19 @@ function configChanges(release) {
   return words.length ? h("span", { class: "mono" }, words.flatMap((w, i) => (i ? [" ", w] : [w]))) : "";
 }
 
+// What a release was made from: a build of its own source, or the release whose slug it runs.
+function madeFrom(release) {
+  const base = release.base;
+  if (!base) return "built";
+  if (base.reason === "promotion") return `from ${base.env} ${base.release}`;
+  return `${base.reason === "config" ? "config on" : "copy of"} ${base.release}`;
+}
+
 function releaseRows(app, releases) {
   return releases.map((release) =>
     h("tr", { "data-release": release.id },
-      h("td", {}, link(`#/apps/${app}/releases/${release.id}`, release.id), release.current ? [" ", badge("current", "current")] : ""),
+      h("td", {}, link(`#/apps/${app}/releases/${release.id}`, release.id), release.current ? [" ", badge("serves", "current")] : ""),
+      h("td", { class: "from" }, madeFrom(release)),
       h("td", { class: "why" }, release.description || h("span", { class: "muted" }, "no description")),
       h("td", {}, release.created_by),
       h("td", {}, when(release.created_at)),
@@ -244,7 +253,7 @@ async function appPage(app) {
     h("h2", {}, "Instances"),
     instances,
     h("h2", {}, "Releases"),
-    table(["Release", "Why", "Who", "When", ["Git", "hide-narrow"], ["Config", "hide-narrow"]], releaseRows(app, page.releases), "No releases yet: publish one with `slipway release`."),
+    table(["Release", "Made from", "Why", "Who", "When", ["Git", "hide-narrow"], ["Config", "hide-narrow"]], releaseRows(app, page.releases), "No releases yet: publish one with `slipway release`."),
     h("h2", {}, "Recent deploys"),
     table(["Deploy", "Status", "Who", "Started"], deployRows(app, deploys), "No deploys yet."),
   );
@@ -330,6 +339,7 @@ async function rollbackPage(app) {
     h("section", { class: "card" }, facts([
       ["Now", status.current ? badge(status.current, "current") : "—"],
       ["Back to", link(`#/apps/${app}/releases/${status.previous}`, status.previous)],
+      ["How", `a new release copying ${status.previous} (its slug and config) rolls out, in one batch`],
     ])),
     strategyForm(`Roll back to ${status.previous}`, defaults, (strategy) => api("POST", appPath(app, "rollback"), { strategy })),
   );
@@ -373,9 +383,11 @@ async function deployPage(app, id) {
     );
   };
   const first = await api("GET", appPath(app, "deploys", id));
+  // A rollback deploys a new release copying an earlier one: say which.
+  const copied = first.kind === "rollback" ? ((await api("GET", appPath(app, "releases", first.release))).base || {}).release : null;
   render(
     h("div", { class: "crumbs" }, link("#/", "Apps"), " / ", link(`#/apps/${app}`, app), " / ", first.release),
-    h("h1", { tabindex: "-1" }, `${first.kind === "rollback" ? "Rollback" : "Deploy"} of ${app} to ${first.release}`),
+    h("h1", { tabindex: "-1" }, copied ? `Rollback of ${app} to ${copied} as ${first.release}` : `Deploy of ${app} to ${first.release}`),
     body,
   );
   show(first);

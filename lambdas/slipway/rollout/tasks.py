@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slipway import aws
+from slipway.configured import NotConfigured, configured
 from slipway.publisher import AppReleases
 from slipway.releases import ReleaseError
 from slipway.rollout.commands import ACTIVATE, DEPLOY, RESTART, STAGE, send_deploy_requests
@@ -46,7 +46,7 @@ from slipway.rollout.plan import Instance, plan_batches, plan_rollback
 from slipway.rollout.request import RESTART as RESTART_KIND
 from slipway.rollout.request import ROLLBACK, RequestRefused, RolloutRequest
 from slipway.rollout.strategy import Strategy
-from slipway.settings import PLATFORM_ENV, AppParameter, FleetSettings, Timing, app_parameter_name, rollout_timing
+from slipway.settings import FleetSettings, Timing
 from slipway.store import Bucket
 from slipway_release.layout import MANIFEST, AppKeys, release_url
 
@@ -101,25 +101,15 @@ def _release_url(state: State, release: str) -> str:
 
 def derive(request: RolloutRequest) -> tuple[FleetSettings, Timing]:
     """The app's fleet (its group, target group, alarms, document, bucket) and the rollout's pacing,
-    from this environment's own settings: the function's environment and the app's SSM parameter,
-    which the stack writes. :class:`RequestRefused` for an app or environment it does not hold."""
-    env = os.environ.get(PLATFORM_ENV, "")
-    if request.env != env:
-        raise RequestRefused(f"this is {env}'s rollout, which deploys {env} only, not {request.env}")
-    ssm = aws.client("ssm")
-    name = app_parameter_name(env, request.app)
+    from this environment's own settings (:mod:`slipway.configured`), never from the input.
+    :class:`RequestRefused` for an app or environment it does not hold."""
     try:
-        value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
-    except ssm.exceptions.ParameterNotFound:
-        raise RequestRefused(f"{env} has no app {request.app} (no parameter {name}); add it to cdk.json") from None
-    try:
-        fleet = AppParameter.from_json(json.loads(value)).fleet
-        timing = rollout_timing(os.environ)
-    except ValueError as error:  # SettingsError, and JSON that is not
-        raise RequestRefused(f"the settings of {request.app} in {env} are unreadable ({error})") from None
-    if fleet is None:
-        raise RequestRefused(f"{request.app} has no fleet in {env}; deploy the Platform-{env} stack")
-    return fleet, timing
+        found = configured(request.app, request.env)
+    except NotConfigured as error:
+        raise RequestRefused(str(error)) from None
+    if found.settings.fleet is None:
+        raise RequestRefused(f"{request.app} has no fleet in {request.env}; deploy the Platform-{request.env} stack")
+    return found.settings.fleet, found.timing
 
 
 def lock(state: State) -> State:

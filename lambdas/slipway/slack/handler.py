@@ -5,6 +5,11 @@ once; a deploy, rollback, restart or cycle starts at once and its progress and o
 the command's ``response_url`` by :func:`follow`, which this function runs asynchronously in
 itself (an ``Event`` invocation per stretch of at most :data:`FOLLOW_SECONDS`), within what
 Slack allows: :data:`MAX_POSTS` posts in the 30 minutes a response URL lives.
+
+Each request is acted on once: a signed request is recorded in the release bucket
+(:func:`slipway_release.layout.slack_request`) before anything else, with a conditional create
+that fails for the second of two identical ones, so one captured and sent again within its five
+minutes is refused as a replay, whichever instance of the function it reaches.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from slipway.slack.commands import (
     status_text,
 )
 from slipway.slack.rules import refusal
-from slipway.slack.signature import SignatureError, verify
+from slipway.slack.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
+from slipway.store import Bucket
+from slipway_release.layout import slack_request
 
 logger = Logger(child=True)
 router = Router()
@@ -47,6 +54,7 @@ RESPONSE_URL_LIFETIME = 30 * 60
 FOLLOW_SECONDS = 45
 SECRET_CACHE_SECONDS = 300
 FOLLOW_EVENT = "slack_follow"
+REPLAY = "this request was already received (a replay); nothing was done"
 
 _secret_cache: dict[str, tuple[float, str]] = {}
 
@@ -86,6 +94,10 @@ def slack_command() -> Response[str]:
     except SignatureError as error:
         logger.warning("Slack request refused", extra={"reason": str(error)})
         return _json({"message": f"not a request Slack signed: {error}"}, 401)
+    sent = event.headers  # case-insensitive, as verify read them
+    if not _first_receipt(sent.get(SIGNATURE_HEADER, ""), sent.get(TIMESTAMP_HEADER, "")):
+        logger.warning("Slack request refused", extra={"reason": REPLAY})
+        return _json({"message": REPLAY}, 401)
     form = {key: values[0] for key, values in parse_qs(raw.decode("utf-8", errors="replace")).items()}
     user, channel = form.get("user_id", ""), form.get("channel_id", "")
     who = f"{form.get('user_name') or user} (Slack {user})"
@@ -106,6 +118,19 @@ def slack_command() -> Response[str]:
         return _json(message(f":warning: {error}"))
     logger.info("Slack action", extra={"action": command.action, "app": command.app, "env": env, "by": who})
     return _json(answer)
+
+
+def _first_receipt(signature: str, timestamp: str) -> bool:
+    """Record the verified request signed ``signature``; ``False`` if it was recorded already (a
+    replay, or the same request arriving twice at once), and nothing is to be done.
+
+    The signature is unique to the timestamp and body it signs, and is only accepted within five
+    minutes of that timestamp: the record outlives that by far (the bucket expires it after a day).
+    Any other failure to record raises, and nothing is done: a request is never acted on unrecorded.
+    """
+    bucket = Bucket(aws.client("s3"), operations.settings().bucket)
+    with aws.throttling_is_retried():
+        return bucket.create(slack_request(operations.settings().env, signature), f"{timestamp}\n".encode())
 
 
 def _act(command: Command, who: str, response_url: str, slack: SlackSettings) -> dict[str, Any]:
