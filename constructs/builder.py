@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -93,6 +93,8 @@ class Builder(Construct):
         )
         grant_read_image(self._role, image)
         self._grant_apps(release_store, env_name)
+        # The builds' log streams, in the builder's own group (the projects' logging configuration).
+        self._log_group.grant_write(self._role)
         self._projects: dict[ec2.InstanceArchitecture, codebuild.Project] = {}
         for architecture in sorted(set(apps.values()), key=lambda a: ARCHITECTURE_NAMES[a]):
             self._projects[architecture] = self._project(env_name, architecture, image)
@@ -106,7 +108,13 @@ class Builder(Construct):
             self,
             f"Project-{name.replace('_', '')}",
             description=f"Slipway builds for {name} fleets in {env_name}",
-            role=self._role,
+            # The role as it is: CDK's Project adds to its role, unconditionally, a default log group
+            # (/aws/codebuild/<project>) these projects never write to (they log to the builder's group).
+            # Everything a build uses is granted to the role itself in __init__: a project setting that
+            # needs a grant of its own (an S3 cache, a VPC, secret variables) must be granted there too.
+            role=self._role.without_policy_updates(),
+            # Builds publish no test or coverage reports: no report group permissions.
+            grant_report_group_permissions=False,
             build_spec=codebuild.BuildSpec.from_object(buildspec()),
             environment=codebuild.BuildEnvironment(
                 build_image=BUILD_IMAGES[architecture],
@@ -115,23 +123,6 @@ class Builder(Construct):
             ),
             timeout=BUILD_TIMEOUT,
             logging=codebuild.LoggingOptions(cloud_watch=codebuild.CloudWatchLoggingOptions(log_group=self._log_group)),
-        )
-        stack = Stack.of(self)
-        resource = project.node.default_child
-        assert isinstance(resource, codebuild.CfnProject)
-        logical = stack.get_logical_id(resource)
-        region = stack.region
-        acknowledge(
-            self._role,
-            f"AwsSolutions-IAM5[Resource::arn:aws:logs:{region}:<AWS::AccountId>:log-group:/aws/codebuild/<{logical}>:*]",
-            "CDK's grant to every project for its default log group's streams; these projects log to the "
-            "builder's own group instead.",
-        )
-        acknowledge(
-            self._role,
-            f"AwsSolutions-IAM5[Resource::arn:aws:codebuild:{region}:<AWS::AccountId>:report-group/<{logical}>-*]",
-            "CDK's grant to every project for its own test report groups (named after the project); builds "
-            "publish no reports.",
         )
         acknowledge(
             project,

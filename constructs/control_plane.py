@@ -86,6 +86,16 @@ ACCESS_LOG_FIELDS = {
 }
 
 
+# Why each route the document leaves outside Basic auth (``security: []``) has no authorizer.
+_OPEN_ROUTES = {
+    ("GET", "/health"): "Route 53's health check of this region's API (docs/regions.md) sends no credentials: "
+    "GET /health answers only whether this region's function can read its release bucket (HeadBucket; if not, "
+    "the error's class name), with the environment's and region's names, and changes nothing.",
+    ("POST", "/slack/commands"): "Slack cannot send Basic credentials: the function verifies each request's Slack "
+    "signature (HMAC-SHA256 of the timestamp and body under the app's signing secret, five-minute window).",
+}
+
+
 class ControlPlane(Construct):
     """The release API of one environment.
 
@@ -199,8 +209,9 @@ class ControlPlane(Construct):
         acknowledge(
             function,
             "AwsSolutions-L1",
-            "Python 3.13 is pinned on purpose: the Powertools layer parameter is the python3.13 build and "
-            "the control plane is tested on 3.13; a newer runtime is a deliberate change of both.",
+            "Python 3.13 is pinned on purpose, the runtime of all of Slipway's functions (the API's Powertools "
+            "layer parameter is its python3.13 build): their code is kept compatible with Python 3.11, on which "
+            "its tests run, and runs on Lambda's 3.13; a newer runtime is a deliberate change of runtime and layer.",
         )
         return function
 
@@ -214,7 +225,11 @@ class ControlPlane(Construct):
             memory_size=256,
             timeout=Duration.seconds(10),
         )
-        self._secret.grant_read(function)
+        # GetSecretValue only, on this one secret: the authorizer calls nothing else of Secrets Manager
+        # (CDK's grant_read adds DescribeSecret, which no code calls).
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[self._secret.secret_arn])
+        )
         return function
 
     def _build_api_function(
@@ -341,8 +356,8 @@ class ControlPlane(Construct):
         acknowledge(
             api,
             "AwsSolutions-COG4",
-            "Authorization is HTTP Basic through a Lambda REQUEST authorizer (ARCHITECTURE.md §7), so the CLI, "
-            "netrc and browsers work without a Cognito user pool.",
+            "Authorization is HTTP Basic through a Lambda REQUEST authorizer (README.md, Architecture: ControlPlane), "
+            "so the CLI, netrc and browsers work without a Cognito user pool.",
         )
         acknowledge(
             api,
@@ -370,7 +385,11 @@ class ControlPlane(Construct):
             "Slack issues the signing secret; it is rotated in Slack's app settings and copied here, not by Lambda.",
         )
         function = self._api_function
-        secret.grant_read(function)
+        # GetSecretValue only (the Slack handler calls nothing else of Secrets Manager; CDK's grant_read
+        # would add DescribeSecret).
+        function.add_to_role_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn])
+        )
         # Each command accepted is recorded once, by its signature (slipway_release.layout.slack_request):
         # a replay of it within its five minutes finds the record and is refused.
         assert function.role is not None
@@ -485,12 +504,7 @@ class ControlPlane(Construct):
                 or None,
             )
             if not route.authorized:
-                acknowledge(
-                    method,
-                    "AwsSolutions-APIG4",
-                    "Slack cannot send Basic credentials: the function verifies each request's Slack signature "
-                    "(HMAC-SHA256 of the timestamp and body under the app's signing secret, five-minute window).",
-                )
+                acknowledge(method, "AwsSolutions-APIG4", _OPEN_ROUTES[route.method, route.path])
 
     @property
     def api_url(self) -> str:
@@ -611,8 +625,9 @@ class ControlPlane(Construct):
         acknowledge(
             function.role or function,
             "AwsSolutions-IAM5[Resource::*]",
-            "Instance refreshes and terminations are conditioned on the slipway:env tag of this environment's "
-            "groups; the Describe* calls (groups, refreshes, target health) have no resource level in IAM.",
+            "Instance refreshes, terminations and capacity changes are conditioned on the slipway:env tag of this "
+            "environment's groups; the Describe* calls (groups, refreshes, target health) have no resource level "
+            "in IAM.",
         )
         stack = Stack.of(self)
         machine = state_machine.node.default_child

@@ -148,8 +148,10 @@ class AppFleet(Construct):
         acknowledge(
             alb,
             "AwsSolutions-ELB2",
-            "App logs leave each instance through rsyslog; ALB access logs would "
-            "need a log bucket per environment and are not enabled yet.",
+            "The platform watches the load balancer through its CloudWatch metrics (the fleet's alarms and "
+            "dashboard) and the app through its own logs (CloudWatch Logs and/or syslog, per the environment's "
+            "logs settings); access logs would need an S3 bucket per environment and region, with a policy "
+            "letting Elastic Load Balancing write there, for logs nothing here reads.",
         )
         acknowledge(
             alb,
@@ -219,7 +221,9 @@ class AppFleet(Construct):
         acknowledge(
             role,
             "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/CloudWatchAgentServerPolicy]",
-            "The AWS-maintained minimal policy for the CloudWatch agent that publishes host metrics.",
+            "The AWS-maintained policy for the CloudWatch agent, which publishes host metrics "
+            "(cloudwatch:PutMetricData has no resource level) and reads the instance's tags for their "
+            "AutoScalingGroupName dimension; the app's log group is granted on its own.",
         )
         acknowledge(
             role,

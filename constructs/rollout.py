@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, Stack
+from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_stepfunctions as sfn
@@ -173,22 +173,43 @@ class RolloutStateMachine(Construct):
             f"A rollout reads the settings of the app it deploys: one parameter per app of {env_name} under "
             "this path, written by the stack, and nothing else of SSM.",
         )
-        acknowledge(
-            role,
-            "AwsSolutions-IAM5[Resource::*]",
-            "The Describe* calls (groups, target health, alarms) have no resource level in IAM; they read only.",
-        )
         # Reads only: every instance switches in place, so a rollout never moves one out of the
         # load balancer or changes a group's capacity.
         role.add_to_policy(
             iam.PolicyStatement(
-                actions=[
-                    "autoscaling:DescribeAutoScalingGroups",
-                    "elasticloadbalancing:DescribeTargetHealth",
-                    "cloudwatch:DescribeAlarms",
-                ],
+                actions=["autoscaling:DescribeAutoScalingGroups", "elasticloadbalancing:DescribeTargetHealth"],
                 resources=["*"],
             )
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "autoscaling:DescribeAutoScalingGroups and elasticloadbalancing:DescribeTargetHealth support no "
+            "resource-level permissions in IAM; they only read groups and the health of targets.",
+        )
+        # The fleets' alarms (constructs.fleet_monitoring) have no fixed names: CloudFormation names each
+        # <stack>-<logical id>-<suffix> in its app's nested stack, itself named <this stack>-<logical id>-<suffix>.
+        alarms = f"{stack.stack_name}-*"
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:DescribeAlarms"],
+                resources=[
+                    stack.format_arn(
+                        service="cloudwatch",
+                        resource="alarm",
+                        resource_name=alarms,
+                        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                    )
+                ],
+            )
+        )
+        acknowledge(
+            role,
+            f"AwsSolutions-IAM5[Resource::arn:{stack.partition}:cloudwatch:{stack.region}:<AWS::AccountId>:alarm:"
+            f"{alarms}]",
+            f"A rollout watches its fleet's alarms, whose names CloudFormation generates in the apps' nested stacks "
+            f"of {stack.stack_name}, all starting {stack.stack_name}-: it reads only alarms so named, in this "
+            "region and account.",
         )
 
     @property

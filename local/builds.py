@@ -152,6 +152,7 @@ class LocalBuilds:
     def _run(self, build: Build) -> None:
         log = LogStream(self.clients.logs, build.log_group, build.stream)
         work = self.workdir / "builds" / build.stream
+        outcome: tuple[str, str | None] | None = None
         try:
             with self._running:
                 if build.status == "STOPPED":
@@ -168,16 +169,19 @@ class LocalBuilds:
                     build.phase = "UPLOAD_ARTIFACTS"
                     self._s3(slug, lambda bucket, key: self.clients.s3.upload_file(str(work / "slug"), bucket, key))
                     log.line(f"Slug uploaded to {slug}")
-                    build.status = "SUCCEEDED"
+                    outcome = ("SUCCEEDED", None)
                 elif build.status == "IN_PROGRESS":
-                    build.status = "FAILED"
-                    build.failure = f"Error while executing command: build program. Reason: exit status {code}"
+                    outcome = ("FAILED", f"Error while executing command: build program. Reason: exit status {code}")
         except Exception as error:  # the builder itself failed: the build did, saying why
             log.line(f"[local builder] {error}")
-            build.status, build.failure = "FAULT", str(error)
+            outcome = ("FAULT", str(error))
         finally:
             build.ended = _now()
+            # The log first: whoever sees the build ended reads its last lines (the build program's reason).
             log.flush()
+            if outcome is not None:
+                build.status, failure = outcome
+                build.failure = failure or build.failure
             shutil.rmtree(work, ignore_errors=True)
 
     @staticmethod

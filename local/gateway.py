@@ -233,9 +233,11 @@ class Gateway:
 
         try:
             document = json.loads(body.decode("utf-8")) if body else None
-        except (UnicodeDecodeError, ValueError):
+            errors = sorted(
+                jsonschema.Draft4Validator(route.body_schema).iter_errors(document), key=lambda e: list(e.path)
+            )
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             return self._bad("BAD_REQUEST_BODY", "[Invalid request body]")
-        errors = sorted(jsonschema.Draft4Validator(route.body_schema).iter_errors(document), key=lambda e: list(e.path))
         if errors:
             return self._bad("BAD_REQUEST_BODY", "[" + ", ".join(error.message for error in errors[:3]) + "]")
         return None

@@ -11,6 +11,11 @@ Both modes (moto's in-process mock and the local platform's server):
 
 The local platform's server only:
 
+* :func:`write_once_releases` — the release bucket policy's two write-once statements, as S3
+  enforces them: moto evaluates no bucket policy (and the template's is left out, see
+  :mod:`local.template`), so a write to a release's files, a slug or a source without
+  ``If-None-Match``, a copy into one, and a delete of one are refused here with S3's
+  ``AccessDenied``, whoever asks. The keys are the policy's own (``AppKeys.write_once``).
 * :func:`other_environments` — another environment of the account (what a promotion reads):
   each local environment is an AWS of its own, so its clients point at that environment's local
   AWS, found in the registry every running local platform writes itself into
@@ -356,4 +361,71 @@ def other_environments(registry: EnvironmentRegistry) -> Iterator[None]:
         return boto3.client(service, region_name=region, endpoint_url=registry.endpoint(env))
 
     with mock.patch.object(aws, "environment_client", client):
+        yield
+
+
+_DENIED = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>User is not authorized to '
+    "perform {action} on {key} with an explicit deny in a resource-based policy (the release bucket's "
+    "ReleasesAreWrittenOnce/ReleasesAreNeverDeleted statements)</Message></Error>"
+)
+
+
+def _write_once(key: str) -> bool:
+    import fnmatch
+
+    from slipway_release.layout import EVERY_APP, AppKeys
+
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in AppKeys(EVERY_APP, EVERY_APP).write_once())
+
+
+def _denied(action: str, key: str) -> tuple[int, dict[str, str], str]:
+    return 403, {"Content-Type": "application/xml"}, _DENIED.format(action=action, key=key)
+
+
+@contextmanager
+def write_once_releases() -> Iterator[None]:
+    """While inside: moto refuses what the release bucket's policy denies (a write to a write-once key
+    without ``If-None-Match``, a copy into one, a delete of one), for every caller."""
+    import re
+
+    from moto.s3.responses import S3Response
+
+    put, copy, delete = S3Response.put_object, S3Response.copy_object, S3Response.delete_object
+    post, delete_keys = S3Response._key_response_post, S3Response._bucket_response_delete_keys
+
+    def guarded_put(self: Any) -> Any:
+        key = self.parse_key_name()
+        if _write_once(key) and not self.headers.get("If-None-Match"):
+            return _denied("s3:PutObject", key)
+        return put(self)
+
+    def guarded_copy(self: Any) -> Any:
+        key = self.parse_key_name()
+        return _denied("s3:PutObject", key) if _write_once(key) else copy(self)
+
+    def guarded_delete(self: Any) -> Any:
+        key = self.parse_key_name()
+        return _denied("s3:DeleteObject", key) if _write_once(key) else delete(self)
+
+    def guarded_post(self: Any, request: Any, body: bytes, bucket_name: str, query: Any, key_name: str) -> Any:
+        completing = bool(query.get("uploadId"))  # CompleteMultipartUpload: it must carry the header
+        if completing and _write_once(key_name) and not request.headers.get("If-None-Match"):
+            return _denied("s3:PutObject", key_name)
+        return post(self, request, body, bucket_name, query, key_name)
+
+    def guarded_delete_keys(self: Any, bucket_name: str, authenticated: bool = True) -> Any:
+        text = self.body.decode() if isinstance(self.body, bytes) else str(self.body)
+        for key in re.findall(r"<Key>(.*?)</Key>", text):
+            if _write_once(key):
+                return _denied("s3:DeleteObject", key)
+        return delete_keys(self, bucket_name, authenticated)
+
+    with (
+        mock.patch.object(S3Response, "put_object", guarded_put),
+        mock.patch.object(S3Response, "copy_object", guarded_copy),
+        mock.patch.object(S3Response, "delete_object", guarded_delete),
+        mock.patch.object(S3Response, "_key_response_post", guarded_post),
+        mock.patch.object(S3Response, "_bucket_response_delete_keys", guarded_delete_keys),
+    ):
         yield

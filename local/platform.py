@@ -208,6 +208,7 @@ class LocalPlatform:
             hooks.commands_reach_only_their_instances(),
             hooks.instance_refreshes(refreshes),
             hooks.other_environments(registry),
+            hooks.write_once_releases(),
         ):
             self._cleanup.enter_context(hook)
         # Where this environment's AWS is, for another local environment promoting one of its releases.

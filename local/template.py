@@ -69,8 +69,10 @@ ADAPTATIONS: dict[str, str] = {
         "moto runs no build, so the local platform runs each one in a builder container (local.builds)"
     ),
     "AWS::S3::BucketPolicy": (
-        "moto's CloudFormation lacks the type, and moto enforces the policy's one statement, which denies "
-        "requests without TLS: the local AWS speaks plain HTTP on loopback, so the policy is left out"
+        "moto's CloudFormation lacks the type, and moto would enforce its statement denying requests without "
+        "TLS (the local AWS speaks plain HTTP on loopback) but not the conditions of its write-once statements: "
+        "the policy is left out, and the local platform plays the write-once statements itself "
+        "(local.hooks.write_once_releases)"
     ),
     "Fn::GetAtt TargetGroupFullName, LoadBalancerFullName": (
         "moto answers neither attribute; each is the resource part of the ARN, and is computed from it"

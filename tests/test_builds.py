@@ -197,3 +197,29 @@ def test_a_build_that_fails_makes_no_release_and_says_why_in_one_line(building: 
     assert shown["error"] == "command 'exit 3' exited 3"
     assert "-----> Running build command: exit 3" in lines
     assert call("GET", "/apps/web/envs/staging/releases")[1]["releases"] == []
+
+
+def test_the_builder_role_allows_only_what_a_build_does(templates: dict[str, Any]) -> None:
+    """The base image, the apps' sources, slugs and caches in S3, and the builder's own log group:
+    no report groups (builds publish none) and no default /aws/codebuild/<project> log group."""
+    template = templates["Platform-staging"]
+    [role] = [
+        lid
+        for lid, r in template["Resources"].items()
+        if r["Type"] == "AWS::IAM::Role" and lid.startswith("BuilderRole")
+    ]
+    statements = [
+        statement
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::IAM::Policy" and {"Ref": role} in resource["Properties"]["Roles"]
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert actions == {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "logs:CreateLogStream", "logs:PutLogEvents"}
+    [logs] = [s for s in statements if s["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]]
+    [log_group] = [
+        lid
+        for lid, r in template["Resources"].items()
+        if r["Type"] == "AWS::Logs::LogGroup" and lid.startswith("BuilderLogs")
+    ]
+    assert logs["Resource"] == {"Fn::GetAtt": [log_group, "Arn"]}

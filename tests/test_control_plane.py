@@ -286,7 +286,7 @@ def test_authorizer_reads_only_the_credentials_secret(staging: Template) -> None
             "Resource": {"Fn::GetAtt": [log_group, "Arn"]},
         },
         {
-            "Action": ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"],
+            "Action": "secretsmanager:GetSecretValue",
             "Effect": "Allow",
             "Resource": {"Ref": secret},
         },

@@ -31,6 +31,7 @@ from local.demo import DEMO_ENV, DEMO_INSTANCES, SAMPLE
 from local.load import Load
 from local.network import BridgePlan, leftovers
 from local.platform import launch, missing_prerequisites
+from slipway_release.layout import AppKeys
 
 pytestmark = pytest.mark.e2e
 if missing_prerequisites():
@@ -153,6 +154,12 @@ class Platform:
         self.processes.update(_processes_under(self.pid))  # what runs now, to prove it is gone at the end
         return shown
 
+    def release(self, release_id: str) -> dict[str, Any]:
+        """A release's manifest, as the API shows it."""
+        listed = json.loads(self.ok("--json", "releases", APP, ENV, "--limit", "100"))["releases"]
+        found: dict[str, Any] = next(r for r in listed if r["id"] == release_id)
+        return found
+
     def serving(self) -> dict[str, str]:
         """Instance → release, for every instance in service and healthy in the load balancer."""
         return {
@@ -261,7 +268,9 @@ def test_a_rollout_over_three_instances(platform: Platform, first: str) -> None:
 
 def test_a_config_change(platform: Platform) -> None:
     out = platform.ok("config", APP, ENV, "set", "GREETING=Howdy")
-    release = out.strip().rsplit(" ", 1)[-1]
+    made = re.search(r"released as (r\d+) \(on (r\d+)'s slug", out)
+    assert made and made.group(2) == DEPLOYED[-1], out  # on what serves
+    release = made.group(1)
     with Load(platform.url) as load:
         platform.ok("deploy", APP, ENV, release, *FAST)
     print(f"config change: {load.summary()}")
@@ -271,21 +280,40 @@ def test_a_config_change(platform: Platform) -> None:
     DEPLOYED.append(release)
 
 
-def test_rollback(platform: Platform) -> None:
-    *_, previous, current = DEPLOYED
-    assert platform.status()["current"] == current
+def test_rollback_then_a_config_change_serves_the_code_rolled_back_to(platform: Platform) -> None:
+    """Heroku's semantics: a build r_new deployed over r_old, a rollback (a new release copying r_old,
+    its slug and config, is what rolls out, in one batch), then a config change and a deploy: what
+    serves is r_old's code with the new variable, never the code just rolled back. 0 failed requests."""
+    old = platform.status()["current"]
+    newer = platform.publish(message="newer")  # a build of its own: a slug of its own
+    platform.ok("deploy", APP, ENV, newer, *FAST)
+    slug = {r: platform.release(r)["slug"]["sha256"] for r in (old, newer)}
+    assert slug[old] != slug[newer]
     with Load(platform.url) as load:
         out = platform.ok("rollback", APP, ENV, *FAST)
     print(f"rollback: {load.summary()}")
-    # Every instance back at once: each keeps the previous release staged and switches in place.
+    copy = platform.status()["current"]
+    assert platform.release(copy)["base"] == {"env": ENV, "release": old, "reason": "rollback"}
+    # Every instance at once, in place: each has old's slug staged (linked, nothing downloaded).
     assert re.fullmatch(
-        rf"Rolled back {APP} in {ENV} to {previous}: 3 instance\(s\) in 1 batch\(es\) in \d+\.\d s; "
-        rf"{previous} is current",
+        rf"Rolled back {APP} in {ENV} to {old} as {copy}: 3 instance\(s\) in 1 batch\(es\) in \d+\.\d s; "
+        rf"{copy} is current",
         out.splitlines()[-1],
     ), out
-    assert load.failures == [], load.summary()  # zero by design, as for any rollout
-    assert set(platform.serving().values()) == {previous}
-    assert {b["greeting"] for b in _bodies(load) if b["release"] == previous} == {"Hello"}
+    assert load.failures == [], load.summary()
+    assert set(platform.serving().values()) == {copy}
+    assert {b["greeting"] for b in _bodies(load) if b["release"] == copy} == {"Howdy"}  # old's config too
+    out = platform.ok("config", APP, ENV, "set", "GREETING=Again")
+    made = re.search(r"released as (r\d+) \(on (r\d+)'s slug", out)
+    assert made and made.group(2) == copy, out
+    changed = made.group(1)
+    with Load(platform.url) as load:
+        platform.ok("deploy", APP, ENV, changed, *FAST)
+    assert load.failures == [], load.summary()
+    assert set(platform.serving().values()) == {changed}
+    assert platform.release(changed)["slug"]["sha256"] == slug[old]  # old's code, not the one rolled back
+    assert {b["greeting"] for b in _bodies(load) if b["release"] == changed} == {"Again"}
+    DEPLOYED.append(changed)
 
 
 def test_a_rolling_restart_under_load(platform: Platform) -> None:
@@ -323,6 +351,11 @@ def test_a_release_whose_web_process_crashes_is_rolled_back(platform: Platform) 
     assert load.failures == [], load.summary()
     assert {b["release"] for b in _bodies(load)} == {before}
     assert platform.status()["current"] == before
+    # A config change now builds on what serves, not on the refused release (the newest).
+    out = platform.ok("config", APP, ENV, "set", "AFTER_REFUSAL=1")
+    made = re.search(r"released as (r\d+) \(on (r\d+)'s slug", out)
+    assert made and made.group(2) == before, out
+    assert platform.release(made.group(1))["slug"] == platform.release(before)["slug"]
     # What SSM reports is the instance's: the real exit code and output of the deploy program.
     ssm = platform.client("ssm")
     [latest, *_] = sorted(ssm.list_commands()["Commands"], key=lambda c: c["RequestedDateTime"], reverse=True)
@@ -353,6 +386,41 @@ def test_a_release_the_load_balancer_finds_unhealthy_is_rolled_back(platform: Pl
     assert len({b["instance"] for b in _bodies(load) if b["release"] == hidden}) == 1, load.summary()
     assert re.search(r"; rolled back i-[0-9a-f]+; ", result.stderr), result.stderr  # the canary alone
     _wait(lambda: len(platform.serving()) == DEMO_INSTANCES, 60, "the rolled-back instance to serve again")
+
+
+def test_what_serves_cannot_be_changed_but_by_a_release_and_a_deploy(platform: Platform) -> None:
+    """The attacks on the record, played under load: the current release's files rewritten or deleted
+    (as any role could, the API's included: the bucket refuses it), and the rollout started with a real
+    deploy's input edited (another release, an empty fleet: refused). Nothing changes; it keeps serving."""
+    status = platform.status()
+    current, bucket = status["current"], platform.info["bucket"]
+    keys, s3 = AppKeys(APP, ENV), platform.client("s3")
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=keys.release(current, "release.json"))["Body"].read())
+    with Load(platform.url) as load:
+        for key in (keys.release(current, "release.json"), keys.slug(manifest["slug"]["sha256"])):
+            for attempt in (
+                lambda key=key: s3.put_object(Bucket=bucket, Key=key, Body=b"rewritten"),
+                lambda key=key: s3.delete_object(Bucket=bucket, Key=key),
+            ):
+                with pytest.raises(ClientError, match="AccessDenied"):
+                    attempt()
+        sfn = platform.client("stepfunctions")
+        [machine] = [m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"] if "Rollout" in m["name"]]
+        real = next(e for e in sfn.list_executions(stateMachineArn=machine)["executions"])
+        forged = {**json.loads(sfn.describe_execution(executionArn=real["executionArn"])["input"])}
+        forged.update(release=current, fleet={"group": "nothing-here"})
+        arn = sfn.start_execution(stateMachineArn=machine, name=f"forged-{time.time_ns()}", input=json.dumps(forged))[
+            "executionArn"
+        ]
+        _wait(lambda: sfn.describe_execution(executionArn=arn)["status"] != "RUNNING", 30, "the forged rollout")
+        ended = sfn.describe_execution(executionArn=arn)
+    assert (ended["status"], ended.get("error")) == ("FAILED", "RequestRefused"), ended
+    assert "fleet" in ended.get("cause", "")
+    assert load.failures == [], load.summary()
+    assert platform.status()["current"] == current and set(platform.serving().values()) == {current}
+    assert (
+        json.loads(s3.get_object(Bucket=bucket, Key=keys.release(current, "release.json"))["Body"].read()) == manifest
+    )
 
 
 def test_a_cancel_after_the_canary_puts_it_back_in_place(platform: Platform) -> None:

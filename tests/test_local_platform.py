@@ -202,6 +202,9 @@ def test_the_front_validates_bodies_against_the_templates_models_after_the_autho
     assert json.loads(gateway.handle(request("Basic good"), b"\xff", invoke).body)["message"].endswith(
         "[Invalid request body]"
     )
+    # A body nested 10,000 deep is an invalid body too, not a closed connection.
+    deep = gateway.handle(request("Basic good"), b'{"release": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", invoke)
+    assert deep.status == 400 and json.loads(deep.body)["message"].endswith("[Invalid request body]")
     called.clear()
     assert gateway.handle(request("Basic good"), b'{"release": "r7"}', invoke).status == 202
     assert called[-1] != authorizer_function  # the authorizer's answer was cached; the function ran
@@ -263,3 +266,45 @@ def test_apps_whose_names_differ_only_by_a_dash_merge_apart() -> None:
     assert len(groups) == 2
     assert {merged["Outputs"][f"Group{n}"]["Value"]["Ref"] for n in ("1", "2")} == set(groups)
     assert all(merged["Resources"][g]["Properties"]["QueueName"] == {"Ref": "Bucket"} for g in groups)
+
+
+def test_the_local_aws_plays_the_release_bucket_s_write_once_policy(moto_s3: str) -> None:
+    """moto evaluates no bucket policy: the local platform refuses what the policy's write-once
+    statements deny (tests/test_control_plane.py asserts the statements themselves), whoever asks."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from local.hooks import write_once_releases
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="releases")
+    s3.put_bucket_versioning(Bucket="releases", VersioningConfiguration={"Status": "Enabled"})
+
+    def refused(call: Any, **kwargs: Any) -> str:
+        try:
+            call(Bucket="releases", **kwargs)
+        except ClientError as error:
+            return str(error.response["Error"]["Code"])
+        return "allowed"
+
+    with write_once_releases():
+        manifest, slug = "web/staging/r3/release.json", "web/staging/slugs/ab.tar.gz"
+        assert refused(s3.put_object, Key=manifest, Body=b"{}") == "AccessDenied"  # no If-None-Match
+        assert refused(s3.put_object, Key=manifest, Body=b"{}", IfNoneMatch="*") == "allowed"
+        assert refused(s3.put_object, Key=manifest, Body=b"{2}", IfNoneMatch="*") == "PreconditionFailed"
+        assert refused(s3.copy_object, Key=slug, CopySource={"Bucket": "releases", "Key": manifest}) == "AccessDenied"
+        assert refused(s3.delete_object, Key=manifest) == "AccessDenied"
+        assert refused(s3.delete_objects, Delete={"Objects": [{"Key": manifest}]}) == "AccessDenied"
+        upload = s3.create_multipart_upload(Bucket="releases", Key=slug)["UploadId"]
+        part = s3.upload_part(Bucket="releases", Key=slug, UploadId=upload, PartNumber=1, Body=b"x")["ETag"]
+        parts = {"Parts": [{"PartNumber": 1, "ETag": part}]}
+        assert refused(s3.complete_multipart_upload, Key=slug, UploadId=upload, MultipartUpload=parts) == "AccessDenied"
+        assert (
+            refused(s3.complete_multipart_upload, Key=slug, UploadId=upload, MultipartUpload=parts, IfNoneMatch="*")
+            == "allowed"
+        )
+        # What is not a release's stays writable: the canonical config, pointers, uploads.
+        for key in ("web/staging/env", "web/staging/current", "uploads/web/staging/u/upload.json"):
+            assert refused(s3.put_object, Key=key, Body=b"x") == "allowed", key
+            assert refused(s3.delete_object, Key=key) == "allowed", key
+    assert s3.get_object(Bucket="releases", Key=manifest)["Body"].read() == b"{}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -547,3 +548,36 @@ def test_the_tasks_role_allows_exactly_the_calls_the_tasks_make_but_s3_and_logs(
         a for a in _granted(templates["Platform-staging"], "RolloutTasksRole") if not a.startswith(("s3:", "logs:"))
     }
     assert called == granted
+
+
+def _statements(template: dict[str, Any], role_prefix: str) -> list[dict[str, Any]]:
+    """Every statement of the policies of the role whose logical id starts ``role_prefix``."""
+    [role] = [
+        lid for lid, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Role" and lid.startswith(role_prefix)
+    ]
+    return [
+        statement
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::IAM::Policy" and {"Ref": role} in resource["Properties"]["Roles"]
+        for statement in resource["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+def test_the_tasks_read_only_the_alarms_cloudformation_names_after_their_stack(
+    templates: dict[str, dict[str, Any]], assembly_dir: Path
+) -> None:
+    """DescribeAlarms on the alarms named Platform-<env>-*, and nothing else: the fleets' alarms have no names
+    of their own, so CloudFormation names each after its app's nested stack, named after the stack."""
+    for env in ("staging", "production"):
+        stack = f"Platform-{env}"
+        [alarms] = [
+            s for s in _statements(templates[stack], "RolloutTasksRole") if "cloudwatch:DescribeAlarms" in s["Action"]
+        ]
+        assert alarms["Action"] == "cloudwatch:DescribeAlarms"
+        assert alarms["Resource"] == {
+            "Fn::Join": ["", ["arn:aws:cloudwatch:us-east-1:", {"Ref": "AWS::AccountId"}, f":alarm:{stack}-*"]]
+        }
+        own = json.loads((assembly_dir / f"{stack}.template.json").read_text())["Resources"].values()
+        assert not [r for r in own if r["Type"] == "AWS::CloudWatch::Alarm"]  # all in the apps' nested stacks
+        fleet_alarms = [r for r in templates[stack]["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+        assert fleet_alarms and not [r for r in fleet_alarms if "AlarmName" in r["Properties"]]

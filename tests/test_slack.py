@@ -409,6 +409,15 @@ def test_different_requests_in_the_same_second_are_each_accepted(slack: SlackSta
     assert accepted(deployed) == {slack_request("staging", h["X-Slack-Signature"]) for _, h in requests}
 
 
+def test_a_body_that_is_not_utf_8_is_refused_for_its_signature_not_a_502(slack: SlackStandIn) -> None:
+    """API Gateway base64-encodes a body that is not UTF-8 (the route needs no login): its bytes are
+    what is verified, and fail."""
+    status, answer = send(
+        b"\xff\xfe" + b"text=status", {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=00"}
+    )
+    assert status == 401 and answer["message"].startswith("not a request Slack signed")
+
+
 def test_what_is_refused_for_its_signature_is_not_recorded(slack: SlackStandIn, deployed: Deployed) -> None:
     """Only a request Slack signed is recorded: a forged or stale one cannot take a genuine one's place."""
     assert command("status web staging", slack.url, secret="guess")[0] == 401

@@ -14,6 +14,7 @@ minutes is refused as a replay, whichever instance of the function it reaches.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.error
@@ -87,7 +88,10 @@ COMMAND_ROUTE = "/slack/commands"
 @router.post(COMMAND_ROUTE)
 def slack_command() -> Response[str]:
     event = router.current_event
-    raw = event.decoded_body.encode() if isinstance(event.decoded_body, str) else (event.decoded_body or b"")
+    # The bytes Slack signed, as they came: API Gateway base64-encodes a body that is not UTF-8 text
+    # (never one of Slack's, whose forms are ASCII: its signature then fails, it does not raise).
+    body = event.body or ""
+    raw = base64.b64decode(body) if event.is_base64_encoded else body.encode()
     slack = _slack()
     try:
         verify(_signing_secret(slack.signing_secret), dict(event.headers or {}), raw, now=time.time())
