@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Duration
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -15,8 +15,8 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.release_store import ReleaseStore
-from constructs.workflow import WorkflowTasks, standard_workflow
-from slipway.settings import PLATFORM_ENV, PROMOTION_SOURCES, RELEASE_BUCKET, app_parameters_path
+from constructs.workflow import WorkflowTasks, grant_app_settings, standard_workflow
+from slipway.settings import PLATFORM_ENV, PROMOTION_SOURCES, RELEASE_BUCKET
 from slipway_release.layout import EVERY_APP, AppKeys
 
 TASK_HANDLER = "slipway.builds.tasks.handler"
@@ -74,7 +74,6 @@ class ReleaseWorkflow(Construct):
             "Python 3.13 is pinned on purpose: the same runtime as the workflow's tasks and the API, whose code it "
             "shares; moving to a newer runtime is a deliberate change of all of them.",
         )
-        stack = Stack.of(self)
         for function in (self._tasks.function, self._writer):
             function.add_environment(PLATFORM_ENV, env_name)
             function.add_environment(RELEASE_BUCKET, release_store.bucket.bucket_name)
@@ -82,20 +81,7 @@ class ReleaseWorkflow(Construct):
             self._writer.add_environment(PROMOTION_SOURCES, json.dumps(dict(sorted(promotion_sources.items()))))
         for source, region in sorted(promotion_sources.items()):
             release_store.grant_promotion_from(role, env=source, region=region, app_env_keys=AppKeys(EVERY_APP, source))
-        parameters = f"{app_parameters_path(env_name).lstrip('/')}/*"
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                actions=["ssm:GetParameter"],
-                resources=[stack.format_arn(service="ssm", resource="parameter", resource_name=parameters)],
-            )
-        )
-        acknowledge(
-            role,
-            f"AwsSolutions-IAM5[Resource::arn:{stack.partition}:ssm:{stack.region}:<AWS::AccountId>:parameter/"
-            f"{parameters}]",
-            f"The release writer reads the settings of the app it makes a release of: one parameter per app of "
-            f"{env_name} under this path, written by the stack, and nothing else of SSM.",
-        )
+        grant_app_settings(role, env_name=env_name, reader="The release writer")
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["codebuild:StartBuild", "codebuild:BatchGetBuilds", "codebuild:StopBuild"],

@@ -11,8 +11,8 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 from constructs.acknowledge import acknowledge
 from constructs.release_store import ReleaseStore
-from constructs.workflow import WorkflowTasks, standard_workflow
-from slipway.settings import PLATFORM_ENV, app_parameters_path
+from constructs.workflow import WorkflowTasks, grant_app_settings, standard_workflow
+from slipway.settings import PLATFORM_ENV
 
 TASK_HANDLER = "slipway.rollout.tasks.handler"
 
@@ -158,21 +158,8 @@ class RolloutStateMachine(Construct):
         # What a rollout acts on comes from the environment's settings, never from its input: the
         # function knows its environment and reads the app's parameter (slipway.rollout.tasks.derive).
         self._function.add_environment(PLATFORM_ENV, env_name)
+        grant_app_settings(role, env_name=env_name, reader="A rollout")
         stack = Stack.of(self)
-        parameters = f"{app_parameters_path(env_name).lstrip('/')}/*"
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["ssm:GetParameter"],
-                resources=[stack.format_arn(service="ssm", resource="parameter", resource_name=parameters)],
-            )
-        )
-        acknowledge(
-            role,
-            f"AwsSolutions-IAM5[Resource::arn:{stack.partition}:ssm:{stack.region}:<AWS::AccountId>:parameter/"
-            f"{parameters}]",
-            f"A rollout reads the settings of the app it deploys: one parameter per app of {env_name} under "
-            "this path, written by the stack, and nothing else of SSM.",
-        )
         # Reads only: every instance switches in place, so a rollout never moves one out of the
         # load balancer or changes a group's capacity.
         role.add_to_policy(

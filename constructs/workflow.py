@@ -13,7 +13,7 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 from constructs.acknowledge import acknowledge
 from slipway.aws import Throttled
-from slipway.settings import TASK_TIMEOUT_SECONDS
+from slipway.settings import TASK_TIMEOUT_SECONDS, app_parameters_path
 
 # Lambda's own transient errors (throttling included), and a task's AWS call still throttled after
 # the client's retries (slipway.aws.Throttled), are retried with backoff, never a failure.
@@ -108,3 +108,23 @@ def standard_workflow(
         "Step Functions may invoke any version of the tasks' Lambda it created (CDK's grant), nothing else.",
     )
     return machine
+
+
+def grant_app_settings(role: iam.IRole, *, env_name: str, reader: str) -> None:
+    """Let ``role`` read one app's settings parameter of ``env_name`` (``/slipway/<env>/apps/<app>``,
+    slipway.configured), which the stack writes: where a workflow takes what it acts on, never
+    from its input. ``reader`` says who reads them, in the acknowledgment."""
+    stack = Stack.of(role)
+    parameters = f"{app_parameters_path(env_name).lstrip('/')}/*"
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["ssm:GetParameter"],
+            resources=[stack.format_arn(service="ssm", resource="parameter", resource_name=parameters)],
+        )
+    )
+    acknowledge(
+        role,
+        f"AwsSolutions-IAM5[Resource::arn:{stack.partition}:ssm:{stack.region}:<AWS::AccountId>:parameter/{parameters}]",
+        f"{reader} reads the settings of the app it acts on: one parameter per app of {env_name} under this path, "
+        "written by the stack, and nothing else of SSM.",
+    )
