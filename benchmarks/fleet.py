@@ -8,7 +8,8 @@ deploys it, then measures, each with the load generator (local.load: one thread 
 sequential GETs through the load balancer, a new connection each):
 
     rollout over 3   a new release, the app's default strategy (canary, then 25 % batches)
-    rollback         back to the release before, the same strategy
+    rollback         a new release copying the one before (its slug staged on every instance:
+                     linked, not downloaded, and no preflight), in one batch
     fleet cycle      every instance replaced (instance refresh, 90 % kept in service)
     scale 3 -> 6     desired capacity raised until 6 targets are healthy
     rollout over 6   a new release over the 6 instances
@@ -211,7 +212,7 @@ def main() -> int:
             bench.measure("rollout over 3", "canary, then 25 % batches", bench.deploy(second))
             bench.measure(
                 "rollback",
-                f"back to {first}",
+                f"a new release copying {first}, its slug staged",
                 lambda: bench.slipway("rollback", DEMO_APP, DEMO_ENV, "--bake", str(args.bake), "--interval", "0.5"),
             )
             bench.measure(
