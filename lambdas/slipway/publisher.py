@@ -193,7 +193,8 @@ class Publisher(AppReleases):
             for n in range(1, count + 1)
         ], multipart
 
-    def _record(self, upload_id: object) -> tuple[str, dict[str, Any]]:
+    def upload_record(self, upload_id: object) -> tuple[str, dict[str, Any]]:
+        """An upload's id, checked, and its record (what the API and the release writer note of it)."""
         if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
             raise ReleaseError(400, "upload_id must be the id createUpload returned")
         stored = self.bucket.read(self.keys.upload(upload_id, UPLOAD_RECORD))
@@ -202,7 +203,8 @@ class Publisher(AppReleases):
         record: dict[str, Any] = json.loads(stored.body)
         return upload_id, record
 
-    def _note(self, upload_id: str, record: dict[str, Any]) -> None:
+    def write_record(self, upload_id: str, record: dict[str, Any]) -> None:
+        """Replace the upload's record (written by whoever holds the upload: the API, then the writer)."""
         self.bucket.put(self.keys.upload(upload_id, UPLOAD_RECORD), json.dumps(record).encode())
 
     def finalize(
@@ -215,7 +217,7 @@ class Publisher(AppReleases):
             raise ReleaseError(400, "upload_id must be the id createUpload returned")
         git_ref, git_commit = check_git(git)
         note = check_description(description)
-        upload_id, record = self._record(upload_id)
+        upload_id, record = self.upload_record(upload_id)
         if "release" in record:
             raise ReleaseError(409, f"upload {upload_id} was already published as {record['release']}")
         if record.get("status") == BUILDING:
@@ -247,20 +249,20 @@ class Publisher(AppReleases):
             source_version=version,  # the bytes checked: what the writer stores as the release's source
             status=BUILDING,
         )
-        self._note(upload_id, record)
+        self.write_record(upload_id, record)
         return {"upload_id": upload_id, **record}
 
     def note_build(self, upload_id: str, **fields: Any) -> dict[str, Any]:
         """Note where the upload's build stands (``build_id``, ``status``, ``error``) in its record."""
-        upload_id, record = self._record(upload_id)
+        upload_id, record = self.upload_record(upload_id)
         record.update(fields)
-        self._note(upload_id, record)
+        self.write_record(upload_id, record)
         return record
 
     def build(self, upload_id: object) -> dict[str, Any]:
         """The upload's record as a build's status: 404 for an upload that was never finalized."""
         try:
-            upload_id, record = self._record(upload_id)
+            upload_id, record = self.upload_record(upload_id)
         except ReleaseError as error:
             raise ReleaseError(404 if error.status == 422 else error.status, str(error)) from None
         if "git" not in record:

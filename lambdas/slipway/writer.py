@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +49,7 @@ from slipway.releases import (
     read_config,
     release_number,
 )
-from slipway.settings import AppRuntime, release_bucket_parameter_name
+from slipway.settings import PROMOTION_SOURCES, AppRuntime, release_bucket_parameter_name
 from slipway.store import Bucket
 from slipway_release.archive import DEFAULT_MAX_UNPACKED_BYTES
 from slipway_release.envfile import render_env
@@ -86,7 +87,7 @@ class ReleaseWriter(AppReleases):
     def publish_build(self, upload_id: str) -> dict[str, Any]:
         """The slug the build of ``upload_id`` wrote, checked as the instance will read it, becomes the
         next release with the source the API checked and the canonical config. 409 if published."""
-        upload_id, record = self.uploads._record(upload_id)
+        upload_id, record = self.uploads.upload_record(upload_id)
         if "release" in record:
             raise ReleaseError(409, f"upload {upload_id} was already published as {record['release']}")
         source = Artifact(record["sha256"], record["size"])
@@ -119,7 +120,7 @@ class ReleaseWriter(AppReleases):
             base=None,
         )
         # Mark the upload used (a retry gets 409, not a second release) and drop its copies.
-        self.uploads._note(upload_id, {**record, "release": manifest["id"], "status": SUCCEEDED})
+        self.uploads.write_record(upload_id, {**record, "release": manifest["id"], "status": SUCCEEDED})
         self.bucket.delete(self.keys.upload(upload_id, SOURCE), self.keys.upload(upload_id, SLUG))
         return self._with_current(manifest)
 
@@ -500,10 +501,6 @@ ACTIONS: dict[str, Callable[[ReleaseWriter, Mapping[str, Any]], dict[str, Any]]]
 
 def promotion_regions() -> dict[str, str]:
     """The environments of this account a release may be promoted from, and their regions."""
-    import os
-
-    from slipway.settings import PROMOTION_SOURCES
-
     raw = json.loads(os.environ.get(PROMOTION_SOURCES) or "{}")
     return {str(env): str(region) for env, region in raw.items()}
 
