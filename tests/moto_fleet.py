@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from local.aws import Deployed, Execution, mock_platform
 from slipway import aws, deploys
 from slipway.rollout import tasks
 from slipway.rollout.strategy import Strategy
+from slipway.runs import output_stream
 from slipway.settings import ROLLOUT_TIMING, Timing
 from slipway_release.layout import AppKeys, Pointer, parse_pointer
 
@@ -115,6 +117,18 @@ class World:
 
     def instances(self) -> list[str]:
         return self.deployed_stack.instances(APP)
+
+    def run_output(self, run_id: str, instance: str, lines: list[str]) -> None:
+        """What the SSM agent streams of a one-off's output to the run log group while it runs."""
+        runs = self.deployed_stack.settings.runs
+        assert runs is not None
+        stream = output_stream(run_id, instance)
+        self.clients.logs.create_log_stream(logGroupName=runs.log_group, logStreamName=stream)
+        self.clients.logs.put_log_events(
+            logGroupName=runs.log_group,
+            logStreamName=stream,
+            logEvents=[{"timestamp": int(time.time() * 1000), "message": line} for line in lines],
+        )
 
     def pointer(self) -> Pointer:
         """What ``current`` says."""

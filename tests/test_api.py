@@ -578,6 +578,16 @@ def test_a_promotion_copies_and_verifies_the_other_environment_s_release_and_ref
     assert status == 400 and "releases come here from production only" in refused["message"]
 
 
+def test_an_id_whose_claim_never_completed_is_no_release(s3: Any) -> None:
+    """A writer stopped between a release's env and its manifest leaves an id with no release: it is
+    not listed, a config change does not build on it, and the next release takes the id after it."""
+    _, r1 = publish()
+    s3.put_object(Bucket=BUCKET, Key="web/staging/r2/env", Body=b"", IfNoneMatch="*")
+    assert [r["id"] for r in call("GET", "/apps/web/envs/staging/releases")[1]["releases"]] == ["r1"]
+    status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}})
+    assert status == 200 and (changed["base"], changed["release"]["id"]) == ("r1", "r3"), changed
+
+
 def test_config_before_the_first_release_waits_for_it(s3: Any) -> None:
     status, changed = call("PATCH", "/apps/web/envs/staging/config", {"set": {"A": "1"}})
     assert (status, changed["release"]) == (200, None)

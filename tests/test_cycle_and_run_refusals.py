@@ -5,7 +5,6 @@ On the synthesized stack deployed into moto (tests/moto_fleet.py), with real API
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -78,15 +77,7 @@ def test_cycling_while_an_instance_refresh_runs_is_a_409_naming_it(world: World)
 def _started(world: World) -> dict[str, Any]:
     status, started = call("POST", "/apps/web/envs/staging/runs", {"command": "echo hi", "timeout_seconds": 60})
     assert status == 202, started
-    runs = world.deployed_stack.settings.runs
-    assert runs is not None
-    stream = f"{started['id']}/{started['instance']}/Run/stdout"
-    world.clients.logs.create_log_stream(logGroupName=runs.log_group, logStreamName=stream)
-    world.clients.logs.put_log_events(
-        logGroupName=runs.log_group,
-        logStreamName=stream,
-        logEvents=[{"timestamp": int(time.time() * 1000), "message": "hi"}],
-    )
+    world.run_output(started["id"], started["instance"], ["hi"])
     return dict(started)
 
 

@@ -358,15 +358,7 @@ def test_a_one_off_runs_once_on_an_in_service_instance_with_the_current_release(
         started["id"],
     )
     # The SSM agent streams the output to the run log group while the command runs.
-    runs = world.deployed_stack.settings.runs
-    assert runs is not None
-    stream = f"{started['id']}/{started['instance']}/Run/stdout"
-    world.clients.logs.create_log_stream(logGroupName=runs.log_group, logStreamName=stream)
-    world.clients.logs.put_log_events(
-        logGroupName=runs.log_group,
-        logStreamName=stream,
-        logEvents=[{"timestamp": int(time.time() * 1000), "message": m} for m in ("Applying 0001... OK", "done")],
-    )
+    world.run_output(started["id"], started["instance"], ["Applying 0001... OK", "done"])
     status, shown = call("GET", f"/apps/web/envs/staging/runs/{started['id']}")
     assert status == 200, shown
     assert shown["output"] == ["Applying 0001... OK", "done"] and shown["next"], shown

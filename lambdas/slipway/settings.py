@@ -5,9 +5,10 @@ write them down in two places: what concerns the whole environment in the functi
 environment (:meth:`ControlPlaneSettings.environment`), and each app's settings in an SSM
 parameter of its own, ``/slipway/<env>/apps/<app>`` (:meth:`ControlPlaneSettings.app_parameters`):
 Lambda allows a function 4 KB of environment, which the apps' settings (about 1.3 KB each)
-passed at the fourth app. The API parses both (:meth:`ControlPlaneSettings.from_environ`) and
-hands a fleet's settings to each rollout it starts, whose tasks parse them back with
-:meth:`FleetSettings.from_json`. No module reads these variables, names or keys by hand.
+passed at the fourth app. The API parses both (:meth:`ControlPlaneSettings.from_environ`); a
+rollout and the release writer read the one app they act on (:mod:`slipway.configured`), never
+from their caller, and carry its fleet in their state (:meth:`FleetSettings.from_json` reads it
+back). No module reads these variables, names or keys by hand.
 Pure: no AWS calls.
 """
 

@@ -142,7 +142,7 @@ class ReleaseWriter(AppReleases):
             raise ReleaseError(400, "base must be a release id like r7: the release whose slug the change runs")
         text, etag = self._canonical_env()
         values = change_config(read_config(text), set_vars=set_vars, unset=unset)
-        chosen = base or self.current() or next(iter(newest_first(self._release_ids())), None)
+        chosen = base or self.current() or self._newest()
         if isinstance(chosen, str):
             release_number(chosen)
             manifest, _ = self.verified(chosen)  # before anything is written: 404 for a release that is not one
@@ -338,6 +338,12 @@ class ReleaseWriter(AppReleases):
                 )
             return manifest
         raise ReleaseError(503, f"{CLAIM_ATTEMPTS} writers raced for a release id; try again")
+
+    def _newest(self) -> str | None:
+        """The newest release (an id whose claim never completed, its manifest missing, is none)."""
+        return next(
+            (r for r in newest_first(self._release_ids()) if self.bucket.size(self.keys.release(r, MANIFEST))), None
+        )
 
     def _release_ids(self) -> list[str]:
         return list(self.bucket.child_names(self.keys.prefix))
